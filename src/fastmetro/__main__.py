@@ -1,0 +1,3 @@
+from fastmetro.cli import main
+
+raise SystemExit(main())

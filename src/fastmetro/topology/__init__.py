@@ -1,0 +1,47 @@
+"""Mesh topologies: levels, sampling matrices, coarse adjacency and joint regressors.
+
+``load("smpl" | "mano" | "anny" | PATH.npz, data_dir=None)`` returns a :class:`Topology`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastmetro.errors import FastMetroError
+from fastmetro.topology.topology import Topology, adjacency_from_faces, mirror_permutation
+
+BUILTIN = ("smpl", "mano", "anny")
+
+
+def load(name: "str | os.PathLike | Topology", data_dir: str | os.PathLike | None = None, **kwargs) -> Topology:
+    """Return a topology by built-in name, from a saved ``.npz``, or pass one through.
+
+    Args:
+        name: ``"smpl"`` / ``"mano"`` (need ``data_dir`` with the files the released code
+            ships), ``"anny"`` (built from the pip package ``anny`` and cached), a path to a
+            topology ``.npz``, or a :class:`Topology`.
+        data_dir: directory with the SMPL/MANO files.
+    """
+    if isinstance(name, Topology):
+        return name
+    key = str(name).lower()
+    if key == "smpl":
+        from fastmetro.topology.graphcmr import load_smpl
+
+        return load_smpl(data_dir, **kwargs)
+    if key == "mano":
+        from fastmetro.topology.graphcmr import load_mano
+
+        return load_mano(data_dir, **kwargs)
+    if key == "anny":
+        from fastmetro.topology.anny import load_anny
+
+        return load_anny(**kwargs)
+    path = Path(name)
+    if path.suffix == ".npz" or path.exists():
+        return Topology.load(path)
+    raise FastMetroError(f"unknown topology {str(name)!r}: use one of {BUILTIN} or a topology .npz path")
+
+
+__all__ = ["Topology", "load", "adjacency_from_faces", "mirror_permutation", "BUILTIN"]

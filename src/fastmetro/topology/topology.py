@@ -1,0 +1,358 @@
+"""The :class:`Topology` value: everything FastMETRO needs to know about a mesh.
+
+A topology is a pyramid of meshes. Level 0 is the full-resolution mesh (SMPL: 6890 vertices);
+each next level keeps a subset of the vertices of the level above (downsampling is vertex
+selection, as in COMA/GraphCMR); the last level is the *coarse* mesh whose vertices become the
+decoder's vertex tokens (SMPL: 431). ``upsample[l]`` maps level ``l+1`` back to level ``l``.
+
+On disk a topology is a plain ``.npz`` (loads with ``numpy.load(allow_pickle=False)``). Keys:
+
+==========================  ===================================================================
+``format``                  ``"fastmetro-topology"`` (0-d str array)
+``version``                 format version (0-d int)
+``name``                    topology name (0-d str)
+``level_vertex_counts``     (L+1,) int64, vertex count per level, level 0 = full mesh
+``faces_{l}``               (F_l, 3) int64 triangle indices of level ``l``
+``kept_{l}``                (V_{l+1},) int64 indices into level ``l`` of the vertices kept at ``l+1``
+``upsample_{l}_{data,row,col,shape}``  COO parts of ``upsample[l]`` (V_l, V_{l+1}) float64
+``coarse_adjacency_{row,col,shape}``   COO parts of the symmetric 0/1 coarse adjacency (no self loops)
+``joint_regressor``         (K, V_0) float64, joints = R @ vertices (dense)
+``joint_names``             (K,) str
+``joint_flip``              (K,) int64 left/right swap permutation of joints
+``vertex_flip``             (V_0,) int64 mirror permutation of level-0 vertices, or absent
+``root_joints``             (R,) int64 joints averaged to centre joint sets (body: hips; hand: wrist)
+``root_regressor``          (V_0,) float64 weights of the root point used to centre meshes
+``template``                (V_0, 3) float64 rest-pose vertices in metres, or absent
+==========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from fastmetro.errors import FastMetroError
+
+FORMAT = "fastmetro-topology"
+VERSION = 1
+
+
+def _as_index(array, name: str) -> np.ndarray:
+    out = np.asarray(array, dtype=np.int64)
+    out.setflags(write=False)
+    return out
+
+
+def _frozen(array: np.ndarray | None, dtype=np.float64) -> np.ndarray | None:
+    if array is None:
+        return None
+    out = np.array(array, dtype=dtype)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    """An immutable multi-level mesh topology with a joint regressor.
+
+    Attributes (``L`` = number of downsampling steps, ``K`` joints, ``V_l`` vertices at level l):
+        name: short identifier ("smpl", "mano", "anny", or a user name).
+        level_vertex_counts: (V_0, ..., V_L).
+        faces: per level, (F_l, 3) int64.
+        kept_indices: per step l < L, (V_{l+1},) indices into level l of the kept vertices.
+        upsample: per step l < L, sparse (V_l, V_{l+1}) matrix mapping level l+1 to level l.
+        coarse_adjacency: sparse (V_L, V_L) symmetric 0/1 adjacency of the coarsest level,
+            without self loops.
+        joint_regressor: (K, V_0) dense; joints (metres) = joint_regressor @ vertices (metres).
+        joint_names: K names.
+        joint_flip: (K,) permutation swapping left and right joints (an involution).
+        vertex_flip: (V_0,) permutation mirroring vertices left/right, or None if the mesh is
+            not symmetric (e.g. a right hand).
+        root_joints: joint indices whose mean is the root used to centre joint sets.
+        root_regressor: (V_0,) weights; root point (metres) = root_regressor @ vertices, used to
+            centre meshes (SMPL: the H36M pelvis).
+        template: (V_0, 3) rest-pose vertices in metres, or None.
+    """
+
+    name: str
+    level_vertex_counts: tuple[int, ...]
+    faces: tuple[np.ndarray, ...]
+    kept_indices: tuple[np.ndarray, ...]
+    upsample: tuple[sp.csr_matrix, ...]
+    coarse_adjacency: sp.csr_matrix
+    joint_regressor: np.ndarray
+    joint_names: tuple[str, ...]
+    joint_flip: np.ndarray
+    root_joints: tuple[int, ...]
+    root_regressor: np.ndarray
+    vertex_flip: np.ndarray | None = None
+    template: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731 (frozen)
+        set_("level_vertex_counts", tuple(int(n) for n in self.level_vertex_counts))
+        set_("faces", tuple(_as_index(f, "faces").reshape(-1, 3) for f in self.faces))
+        set_("kept_indices", tuple(_as_index(k, "kept") for k in self.kept_indices))
+        set_("upsample", tuple(sp.csr_matrix(u, dtype=np.float64) for u in self.upsample))
+        adjacency = sp.csr_matrix(self.coarse_adjacency, dtype=np.float64)
+        adjacency.setdiag(0)
+        adjacency.eliminate_zeros()
+        adjacency.data[:] = 1.0
+        set_("coarse_adjacency", adjacency)
+        set_("joint_regressor", _frozen(sp.csr_matrix(self.joint_regressor).toarray()
+                                        if sp.issparse(self.joint_regressor) else self.joint_regressor))
+        set_("joint_names", tuple(str(n) for n in self.joint_names))
+        set_("joint_flip", _as_index(self.joint_flip, "joint_flip"))
+        set_("root_joints", tuple(int(j) for j in self.root_joints))
+        set_("root_regressor", _frozen(self.root_regressor))
+        set_("vertex_flip", None if self.vertex_flip is None else _as_index(self.vertex_flip, "vertex_flip"))
+        set_("template", _frozen(self.template))
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`FastMetroError` if the parts are inconsistent."""
+        counts = self.level_vertex_counts
+        levels = len(counts)
+        problems = []
+        if levels < 1:
+            problems.append("no levels")
+        if len(self.faces) != levels:
+            problems.append(f"{len(self.faces)} face arrays for {levels} levels")
+        if len(self.kept_indices) != levels - 1 or len(self.upsample) != levels - 1:
+            problems.append(f"need {levels - 1} kept/upsample entries")
+        for level in range(min(levels - 1, len(self.kept_indices), len(self.upsample))):
+            kept, up = self.kept_indices[level], self.upsample[level]
+            if kept.shape != (counts[level + 1],) or (kept.size and (kept.min() < 0 or kept.max() >= counts[level])):
+                problems.append(f"kept_{level} has shape {kept.shape} or indices outside level {level}")
+            if up.shape != (counts[level], counts[level + 1]):
+                problems.append(f"upsample_{level} has shape {up.shape}, expected {(counts[level], counts[level + 1])}")
+        for level, faces in enumerate(self.faces[:levels]):
+            if faces.size and (faces.min() < 0 or faces.max() >= counts[level]):
+                problems.append(f"faces_{level} index a vertex outside level {level}")
+        if self.coarse_adjacency.shape != (counts[-1], counts[-1]):
+            problems.append(f"coarse adjacency has shape {self.coarse_adjacency.shape}")
+        elif (self.coarse_adjacency != self.coarse_adjacency.T).nnz:
+            problems.append("coarse adjacency is not symmetric")
+        num_joints = len(self.joint_names)
+        if self.joint_regressor.shape != (num_joints, counts[0]):
+            problems.append(f"joint regressor has shape {self.joint_regressor.shape}, expected {(num_joints, counts[0])}")
+        if sorted(self.joint_flip.tolist()) != list(range(num_joints)):
+            problems.append("joint_flip is not a permutation of the joints")
+        if self.vertex_flip is not None and (
+            self.vertex_flip.shape != (counts[0],) or np.any(np.bincount(self.vertex_flip, minlength=counts[0]) != 1)
+        ):
+            problems.append("vertex_flip is not a permutation of the level-0 vertices")
+        if self.root_regressor.shape != (counts[0],):
+            problems.append(f"root regressor has shape {self.root_regressor.shape}")
+        if not self.root_joints or max(self.root_joints) >= num_joints:
+            problems.append("root_joints must name at least one existing joint")
+        if self.template is not None and self.template.shape != (counts[0], 3):
+            problems.append(f"template has shape {self.template.shape}")
+        if problems:
+            raise FastMetroError(f"topology '{self.name}' is inconsistent: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_levels(self) -> int:
+        """Number of mesh levels, including the full mesh (SMPL: 3)."""
+        return len(self.level_vertex_counts)
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_names)
+
+    @property
+    def num_vertices(self) -> int:
+        """Vertices of the full mesh (level 0)."""
+        return self.level_vertex_counts[0]
+
+    @property
+    def num_coarse_vertices(self) -> int:
+        """Vertices of the coarsest level (the decoder's vertex tokens)."""
+        return self.level_vertex_counts[-1]
+
+    # ------------------------------------------------------------------ derived matrices
+    def upsampling_matrix(self, from_level: int, to_level: int = 0) -> sp.csr_matrix:
+        """Sparse (V_to, V_from) product of the per-step upsampling matrices."""
+        if not 0 <= to_level <= from_level < self.num_levels:
+            raise ValueError(f"need 0 <= to_level <= from_level < {self.num_levels}")
+        matrix = sp.identity(self.level_vertex_counts[from_level], format="csr")
+        for level in range(from_level - 1, to_level - 1, -1):
+            matrix = self.upsample[level] @ matrix
+        return sp.csr_matrix(matrix)
+
+    def level_indices(self, level: int) -> np.ndarray:
+        """(V_level,) indices into level 0 of the vertices that survive at ``level``."""
+        indices = np.arange(self.num_vertices)
+        for step in range(level):
+            indices = indices[self.kept_indices[step]]
+        return indices
+
+    def downsample(self, vertices: np.ndarray, level: int) -> np.ndarray:
+        """Select the level-``level`` vertices from level-0 vertices (..., V_0, C)."""
+        return np.take(vertices, self.level_indices(level), axis=-2)
+
+    @cached_property
+    def coarse_faces(self) -> np.ndarray:
+        return self.faces[-1]
+
+    # ------------------------------------------------------------------ persistence
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {
+            "format": np.array(FORMAT),
+            "version": np.array(VERSION),
+            "name": np.array(self.name),
+            "level_vertex_counts": np.array(self.level_vertex_counts, dtype=np.int64),
+            "joint_regressor": np.asarray(self.joint_regressor),
+            "joint_names": np.array(self.joint_names, dtype=str),
+            "joint_flip": np.asarray(self.joint_flip),
+            "root_joints": np.array(self.root_joints, dtype=np.int64),
+            "root_regressor": np.asarray(self.root_regressor),
+        }
+        for level, faces in enumerate(self.faces):
+            arrays[f"faces_{level}"] = np.asarray(faces)
+        for level, (kept, up) in enumerate(zip(self.kept_indices, self.upsample)):
+            arrays[f"kept_{level}"] = np.asarray(kept)
+            coo = up.tocoo()
+            arrays[f"upsample_{level}_data"] = coo.data
+            arrays[f"upsample_{level}_row"] = coo.row.astype(np.int64)
+            arrays[f"upsample_{level}_col"] = coo.col.astype(np.int64)
+            arrays[f"upsample_{level}_shape"] = np.array(coo.shape, dtype=np.int64)
+        adjacency = self.coarse_adjacency.tocoo()
+        arrays["coarse_adjacency_row"] = adjacency.row.astype(np.int64)
+        arrays["coarse_adjacency_col"] = adjacency.col.astype(np.int64)
+        arrays["coarse_adjacency_shape"] = np.array(adjacency.shape, dtype=np.int64)
+        if self.vertex_flip is not None:
+            arrays["vertex_flip"] = np.asarray(self.vertex_flip)
+        if self.template is not None:
+            arrays["template"] = np.asarray(self.template)
+        return arrays
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the topology as an ``.npz`` (atomically). Returns the path."""
+        from fastmetro.io import atomic_write
+
+        path = Path(path)
+        with atomic_write(path) as handle:
+            np.savez_compressed(handle, **self.to_arrays())
+        return path
+
+    @classmethod
+    def from_arrays(cls, arrays, source: str = "<arrays>") -> "Topology":
+        def get(key):
+            if key not in arrays:
+                raise FastMetroError(f"{source}: not a fastmetro topology (missing '{key}')")
+            return arrays[key]
+
+        if str(get("format")) != FORMAT:
+            raise FastMetroError(f"{source}: not a fastmetro topology (format {str(get('format'))!r})")
+        if int(get("version")) > VERSION:
+            raise FastMetroError(f"{source}: topology format version {int(get('version'))} is newer than supported")
+        counts = tuple(int(n) for n in get("level_vertex_counts"))
+        upsample = []
+        for level in range(len(counts) - 1):
+            shape = tuple(int(n) for n in get(f"upsample_{level}_shape"))
+            upsample.append(sp.coo_matrix(
+                (get(f"upsample_{level}_data"), (get(f"upsample_{level}_row"), get(f"upsample_{level}_col"))),
+                shape=shape,
+            ).tocsr())
+        adjacency_row = get("coarse_adjacency_row")
+        adjacency = sp.coo_matrix(
+            (np.ones(len(adjacency_row)), (adjacency_row, get("coarse_adjacency_col"))),
+            shape=tuple(int(n) for n in get("coarse_adjacency_shape")),
+        )
+        return cls(
+            name=str(get("name")),
+            level_vertex_counts=counts,
+            faces=tuple(get(f"faces_{level}") for level in range(len(counts))),
+            kept_indices=tuple(get(f"kept_{level}") for level in range(len(counts) - 1)),
+            upsample=tuple(upsample),
+            coarse_adjacency=adjacency,
+            joint_regressor=get("joint_regressor"),
+            joint_names=tuple(str(n) for n in get("joint_names")),
+            joint_flip=get("joint_flip"),
+            root_joints=tuple(int(j) for j in get("root_joints")),
+            root_regressor=get("root_regressor"),
+            vertex_flip=arrays["vertex_flip"] if "vertex_flip" in arrays else None,
+            template=arrays["template"] if "template" in arrays else None,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Topology":
+        """Read a topology ``.npz`` written by :meth:`save` (no pickle involved)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FastMetroError(f"{path}: topology file not found")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except ValueError as error:
+            raise FastMetroError(f"{path}: cannot read topology ({error})") from None
+        except (OSError, EOFError) as error:
+            raise FastMetroError(f"{path}: not a readable .npz file ({error})") from None
+        return cls.from_arrays(arrays, source=str(path))
+
+    def truncated(self, num_levels: int) -> "Topology":
+        """The same topology keeping only the first ``num_levels`` levels (MANO: 778 -> 195)."""
+        if not 1 <= num_levels <= self.num_levels:
+            raise ValueError(f"num_levels must be in 1..{self.num_levels}")
+        if num_levels == self.num_levels:
+            return self
+        return Topology(
+            name=self.name,
+            level_vertex_counts=self.level_vertex_counts[:num_levels],
+            faces=self.faces[:num_levels],
+            kept_indices=self.kept_indices[: num_levels - 1],
+            upsample=self.upsample[: num_levels - 1],
+            coarse_adjacency=adjacency_from_faces(self.faces[num_levels - 1], self.level_vertex_counts[num_levels - 1]),
+            joint_regressor=self.joint_regressor,
+            joint_names=self.joint_names,
+            joint_flip=self.joint_flip,
+            root_joints=self.root_joints,
+            root_regressor=self.root_regressor,
+            vertex_flip=self.vertex_flip,
+            template=self.template,
+            metadata=dict(self.metadata),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Topology(name={self.name!r}, levels={self.level_vertex_counts}, joints={self.num_joints}, "
+            f"flip={'yes' if self.vertex_flip is not None else 'no'})"
+        )
+
+
+def adjacency_from_faces(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
+    """Symmetric 0/1 vertex adjacency (no self loops) of a triangle mesh."""
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2], faces[:, 1], faces[:, 2], faces[:, 0]])
+    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0], faces[:, 0], faces[:, 1], faces[:, 2]])
+    adjacency = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(num_vertices, num_vertices)).tocsr()
+    adjacency.data[:] = 1.0
+    adjacency.setdiag(0)
+    adjacency.eliminate_zeros()
+    return adjacency
+
+
+def mirror_permutation(vertices: np.ndarray, axis: int = 0, tolerance: float = 1e-3) -> np.ndarray | None:
+    """Permutation mapping each vertex to its mirror image across the plane ``x[axis] = 0``.
+
+    Returns None if the mesh is not mirror-symmetric within ``tolerance`` (metres), or if the
+    nearest-mirror matching is not a permutation.
+    """
+    from scipy.spatial import cKDTree
+
+    vertices = np.asarray(vertices, dtype=np.float64)
+    mirrored = vertices.copy()
+    mirrored[:, axis] *= -1
+    distance, index = cKDTree(vertices).query(mirrored)
+    if distance.max() > tolerance or len(np.unique(index)) != len(index):
+        return None
+    return index.astype(np.int64)
