@@ -19,7 +19,8 @@ from fastmetro.errors import FastMetroError
 COMMAND_MODULES = (
     "fastmetro.model.commands",  # models, convert
     "fastmetro.topology.commands",  # topology build/info
-    "fastmetro.data.commands",  # data convert/check, synth
+    "fastmetro.data.commands",  # data convert/check
+    "fastmetro.data.synthetic.commands",  # synth
     "fastmetro.engine.commands",  # train, eval
     "fastmetro.inference.commands",  # infer, export
 )

@@ -1,0 +1,1 @@
+"""Free synthetic training data rendered from the Anny body model."""
