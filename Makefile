@@ -5,14 +5,36 @@ BIN := $(VENV)/bin
 # Never reach for a model hub at run time: a lookup fails fast instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-all demo clean
+.PHONY: install render-deps render-check test test-all demo clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-install: $(BIN)/.installed
+install: render-deps $(BIN)/.installed
+
+# Offscreen rendering (synthetic data, overlays) needs OpenGL through EGL. Without a GPU that is
+# Mesa's llvmpipe: libEGL/libGL (glvnd) + Mesa's EGL vendor + its software DRI driver. The check
+# is a cheap file lookup, so `install` runs it every time; apt only runs when something is missing.
+RENDER_DEBS := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
+render-deps:
+	@if ldconfig -p | grep -q 'libEGL.so.1 ' && ldconfig -p | grep -q 'libGL.so.1 ' \
+	    && ls /usr/share/glvnd/egl_vendor.d/*mesa*.json >/dev/null 2>&1 \
+	    && ls /usr/lib/*/dri/swrast_dri.so /usr/lib/dri/swrast_dri.so 2>/dev/null | grep -q .; then \
+	  true; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the offscreen renderer's libraries: $(RENDER_DEBS)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(RENDER_DEBS); \
+	else \
+	  echo "warning: no EGL/Mesa found and no apt-get; install the equivalents of $(RENDER_DEBS)" \
+	       "(or a GPU driver with EGL) to use \`fastmetro synth\` and rendered overlays" >&2; \
+	fi
+
+# Prints the OpenGL renderer EGL gives us (llvmpipe on CPU-only machines).
+render-check:
+	$(BIN)/python -c "from fastmetro.render import create_context; c = create_context(); print(c.info['GL_RENDERER'], c.info['GL_VERSION'])"
 
 test: install
 	$(BIN)/python -m pytest -q
