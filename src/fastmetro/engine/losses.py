@@ -1,0 +1,219 @@
+"""The training criterion (paper Eq. 1-6, weights as in the released code), apart from the model.
+
+:class:`MeshCriterion` takes the model's output dict and a batch of samples (see
+docs/architecture.md) and returns every term, for logging, and their weighted sum ``"total"``.
+
+Terms (all L1, each averaged over the samples where its ground truth is available: a batch with
+no such sample contributes exactly 0):
+
+- ``joints_3d`` / ``mesh_joints_3d``: 3D joints from the joint tokens / regressed from the fine
+  mesh, both re-centred on the root joints (mean of ``topology.root_joints``) as the ground truth
+  is, weighted by the ground-truth per-joint confidence (4th column); gated by ``has_joints_3d``.
+- ``joints_2d`` / ``mesh_joints_2d``: the same joints projected with the predicted weak-perspective
+  camera ``s * (X_xy + t)``, against crop-normalised 2D keypoints weighted by visibility; gated by
+  ``has_joints_2d``.
+- ``vertices``: weighted sum over mesh levels of the L1 vertex error (released: 0.25 coarse, 0.5
+  intermediate, 0.25 fine for three levels; 0.5/0.5 for two); the ground-truth levels are
+  selections of the ground-truth fine mesh; each level is centred on the root point regressed
+  (``topology.root_regressor``) from the corresponding *fine* mesh; gated by ``has_vertices``.
+- ``edge`` / ``normal`` (optional): edge-length and face-normal consistency on one mesh level
+  (released: the intermediate level of SMPL, the fine level of MANO), gated by ``has_vertices``.
+
+total = w_j3d (joints_3d + mesh_joints_3d) + w_v vertices + w_j2d (joints_2d + mesh_joints_2d)
+        + w_en (edge_length_weight * edge + edge_self_weight * edge_self + normal_weight * normal)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class LossConfig:
+    """Loss weights; ``None`` means "as released for this topology"."""
+
+    joints_3d_weight: float = 1000.0
+    vertices_weight: float = 100.0
+    joints_2d_weight: float = 100.0
+    # Per-level vertex weights, index 0 = fine. None: (0.25, 0.5, 0.25) for 3 levels, (0.5, 0.5) for 2.
+    level_weights: list[float] | None = None
+    # Edge/normal regulariser (released: on); its level None = intermediate (3 levels) or fine.
+    edge_normal_weight: float = 100.0
+    edge_level: int | None = None
+    edge_length_weight: float | None = None  # released: 5.0 body, 1.0 hand
+    edge_self_weight: float | None = None  # mean predicted edge length; released: 1e-4 body, 0 hand
+    normal_weight: float = 0.1
+
+
+def default_level_weights(num_levels: int) -> list[float]:
+    """Released vertex-loss split over levels (index 0 = fine mesh)."""
+    if num_levels == 3:
+        return [0.25, 0.5, 0.25]
+    if num_levels == 2:
+        return [0.5, 0.5]
+    return [1.0 / num_levels] * num_levels
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """Mean of ``weight * |pred - target|`` over the available samples (0 if there is none).
+
+    Args:
+        pred, target: (B, N, C).
+        weight: (B, N, 1) per-point weight (confidence / visibility), or a broadcastable tensor.
+        available: (B,) 0/1 availability flags.
+    Returns:
+        Scalar: sum over available samples of the weighted error / (num_available * N * C), as the
+        released code's ``(conf * L1(pred, gt)).mean()`` on the selected samples.
+    """
+    mask = available.to(pred.dtype).reshape(-1, *([1] * (pred.dim() - 1)))
+    error = (weight * (pred - target).abs() * mask).sum()
+    count = mask.sum() * pred[0].numel()
+    return error / count.clamp_min(1.0)
+
+
+def project(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """Weak-perspective projection ``s * (X_xy + t)``: (B, N, 3), camera (B, 3) = (s, tx, ty) -> (B, N, 2)."""
+    return camera[:, None, :1] * (points[..., :2] + camera[:, None, 1:])
+
+
+def unique_edges(faces: np.ndarray) -> np.ndarray:
+    """(E, 2) sorted unique vertex pairs of a triangle mesh's edges."""
+    faces = np.asarray(faces, dtype=np.int64)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    return np.unique(np.sort(edges, axis=1), axis=0)
+
+
+class MeshCriterion(nn.Module):
+    """FastMETRO's losses for one topology.
+
+    Args:
+        topology: the :class:`~fastmetro.topology.Topology` the model predicts.
+        config: weights; defaults reproduce the released body/hand recipes.
+    """
+
+    def __init__(self, topology, config: LossConfig | None = None):
+        super().__init__()
+        config = config or LossConfig()
+        self.config = config
+        self.num_levels = topology.num_levels
+        self.root_joints = list(topology.root_joints)
+        self.level_weights = list(config.level_weights or default_level_weights(self.num_levels))
+        if len(self.level_weights) != self.num_levels:
+            raise ValueError(f"level_weights has {len(self.level_weights)} entries for {self.num_levels} levels")
+        three_levels = self.num_levels >= 3
+        self.edge_level = config.edge_level if config.edge_level is not None else (1 if three_levels else 0)
+        self.edge_length_weight = (
+            config.edge_length_weight if config.edge_length_weight is not None else (5.0 if three_levels else 1.0)
+        )
+        self.edge_self_weight = (
+            config.edge_self_weight if config.edge_self_weight is not None else (1e-4 if three_levels else 0.0)
+        )
+        as_float = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731
+        self.register_buffer("joint_regressor", as_float(topology.joint_regressor), persistent=False)
+        self.register_buffer("root_regressor", as_float(topology.root_regressor), persistent=False)
+        for level in range(self.num_levels):
+            indices = torch.from_numpy(np.array(topology.level_indices(level), dtype=np.int64))
+            self.register_buffer(f"level_indices_{level}", indices, persistent=False)
+        faces = np.asarray(topology.faces[self.edge_level], dtype=np.int64)
+        self.register_buffer("edge_faces", torch.from_numpy(faces.copy()), persistent=False)
+        self.register_buffer("edges", torch.from_numpy(unique_edges(faces)), persistent=False)
+
+    # ------------------------------------------------------------------ helpers
+    def _root_point(self, fine_vertices: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("v,bvc->bc", self.root_regressor, fine_vertices)[:, None]
+
+    def _center_joints(self, joints: torch.Tensor) -> torch.Tensor:
+        return joints - joints[:, self.root_joints].mean(dim=1, keepdim=True)
+
+    def _gt_level(self, gt_fine: torch.Tensor, level: int) -> torch.Tensor:
+        return gt_fine.index_select(1, getattr(self, f"level_indices_{level}"))
+
+    def edge_losses(self, pred: torch.Tensor, gt: torch.Tensor, available: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Edge-length, mean-edge-length and normal losses on one level: (B, V, 3) metres."""
+        mask = available.to(pred.dtype)
+        count = mask.sum().clamp_min(1.0)
+        first, second = self.edges[:, 0], self.edges[:, 1]
+        pred_length = (pred[:, first] - pred[:, second]).norm(dim=-1)  # (B, E)
+        gt_length = (gt[:, first] - gt[:, second]).norm(dim=-1)
+        edge = ((pred_length - gt_length).abs().mean(dim=1) * mask).sum() / count
+        edge_self = (pred_length.mean(dim=1) * mask).sum() / count
+        faces = self.edge_faces
+        gt_normal = torch.cross(gt[:, faces[:, 1]] - gt[:, faces[:, 0]], gt[:, faces[:, 2]] - gt[:, faces[:, 0]], dim=-1)
+        gt_normal = nn.functional.normalize(gt_normal, dim=-1)
+        cosines = []
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            direction = nn.functional.normalize(pred[:, faces[:, b]] - pred[:, faces[:, a]], dim=-1)
+            cosines.append((direction * gt_normal).sum(dim=-1).abs())  # (B, F)
+        normal = ((torch.stack(cosines, dim=-1).mean(dim=(1, 2))) * mask).sum() / count
+        return {"edge": edge, "edge_self": edge_self, "normal": normal}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        """Compute every term and the weighted ``total``.
+
+        Args:
+            outputs: model output dict (``camera`` (B, 3), ``joints`` (B, K, 3), ``mesh_joints``,
+                ``vertices_by_level`` (fine first), metres).
+            batch: ``joints_3d`` (B, K, 4), ``joints_2d`` (B, K, 3), ``vertices`` (B, V0, 3),
+                ``has_joints_3d`` / ``has_joints_2d`` / ``has_vertices`` (B,).
+        Returns:
+            dict of scalar tensors: each term, ``vertices_level{l}``, and ``total``.
+        """
+        # Losses in float32 even under autocast: L1 of metre-scale values needs the mantissa.
+        camera = outputs["camera"].float()
+        joints = outputs["joints"].float()
+        levels = [v.float() for v in outputs["vertices_by_level"]]
+        fine = levels[0]
+        mesh_joints = outputs.get("mesh_joints")
+        mesh_joints = (
+            torch.einsum("kv,bvc->bkc", self.joint_regressor, fine) if mesh_joints is None else mesh_joints.float()
+        )
+        gt_joints_3d = batch["joints_3d"].float()
+        gt_joints_2d = batch["joints_2d"].float()
+        gt_fine = batch["vertices"].float()
+        has_3d = batch["has_joints_3d"].float().reshape(-1)
+        has_2d = batch["has_joints_2d"].float().reshape(-1)
+        has_vertices = batch["has_vertices"].float().reshape(-1)
+
+        terms: dict[str, torch.Tensor] = {}
+        gt_xyz = self._center_joints(gt_joints_3d[..., :3])
+        confidence = gt_joints_3d[..., 3:]
+        terms["joints_3d"] = masked_l1(self._center_joints(joints), gt_xyz, confidence, has_3d)
+        terms["mesh_joints_3d"] = masked_l1(self._center_joints(mesh_joints), gt_xyz, confidence, has_3d)
+
+        visibility = gt_joints_2d[..., 2:]
+        terms["joints_2d"] = masked_l1(project(joints, camera), gt_joints_2d[..., :2], visibility, has_2d)
+        terms["mesh_joints_2d"] = masked_l1(project(mesh_joints, camera), gt_joints_2d[..., :2], visibility, has_2d)
+
+        pred_root = self._root_point(fine)
+        gt_root = self._root_point(gt_fine)
+        gt_levels = [gt_fine] + [self._gt_level(gt_fine, level) for level in range(1, self.num_levels)]
+        ones = torch.ones((), dtype=fine.dtype, device=fine.device)
+        vertices = fine.new_zeros(())
+        for level, weight in enumerate(self.level_weights):
+            term = masked_l1(levels[level] - pred_root, gt_levels[level] - gt_root, ones, has_vertices)
+            terms[f"vertices_level{level}"] = term
+            vertices = vertices + weight * term
+        terms["vertices"] = vertices
+
+        config = self.config
+        total = (
+            config.joints_3d_weight * (terms["joints_3d"] + terms["mesh_joints_3d"])
+            + config.vertices_weight * vertices
+            + config.joints_2d_weight * (terms["joints_2d"] + terms["mesh_joints_2d"])
+        )
+        if config.edge_normal_weight > 0:
+            terms.update(self.edge_losses(levels[self.edge_level], gt_levels[self.edge_level], has_vertices))
+            edge_normal = (
+                self.edge_length_weight * terms["edge"]
+                + self.edge_self_weight * terms["edge_self"]
+                + config.normal_weight * terms["normal"]
+            )
+            terms["edge_normal"] = edge_normal
+            total = total + config.edge_normal_weight * edge_normal
+        terms["total"] = total
+        return terms
