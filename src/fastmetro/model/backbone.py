@@ -1,0 +1,138 @@
+"""CNN backbones from timm: images (B, 3, H, W) -> feature map (B, C, H/32, W/32).
+
+The backbone is the timm model itself (``forward_features`` gives the last feature map), so its
+parameter names are timm's: for HRNet-W64 they equal the released checkpoints' ``backbone.*``
+names; for ResNets they map one-to-one onto the torchvision ``nn.Sequential`` indices the
+release uses (see :mod:`fastmetro.model.checkpoint`).
+
+No weights are ever downloaded: ``pretrained=True`` uses timm's weights only if they are already
+in the local Hugging Face cache, and ``load_backbone_weights`` reads a local file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastmetro.errors import FastMetroError
+
+
+def build_backbone(
+    name: str,
+    keep_classifier: bool = False,
+    pretrained: bool = False,
+    pretrained_tag: str | None = None,
+) -> nn.Module:
+    """Create a timm model whose ``forward_features`` is the backbone.
+
+    Args:
+        name: timm architecture name (``resnet50``, ``hrnet_w64``, ``resnet18``...).
+        keep_classifier: keep the (unused) classification layer, as the released HRNet-W64 does
+            (it is in the checkpoints and in the paper's parameter count).
+        pretrained: load ImageNet weights from the local cache (never downloads).
+        pretrained_tag: timm pretrained tag (e.g. ``tv_in1k``: torchvision's weights, as released).
+    """
+    import timm
+
+    kwargs = {} if keep_classifier else {"num_classes": 0, "global_pool": ""}
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as error:  # timm: "Unknown model (...)"
+        raise FastMetroError(f"unknown backbone {name!r}: {error}") from None
+    if pretrained:
+        load_backbone_weights(model, cached_pretrained_file(name, pretrained_tag))
+    return model
+
+
+def backbone_channels(backbone: nn.Module) -> int:
+    """Channels of ``forward_features``' output (timm's ``num_features``; HRNet-W64: 2048)."""
+    return int(backbone.num_features)
+
+
+def cached_pretrained_file(name: str, tag: str | None = None) -> Path:
+    """Path of timm's ImageNet weights for ``name`` in the local Hugging Face cache.
+
+    Raises a one-line :class:`FastMetroError` if they are not cached (this never touches the
+    network, so it cannot hang offline).
+    """
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    full_name = f"{name}.{tag}" if tag else name
+    try:
+        config = timm.models.get_pretrained_cfg(full_name)
+    except Exception:  # noqa: BLE001 (timm raises various types for unknown tags)
+        config = None
+    hub_id = getattr(config, "hf_hub_id", None) if config is not None else None
+    candidates = []
+    if hub_id:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(hub_id, filename)
+            if isinstance(found, str):
+                candidates.append(Path(found))
+    if not candidates:
+        where = f"Hugging Face hub '{hub_id}'" if hub_id else "timm"
+        raise FastMetroError(
+            f"{full_name}: ImageNet weights are not in the local cache ({where}) and fastmetro never "
+            "downloads; pass backbone_weights=PATH (a local .safetensors/.pth) or pretrained=False"
+        )
+    return candidates[0]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a flat name -> tensor mapping from ``.safetensors`` or a torch file (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastMetroError(f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorsError, OSError, ValueError) as error:
+            raise FastMetroError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (corrupt zip, unpickling refused, truncated...)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FastMetroError(f"{path}: not a readable weights-only torch file ({message})") from None
+    # Common wrappers: {"state_dict": ...} / {"model": ...}.
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not loaded:
+        raise FastMetroError(f"{path}: does not hold a state dict (got {type(loaded).__name__})")
+    bad = [key for key, value in loaded.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+    if bad:
+        raise FastMetroError(f"{path}: entry {bad[0]!r} is not a tensor; not a state dict")
+    return loaded
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load local ImageNet weights (timm or torchvision names) into a timm backbone.
+
+    Entries of a classification head the backbone does not have (``fc.*`` for a ResNet built
+    without its head) are skipped; anything else missing, unexpected or mis-shaped is an error.
+    """
+    path = Path(path)
+    state = {key.removeprefix("module."): value for key, value in read_state_dict(path).items()}
+    expected = backbone.state_dict()
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "fc"
+    unexpected = [k for k in state if k not in expected and not k.startswith(f"{classifier}.")]
+    missing = [k for k in expected if k not in state]
+    if missing or unexpected:
+        problem = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
+        raise FastMetroError(
+            f"{path}: backbone weights do not match the {type(backbone).__name__} backbone: {problem} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise FastMetroError(
+                f"{path}: backbone key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}"
+            )
+    backbone.load_state_dict({k: state[k] for k in expected}, strict=True)

@@ -1,0 +1,227 @@
+"""Named presets (``FastMETRO-S-R50``, ``FastMETRO-L-H64``, ...) -> :class:`FastMETROConfig`,
+and :func:`create_model`.
+
+A name is ``FastMETRO-<variant>-<backbone>[+<ablation>]`` (case-insensitive):
+
+- variant ``S`` / ``M`` / ``L``: 1 / 2 / 3 layers in each encoder and decoder of both transformers;
+- backbone ``R50`` (ResNet-50), ``H64`` (HRNet-W64), or the light ``R18`` / ``R34`` for CPU use;
+- optional Table 4 ablation: ``no-mask``, ``half-head-mask``, ``graph-conv``,
+  ``learnable-upsampling``, ``no-dim-reduction``.
+
+The flavor (``paper`` or ``release``, see :data:`FLAVORS`) and the topology (body: SMPL/Anny,
+hand: MANO) are chosen separately. Any config field can be overridden by keyword, e.g.
+``backbone="efficientnet_b0"`` for any timm backbone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from fastmetro.errors import FastMetroError
+from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, parameter_counts
+
+VARIANT_LAYERS = {"S": 1, "M": 2, "L": 3}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_name: str
+    keeps_classifier: bool
+    pretrained_tag: str
+
+
+BACKBONES = {
+    "R18": BackboneSpec("resnet18", False, "tv_in1k"),
+    "R34": BackboneSpec("resnet34", False, "tv_in1k"),
+    # torchvision's ImageNet weights, as the release uses.
+    "R50": BackboneSpec("resnet50", False, "tv_in1k"),
+    # The released HRNet-W64 keeps its unused 2048->1000 classifier (in checkpoints and counts).
+    "H64": BackboneSpec("hrnet_w64", True, "ms_in1k"),
+}
+
+FLAVORS = {
+    # Paper: one shared encoder reduction Linear, fixed upsampling matrices for every level.
+    "paper": {"dim_reduction": "shared", "upsampling": "fixed"},
+    # Released checkpoints: separate camera/image reductions, learnable coarse -> intermediate step.
+    "release": {"dim_reduction": "separate", "upsampling": "learnable_coarse"},
+}
+
+ABLATIONS = {
+    "no-mask": {"attention_mask": "none"},
+    "half-head-mask": {"attention_mask": "half_heads"},
+    "graph-conv": {"attention_mask": "none", "graph_convolutions": True},
+    "learnable-upsampling": {"upsampling": "learnable"},
+    "no-dim-reduction": {"model_dims": (512, 512), "feedforward_dims": (2048, 2048)},
+}
+
+# Mesh sizes per task (built-in topologies): level vertex counts (fine first) and joints.
+TASK_SIZES = {
+    "body": ((6890, 1723, 431), 14),
+    "hand": ((778, 195), 21),
+}
+
+_NAME = re.compile(r"^fastmetro-([sml])-([a-z0-9]+)(?:\+([a-z-]+))?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PresetName:
+    variant: str
+    backbone: str
+    ablation: str | None
+
+    def __str__(self) -> str:
+        return f"FastMETRO-{self.variant}-{self.backbone}" + (f"+{self.ablation}" if self.ablation else "")
+
+
+def parse_name(name: str) -> PresetName:
+    match = _NAME.match(str(name).strip())
+    if not match or match.group(2).upper() not in BACKBONES or (
+        match.group(3) and match.group(3).lower() not in ABLATIONS
+    ):
+        raise FastMetroError(
+            f"unknown model {name!r}: expected FastMETRO-<S|M|L>-<{'|'.join(BACKBONES)}>"
+            f"[+<{'|'.join(ABLATIONS)}>], e.g. FastMETRO-S-R50"
+        )
+    ablation = match.group(3).lower() if match.group(3) else None
+    return PresetName(match.group(1).upper(), match.group(2).upper(), ablation)
+
+
+def canonical_name(name: str) -> str:
+    return str(parse_name(name))
+
+
+def preset_names(ablations: bool = False) -> list[str]:
+    """Base preset names (S/M/L x backbones); with ``ablations``, also Table 4's S-R50 rows."""
+    names = [f"FastMETRO-{v}-{b}" for b in BACKBONES for v in VARIANT_LAYERS]
+    if ablations:
+        names += [f"FastMETRO-S-R50+{a}" for a in ABLATIONS]
+    return names
+
+
+def model_config(name: str, flavor: str = "paper", **overrides) -> FastMETROConfig:
+    """Config of a named preset in a flavor, with optional field overrides."""
+    parsed = parse_name(name)
+    if flavor not in FLAVORS:
+        raise FastMetroError(f"unknown flavor {flavor!r}: use one of {tuple(FLAVORS)}")
+    layers = VARIANT_LAYERS[parsed.variant]
+    spec = BACKBONES[parsed.backbone]
+    fields = {
+        "backbone": spec.timm_name,
+        "backbone_keeps_classifier": spec.keeps_classifier,
+        "backbone_pretrained_tag": spec.pretrained_tag,
+        "num_encoder_layers": layers,
+        "num_decoder_layers": layers,
+        **FLAVORS[flavor],
+        **(ABLATIONS[parsed.ablation] if parsed.ablation else {}),
+    }
+    if "backbone" in overrides and "backbone_pretrained_tag" not in overrides:
+        overrides = {**overrides, "backbone_pretrained_tag": None}
+        if "backbone_keeps_classifier" not in overrides:
+            overrides["backbone_keeps_classifier"] = False
+    return FastMETROConfig().replace(**fields).replace(**overrides)
+
+
+def task_of(topology) -> str:
+    """``hand`` for two-level meshes with 21 joints (MANO-like), else ``body``."""
+    return "hand" if getattr(topology, "name", "") == "mano" or topology.num_levels == 2 else "body"
+
+
+def sized_topology(task: str):
+    """A data-free :class:`Topology` with the mesh sizes of ``task`` (for counting and for
+    converting checkpoints: parameters depend only on sizes). Its matrices are empty: do not
+    run a model built on it."""
+    from fastmetro.topology import Topology
+
+    if task not in TASK_SIZES:
+        raise FastMetroError(f"unknown task {task!r}: use one of {tuple(TASK_SIZES)}")
+    counts, joints = TASK_SIZES[task]
+    return Topology(
+        name=f"{task}-sizes",
+        level_vertex_counts=counts,
+        faces=tuple(np.zeros((0, 3), dtype=np.int64) for _ in counts),
+        kept_indices=tuple(np.arange(counts[level + 1]) for level in range(len(counts) - 1)),
+        upsample=tuple(sp.csr_matrix((counts[level], counts[level + 1])) for level in range(len(counts) - 1)),
+        coarse_adjacency=sp.csr_matrix((counts[-1], counts[-1])),
+        joint_regressor=np.zeros((joints, counts[0])),
+        joint_names=tuple(f"joint_{i}" for i in range(joints)),
+        joint_flip=np.arange(joints),
+        root_joints=(0,),
+        root_regressor=np.zeros(counts[0]),
+    )
+
+
+def build_on_meta(config: FastMETROConfig, topology) -> FastMETRO:
+    """Build without allocating weights (instant even for HRNet-W64); for shapes and counts."""
+    import torch
+
+    with torch.device("meta"):
+        return FastMETRO(config, topology)
+
+
+def count_parameters(name: str, flavor: str = "paper", task: str = "body", **overrides) -> dict[str, int]:
+    """Backbone / transformer / total parameter counts of a preset, without any data files."""
+    model = build_on_meta(model_config(name, flavor, **overrides), sized_topology(task))
+    return parameter_counts(model)
+
+
+def create_model(
+    name: str | None = None,
+    topology="anny",
+    flavor: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    **overrides,
+) -> FastMETRO:
+    """Build a FastMETRO network.
+
+    Args:
+        name: preset name (case-insensitive), e.g. ``"FastMETRO-S-R50"``; may be omitted when
+            ``checkpoint`` is one of ours (its JSON names the model).
+        topology: ``"anny"`` / ``"smpl"`` / ``"mano"`` / a topology ``.npz`` / a ``Topology``.
+        flavor: ``"paper"`` (default) or ``"release"``; taken from the checkpoint when omitted.
+        checkpoint: our ``.safetensors`` (with its ``.json``) or an official ``*_state_dict.bin``.
+            Loading is strict: a missing, unexpected or mis-shaped key is an error.
+        backbone_weights: local ImageNet weights for the backbone (safetensors or torch file).
+        data_dir: directory of the SMPL/MANO files for the ``smpl``/``mano`` topologies.
+        pretrained: ImageNet weights from the local timm/Hugging Face cache (never downloads).
+        **overrides: :class:`FastMETROConfig` fields.
+    """
+    from fastmetro import topology as topology_module
+    from fastmetro.model import checkpoint as checkpoint_module
+
+    loaded = checkpoint_module.read_checkpoint(checkpoint) if checkpoint is not None else None
+    if loaded is not None and loaded.config is not None:
+        saved = loaded.config
+        if name is not None and canonical_name(name).lower() != str(saved["name"]).lower():
+            raise FastMetroError(f"{checkpoint}: holds {saved['name']}, not {name}")
+        name = saved["name"]
+        if flavor is not None and flavor != saved["flavor"]:
+            raise FastMetroError(f"{checkpoint}: holds the {saved['flavor']!r} flavor, not {flavor!r}")
+        flavor = saved["flavor"]
+        overrides = {**saved.get("overrides", {}), **overrides}
+    if name is None:
+        raise FastMetroError("create_model needs a model name (e.g. 'FastMETRO-S-R50') or one of our checkpoints")
+    if flavor is None:
+        flavor = loaded.flavor if loaded is not None and loaded.flavor else "paper"
+    config = model_config(name, flavor, **overrides)
+    mesh = topology_module.load(topology, data_dir)
+    if loaded is not None:
+        checkpoint_module.check_topology(loaded, mesh)
+    model = FastMETRO(config, mesh, pretrained_backbone=pretrained and checkpoint is None)
+    model.preset_name = canonical_name(name)
+    model.flavor = flavor
+    model.overrides = dict(overrides)
+    if backbone_weights is not None:
+        from fastmetro.model.backbone import load_backbone_weights
+
+        load_backbone_weights(model.backbone, backbone_weights)
+    if loaded is not None:
+        checkpoint_module.load_strict(model, loaded.state_dict, source=str(checkpoint))
+    return model
