@@ -399,6 +399,10 @@ class TSVDataset:
         """The label tsv path of the row (for grouping and messages)."""
         return str(self.spec.sources[int(self.rows[index, 0])].label)
 
+    def source_name_of(self, row: RawRow) -> str:
+        """The label tsv path a decoded row came from."""
+        return str(self.spec.sources[row.source_index].label)
+
     def label(self, index: int) -> tuple[str, dict]:
         """(key, label dict) without decoding the image (cheap)."""
         source_index, row_index = (int(v) for v in self.rows[index])

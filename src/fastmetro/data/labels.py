@@ -1,0 +1,217 @@
+"""Label fields of a METRO-format row, validated into a typed :class:`Annotation`.
+
+Released fields (METRO/FastMETRO label tsv, one JSON dict per row):
+
+=================  ===============================================================================
+``center``         [x, y] pixels: centre of the person box (pixel centres at integer coordinates)
+``scale``          box side / 200 (the crop is a square of side ``200 * scale`` px)
+``2d_joints``      (J, 3) [x, y, visibility] pixels; may be nested one level ([[...]])
+``has_2d_joints``  0/1
+``3d_joints``      (J, 4) [x, y, z, confidence] metres (camera axes: x right, y down, z forward)
+``has_3d_joints``  0/1
+``pose``           SMPL (72,) / MANO (48,) axis-angle (radians)
+``betas``          (10,) shape coefficients
+``has_smpl``       0/1 (pose/betas valid)
+``gender``         optional "m"/"f"/"n" (unused: the released code evaluates neutral SMPL)
+=================  ===============================================================================
+
+fastmetro extension (all optional; absent = released behaviour):
+
+==================  ==============================================================================
+``joints_format``   ``"j24"``: the released 24-joint superset (body) -> the topology's 14 joints by
+                    ``J24_TO_J14`` (pelvis = index 14); ``"topology"``: already K joints in the
+                    topology's order (hands, Anny, synthetic data). When absent it is inferred:
+                    24 rows for a topology with K != 24 -> j24, K rows -> topology.
+``has_vertices``    0/1: ground-truth full-resolution vertices stored in the shard's side file
+``vertices_row``    row of that ``(N, V0, 3)`` ``.npy`` (metres, same camera axes), -1 for none
+``camera``          optional intrinsics: {"fx", "fy", "cx", "cy"} pixels of the stored image
+==================  ==============================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastmetro.data.tsv import BadRowError
+
+# The released 24-joint superset (R_Ankle .. L_Wrist, Neck, Top_of_Head, Pelvis, Thorax, Spine,
+# Jaw, Head, Nose, L_Eye, R_Eye, L_Ear, R_Ear) -> the 14 LSP joints of the body topology.
+J24_TO_J14 = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18)
+J24_PELVIS = 14
+JOINT_FORMATS = ("j24", "topology")
+
+
+@dataclass
+class Annotation:
+    """A validated label. Arrays are float64; joints are in the *topology's* joint order.
+
+    center: (2,) px; scale: box side / 200; joints_2d: (K, 3) px + visibility or None;
+    joints_3d: (K, 4) metres + confidence or None (not yet centred); pose/betas or None;
+    camera: (3, 3) intrinsics or None.
+    """
+
+    key: str
+    center: np.ndarray
+    scale: float
+    joints_2d: np.ndarray | None
+    joints_3d: np.ndarray | None
+    pose: np.ndarray | None
+    betas: np.ndarray | None
+    has_vertices: bool
+    vertices_row: int
+    joints_format: str
+    camera: np.ndarray | None = None
+    gender: str | None = None
+
+    @property
+    def has_joints_2d(self) -> bool:
+        return self.joints_2d is not None
+
+    @property
+    def has_joints_3d(self) -> bool:
+        return self.joints_3d is not None
+
+    @property
+    def has_smpl(self) -> bool:
+        return self.pose is not None
+
+
+def _flag(label: dict, name: str, default: bool, source, key) -> bool:
+    value = label.get(name, default)
+    if isinstance(value, (list, tuple)):  # some releases store [1]
+        value = value[0] if value else 0
+    try:
+        return bool(int(value))
+    except (TypeError, ValueError):
+        raise BadRowError(source, key, f"'{name}' must be 0 or 1, got {value!r}") from None
+
+
+def _array(label: dict, name: str, source, key, columns: int | None = None) -> np.ndarray:
+    try:
+        array = np.asarray(label[name], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadRowError(source, key, f"'{name}' is not a numeric array") from None
+    if columns is not None:
+        while array.ndim > 2 and array.shape[0] == 1:  # "may be nested one level"
+            array = array[0]
+        if array.ndim != 2 or array.shape[1] != columns:
+            raise BadRowError(source, key, f"'{name}' must have shape (J, {columns}), got {array.shape}")
+    else:
+        array = array.reshape(-1)
+    if not np.isfinite(array).all():
+        raise BadRowError(source, key, f"'{name}' contains NaN or inf")
+    return array
+
+
+def _joints_format(label: dict, rows: int, num_joints: int | None, source, key) -> str:
+    declared = label.get("joints_format")
+    if declared is not None:
+        if declared not in JOINT_FORMATS:
+            raise BadRowError(source, key, f"joints_format must be one of {JOINT_FORMATS}, got {declared!r}")
+        return declared
+    if rows == 24 and num_joints != 24:
+        return "j24"
+    return "topology"
+
+
+def _to_topology_joints(joints: np.ndarray, fmt: str, num_joints: int | None, name: str, source, key) -> np.ndarray:
+    if fmt == "j24":
+        if joints.shape[0] != 24:
+            raise BadRowError(source, key, f"'{name}' has {joints.shape[0]} joints, joints_format j24 needs 24")
+        joints = joints[list(J24_TO_J14)]
+    if num_joints is not None and joints.shape[0] != num_joints:
+        raise BadRowError(source, key, f"'{name}' has {joints.shape[0]} joints, the topology has {num_joints}")
+    return joints
+
+
+def parse_annotation(
+    label: dict,
+    key: str,
+    source: str = "<label>",
+    num_joints: int | None = None,
+    image_hw: tuple[int, int] | None = None,
+    pose_sizes: tuple[int, ...] = (72, 48),
+) -> Annotation:
+    """Validate a label dict and convert its joints to the topology's K joints.
+
+    ``num_joints`` None (``data check`` without a topology) only checks internal consistency.
+    ``image_hw`` supplies the default box (whole image) when center/scale are absent.
+    Raises :class:`BadRowError` naming ``source`` and ``key``.
+    """
+    if "center" in label or "scale" in label:
+        center = _array(label, "center", source, key) if "center" in label else None
+        if center is None or center.shape != (2,):
+            raise BadRowError(source, key, "'center' must be [x, y]")
+        scale_array = _array(label, "scale", source, key) if "scale" in label else None
+        if scale_array is None or scale_array.size != 1 or scale_array[0] <= 0:
+            raise BadRowError(source, key, "'scale' must be one positive number")
+        scale = float(scale_array[0])
+    elif image_hw is not None:
+        height, width = image_hw
+        center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        scale = max(height, width) / 200.0
+    else:
+        raise BadRowError(source, key, "label has no 'center'/'scale' box")
+
+    joints_2d = joints_3d = None
+    formats = []
+    if "2d_joints" in label and _flag(label, "has_2d_joints", True, source, key):
+        raw = _array(label, "2d_joints", source, key, columns=3)
+        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
+        joints_2d = _to_topology_joints(raw, fmt, num_joints, "2d_joints", source, key)
+        formats.append(fmt)
+    if "3d_joints" in label and _flag(label, "has_3d_joints", True, source, key):
+        raw = _array(label, "3d_joints", source, key, columns=4)
+        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
+        joints_3d = _to_topology_joints(raw, fmt, num_joints, "3d_joints", source, key)
+        formats.append(fmt)
+    if joints_2d is not None and joints_3d is not None and joints_2d.shape[0] != joints_3d.shape[0]:
+        raise BadRowError(source, key, f"2d_joints has {joints_2d.shape[0]} joints but 3d_joints {joints_3d.shape[0]}")
+
+    pose = betas = None
+    if _flag(label, "has_smpl", False, source, key):
+        if "pose" not in label or "betas" not in label:
+            raise BadRowError(source, key, "has_smpl=1 but 'pose' or 'betas' is missing")
+        pose = _array(label, "pose", source, key)
+        betas = _array(label, "betas", source, key)
+        if pose.size not in pose_sizes:
+            raise BadRowError(source, key, f"'pose' has {pose.size} values, expected one of {pose_sizes}")
+        if betas.size < 1 or betas.size > 300:
+            raise BadRowError(source, key, f"'betas' has {betas.size} values")
+
+    has_vertices = _flag(label, "has_vertices", False, source, key)
+    try:
+        vertices_row = int(label.get("vertices_row", -1))
+    except (TypeError, ValueError):
+        raise BadRowError(source, key, f"'vertices_row' must be an integer, got {label.get('vertices_row')!r}") from None
+    if has_vertices and vertices_row < 0:
+        raise BadRowError(source, key, "has_vertices=1 but 'vertices_row' is missing or negative")
+
+    camera = None
+    if label.get("camera") is not None:
+        intrinsics = label["camera"]
+        try:
+            fx, fy, cx, cy = (float(intrinsics[name]) for name in ("fx", "fy", "cx", "cy"))
+        except (TypeError, KeyError, ValueError):
+            raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy}") from None
+        camera = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
+        if not np.isfinite(camera).all() or fx <= 0 or fy <= 0:
+            raise BadRowError(source, key, "'camera' intrinsics must be finite with positive focal lengths")
+
+    gender = label.get("gender")
+    return Annotation(
+        key=key,
+        center=center,
+        scale=scale,
+        joints_2d=joints_2d,
+        joints_3d=joints_3d,
+        pose=pose,
+        betas=betas,
+        has_vertices=has_vertices,
+        vertices_row=vertices_row,
+        joints_format=formats[0] if formats else str(label.get("joints_format", "topology")),
+        camera=camera,
+        gender=None if gender is None else str(gender),
+    )
