@@ -50,7 +50,7 @@ def test_normalised_coordinates_round_trip():
     box = cam.CropBox(center=(123.0, 77.0), side=150.0)
     points = np.random.default_rng(0).uniform(0, 300, (20, 2))
     assert np.allclose(box.normalised_to_image(box.image_to_normalised(points)), points)
-    corners = box.image_to_normalised(np.array([[48.0, 2.0], [198.0, 152.0]]))
+    corners = box.image_to_normalised(np.array([[48.0, 2.0], [198.0, 152.0]]))  # the box edges
     assert np.allclose(corners, [[-1, -1], [1, 1]])
 
 
@@ -64,28 +64,28 @@ def test_crop_warp_puts_image_points_where_the_maths_says(side, flip):
     radius = max(2, int(side / 60))
     column, row = int(dot[0]), int(dot[1])
     image[row - radius : row + radius + 1, column - radius : column + radius + 1] = 255
-    # Centre of the painted square in continuous coordinates.
-    dot_centre = np.array([column + 0.5, row + 0.5])
+    # Centre of the painted square (OpenCV convention: pixel centres at integers).
+    dot_centre = np.array([column, row], dtype=np.float64)
     crop = cam.crop_image(image, box, crop_size=224, flip=flip).astype(np.float64)[..., 0]
     rows, cols = np.mgrid[:224, :224]
     weights = crop / crop.sum()
-    found = np.array([(weights * (cols + 0.5)).sum(), (weights * (rows + 0.5)).sum()])
+    found = np.array([(weights * cols).sum(), (weights * rows).sum()])
     expected_normalised = box.image_to_normalised(dot_centre)
     if flip:
         expected_normalised[0] = -expected_normalised[0]
-    expected = (expected_normalised + 1.0) * 112.0
+    expected = (expected_normalised + 1.0) * 112.0 - 0.5
     assert np.abs(found - expected).max() < 0.3, (found, expected)
 
 
 def test_crop_perspective_camera_matches_released_convention():
     intrinsics, translation = cam.crop_perspective_camera((0.8, 0.1, -0.2))
-    assert intrinsics[0, 0] == 1000.0 and intrinsics[0, 2] == 112.0
+    assert intrinsics[0, 0] == 1000.0 and intrinsics[0, 2] == 111.5
     assert np.allclose(translation, [0.1, -0.2, 2 * 1000 / (224 * 0.8)])
     # A point on the z = 0 plane of the model projects to the weak-perspective position.
     point = np.array([[0.3, -0.4, 0.0]])
     pixels = cam.project(point, intrinsics, translation)
     normalised = cam.weak_perspective_project(point, (0.8, 0.1, -0.2))
-    assert np.allclose(pixels / 112.0 - 1.0, normalised)
+    assert np.allclose((pixels + 0.5) / 112.0 - 1.0, normalised)
 
 
 def test_fit_weak_perspective_recovers_a_known_camera():
@@ -134,3 +134,51 @@ def test_default_focal_length_scales_released_focal_to_the_image():
     crop_k, crop_t = cam.crop_perspective_camera((0.9, 0.1, 0.2))
     # For a 224 image cropped whole, the full-image camera is exactly the released crop camera.
     assert np.allclose(intrinsics, crop_k) and np.allclose(translation, crop_t)
+
+
+def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
+    return float((first & second).sum() / max((first | second).sum(), 1))
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.mean(), rows.mean()])
+
+
+def test_paste_back_with_the_renderer(smpl_topology):
+    """Render a body with a known camera, crop the picture with a box around it: (1) the model-
+    space vertices drawn with the crop's perspective camera (from a weak-perspective fit) cover
+    the body in the crop; (2) drawn with our full-image camera they cover it in the full image."""
+    from fastmetro.render import Renderer
+
+    width, height = 640, 480
+    # Far and with a long lens, so the weak-perspective fit itself is good (~1 px); the thin arms
+    # make IoU sensitive, so also compare silhouette centroids.
+    true_k = np.array([[2000.0, 0, 330.0], [0, 2000.0, 230.0], [0, 0, 1]])
+    vertices_camera = smpl_in_camera(smpl_topology, translation=(-0.5, 0.2, 12.0), yaw_deg=-30.0)
+    faces = smpl_topology.faces[0]
+    with Renderer(width, height) as renderer:
+        truth = renderer.render(vertices_camera, faces, true_k)
+    rows, cols = np.nonzero(truth.mask)
+    box = cam.square_box((cols.min(), rows.min(), np.ptp(cols), np.ptp(rows)), expand=1.2,
+                         image_size=(width, height))
+    model_vertices = vertices_camera - vertices_camera.mean(0)
+    weak = cam.fit_weak_perspective(model_vertices, box.image_to_normalised(cam.project(vertices_camera, true_k)))
+
+    crop_mask = cam.crop_image(np.repeat(truth.mask[..., None].astype(np.uint8) * 255, 3, axis=2), box)[..., 0] > 127
+    crop_k, crop_t = cam.crop_perspective_camera(weak)
+    with Renderer(224, 224) as renderer:
+        in_crop = renderer.render(model_vertices + crop_t, faces, crop_k)
+    assert mask_iou(in_crop.mask, crop_mask) > 0.85
+    assert np.linalg.norm(centroid(in_crop.mask) - centroid(crop_mask)) < 1.5
+
+    intrinsics, translation = cam.full_image_camera(weak, box, (width, height))
+    with Renderer(width, height) as renderer:
+        pasted = renderer.render(model_vertices + translation, faces, intrinsics)
+    assert mask_iou(pasted.mask, truth.mask) > 0.9
+    assert np.linalg.norm(centroid(pasted.mask) - centroid(truth.mask)) < 1.5
+    # A wrong sign of the box offset would move the body off: check that it really matters.
+    wrong = cam.full_image_camera(weak, cam.CropBox((box.center[0] + 40, box.center[1]), box.side), (width, height))
+    with Renderer(width, height) as renderer:
+        shifted = renderer.render(model_vertices + wrong[1], faces, wrong[0])
+    assert mask_iou(shifted.mask, truth.mask) < 0.6

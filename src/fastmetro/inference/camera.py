@@ -2,8 +2,9 @@
 
 Conventions (used by every function here):
 
-* Pixel coordinates are continuous: an image of width W spans ``[0, W]``; the centre of pixel
-  column ``i`` is at ``i + 0.5``. A box ``(x, y, w, h)`` covers ``[x, x + w] x [y, y + h]``.
+* Pixel coordinates follow OpenCV (and :mod:`fastmetro.render`): the centre of pixel column
+  ``i`` is at ``u = i``, so an image of width W spans ``[-0.5, W - 0.5]`` and its centre is
+  ``(W - 1) / 2``. A box ``(x, y, w, h)`` has centre ``(x + w / 2, y + h / 2)``.
 * A :class:`CropBox` is the released square crop: centre ``(cx, cy)`` and side ``S`` pixels
   (the released label ``scale`` is ``S / 200``). The crop maps the square onto a ``R x R`` image
   (R = 224), padding outside the image with zeros.
@@ -14,9 +15,9 @@ Conventions (used by every function here):
   crop) and translation ``t = (tx, ty, 2 f / (R s))``: a point at depth ~ ``t_z`` then projects to
   the same place. The released demo uses ``f = 1000`` at ``R = 224``.
 * Paste-back to the full image (W x H) uses one perspective camera per image with principal point
-  at the image centre and focal length ``F`` (default :func:`default_focal_length`: the released
+  at the image centre ``((W - 1) / 2, (H - 1) / 2)`` and focal length ``F`` (default :func:`default_focal_length`: the released
   1000 px per 224 px, applied to the longer image side, i.e. the whole image seen as one crop).
-  Each person gets its own translation ``t = (tx + 2 (cx - W/2) / (S s), ty + 2 (cy - H/2) / (S s),
+  Each person gets its own translation ``t = (tx + 2 (cx - px) / (S s), ty + 2 (cy - py) / (S s),
   2 F / (S s))``: for points near the mesh's depth plane its projection equals the weak-perspective
   projection mapped through the box, and the whole scene (every person) is rendered with one
   camera in OpenCV convention (x right, y down, z forward).
@@ -77,16 +78,18 @@ class CropBox:
         return points * (self.side / 2.0) + np.asarray(self.center)
 
     def crop_matrix(self, crop_size: int = CROP_SIZE, flip: bool = False) -> np.ndarray:
-        """(2, 3) affine map from full-image pixels to crop pixels (continuous convention).
+        """(2, 3) affine map from full-image pixels to crop pixels (OpenCV pixel centres).
 
         ``flip`` mirrors the crop horizontally (left hands are run through the right-hand model).
         """
         cx, cy = self.center
         a = crop_size / self.side
-        matrix = np.array([[a, 0.0, crop_size / 2.0 - a * cx], [0.0, a, crop_size / 2.0 - a * cy]])
+        # The box edges cx -/+ S/2 go to the crop's outer pixel edges -0.5 and R - 0.5.
+        middle = (crop_size - 1) / 2.0
+        matrix = np.array([[a, 0.0, middle - a * cx], [0.0, a, middle - a * cy]])
         if flip:
             matrix[0] = -matrix[0]
-            matrix[0, 2] += crop_size
+            matrix[0, 2] += crop_size - 1
         return matrix
 
 
@@ -125,7 +128,7 @@ def square_box(
 def whole_image_box(image_size: tuple[int, int]) -> CropBox:
     """The square crop around the whole (W, H) image (used when no person box is given)."""
     width, height = image_size
-    return CropBox(center=(width / 2.0, height / 2.0), side=float(max(width, height)))
+    return CropBox(center=((width - 1) / 2.0, (height - 1) / 2.0), side=float(max(width, height)))
 
 
 def crop_image(
@@ -143,17 +146,15 @@ def crop_image(
         height, width = image.shape[:2]
         small_size = (max(1, round(width / factor)), max(1, round(height / factor)))
         small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
-        # Continuous coordinates scale exactly by the size ratio per axis.
+        # Pixel edges scale by the size ratio: u = ratio * (u_small + 0.5) - 0.5.
         ratio = np.array([width / small_size[0], height / small_size[1]])
         matrix = matrix.copy()
+        matrix[:, 2] += matrix[:, :2] @ (0.5 * ratio - 0.5)
         matrix[:, :2] = matrix[:, :2] * ratio[None, :]
         image = small
-    # cv2 indexes pixel centres at integers: shift in and out by half a pixel.
-    cv_matrix = matrix.copy()
-    cv_matrix[:, 2] += matrix[:, :2].sum(axis=1) * 0.5 - 0.5
     return cv2.warpAffine(
         np.ascontiguousarray(image),
-        cv_matrix,
+        matrix,
         (crop_size, crop_size),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
@@ -213,9 +214,8 @@ def crop_perspective_camera(
         intrinsics (3, 3) in crop pixels, translation (3,) metres ``(tx, ty, 2 f / (R s))``.
     """
     s, tx, ty = _checked_camera(camera)
-    intrinsics = np.array(
-        [[focal_length, 0.0, crop_size / 2.0], [0.0, focal_length, crop_size / 2.0], [0.0, 0.0, 1.0]]
-    )
+    middle = (crop_size - 1) / 2.0
+    intrinsics = np.array([[focal_length, 0.0, middle], [0.0, focal_length, middle], [0.0, 0.0, 1.0]])
     return intrinsics, np.array([tx, ty, 2.0 * focal_length / (crop_size * s)])
 
 
@@ -234,18 +234,18 @@ def full_image_camera(
         focal_length: F in full-image pixels (default :func:`default_focal_length`).
 
     Returns:
-        intrinsics (3, 3): F and principal point (W/2, H/2), shared by every person in the image;
+        intrinsics (3, 3): F and principal point ((W-1)/2, (H-1)/2), shared by every person in
+        the image (OpenCV convention, as :class:`fastmetro.render.Renderer`);
         translation (3,) metres to add to the model's vertices to put them in camera coordinates.
     """
     s, tx, ty = _checked_camera(camera)
     width, height = image_size
     focal = default_focal_length(image_size) if focal_length is None else float(focal_length)
     cx, cy = box.center
-    extent = box.side * s  # pixels per metre of the weak-perspective projection
-    translation = np.array(
-        [tx + 2.0 * (cx - width / 2.0) / extent, ty + 2.0 * (cy - height / 2.0) / extent, 2.0 * focal / extent]
-    )
-    intrinsics = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
+    px, py = (width - 1) / 2.0, (height - 1) / 2.0
+    extent = box.side * s  # pixels per metre of the weak-perspective projection, times 2
+    translation = np.array([tx + 2.0 * (cx - px) / extent, ty + 2.0 * (cy - py) / extent, 2.0 * focal / extent])
+    intrinsics = np.array([[focal, 0.0, px], [0.0, focal, py], [0.0, 0.0, 1.0]])
     return intrinsics, translation
 
 
