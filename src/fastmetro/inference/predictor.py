@@ -1,0 +1,349 @@
+"""``fastmetro.Predictor``: meshes for the people (or hands) in full images.
+
+For every person box: square crop (released preprocessing: square around the box, centre kept,
+224 x 224, zero padding, ImageNet normalisation), batched network run, then paste-back of the
+weak-perspective camera to a perspective camera of the full image
+(:func:`fastmetro.inference.camera.full_image_camera`).
+
+Hands: the networks are right-hand models. A box marked ``"left"`` is cropped mirrored, run as a
+right hand, and the result mirrored back (x -> -x, camera tx -> -tx; triangle winding reversed),
+as the released demo expects users to do by hand. For a mesh with a left/right vertex
+permutation (bodies), mirroring also applies the topology's ``vertex_flip``/``joint_flip`` so
+vertex and joint identities are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastmetro.errors import FastMetroError
+from fastmetro.inference import camera as cam
+
+SIDES = ("right", "left")
+
+
+@dataclass
+class PersonBox:
+    """A person (or hand) to reconstruct: ``(x, y, w, h)`` pixels, the hand side, and the
+    square's expansion factor (None: the predictor's ``box_expand``)."""
+
+    box: tuple[float, float, float, float]
+    side: str = "right"
+    score: float | None = None
+    expand: float | None = None
+
+    def __post_init__(self):
+        if self.side not in SIDES:
+            raise FastMetroError(f"hand side must be one of {SIDES}, got {self.side!r}")
+
+
+@dataclass
+class PersonPrediction:
+    """One reconstructed person. Coordinates in metres unless stated.
+
+    Attributes:
+        box: (x, y, w, h) input box, pixels.
+        crop_box: the square crop actually used.
+        side: ``"right"`` or ``"left"`` (left = mirrored crop, result mirrored back).
+        camera: (3,) weak-perspective (s, tx, ty) of the crop (after un-mirroring).
+        intrinsics: (3, 3) full-image pinhole camera (OpenCV convention, shared by the image).
+        translation: (3,) add to model-space points to get camera coordinates.
+        vertices: (V0, 3) model-space fine mesh (x right, y down; not root-centred).
+        faces: (F, 3) triangles for ``vertices`` (winding reversed for a mirrored hand).
+        joints: (K, 3) model-space joints from the joint tokens.
+        mesh_joints: (K, 3) joints regressed from ``vertices``.
+        joints_2d: (K, 2) full-image pixels of ``joints`` under the weak-perspective camera (what
+            the network was trained to predict).
+        joint_self_attention: (K, V_L) decoder self-attention of every joint to the coarse
+            vertices, mean over heads and layers of both transformers (when requested).
+        joint_cross_attention: (K, h, w) decoder cross-attention of every joint to the image
+            tokens, same averaging, in the un-mirrored crop's orientation (when requested).
+    """
+
+    box: tuple[float, float, float, float]
+    crop_box: cam.CropBox
+    side: str
+    camera: np.ndarray
+    intrinsics: np.ndarray
+    translation: np.ndarray
+    vertices: np.ndarray
+    faces: np.ndarray
+    joints: np.ndarray
+    mesh_joints: np.ndarray
+    joints_2d: np.ndarray
+    joint_self_attention: np.ndarray | None = None
+    joint_cross_attention: np.ndarray | None = None
+
+    @property
+    def vertices_camera(self) -> np.ndarray:
+        """(V0, 3) mesh in full-image camera coordinates (OpenCV: x right, y down, z forward)."""
+        return self.vertices + self.translation
+
+    @property
+    def joints_camera(self) -> np.ndarray:
+        return self.joints + self.translation
+
+
+@dataclass
+class ImagePrediction:
+    """All people of one image: ``image_size`` (W, H), ``people``, and warnings raised."""
+
+    image_size: tuple[int, int]
+    people: list[PersonPrediction]
+    focal_length: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    topology=None,
+    data_dir: str | os.PathLike | None = None,
+):
+    """Build a network from one of our checkpoints (or an official ``.bin`` with ``topology``).
+
+    The topology defaults to the one the checkpoint's JSON names; a topology that does not fit
+    the checkpoint is a one-line :class:`FastMetroError` naming the file.
+    """
+    from fastmetro.model.checkpoint import json_path, read_checkpoint
+    from fastmetro.model.presets import create_model
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FastMetroError(f"{path}: checkpoint not found")
+    if topology is None:
+        sidecar = json_path(path)
+        if path.suffix == ".safetensors" and sidecar.is_file():
+            topology = read_checkpoint(path).config.get("topology", {}).get("name")
+        if topology is None:
+            raise FastMetroError(f"{path}: the checkpoint does not say its topology; pass one (--topology)")
+    try:
+        return create_model(topology=topology, checkpoint=path, data_dir=data_dir)
+    except FastMetroError as error:
+        message = str(error)
+        raise FastMetroError(message if str(path) in message else f"{path}: {message}") from None
+
+
+class Predictor:
+    """Run FastMETRO on full images with person boxes.
+
+    Args:
+        checkpoint: our ``.safetensors`` checkpoint (with its JSON) or an official ``.bin``.
+        model: an already built network (instead of ``checkpoint``).
+        topology: name / path / Topology; defaults to the checkpoint's or the model's.
+        device: torch device for the network.
+        image_size: crop size S (the network input is S x S; released: 224).
+        batch_size: crops per network call.
+        box_expand: square side = ``box_expand * max(w, h)`` (1.2 suits tight detector boxes;
+            use 1.0 for boxes that already include margin).
+        focal_length: full-image focal length in pixels; default
+            :func:`fastmetro.inference.camera.default_focal_length`.
+        data_dir: folder of the SMPL/MANO files when the topology is ``smpl``/``mano``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        model: torch.nn.Module | None = None,
+        topology=None,
+        device: str | torch.device = "cpu",
+        image_size: int = cam.CROP_SIZE,
+        batch_size: int = 16,
+        box_expand: float = 1.2,
+        focal_length: float | None = None,
+        data_dir: str | os.PathLike | None = None,
+    ):
+        if (checkpoint is None) == (model is None):
+            raise FastMetroError("Predictor needs exactly one of checkpoint= or model=")
+        if checkpoint is not None:
+            model = load_model(checkpoint, topology, data_dir)
+        elif topology is not None:
+            from fastmetro import topology as topology_module
+
+            given = topology_module.load(topology, data_dir)
+            if tuple(given.level_vertex_counts) != tuple(model.topology.level_vertex_counts) or (
+                given.num_joints != model.topology.num_joints
+            ):
+                raise FastMetroError(
+                    f"topology '{given.name}' {given.level_vertex_counts} does not fit the model's "
+                    f"'{model.topology.name}' {model.topology.level_vertex_counts}"
+                )
+        if batch_size < 1:
+            raise FastMetroError(f"batch_size must be >= 1, got {batch_size}")
+        if image_size < 32:
+            raise FastMetroError(f"image_size must be >= 32, got {image_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.topology = model.topology
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.box_expand = float(box_expand)
+        self.focal_length = focal_length
+        self.faces = np.asarray(self.topology.faces[0], dtype=np.int64)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return tuple(self.topology.joint_names)
+
+    def joint_index(self, joint: int | str) -> int:
+        """Joint index from an index or a (case-insensitive) name."""
+        names = [name.lower() for name in self.joint_names]
+        if isinstance(joint, str) and not joint.lstrip("-").isdigit():
+            if joint.lower() not in names:
+                raise FastMetroError(f"unknown joint {joint!r}: one of {', '.join(self.joint_names)}")
+            return names.index(joint.lower())
+        index = int(joint)
+        if not 0 <= index < len(names):
+            raise FastMetroError(f"joint index {index} out of range 0..{len(names) - 1}")
+        return index
+
+    def predict(
+        self,
+        image: np.ndarray,
+        boxes: Sequence[PersonBox | Sequence[float]] | None = None,
+        return_attention: bool = False,
+        source: str = "<image>",
+    ) -> ImagePrediction:
+        """Reconstruct every box of one (H, W, 3) uint8 RGB image.
+
+        Without boxes the whole image is the box (and a warning says so).
+        """
+        return self.predict_many([(image, boxes, source)], return_attention)[0]
+
+    def predict_many(
+        self,
+        items: Sequence[tuple[np.ndarray, Sequence | None, str]],
+        return_attention: bool = False,
+    ) -> list[ImagePrediction]:
+        """Like :meth:`predict` for several ``(image, boxes, source)``; crops are batched together."""
+        crops, plans, results = [], [], []
+        for image, boxes, source in items:
+            image = _checked_image(image, source)
+            height, width = image.shape[:2]
+            warnings = []
+            people = self._person_boxes(boxes, (width, height), source, warnings)
+            focal = cam.default_focal_length((width, height)) if self.focal_length is None else self.focal_length
+            results.append(ImagePrediction((width, height), [], float(focal), warnings))
+            for person in people:
+                expand = self.box_expand if person.expand is None else person.expand
+                crop_box = _crop_box(person, expand, (width, height), source)
+                flip = person.side == "left"
+                crop = cam.crop_image(image, crop_box, self.image_size, flip=flip)
+                crops.append(cam.normalise_crop(crop))
+                plans.append((len(results) - 1, person, crop_box, flip))
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.from_numpy(np.stack(crops[start : start + self.batch_size])).to(self.device)
+            outputs = self._run(batch, return_attention)
+            for offset in range(batch.shape[0]):
+                result_index, person, crop_box, flip = plans[start + offset]
+                result = results[result_index]
+                result.people.append(
+                    self._person(outputs, offset, person, crop_box, flip, result.image_size, result.focal_length)
+                )
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _person_boxes(self, boxes, image_size, source, warnings) -> list[PersonBox]:
+        if boxes is None:
+            warnings.append(f"{source}: no person box given; using the whole image as the box")
+            width, height = image_size
+            return [PersonBox((0.0, 0.0, float(width), float(height)), expand=1.0)]
+        people = []
+        for box in boxes:
+            if isinstance(box, PersonBox):
+                people.append(box)
+            else:
+                people.append(PersonBox(tuple(float(v) for v in box)))
+        return people
+
+    @torch.no_grad()
+    def _run(self, batch: torch.Tensor, return_attention: bool) -> dict:
+        outputs = self.model(batch, return_attention=return_attention)
+        out = {
+            name: outputs[name].float().cpu().numpy()
+            for name in ("camera", "joints", "fine_vertices", "mesh_joints")
+        }
+        if return_attention:
+            num_joints = self.topology.num_joints
+            # Mean over layers (both transformers) and heads of the joint rows.
+            self_maps = torch.stack([a[:, :, :num_joints, num_joints:] for a in outputs["attention"]["self"]])
+            cross_maps = torch.stack([a[:, :, :num_joints, :] for a in outputs["attention"]["cross"]])
+            height, width = outputs["feature_size"]
+            out["joint_self_attention"] = self_maps.float().mean(dim=(0, 2)).cpu().numpy()
+            out["joint_cross_attention"] = (
+                cross_maps.float().mean(dim=(0, 2)).reshape(batch.shape[0], num_joints, height, width).cpu().numpy()
+            )
+        return out
+
+    def _person(self, outputs, index, person, crop_box, flip, image_size, focal) -> PersonPrediction:
+        camera = outputs["camera"][index].astype(np.float64)
+        vertices = outputs["fine_vertices"][index].astype(np.float64)
+        joints = outputs["joints"][index].astype(np.float64)
+        mesh_joints = outputs["mesh_joints"][index].astype(np.float64)
+        faces = self.faces
+        self_attention = outputs.get("joint_self_attention")
+        cross_attention = outputs.get("joint_cross_attention")
+        self_attention = None if self_attention is None else self_attention[index]
+        cross_attention = None if cross_attention is None else cross_attention[index]
+        if flip:
+            # Mirror the result of the mirrored crop back: x -> -x in model space and in the crop.
+            mirror = np.array([-1.0, 1.0, 1.0])
+            vertices, joints, mesh_joints = vertices * mirror, joints * mirror, mesh_joints * mirror
+            camera = camera * np.array([1.0, -1.0, 1.0])
+            if cross_attention is not None:
+                cross_attention = cross_attention[..., ::-1].copy()
+            topology = self.topology
+            if topology.vertex_flip is not None:
+                # Symmetric mesh (body): keep vertex/joint identities (left stays left).
+                vertices = vertices[topology.vertex_flip]
+                joints = joints[topology.joint_flip]
+                mesh_joints = np.asarray(topology.joint_regressor) @ vertices
+                if self_attention is not None:
+                    self_attention = self_attention[topology.joint_flip]
+                if cross_attention is not None:
+                    cross_attention = cross_attention[topology.joint_flip]
+            else:
+                # A mirrored right hand is a left hand; mirroring flips the triangles' orientation.
+                faces = faces[:, ::-1].copy()
+        intrinsics, translation = cam.full_image_camera(camera, crop_box, image_size, focal)
+        joints_2d = crop_box.normalised_to_image(cam.weak_perspective_project(joints, camera))
+        return PersonPrediction(
+            box=tuple(float(v) for v in person.box),
+            crop_box=crop_box,
+            side=person.side,
+            camera=camera,
+            intrinsics=intrinsics,
+            translation=translation,
+            vertices=vertices,
+            faces=faces,
+            joints=joints,
+            mesh_joints=mesh_joints,
+            joints_2d=joints_2d,
+            joint_self_attention=self_attention,
+            joint_cross_attention=cross_attention,
+        )
+
+
+def _checked_image(image, source: str) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise FastMetroError(f"{source}: expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise FastMetroError(f"{source}: image has zero size")
+    return image
+
+
+def _crop_box(person: PersonBox, expand: float, image_size, source: str) -> cam.CropBox:
+    try:
+        return cam.square_box(person.box, expand=expand, image_size=image_size)
+    except cam.BoxError as error:
+        raise FastMetroError(f"{source}: {error}") from None
+
+
+__all__ = ["Predictor", "PersonBox", "PersonPrediction", "ImagePrediction", "load_model", "SIDES"]
