@@ -132,12 +132,13 @@ def parse_annotation(
     source: str = "<label>",
     num_joints: int | None = None,
     image_hw: tuple[int, int] | None = None,
-    pose_sizes: tuple[int, ...] = (72, 48),
+    pose_sizes: tuple[int, ...] | None = (72, 48),
 ) -> Annotation:
     """Validate a label dict and convert its joints to the topology's K joints.
 
     ``num_joints`` None (``data check`` without a topology) only checks internal consistency.
     ``image_hw`` supplies the default box (whole image) when center/scale are absent.
+    ``pose_sizes``: accepted pose lengths (None = any; the pose is unused without a body model).
     Raises :class:`BadRowError` naming ``source`` and ``key``.
     """
     if "center" in label or "scale" in label:
@@ -176,7 +177,7 @@ def parse_annotation(
             raise BadRowError(source, key, "has_smpl=1 but 'pose' or 'betas' is missing")
         pose = _array(label, "pose", source, key)
         betas = _array(label, "betas", source, key)
-        if pose.size not in pose_sizes:
+        if pose_sizes is not None and pose.size not in pose_sizes:
             raise BadRowError(source, key, f"'pose' has {pose.size} values, expected one of {pose_sizes}")
         if betas.size < 1 or betas.size > 300:
             raise BadRowError(source, key, f"'betas' has {betas.size} values")

@@ -1,0 +1,178 @@
+"""Convert a folder of images + an annotation file into a METRO-format shard.
+
+Annotation schema (``fastmetro data convert --images DIR --annotations ANN.json|ANN.npz``)
+-----------------------------------------------------------------------------------------
+
+JSON: a list of records (or ``{"images": [records]}``); NPZ: one array per field whose first
+axis indexes the images (``file`` as a string array). Per image:
+
+==============  =====================================================================================
+``file``        image path relative to ``--images`` (JPEG/PNG stored as is; other formats re-encoded)
+``key``         optional row key (default: ``file``)
+``center``      [x, y] px and ``scale`` (box side / 200), *or* ``bbox`` [x0, y0, w, h] px (then
+                center = box centre, scale = ``bbox_scale`` * max(w, h) / 200; 1.2 as for 3DPW);
+                neither: the whole image
+``joints_2d``   (J, 2) or (J, 3) px [x, y(, visibility)]
+``joints_3d``   (J, 3) or (J, 4) metres [x, y, z(, confidence)], camera axes x right, y down, z forward
+``pose``        SMPL (72,) / MANO (48,) axis-angle, with ``betas`` (10,)
+``vertices``    (V0, 3) metres (stored in the shard's ``.vertices.npy`` side file)
+``joints_format``  "j24" (24 released joints) or "topology" (the topology's K joints); see labels.py
+``gender``, ``camera`` ({fx, fy, cx, cy})  passed through
+==============  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastmetro.data.tsv import TSVDatasetWriter, encode_image
+from fastmetro.errors import FastMetroError
+
+PASS_THROUGH = ("joints_format", "gender", "camera")
+
+
+def read_annotations(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records from a JSON list / ``{"images": [...]}`` or an NPZ of per-field arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastMetroError(f"{path}: annotation file not found")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except ValueError as error:
+            raise FastMetroError(f"{path}: cannot read annotations ({error}); object arrays are not accepted") from None
+        except (OSError, EOFError) as error:
+            raise FastMetroError(f"{path}: not a readable .npz file ({error})") from None
+        if "file" not in arrays:
+            raise FastMetroError(f"{path}: needs a 'file' array of image paths")
+        count = len(arrays["file"])
+        for name, array in arrays.items():
+            if array.ndim == 0 or len(array) != count:
+                raise FastMetroError(f"{path}: array '{name}' has {array.shape[:1]} rows, 'file' has {count}")
+        return [{name: array[i] for name, array in arrays.items()} for i in range(count)]
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FastMetroError(f"{path}: not valid JSON ({error})") from None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        data = data["images"]
+    if not isinstance(data, list) or not all(isinstance(record, dict) for record in data):
+        raise FastMetroError(f"{path}: expected a list of per-image records (or {{'images': [...]}})")
+    return data
+
+
+def _points(record: dict, name: str, columns: int, where: str) -> np.ndarray:
+    array = np.asarray(record[name], dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] not in (columns - 1, columns):
+        raise FastMetroError(f"{where}: '{name}' must be (J, {columns - 1}) or (J, {columns}), got {array.shape}")
+    if array.shape[1] == columns - 1:
+        array = np.concatenate([array, np.ones((len(array), 1))], 1)
+    if not np.isfinite(array).all():
+        raise FastMetroError(f"{where}: '{name}' contains NaN or inf")
+    return array
+
+
+def record_to_label(record: dict, image_hw: tuple[int, int], where: str, bbox_scale: float = 1.2) -> dict:
+    """One annotation record -> a METRO label dict (released field names)."""
+    label: dict[str, Any] = {}
+    height, width = image_hw
+    if "center" in record and "scale" in record:
+        label["center"] = [float(v) for v in np.asarray(record["center"], dtype=np.float64).reshape(2)]
+        label["scale"] = float(np.asarray(record["scale"]).reshape(()))
+    elif "bbox" in record:
+        x0, y0, box_w, box_h = (float(v) for v in np.asarray(record["bbox"], dtype=np.float64).reshape(4))
+        label["center"] = [x0 + box_w / 2.0, y0 + box_h / 2.0]
+        label["scale"] = bbox_scale * max(box_w, box_h) / 200.0
+    else:
+        label["center"] = [(width - 1) / 2.0, (height - 1) / 2.0]
+        label["scale"] = max(height, width) / 200.0
+    if not np.isfinite(label["center"]).all() or not np.isfinite(label["scale"]) or label["scale"] <= 0:
+        raise FastMetroError(f"{where}: the box (center/scale or bbox) must be finite with a positive size")
+    if "joints_2d" in record:
+        label["2d_joints"] = _points(record, "joints_2d", 3, where)
+        label["has_2d_joints"] = 1
+    else:
+        label["has_2d_joints"] = 0
+    if "joints_3d" in record:
+        label["3d_joints"] = _points(record, "joints_3d", 4, where)
+        label["has_3d_joints"] = 1
+    else:
+        label["has_3d_joints"] = 0
+    if "pose" in record or "betas" in record:
+        if "pose" not in record or "betas" not in record:
+            raise FastMetroError(f"{where}: 'pose' and 'betas' go together")
+        label["pose"] = np.asarray(record["pose"], dtype=np.float64).reshape(-1)
+        label["betas"] = np.asarray(record["betas"], dtype=np.float64).reshape(-1)
+        if not (np.isfinite(label["pose"]).all() and np.isfinite(label["betas"]).all()):
+            raise FastMetroError(f"{where}: 'pose'/'betas' contain NaN or inf")
+        label["has_smpl"] = 1
+    else:
+        label["has_smpl"] = 0
+    for name in PASS_THROUGH:
+        if name in record:
+            value = record[name]
+            label[name] = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    return label
+
+
+def convert(
+    images_dir: str | os.PathLike,
+    annotations: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str = "train",
+    image_format: str = "keep",
+    bbox_scale: float = 1.2,
+    progress: bool = False,
+) -> Path:
+    """Write ``out_dir/NAME.yaml`` (+ tsv files) from images and annotations. Returns the yaml."""
+    import cv2
+
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FastMetroError(f"{images_dir}: image folder not found")
+    records = read_annotations(annotations)
+    if not records:
+        raise FastMetroError(f"{annotations}: no records")
+    iterable = records
+    if progress:
+        from tqdm import tqdm
+
+        iterable = tqdm(records, desc="converting", unit="image")
+    store_format = "jpg" if image_format == "keep" else image_format
+    with TSVDatasetWriter(out_dir, name, image_format=store_format) as writer:
+        for number, record in enumerate(iterable):
+            if "file" not in record:
+                raise FastMetroError(f"{annotations}: record {number} has no 'file'")
+            relative = str(np.asarray(record["file"]).reshape(()).item() if isinstance(record["file"], np.ndarray)
+                           else record["file"])
+            where = f"{annotations}: record {number} ({relative})"
+            image_path = images_dir / relative
+            if not image_path.is_file():
+                raise FastMetroError(f"{where}: image not found at {image_path}")
+            raw = image_path.read_bytes()
+            decoded = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+            if decoded is None:
+                raise FastMetroError(f"{where}: {image_path} is not a readable image")
+            keep = image_format == "keep" and image_path.suffix.lower() in (".jpg", ".jpeg", ".png")
+            image = raw if keep else np.ascontiguousarray(decoded[:, :, ::-1])
+            label = record_to_label(record, decoded.shape[:2], where, bbox_scale)
+            vertices = None
+            if "vertices" in record:
+                vertices = np.asarray(record["vertices"], dtype=np.float64)
+                if vertices.ndim != 2 or vertices.shape[1] != 3 or not np.isfinite(vertices).all():
+                    raise FastMetroError(f"{where}: 'vertices' must be a finite (V, 3) array, got {vertices.shape}")
+            key = str(record.get("key", relative))
+            try:
+                writer.add(key, image, label, vertices=vertices)
+            except ValueError as error:
+                raise FastMetroError(f"{where}: {error}") from None
+    return writer.yaml_path
+
+
+__all__ = ["convert", "read_annotations", "record_to_label"]

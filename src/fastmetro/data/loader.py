@@ -1,0 +1,82 @@
+"""A DataLoader whose worker errors reach the user as one line.
+
+PyTorch re-raises an exception from a worker with the worker's whole traceback in its message.
+For a :class:`~fastmetro.errors.FastMetroError` (e.g. a bad row, which names the file and the
+row key) :class:`SafeLoader` keeps only the original one-line message.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastmetro.errors import FastMetroError
+
+
+def one_line_message(error: BaseException) -> str:
+    """The original message of an exception re-raised by a DataLoader worker."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        head, sep, tail = line.partition(": ")
+        # "fastmetro.errors.FastMetroError: <message>" / "fastmetro.data.tsv.BadRowError: ..."
+        return tail if sep and "Error" in head and " " not in head else line
+    return text
+
+
+class SafeLoader:
+    """Iterates a :class:`torch.utils.data.DataLoader`, turning worker errors into one line."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except FastMetroError as error:
+                raise FastMetroError(one_line_message(error)) from None
+            yield batch
+
+
+def create_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    sampler=None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    seed: int | None = None,
+    pin_memory: bool = False,
+) -> SafeLoader:
+    """A DataLoader over sample dicts (keys collate to a list of str), wrapped in :class:`SafeLoader`."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+    return SafeLoader(loader)
+
+
+__all__ = ["SafeLoader", "create_loader", "one_line_message"]
