@@ -23,11 +23,15 @@ On disk a topology is a plain ``.npz`` (loads with ``numpy.load(allow_pickle=Fal
 ``root_joints``             (R,) int64 joints averaged to centre joint sets (body: hips; hand: wrist)
 ``root_regressor``          (V_0,) float64 weights of the root point used to centre meshes
 ``template``                (V_0, 3) float64 rest-pose vertices in metres, or absent
+``source_vertex_indices``   (V_0,) int64 index of each level-0 vertex in the source model's
+                            output (Anny: its body without eyes/teeth), or absent
+``metadata_json``           0-d str, JSON object of build information (quality, timings), or absent
 ==========================  ===================================================================
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -77,6 +81,13 @@ class Topology:
         root_regressor: (V_0,) weights; root point (metres) = root_regressor @ vertices, used to
             centre meshes (SMPL: the H36M pelvis).
         template: (V_0, 3) rest-pose vertices in metres, or None.
+        source_vertex_indices: (V_0,) indices of the level-0 vertices in the source body
+            model's vertex output, or None when level 0 is the source mesh itself. Anny:
+            ``anny_vertices[..., source_vertex_indices, :]`` gives level-0 vertices.
+        metadata: JSON-serialisable build information (saved with the topology).
+
+    A mesh without joints is allowed: K = 0, ``root_joints = ()`` and a root regressor such as
+    the vertex centroid (see :func:`fastmetro.topology.build.build_topology`).
     """
 
     name: str
@@ -92,6 +103,7 @@ class Topology:
     root_regressor: np.ndarray
     vertex_flip: np.ndarray | None = None
     template: np.ndarray | None = None
+    source_vertex_indices: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -113,6 +125,8 @@ class Topology:
         set_("root_regressor", _frozen(self.root_regressor))
         set_("vertex_flip", None if self.vertex_flip is None else _as_index(self.vertex_flip, "vertex_flip"))
         set_("template", _frozen(self.template))
+        if self.source_vertex_indices is not None:
+            set_("source_vertex_indices", _as_index(self.source_vertex_indices, "source_vertex_indices"))
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -151,8 +165,20 @@ class Topology:
             problems.append("vertex_flip is not a permutation of the level-0 vertices")
         if self.root_regressor.shape != (counts[0],):
             problems.append(f"root regressor has shape {self.root_regressor.shape}")
-        if not self.root_joints or max(self.root_joints) >= num_joints:
+        if num_joints and (not self.root_joints or max(self.root_joints) >= num_joints):
             problems.append("root_joints must name at least one existing joint")
+        if not num_joints and self.root_joints:
+            problems.append("root_joints given for a topology without joints")
+        if self.source_vertex_indices is not None and (
+            self.source_vertex_indices.shape != (counts[0],) or len(np.unique(self.source_vertex_indices)) != counts[0]
+            or self.source_vertex_indices.min(initial=0) < 0
+        ):
+            problems.append("source_vertex_indices must be (V_0,) distinct non-negative indices")
+        for level, up in enumerate(self.upsample):
+            if up.nnz and not np.all(np.isfinite(up.data)):
+                problems.append(f"upsample_{level} has non-finite entries")
+        if not np.all(np.isfinite(self.joint_regressor)) or not np.all(np.isfinite(self.root_regressor)):
+            problems.append("joint or root regressor has non-finite entries")
         if self.template is not None and self.template.shape != (counts[0], 3):
             problems.append(f"template has shape {self.template.shape}")
         if problems:
@@ -233,6 +259,10 @@ class Topology:
             arrays["vertex_flip"] = np.asarray(self.vertex_flip)
         if self.template is not None:
             arrays["template"] = np.asarray(self.template)
+        if self.source_vertex_indices is not None:
+            arrays["source_vertex_indices"] = np.asarray(self.source_vertex_indices)
+        if self.metadata:
+            arrays["metadata_json"] = np.array(json.dumps(self.metadata, sort_keys=True))
         return arrays
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -282,6 +312,8 @@ class Topology:
             root_regressor=get("root_regressor"),
             vertex_flip=arrays["vertex_flip"] if "vertex_flip" in arrays else None,
             template=arrays["template"] if "template" in arrays else None,
+            source_vertex_indices=arrays["source_vertex_indices"] if "source_vertex_indices" in arrays else None,
+            metadata=_metadata(arrays, source),
         )
 
     @classmethod
@@ -319,6 +351,7 @@ class Topology:
             root_regressor=self.root_regressor,
             vertex_flip=self.vertex_flip,
             template=self.template,
+            source_vertex_indices=self.source_vertex_indices,
             metadata=dict(self.metadata),
         )
 
@@ -327,6 +360,18 @@ class Topology:
             f"Topology(name={self.name!r}, levels={self.level_vertex_counts}, joints={self.num_joints}, "
             f"flip={'yes' if self.vertex_flip is not None else 'no'})"
         )
+
+
+def _metadata(arrays, source: str) -> dict:
+    if "metadata_json" not in arrays:
+        return {}
+    try:
+        value = json.loads(str(arrays["metadata_json"]))
+    except ValueError as error:
+        raise FastMetroError(f"{source}: metadata_json is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise FastMetroError(f"{source}: metadata_json must hold a JSON object")
+    return value
 
 
 def adjacency_from_faces(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
@@ -341,18 +386,67 @@ def adjacency_from_faces(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
     return adjacency
 
 
-def mirror_permutation(vertices: np.ndarray, axis: int = 0, tolerance: float = 1e-3) -> np.ndarray | None:
-    """Permutation mapping each vertex to its mirror image across the plane ``x[axis] = 0``.
+def mirror_permutation(
+    vertices: np.ndarray, axis: int = 0, tolerance: float = 0.02, midline: float = 1e-4
+) -> np.ndarray | None:
+    """Involutive permutation mapping each vertex to its mirror image across ``x[axis] = 0``.
 
-    Returns None if the mesh is not mirror-symmetric within ``tolerance`` (metres), or if the
-    nearest-mirror matching is not a permutation.
+    Vertices with ``x[axis] > midline`` are matched one-to-one with mirrored vertices on the
+    other side by a minimum-total-distance bipartite matching (so near-symmetric meshes such as
+    the SMPL template, whose nearest mirror neighbours are not unique, still get a true
+    permutation); a matched pair swaps, every other vertex maps to itself. The result is an
+    involution by construction (``flip[flip] == arange(V)``).
+
+    Returns None if the mesh is not mirror-symmetric: some matched pair is further than
+    ``tolerance`` (metres) from mirror images, or too few vertices can be matched.
     """
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
     from scipy.spatial import cKDTree
 
     vertices = np.asarray(vertices, dtype=np.float64)
-    mirrored = vertices.copy()
-    mirrored[:, axis] *= -1
-    distance, index = cKDTree(vertices).query(mirrored)
-    if distance.max() > tolerance or len(np.unique(index)) != len(index):
+    num_vertices = len(vertices)
+    positive = np.flatnonzero(vertices[:, axis] > midline)
+    negative = np.flatnonzero(vertices[:, axis] < -midline)
+    flip = np.arange(num_vertices, dtype=np.int64)
+    if len(positive) == 0 and len(negative) == 0:
+        return flip
+    if min(len(positive), len(negative)) < 0.9 * max(len(positive), len(negative)):
         return None
-    return index.astype(np.int64)
+    # Candidate pairs: mirror neighbours within `tolerance`, seen from both sides.
+    mirrored_negative = vertices[negative].copy()
+    mirrored_negative[:, axis] *= -1
+    positive_tree, negative_tree = cKDTree(vertices[positive]), cKDTree(mirrored_negative)
+    k_negative, k_positive = min(16, len(negative)), min(16, len(positive))
+    d1, i1 = negative_tree.query(vertices[positive], k=k_negative, distance_upper_bound=tolerance)
+    d2, i2 = positive_tree.query(mirrored_negative, k=k_positive, distance_upper_bound=tolerance)
+    rows = np.concatenate([np.repeat(np.arange(len(positive)), k_negative), i2.ravel()])
+    cols = np.concatenate([i1.ravel(), np.repeat(np.arange(len(negative)), k_positive)])
+    costs = np.concatenate([d1.ravel(), d2.ravel()]) ** 2
+    found = np.isfinite(costs)
+    rows, cols, costs = rows[found], cols[found], costs[found]
+    unique_pairs, first = np.unique(np.stack([rows, cols], 1), axis=0, return_index=True)
+    rows, cols, costs = unique_pairs[:, 0], unique_pairs[:, 1], costs[first]
+    # Square assignment with "stay unpaired" options: rows = positives then one dummy per
+    # negative, columns = negatives then one dummy per positive. Leaving a vertex unpaired costs
+    # tolerance^2, so the minimum pairs as many vertices as possible with short pairs.
+    num_pos, num_neg = len(positive), len(negative)
+    penalty = tolerance**2
+    tiny = 1e-12  # explicit zeros would vanish from the sparse graph
+    all_rows = np.concatenate([rows, np.arange(num_pos), num_pos + np.arange(num_neg), num_pos + cols])
+    all_cols = np.concatenate([cols, num_neg + np.arange(num_pos), np.arange(num_neg), num_neg + rows])
+    all_costs = np.concatenate([costs + tiny, np.full(num_pos, penalty), np.full(num_neg, penalty),
+                                np.full(len(rows), tiny)])
+    size = num_pos + num_neg
+    graph = sp.csr_matrix((all_costs, (all_rows, all_cols)), shape=(size, size))
+    row_index, col_index = min_weight_full_bipartite_matching(graph)
+    real = (row_index < num_pos) & (col_index < num_neg)
+    pairs = np.stack([positive[row_index[real]], negative[col_index[real]]], axis=1)
+    mirror_of_second = vertices[pairs[:, 1]].copy()
+    mirror_of_second[:, axis] *= -1
+    pair_distance = np.linalg.norm(vertices[pairs[:, 0]] - mirror_of_second, axis=1)
+    pairs = pairs[pair_distance <= tolerance]
+    if 2 * len(pairs) < 0.9 * (len(positive) + len(negative)):
+        return None
+    flip[pairs[:, 0]] = pairs[:, 1]
+    flip[pairs[:, 1]] = pairs[:, 0]
+    return flip
