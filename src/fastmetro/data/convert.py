@@ -7,7 +7,8 @@ JSON: a list of records (or ``{"images": [records]}``); NPZ: one array per field
 axis indexes the images (``file`` as a string array). Per image:
 
 ==============  =====================================================================================
-``file``        image path relative to ``--images`` (JPEG/PNG stored as is; other formats re-encoded)
+``file``        image path relative to ``--images`` (JPEG/PNG stored as is; other formats as PNG);
+                in an NPZ name the array ``image`` (``np.savez`` reserves ``file``)
 ``key``         optional row key (default: ``file``)
 ``center``      [x, y] px and ``scale`` (box side / 200), *or* ``bbox`` [x0, y0, w, h] px (then
                 center = box centre, scale = ``bbox_scale`` * max(w, h) / 200; 1.2 as for 3DPW);
@@ -49,8 +50,10 @@ def read_annotations(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise FastMetroError(f"{path}: cannot read annotations ({error}); object arrays are not accepted") from None
         except (OSError, EOFError) as error:
             raise FastMetroError(f"{path}: not a readable .npz file ({error})") from None
+        if "file" not in arrays and "image" in arrays:  # np.savez cannot take a 'file' keyword
+            arrays["file"] = arrays.pop("image")
         if "file" not in arrays:
-            raise FastMetroError(f"{path}: needs a 'file' array of image paths")
+            raise FastMetroError(f"{path}: needs an 'image' (or 'file') array of image paths")
         count = len(arrays["file"])
         for name, array in arrays.items():
             if array.ndim == 0 or len(array) != count:
@@ -144,9 +147,11 @@ def convert(
         from tqdm import tqdm
 
         iterable = tqdm(records, desc="converting", unit="image")
-    store_format = "jpg" if image_format == "keep" else image_format
+    store_format = "png" if image_format == "keep" else image_format  # "keep": other formats -> lossless PNG
     with TSVDatasetWriter(out_dir, name, image_format=store_format) as writer:
         for number, record in enumerate(iterable):
+            if "file" not in record and "image" in record:
+                record = {**record, "file": record["image"]}
             if "file" not in record:
                 raise FastMetroError(f"{annotations}: record {number} has no 'file'")
             relative = str(np.asarray(record["file"]).reshape(()).item() if isinstance(record["file"], np.ndarray)
