@@ -136,3 +136,14 @@ def test_occlusion_option_paints_patches():
     changed = np.any(occluded != 0, axis=-1).mean()
     assert 0.005 < changed < 0.9
     np.testing.assert_array_equal(apply_occlusion(crop, params, config), occluded)  # deterministic per draw
+
+
+def test_training_crop_equals_inference_crop():
+    """Training and inference must cut the same pixels for the same box (shared convention)."""
+    from fastmetro.data.augment import crop_to_pixels
+    from fastmetro.inference.camera import CropBox
+
+    center, scale = (123.4, 87.6), 1.37
+    for size in (224, 96):
+        np.testing.assert_allclose(crop_to_pixels(center, scale, AugmentParams(), size),
+                                   CropBox(center, 200 * scale).crop_matrix(size), atol=1e-9)

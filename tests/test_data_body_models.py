@@ -252,3 +252,24 @@ def test_malicious_or_broken_files_give_one_line_errors(tmp_path):
     arrays["weights"] = arrays["weights"][:, :3]
     with pytest.raises(FastMetroError, match="weights"):
         load_body_model(_write_npz(tmp_path / "bad.npz", arrays))
+
+
+def test_unknown_chumpy_nodes_only_fail_when_needed(tmp_path, monkeypatch):
+    Ch, _ = _fake_chumpy(monkeypatch)
+    ops = types.ModuleType("chumpy.ch_ops")
+
+    class Mystery:
+        def __getstate__(self):
+            return {"a": Ch(np.zeros(3))}
+
+    Mystery.__module__, Mystery.__qualname__ = "chumpy.ch_ops", "Mystery"
+    ops.Mystery = Mystery
+    monkeypatch.setitem(sys.modules, "chumpy.ch_ops", ops)
+    arrays = _model_arrays()
+    unused = tmp_path / "unused.pkl"
+    unused.write_bytes(pickle.dumps({**arrays, "weights_prior": Mystery()}, protocol=2))
+    assert "weights_prior" not in read_model_arrays(unused)
+    needed = tmp_path / "needed.pkl"
+    needed.write_bytes(pickle.dumps({**arrays, "weights": Mystery()}, protocol=2))
+    with pytest.raises(FastMetroError, match="'weights'.*unsupported chumpy.ch_ops.Mystery"):
+        read_model_arrays(needed)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from fastmetro.errors import FastMetroError
-from fastmetro.io import PickledObject, load_npz_restricted, numpy_scipy_classes, restricted_loads
+from fastmetro.io import PickledObject, RestrictedUnpickler, load_npz_restricted, numpy_scipy_classes
 
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
 
@@ -99,6 +99,18 @@ def chumpy_classes() -> dict[tuple[str, str], Any]:
     return allowed
 
 
+class _ModelUnpickler(RestrictedUnpickler):
+    """Allow-list of :func:`chumpy_classes`, plus an inert stand-in for any other chumpy class.
+
+    An unknown chumpy node only fails if an array we need is built from it (see :func:`to_numpy`).
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.allowed and (module == "chumpy" or module.startswith("chumpy.")):
+            return _chumpy_class(f"unsupported {module}.{name}")
+        return super().find_class(module, name)
+
+
 def to_numpy(value: Any, depth: int = 0) -> Any:
     """Evaluate chumpy stand-ins (recursively) to numpy arrays; other values pass through."""
     if depth > 64:
@@ -139,7 +151,8 @@ def read_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
         raw = load_npz_restricted(path, chumpy_classes())
     elif path.suffix == ".pkl":
         try:
-            raw = restricted_loads(path.read_bytes(), chumpy_classes(), source=str(path))
+            with open(path, "rb") as handle:
+                raw = _ModelUnpickler(handle, chumpy_classes(), source=str(path)).load()
         except FastMetroError:
             raise
         except Exception as error:  # refused global, truncated stream, ...
@@ -152,8 +165,10 @@ def read_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in raw.items():
         try:
             value = to_numpy(value)
-        except (KeyError, ValueError, TypeError) as error:
-            raise FastMetroError(f"{path}: cannot evaluate chumpy array '{key}' ({error})") from None
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
+            if key in REQUIRED_KEYS or key in ("hands_mean", "f"):
+                raise FastMetroError(f"{path}: cannot evaluate chumpy array '{key}' ({error})") from None
+            continue  # an entry we never use (priors, symmetry tables...)
         if isinstance(value, np.ndarray) and value.dtype == object and value.shape == ():
             value = value.item()
         arrays[str(key)] = value

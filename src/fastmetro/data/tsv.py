@@ -254,9 +254,9 @@ def read_yaml(yaml_path: str | os.PathLike) -> DatasetSpec:
         if "linelist" in config and config["linelist"]:
             rows = read_linelist(_resolve(base, config["linelist"], "linelist", yaml_path), columns=2)
         else:  # every row of every source, in order
+            counts = [len(TSVFile(source.label)) for source in sources]
             rows = np.concatenate(
-                [np.stack([np.full(len(TSVFile(s.label)), i), np.arange(len(TSVFile(s.label)))], 1)
-                 for i, s in enumerate(sources)]
+                [np.stack([np.full(count, i), np.arange(count)], 1) for i, count in enumerate(counts)]
             ).astype(np.int64)
         if len(rows) and (rows[:, 0].min() < 0 or rows[:, 0].max() >= len(sources)):
             raise FastMetroError(f"{yaml_path}: composite linelist names a source outside 0..{len(sources) - 1}")
