@@ -88,12 +88,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FastMetroError(f"{path}: file not found")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as error:
+        except (SafetensorError, OSError, ValueError) as error:
             raise FastMetroError(f"{path}: not a readable safetensors file ({error})") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

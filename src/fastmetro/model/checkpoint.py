@@ -77,10 +77,13 @@ def official_to_fastmetro(state_dict: dict[str, torch.Tensor], source: str = "<s
 
 
 def fastmetro_to_official(state_dict: dict[str, torch.Tensor]) -> dict:
-    """Inverse of :func:`official_to_fastmetro` for ResNet models (other names are unchanged)."""
+    """Inverse of :func:`official_to_fastmetro`: ResNet backbones back to Sequential indices
+    (HRNet and all other names are unchanged)."""
+    # HRNet also has conv1/bn1/layer1; only a ResNet has layer4.
+    is_resnet = any(key.startswith("backbone.layer4.") for key in state_dict)
     out = {}
     for key, value in state_dict.items():
-        match = _RESNET_BACKBONE_KEY.match(key)
+        match = _RESNET_BACKBONE_KEY.match(key) if is_resnet else None
         if match:
             key = f"backbone.{_RESNET_OURS_TO_OFFICIAL[match.group(1)]}.{match.group(2)}"
         out[key] = value
