@@ -131,21 +131,39 @@ class MeshPart:
     vertices: np.ndarray
     faces: np.ndarray
     color: tuple[float, float, float] | np.ndarray = (0.5, 0.5, 0.5)
+    normals: np.ndarray | None = None  # (V, 3); None = smooth normals from the faces
+
+
+class VertexNormals:
+    """Area-weighted unit vertex normals for one fixed face list (the sum is a sparse product).
+
+    ``VertexNormals(faces, num_vertices)(vertices (V, 3)) -> (V, 3) float32``. Reuse one instance
+    for many meshes of the same topology.
+    """
+
+    def __init__(self, faces: np.ndarray, num_vertices: int):
+        import scipy.sparse
+
+        self.faces = np.asarray(faces, dtype=np.int64)
+        face_count = len(self.faces)
+        rows = self.faces.reshape(-1)
+        columns = np.repeat(np.arange(face_count), 3)
+        self.incidence = scipy.sparse.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, columns)), shape=(num_vertices, face_count)
+        )
+
+    def __call__(self, vertices: np.ndarray) -> np.ndarray:
+        vertices = np.asarray(vertices, dtype=np.float32)
+        corners = vertices[self.faces]  # (F, 3, 3)
+        face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        normals = np.asarray(self.incidence @ face_normals, dtype=np.float32)
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        return normals / np.maximum(length, 1e-12)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals. vertices (V, 3), faces (F, 3) -> (V, 3) float32."""
-    vertices = np.asarray(vertices, dtype=np.float32)
-    faces = np.asarray(faces)
-    corners = vertices[faces]  # (F, 3, 3)
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    flat_index = faces.reshape(-1)
-    repeated = np.repeat(face_normals, 3, axis=0)
-    for axis in range(3):
-        normals[:, axis] = np.bincount(flat_index, weights=repeated[:, axis], minlength=len(vertices))
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return normals / np.maximum(length, 1e-12)
+    return VertexNormals(faces, len(vertices))(vertices)
 
 
 def create_context(device_index: int | None = None):
@@ -255,12 +273,16 @@ class Renderer:
         extra_meshes: tuple[MeshPart, ...] = (),
         near: float = 0.05,
         far: float = 100.0,
+        normals: np.ndarray | None = None,
     ) -> RenderResult:
         """Render one mesh (plus optional occluders) over a background.
 
         vertices: (V, 3) metres, OpenCV camera coordinates. faces: (F, 3) int.
         intrinsics: (3, 3) pixels. color: (3,) or per-vertex (V, 3) in 0..1.
         background: None (black) or an (H, W, 3) uint8 image of the output size.
+        light: key light + ambient (default :class:`Light`). extra_meshes: occluders, drawn but
+        left out of the mask. near/far: clipping depths (metres). normals: optional precomputed
+        (V, 3) vertex normals (else smooth area-weighted normals from the faces).
         """
         vertices = np.asarray(vertices, dtype=np.float32)
         faces = np.asarray(faces)
@@ -277,18 +299,20 @@ class Renderer:
             raise FastMetroError(f"renderer: face indices out of range for {len(vertices)} vertices")
         light = light or Light()
 
-        parts = [(vertices, faces, _color_array(color, len(vertices), "renderer"), 1.0)]
+        if normals is not None and np.shape(normals) != vertices.shape:
+            raise FastMetroError(f"renderer: normals must have shape {vertices.shape}, got {np.shape(normals)}")
+        parts = [(vertices, faces, _color_array(color, len(vertices), "renderer"), 1.0, normals)]
         for part in extra_meshes:
             part_vertices = np.asarray(part.vertices, dtype=np.float32)
             parts.append(
                 (part_vertices, np.asarray(part.faces),
-                 _color_array(part.color, len(part_vertices), "renderer occluder"), 0.0)
+                 _color_array(part.color, len(part_vertices), "renderer occluder"), 0.0, part.normals)
             )
         vertex_blocks, index_blocks, offset = [], [], 0
-        for part_vertices, part_faces, part_colors, label in parts:
+        for part_vertices, part_faces, part_colors, label, part_normals in parts:
             block = np.empty((len(part_vertices), 10), dtype=np.float32)
             block[:, 0:3] = part_vertices
-            block[:, 3:6] = vertex_normals(part_vertices, part_faces)
+            block[:, 3:6] = vertex_normals(part_vertices, part_faces) if part_normals is None else part_normals
             block[:, 6:9] = part_colors
             block[:, 9] = label
             vertex_blocks.append(block)
