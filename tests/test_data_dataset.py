@@ -204,3 +204,40 @@ def test_label_json_of_released_layout_is_read(tmp_path, topology):
         writer.add("n0", image(0), json.loads(json.dumps(nested, default=lambda a: a.tolist())))
     sample = MeshDataset(tmp_path / "n.yaml", topology, image_size=SIZE)[0]
     assert float(sample["has_joints_2d"]) == 1
+
+
+def test_released_body_row_with_the_smpl_topology(tmp_path, smpl_topology):
+    j24 = label(0, joints=24)
+    vertices = np.asarray(smpl_topology.template) + [0.0, 0.0, 4.0]
+    with TSVDatasetWriter(tmp_path, "h36m", image_format="png") as writer:
+        writer.add("s1", image(0), j24, vertices=vertices)
+    dataset = MeshDataset(tmp_path / "h36m.yaml", smpl_topology, train=True, augment=AugmentConfig(), image_size=64)
+    assert dataset.augment.flip_prob == 0.5  # SMPL has a vertex flip
+    for _ in range(4):
+        sample = dataset[0]
+        assert sample["vertices"].shape == (6890, 3) and sample["joints_3d"].shape == (14, 4)
+        regressor = np.array(smpl_topology.root_regressor)
+        pelvis = torch.as_tensor(regressor, dtype=torch.float32) @ sample["vertices"]
+        # the H36M pelvis row sums to 1 - 1e-4, so centring leaves (1 - sum) * depth of offset
+        assert pelvis.abs().max() < abs(1 - regressor.sum()) * 4.5 + 1e-5
+        assert sample["joints_3d"][[2, 3], :3].mean(0).abs().max() < 1e-5
+        # augmentation is rigid in 3D: distances between vertices are preserved (up to the 1 mm
+        # tolerance of SMPL's mirror permutation when the draw flipped)
+        original = np.linalg.norm(vertices[100] - vertices[5000])
+        assert abs(float((sample["vertices"][100] - sample["vertices"][5000]).norm()) - original) < 2e-3
+
+
+def test_hand_dataset_without_vertex_flip(tmp_path, mano_topology, caplog):
+    from fastmetro.data.augment import hand_augment_config
+
+    hand = label(0, joints=21)
+    with TSVDatasetWriter(tmp_path, "hand", image_format="png") as writer:
+        writer.add("h0", image(0), hand, vertices=np.asarray(mano_topology.template))
+    with caplog.at_level("WARNING", logger="fastmetro.data"):
+        body_settings = MeshDataset(tmp_path / "hand.yaml", mano_topology, train=True, augment=AugmentConfig())
+    assert body_settings.augment.flip_prob == 0 and "flip disabled" in caplog.text
+    dataset = MeshDataset(tmp_path / "hand.yaml", mano_topology, train=True, augment=hand_augment_config(),
+                          image_size=SIZE)
+    sample = dataset[0]
+    assert sample["joints_3d"].shape == (21, 4) and sample["vertices"].shape == (778, 3)
+    assert sample["joints_3d"][0, :3].abs().max() < 1e-6  # centred on the wrist
