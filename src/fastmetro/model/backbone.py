@@ -38,12 +38,13 @@ def build_backbone(
     import timm
 
     kwargs = {} if keep_classifier else {"num_classes": 0, "global_pool": ""}
+    weights = cached_pretrained_file(name, pretrained_tag) if pretrained else None  # fail before building
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as error:  # timm: "Unknown model (...)"
         raise FastMetroError(f"unknown backbone {name!r}: {error}") from None
-    if pretrained:
-        load_backbone_weights(model, cached_pretrained_file(name, pretrained_tag))
+    if weights is not None:
+        load_backbone_weights(model, weights)
     return model
 
 
