@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+# Before any EGL context: torchvision's extension loaded after Mesa's llvmpipe segfaults.
+import torchvision.ops  # noqa: F401
 
 from fastmetro.inference import camera as cam
 

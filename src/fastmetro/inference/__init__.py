@@ -1,1 +1,29 @@
+"""Inference on user images: crops and paste-back (camera.py), the Predictor, detectors, output
+writers, attention maps (paper Figure 6) and ONNX/TorchScript export.
 
+Heavy modules are imported on first use: ``from fastmetro.inference.predictor import Predictor``.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "Predictor": "fastmetro.inference.predictor",
+    "PersonBox": "fastmetro.inference.predictor",
+    "PersonPrediction": "fastmetro.inference.predictor",
+    "ImagePrediction": "fastmetro.inference.predictor",
+    "load_model": "fastmetro.inference.predictor",
+    "TorchvisionDetector": "fastmetro.inference.detector",
+    "Detection": "fastmetro.inference.detector",
+    "load_image": "fastmetro.inference.images",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fastmetro.inference' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -243,9 +243,14 @@ class Predictor:
             for offset in range(batch.shape[0]):
                 result_index, person, crop_box, flip = plans[start + offset]
                 result = results[result_index]
-                result.people.append(
-                    self._person(outputs, offset, person, crop_box, flip, result.image_size, result.focal_length)
-                )
+                prediction = self._person(outputs, offset, person, crop_box, flip, result.image_size,
+                                          result.focal_length)
+                if not prediction.camera[0] > 0:
+                    result.warnings.append(
+                        f"{items[result_index][2]}: person {len(result.people)}: camera scale "
+                        f"s={prediction.camera[0]:.3g} <= 0 (untrained model?); its mesh is placed far away"
+                    )
+                result.people.append(prediction)
         return results
 
     # ------------------------------------------------------------------ internals

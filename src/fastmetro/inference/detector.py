@@ -1,0 +1,157 @@
+"""Person detectors: a small interface, and torchvision's detectors from a local weights file.
+
+A detector is any callable ``detector(image) -> list[Detection]`` for an (H, W, 3) uint8 RGB
+image. :class:`TorchvisionDetector` builds a torchvision Faster/Keypoint/Mask R-CNN (or
+RetinaNet/FCOS) *without* weights and loads the user's file with ``torch.load(weights_only=True)``
+(or safetensors); the architecture is recognised from the file's keys. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fastmetro.errors import FastMetroError
+
+#: COCO category id of "person" in torchvision's detection models.
+COCO_PERSON = 1
+
+# torchvision builders tried in order; the first whose state_dict matches the file's is used.
+ARCHITECTURES = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "keypointrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detected person: ``box`` (x, y, w, h) pixels and a confidence ``score``."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+class PersonDetector(Protocol):
+    def __call__(self, image: np.ndarray) -> list[Detection]: ...
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch file (``weights_only=True``)."""
+    if not path.is_file():
+        raise FastMetroError(f"{path}: detector weights not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, pickle with forbidden globals...
+        raise FastMetroError(f"{path}: cannot read detector weights ({type(error).__name__}: {error})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # torchvision reference training checkpoints
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FastMetroError(f"{path}: not a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def build_matching(state: dict[str, torch.Tensor], source: Path, architecture: str | None = None):
+    """The torchvision detector whose parameters and buffers match ``state`` exactly."""
+    import torchvision.models.detection as detection
+
+    candidates = (architecture,) if architecture else _candidates(state)
+    for name in candidates:
+        builder = getattr(detection, name, None)
+        if builder is None:
+            raise FastMetroError(f"unknown torchvision detector {name!r}")
+        num_classes = _num_classes(state)
+        kwargs = {"weights": None, "weights_backbone": None}
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        try:
+            model = builder(**kwargs)
+        except (TypeError, ValueError):
+            continue
+        expected = model.state_dict()
+        if set(expected) == set(state) and all(expected[k].shape == state[k].shape for k in expected):
+            model.load_state_dict(state, strict=True)
+            return model.eval(), name
+    raise FastMetroError(f"{source}: weights match none of the torchvision detectors {', '.join(candidates)}")
+
+
+def _candidates(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """Narrow :data:`ARCHITECTURES` by distinctive keys, so only a few models get built."""
+    keys = set(state)
+    has = lambda fragment: any(fragment in key for key in keys)  # noqa: E731
+    if has("keypoint_predictor"):
+        family = "keypointrcnn"
+    elif has("mask_predictor"):
+        family = "maskrcnn"
+    elif has("bbox_ctrness"):
+        family = "fcos"
+    elif has("classification_head"):
+        family = "retinanet"
+    else:
+        family = "fasterrcnn"
+    backbone = "mobilenet" if has("backbone.body.features") else "resnet50"
+    found = tuple(name for name in ARCHITECTURES if name.startswith(family) and backbone in name)
+    return found or ARCHITECTURES
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int | None:
+    for key in ("roi_heads.box_predictor.cls_score.weight",):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+class TorchvisionDetector:
+    """torchvision detector from a local weights file; returns COCO "person" boxes.
+
+    Args:
+        weights: path to the detector's state dict (``.pth``/``.pt``/``.safetensors``).
+        score_threshold: minimum confidence kept.
+        max_people: keep at most this many, highest score first.
+        architecture: torchvision builder name; recognised from the file when None.
+        device: torch device.
+    """
+
+    def __init__(self, weights: str | os.PathLike, score_threshold: float = 0.7, max_people: int = 20,
+                 architecture: str | None = None, device: str | torch.device = "cpu"):
+        path = Path(weights)
+        self.model, self.architecture = build_matching(read_weights(path), path, architecture)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.score_threshold = float(score_threshold)
+        self.max_people = int(max_people)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+        output = self.model([tensor.to(self.device)])[0]
+        boxes = output["boxes"].cpu().numpy()
+        scores = output["scores"].cpu().numpy()
+        labels = output["labels"].cpu().numpy()
+        keep = (labels == COCO_PERSON) & (scores >= self.score_threshold)
+        order = np.argsort(-scores[keep])[: self.max_people]
+        detections = []
+        for x1, y1, x2, y2, score in np.column_stack([boxes[keep], scores[keep]])[order]:
+            if x2 > x1 and y2 > y1:
+                detections.append(Detection((float(x1), float(y1), float(x2 - x1), float(y2 - y1)), float(score)))
+        return detections
+
+
+__all__ = ["Detection", "PersonDetector", "TorchvisionDetector", "read_weights", "ARCHITECTURES", "COCO_PERSON"]
