@@ -205,3 +205,36 @@ def test_truncated_and_undecodable_rows_raise_bad_row(tmp_path):
     with pytest.raises(BadRowError, match="t_2") as info:
         dataset[2]
     assert info.value.key == "t_2" and "t.img.tsv" in str(info.value)
+
+
+def test_composite_with_list_files(tmp_path):
+    _write_shard(tmp_path, "p0", 2)
+    _write_shard(tmp_path, "p1", 3, offset=5)
+    for name in ("img", "label", "hw"):
+        (tmp_path / f"{name}.list.txt").write_text(f"p0.{name}.tsv\np1.{name}.tsv\n")
+    (tmp_path / "pick.tsv").write_text("1\t2\n0\t0\n")
+    (tmp_path / "all.yaml").write_text(
+        "composite: true\nimg: img.list.txt\nlabel: label.list.txt\nhw: hw.list.txt\nlinelist: pick.tsv\n"
+    )
+    dataset = TSVDataset(tmp_path / "all.yaml")
+    assert [dataset[i].key for i in range(2)] == ["p1.img.tsv_p1_2", "p0.img.tsv_p0_0"]
+    np.testing.assert_array_equal(dataset[0].image, _image(7))
+    (tmp_path / "pick.tsv").write_text("2\t0\n")
+    with pytest.raises(FastMetroError, match="source outside"):
+        TSVDataset(tmp_path / "all.yaml")
+
+
+def test_unwritable_folder_keeps_the_index_in_memory(tmp_path, monkeypatch):
+    import fastmetro.data.tsv as tsv
+
+    _write_shard(tmp_path, "r", 3)
+    for path in tmp_path.glob("*.lineidx"):
+        path.unlink()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(tsv, "atomic_write", refuse)
+    dataset = TSVDataset(tmp_path / "r.yaml")
+    assert dataset[2].key == "r_2" and dataset[0].key == "r_0"
+    assert not list(tmp_path.glob("*.lineidx"))

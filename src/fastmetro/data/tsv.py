@@ -67,10 +67,8 @@ def lineidx_path(tsv_path: str | os.PathLike) -> Path:
     return path.with_suffix(".lineidx")
 
 
-def generate_lineidx(tsv_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-    """Write the byte offset of every row of ``tsv_path`` (atomically). Returns the path."""
-    tsv_path = Path(tsv_path)
-    out_path = Path(out_path) if out_path is not None else lineidx_path(tsv_path)
+def row_offsets(tsv_path: str | os.PathLike) -> np.ndarray:
+    """(N,) byte offset of every non-empty row of a tsv (one pass over the file)."""
     offsets = []
     with open(tsv_path, "rb") as handle:
         position = 0
@@ -78,8 +76,16 @@ def generate_lineidx(tsv_path: str | os.PathLike, out_path: str | os.PathLike | 
             if line.strip():
                 offsets.append(position)
             position += len(line)
+    return np.array(offsets, dtype=np.int64)
+
+
+def generate_lineidx(tsv_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+    """Write the byte offset of every row of ``tsv_path`` (atomically). Returns the path."""
+    tsv_path = Path(tsv_path)
+    out_path = Path(out_path) if out_path is not None else lineidx_path(tsv_path)
+    offsets = row_offsets(tsv_path)
     with atomic_write(out_path, "w") as out:
-        out.write("".join(f"{offset}\n" for offset in offsets))
+        out.write("".join(f"{offset}\n" for offset in offsets.tolist()))
     return out_path
 
 
@@ -103,11 +109,16 @@ class TSVFile:
         if not self.path.is_file():
             raise FastMetroError(f"{self.path}: tsv file not found")
         index = lineidx_path(self.path)
-        if not index.is_file():
-            if not generate_lineidx_if_missing:
-                raise FastMetroError(f"{index}: .lineidx file not found")
-            generate_lineidx(self.path, index)
-        self.offsets = _read_offsets(index, self.path)
+        if index.is_file():
+            self.offsets = _read_offsets(index, self.path)
+        elif not generate_lineidx_if_missing:
+            raise FastMetroError(f"{index}: .lineidx file not found")
+        else:
+            try:
+                generate_lineidx(self.path, index)
+                self.offsets = _read_offsets(index, self.path)
+            except OSError:  # read-only dataset folder: index in memory only
+                self.offsets = row_offsets(self.path)
         self.size = self.path.stat().st_size
         if len(self.offsets) and (self.offsets.max() >= self.size or self.offsets.min() < 0):
             raise FastMetroError(
@@ -732,6 +743,7 @@ __all__ = [
     "parse_label_json",
     "read_linelist",
     "read_yaml",
+    "row_offsets",
     "shard_is_complete",
     "write_composite_yaml",
 ]
