@@ -127,6 +127,7 @@ class TSVFile:
             )
         self._handle = None
         self._pid = None
+        self._ends: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -142,12 +143,24 @@ class TSVFile:
             self._pid = os.getpid()
         return self._handle
 
+    def _row_end(self, index: int) -> int:
+        if self._ends is None:
+            # a row ends where the next row (in file order) starts, the last one at end of file
+            ordered = np.unique(self.offsets)
+            position = np.searchsorted(ordered, self.offsets, side="right")
+            self._ends = np.append(ordered, self.size)[position]
+        return int(self._ends[index])
+
     def read_bytes(self, index: int) -> bytes:
         """The raw bytes of row ``index`` without its line ending."""
         if not 0 <= index < len(self.offsets):
             raise IndexError(f"{self.path}: row {index} out of range (0..{len(self.offsets) - 1})")
         handle = self._file()
-        handle.seek(int(self.offsets[index]))
+        start = int(self.offsets[index])
+        if hasattr(os, "pread"):  # positional read: no shared file position, safe from threads too
+            data = os.pread(handle.fileno(), self._row_end(index) - start, start)
+            return data.split(b"\n", 1)[0].rstrip(b"\r")
+        handle.seek(start)
         return handle.readline().rstrip(b"\r\n")
 
     def __getitem__(self, index: int) -> list[str]:
@@ -593,9 +606,8 @@ class TSVDatasetWriter:
             label["has_vertices"] = 1
             label["vertices_row"] = self.num_vertex_rows
         else:
-            label.setdefault("has_vertices", 0)
-            if not label["has_vertices"]:
-                label["vertices_row"] = -1
+            label["has_vertices"] = 0
+            label["vertices_row"] = -1
         try:
             label_text = json.dumps([label], allow_nan=False, separators=(",", ":"))
         except ValueError:
