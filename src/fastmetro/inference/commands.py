@@ -29,6 +29,7 @@ def register(subparsers) -> None:
                        help='boxes per image: {"name.jpg": [[x, y, w, h], ...] or [{"box": [...], "side": "left"}]}')
     boxes.add_argument("--detector", metavar="WEIGHTS", help="torchvision person detector weights file (local)")
     infer.add_argument("--detector-threshold", type=float, default=0.7, help="detector score threshold (0.7)")
+    infer.add_argument("--detector-arch", help="torchvision detector builder (default: recognised from the weights)")
     infer.add_argument("--attention", metavar="JOINT", help="also draw this joint's attention (name or index)")
     infer.add_argument("--hand", choices=("right", "left"), default="right",
                        help="hand models: side of the hands in the boxes (left hands are run mirrored)")
@@ -132,7 +133,8 @@ def run_infer(args) -> int:
     if args.detector:
         from fastmetro.inference.detector import TorchvisionDetector
 
-        detector = TorchvisionDetector(args.detector, score_threshold=args.detector_threshold, device=args.device)
+        detector = TorchvisionDetector(args.detector, score_threshold=args.detector_threshold,
+                                       architecture=args.detector_arch, device=args.device)
     predictor = Predictor(
         checkpoint=args.checkpoint,
         topology=args.topology,

@@ -106,7 +106,7 @@ def _candidates(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
         family = "retinanet"
     else:
         family = "fasterrcnn"
-    backbone = "mobilenet" if has("backbone.body.features") else "resnet50"
+    backbone = "resnet50" if has("backbone.body.layer1.") else "mobilenet"
     found = tuple(name for name in ARCHITECTURES if name.startswith(family) and backbone in name)
     return found or ARCHITECTURES
 

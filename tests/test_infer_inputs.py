@@ -1,0 +1,209 @@
+"""Bad and unusual inputs: images, boxes, checkpoints, detector weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastmetro.errors import FastMetroError
+from fastmetro.inference.images import expand_inputs, load_image
+
+
+def save(image: Image.Image, path, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+def test_truncated_jpeg_and_png_are_one_line_errors(tmp_path):
+    for suffix in ("jpg", "png"):
+        full = save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+                    tmp_path / f"full.{suffix}")
+        cut = tmp_path / f"cut.{suffix}"
+        cut.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+        with pytest.raises(FastMetroError) as caught:
+            load_image(cut)
+        assert str(cut) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_not_an_image_and_missing_file(tmp_path):
+    garbage = tmp_path / "notes.png"
+    garbage.write_text("hello")
+    with pytest.raises(FastMetroError, match="notes.png: not a readable image"):
+        load_image(garbage)
+    with pytest.raises(FastMetroError, match="missing.png: file not found"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_grayscale_8_and_16_bit_become_rgb(tmp_path):
+    gray = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    out = load_image(save(Image.fromarray(gray), tmp_path / "g8.png"))
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and np.array_equal(out[..., 1], gray)
+    deep = (gray.astype(np.uint16) * 257)  # 16-bit full range
+    out16 = load_image(save(Image.fromarray(deep), tmp_path / "g16.png"))
+    assert out16.shape == (16, 16, 3) and np.abs(out16[..., 0].astype(int) - gray).max() <= 1
+
+
+def test_16_bit_colour_is_scaled_not_clipped(tmp_path):
+    import cv2
+
+    colour = np.zeros((8, 8, 3), np.uint16)
+    colour[..., 0] = 65535  # blue in OpenCV's BGR
+    colour[..., 2] = 32768  # red at half
+    path = tmp_path / "c16.png"
+    cv2.imwrite(str(path), colour)
+    out = load_image(path)
+    assert out[0, 0].tolist() == [128, 0, 255]
+
+
+def test_rgba_is_composited_over_black(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:2, ..., 3] = 255
+    rgba[2:, ..., 3] = 0
+    out = load_image(save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png"))
+    assert (out[:2] == 200).all() and (out[2:] == 0).all()
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    # A wide image stored with "rotate 90 clockwise to display" (orientation 6) is shown tall.
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # left edge white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(Image.fromarray(pixels), tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    out = load_image(path)
+    assert out.shape[:2] == (40, 20)
+    assert out[:10].mean() > 200 and out[-10:].mean() < 50  # the left edge is now the top
+
+
+def test_folder_expansion_and_missing_inputs(tmp_path):
+    save(Image.new("RGB", (8, 8)), tmp_path / "b.png")
+    save(Image.new("RGB", (8, 8)), tmp_path / "a.jpg")
+    (tmp_path / "readme.txt").write_text("x")
+    assert [p.name for p in expand_inputs([tmp_path])] == ["a.jpg", "b.png"]
+    with pytest.raises(FastMetroError, match="nothing_here"):
+        expand_inputs([tmp_path / "nothing_here"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FastMetroError, match="folder has no images"):
+        expand_inputs([empty])
+
+
+# ----------------------------------------------------------------------------- boxes and models
+@pytest.fixture(scope="module")
+def tiny_predictor(smpl_topology):
+    import torch
+
+    import fastmetro
+    from fastmetro.inference.predictor import Predictor
+
+    torch.manual_seed(0)
+    model = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology)
+    return Predictor(model=model, image_size=64)
+
+
+@pytest.mark.parametrize("box,problem", [
+    ((10, 10, 0, 20), "zero or negative size"),
+    ((500, 10, 20, 20), "outside"),
+    ((-100, -100, 50, 50), "outside"),
+    ((float("inf"), 1, 2, 2), "non-finite"),
+])
+def test_bad_boxes_name_the_image(tiny_predictor, box, problem):
+    image = np.zeros((100, 120, 3), np.uint8)
+    with pytest.raises(FastMetroError) as caught:
+        tiny_predictor.predict(image, [box], source="photo.jpg")
+    assert str(caught.value).startswith("photo.jpg:") and problem in str(caught.value)
+
+
+def test_box_partly_outside_is_fine(tiny_predictor):
+    image = np.full((100, 120, 3), 90, np.uint8)
+    result = tiny_predictor.predict(image, [(-30, -30, 80, 80)])
+    assert len(result.people) == 1 and np.isfinite(result.people[0].vertices).all()
+
+
+def test_wrong_image_array_is_refused(tiny_predictor):
+    with pytest.raises(FastMetroError, match="x.png: expected an"):
+        tiny_predictor.predict(np.zeros((10, 10), np.uint8), None, source="x.png")
+
+
+def test_unknown_joint_name(tiny_predictor):
+    assert tiny_predictor.joint_index("head") == 13 and tiny_predictor.joint_index("2") == 2
+    with pytest.raises(FastMetroError, match="unknown joint"):
+        tiny_predictor.joint_index("tail")
+    with pytest.raises(FastMetroError, match="out of range"):
+        tiny_predictor.joint_index(99)
+
+
+def test_checkpoint_for_another_topology_is_refused(tmp_path, smpl_dir, mano_topology):
+    import torch
+
+    import fastmetro
+    from fastmetro.inference.predictor import Predictor
+    from fastmetro.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    hand = fastmetro.create_model("FastMETRO-S-R18", topology=mano_topology)
+    checkpoint = save_checkpoint(hand, tmp_path / "hand.safetensors")
+    with pytest.raises(FastMetroError) as caught:
+        Predictor(checkpoint=checkpoint, topology="smpl", data_dir=smpl_dir)
+    message = str(caught.value)
+    assert "hand.safetensors" in message and "topology" in message and "\n" not in message
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path):
+    from fastmetro.inference.predictor import Predictor
+
+    with pytest.raises(FastMetroError, match="nope.safetensors: checkpoint not found"):
+        Predictor(checkpoint=tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    bad.with_suffix(".json").write_text("{}")
+    with pytest.raises(FastMetroError, match="bad"):
+        Predictor(checkpoint=bad)
+
+
+# ----------------------------------------------------------------------------- detector
+def test_torchvision_detector_from_a_local_weights_file(tmp_path):
+    import torch
+    import torchvision
+
+    from fastmetro.inference.detector import Detection, TorchvisionDetector
+
+    torch.manual_seed(0)
+    reference = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None
+    ).eval()
+    path = tmp_path / "detector.pth"
+    torch.save(reference.state_dict(), path)
+    # The 320 and full-size MobileNet detectors share one state dict: auto-detection finds the
+    # family, the exact builder (input resolution) is the user's choice.
+    assert TorchvisionDetector(path).architecture.startswith("fasterrcnn_mobilenet_v3_large")
+    detector = TorchvisionDetector(path, score_threshold=0.0, architecture="fasterrcnn_mobilenet_v3_large_320_fpn")
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    detections = detector(image)
+    assert all(isinstance(d, Detection) and d.box[2] > 0 and d.box[3] > 0 for d in detections)
+    # Same boxes as the reference network (person class only).
+    with torch.no_grad():
+        expected = reference([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+    people = int((expected["labels"] == 1).sum())
+    assert len(detections) == min(people, detector.max_people)
+
+
+def test_detector_weights_errors(tmp_path):
+    import pickle
+
+    from fastmetro.inference.detector import TorchvisionDetector
+
+    with pytest.raises(FastMetroError, match="not found"):
+        TorchvisionDetector(tmp_path / "none.pth")
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(print))  # a global a weights-only load must refuse
+    with pytest.raises(FastMetroError, match="evil.pth: cannot read detector weights"):
+        TorchvisionDetector(evil)
+    import torch
+
+    other = tmp_path / "other.pth"
+    torch.save({"layer.weight": torch.zeros(3)}, other)
+    with pytest.raises(FastMetroError, match="match none"):
+        TorchvisionDetector(other)
