@@ -152,6 +152,13 @@ def test_bad_row_in_a_worker_reaches_the_user_as_one_line(tmp_path, topology):
             pass
     message = str(info.value)
     assert "\n" not in message and "bad.label.tsv" in message and "bad_1" in message
+    # a plain torch DataLoader (no SafeLoader) also surfaces the one-line message
+    plain = torch.utils.data.DataLoader(MeshDataset(yaml_path, topology, image_size=SIZE), batch_size=2,
+                                        num_workers=2)
+    with pytest.raises(FastMetroError) as info:
+        for _ in plain:
+            pass
+    assert str(info.value) == message
     lenient = create_loader(MeshDataset(yaml_path, topology, image_size=SIZE, skip_bad_rows=True),
                             batch_size=4, num_workers=2)
     batches = list(lenient)

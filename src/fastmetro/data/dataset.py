@@ -103,8 +103,8 @@ class MeshDataset(torch.utils.data.Dataset):
         if not self.skip_bad_rows:
             try:
                 return self.load(index)
-            except BadRowError as error:
-                raise FastMetroError(str(error)) from None
+            except BadRowError as error:  # one line naming file and key, also from a worker
+                raise error.with_traceback(None) from None
         for attempt in range(len(self)):
             current = (index + attempt) % len(self)
             try:

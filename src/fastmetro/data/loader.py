@@ -1,30 +1,16 @@
 """A DataLoader whose worker errors reach the user as one line.
 
 PyTorch re-raises an exception from a worker with the worker's whole traceback in its message.
-For a :class:`~fastmetro.errors.FastMetroError` (e.g. a bad row, which names the file and the
-row key) :class:`SafeLoader` keeps only the original one-line message.
+:class:`~fastmetro.data.tsv.BadRowError` already reduces that to its original line by itself;
+:class:`SafeLoader` does the same for any other :class:`~fastmetro.errors.FastMetroError`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from fastmetro.data.tsv import one_line_message
 from fastmetro.errors import FastMetroError
-
-
-def one_line_message(error: BaseException) -> str:
-    """The original message of an exception re-raised by a DataLoader worker."""
-    text = str(error)
-    if "Original Traceback" not in text:
-        return text
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if not line:
-            continue
-        head, sep, tail = line.partition(": ")
-        # "fastmetro.errors.FastMetroError: <message>" / "fastmetro.data.tsv.BadRowError: ..."
-        return tail if sep and "Error" in head and " " not in head else line
-    return text
 
 
 class SafeLoader:
@@ -47,7 +33,7 @@ class SafeLoader:
             except StopIteration:
                 return
             except FastMetroError as error:
-                raise FastMetroError(one_line_message(error)) from None
+                raise FastMetroError(one_line_message(str(error))) from None
             yield batch
 
 
