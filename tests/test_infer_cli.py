@@ -1,0 +1,105 @@
+"""`fastmetro infer` / `fastmetro export` end to end with a tiny untrained checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torchvision.ops  # noqa: F401  (before any EGL context, see fastmetro.inference.outputs)
+from PIL import Image
+
+from fastmetro.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, smpl_topology):
+    import torch
+
+    import fastmetro
+    from fastmetro.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    import skimage.data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(skimage.data.astronaut()[::2, ::2]).convert("L").save(folder / "gray.jpg")
+    (folder / "broken.jpg").write_bytes((folder / "gray.jpg").read_bytes()[:300])
+    return folder
+
+
+def test_infer_folder_with_a_broken_image(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    out = tmp_path / "out"
+    code = main(["infer", str(photos), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                 "--out", str(out), "--bbox", "120,20,300,490", "--image-size", "96", "--max-side", "200"])
+    captured = capsys.readouterr()
+    assert code == 1  # one input failed
+    assert "broken.jpg" in captured.err and "1 input(s) failed" in captured.err
+    assert "done: 2 image(s), 2 person(s), 1 failed" in captured.out
+    for name in ("astronaut", "gray"):
+        files = {p.name for p in (out / name).iterdir()}
+        assert {"person_00.obj", "person_00.ply", "person_00.glb", "person_00.json", "overlay.png", "scene.glb"} <= files
+    assert not (out / "broken").exists()
+    record = json.loads((out / "astronaut" / "person_00.json").read_text())
+    assert record["box_xywh"] == [120.0, 20.0, 300.0, 490.0] and len(record["joints_2d"]) == 14
+    assert record["crop_box"]["center"] == [270.0, 265.0]
+
+
+def test_infer_boxes_file_attention_and_whole_image_warning(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    (photos / "broken.jpg").unlink()
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"astronaut.png": [[120, 20, 300, 490], {"box": [300, 300, 100, 150]}]}))
+    out = tmp_path / "out"
+    code = main(["infer", str(photos), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                 "--out", str(out), "--boxes", str(boxes), "--attention", "Head", "--image-size", "96",
+                 "--max-side", "200"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (out / "astronaut" / "person_01.json").is_file()
+    assert (out / "astronaut" / "attention_cross_person_00_Head.png").is_file()
+    assert (out / "astronaut" / "attention_self_person_01_Head.png").is_file()
+    assert "gray.jpg" in captured.err and "whole image" in captured.err
+
+
+def test_infer_video(checkpoint, tmp_path, smpl_dir):
+    import imageio.v3 as iio
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 64, 80, 3), dtype=np.uint8)
+    video = tmp_path / "clip.mp4"
+    iio.imwrite(video, frames, plugin="pyav", codec="libx264", fps=5)
+    out = tmp_path / "out"
+    code = main(["infer", str(video), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                 "--out", str(out), "--image-size", "64", "--no-overlay"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip_f000000", "clip_f000001", "clip_f000002"]
+
+
+def test_infer_bad_arguments(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    common = ["--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--out", str(tmp_path / "o")]
+    assert main(["infer", str(photos / "astronaut.png"), *common, "--bbox", "1,2,3"]) == 2
+    assert "--bbox '1,2,3': expected four numbers" in capsys.readouterr().err
+    # A box outside the image fails that image only, with its name.
+    assert main(["infer", str(photos / "astronaut.png"), *common, "--bbox", "900,900,10,10",
+                 "--image-size", "64", "--no-overlay"]) == 1
+    assert "astronaut.png: box" in capsys.readouterr().err
+    assert main(["infer", str(tmp_path / "missing.png"), *common]) == 2
+    assert "missing.png: no such file or folder" in capsys.readouterr().err
+
+
+def test_export_cli_onnx(checkpoint, tmp_path, smpl_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    target = tmp_path / "tiny.onnx"
+    code = main(["export", "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--format", "onnx",
+                 "--out", str(target)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert target.stat().st_size > 1_000_000
+    assert "fine_vertices" in captured.out and "max |exported - pytorch|" in captured.out
