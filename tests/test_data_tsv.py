@@ -238,3 +238,13 @@ def test_unwritable_folder_keeps_the_index_in_memory(tmp_path, monkeypatch):
     dataset = TSVDataset(tmp_path / "r.yaml")
     assert dataset[2].key == "r_2" and dataset[0].key == "r_0"
     assert not list(tmp_path.glob("*.lineidx"))
+
+
+def test_writer_removes_temporaries_of_a_killed_run(tmp_path):
+    stale = tmp_path / ".s.img.tsv.abc123.tmp"
+    stale.write_text("half a row")
+    other = tmp_path / ".s_other.img.tsv.abc123.tmp"  # another shard's: left alone
+    other.write_text("x")
+    _write_shard(tmp_path, "s", 1)
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [other.name]

@@ -35,13 +35,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import io
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from glob import escape as glob_escape
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -585,6 +585,7 @@ class TSVDatasetWriter:
         self._temps: dict[str, tuple[Path, Any]] = {}
         self._offsets: dict[str, list[int]] = {"img": [], "label": [], "hw": []}
         self._closed = False
+        self._remove_stale_temporaries()
         for part in ("img", "label", "hw", "vertices"):
             self._open_temp(part)
 
@@ -595,6 +596,14 @@ class TSVDatasetWriter:
 
     def final_path(self, part: str) -> Path:
         return self.out_dir / (f"{self.name}.vertices.npy" if part == "vertices" else f"{self.name}.{part}.tsv")
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporaries a killed earlier writer of this shard left behind (never another shard's)."""
+        for part in ("img.tsv", "label.tsv", "hw.tsv", "vertices.npy", "yaml", "img.lineidx", "label.lineidx",
+                     "hw.lineidx"):
+            for stale in self.out_dir.glob(f".{glob_escape(self.name)}.{part}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
 
     def _open_temp(self, part: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.final_path(part).name}.", suffix=".tmp", dir=self.out_dir)
