@@ -21,6 +21,8 @@ _EXPORTS = {
     "AugmentConfig": "fastmetro.data.augment",
     "BodyModel": "fastmetro.data.body_models",
     "load_body_model": "fastmetro.data.body_models",
+    "create_loader": "fastmetro.data.loader",
+    "check_dataset": "fastmetro.data.check",
 }
 
 

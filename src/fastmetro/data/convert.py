@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmetro.data.tsv import TSVDatasetWriter, encode_image
+from fastmetro.data.tsv import TSVDatasetWriter
 from fastmetro.errors import FastMetroError
 
 PASS_THROUGH = ("joints_format", "gender", "camera")
