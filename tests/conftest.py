@@ -48,3 +48,25 @@ def mano_topology(mano_dir):
     from fastmetro import topology
 
     return topology.load("mano", mano_dir)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """A 16-image synthetic Anny dataset (64 px; 12 train in 3 shards + 4 test), made once.
+
+    Returns a SimpleNamespace: ``config`` (SynthConfig), ``report`` (SynthReport), ``train_yaml``,
+    ``test_yaml``, ``maker`` (the loaded ShardMaker, reusable via ``generate(..., maker=)``).
+    """
+    from types import SimpleNamespace
+
+    from fastmetro.data.synthetic.generator import ShardMaker, SynthConfig, generate
+
+    config = SynthConfig(
+        out_dir=tmp_path_factory.mktemp("synthetic"), num=16, seed=7, size=64, shard_size=4, test_fraction=0.25
+    )
+    maker = ShardMaker(config)
+    report = generate(config, progress=False, maker=maker)
+    return SimpleNamespace(
+        config=config, report=report, maker=maker,
+        train_yaml=report.yamls["train"], test_yaml=report.yamls["test"],
+    )

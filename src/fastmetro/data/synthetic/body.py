@@ -69,7 +69,11 @@ def load_label_mesh(topology=None) -> LabelMesh:
 
 
 class AnnyBody:
-    """Anny in float32 on the CPU, posed in batches (one instance per worker process)."""
+    """Anny in float32 on the CPU, posed in batches (one instance per worker process).
+
+    Every computation runs on one torch thread: a reduction split over a different number of
+    threads rounds differently, and the data must not depend on how many workers made them.
+    """
 
     def __init__(self, label_mesh: LabelMesh | None = None):
         import torch
@@ -80,6 +84,11 @@ class AnnyBody:
             raise FastMetroError("anny: the synthetic generator needs `pip install anny`") from None
         torch.set_grad_enabled(False)
         self._torch = torch
+        with self._one_thread():  # loading computes too (blend shapes, rest skeleton): same rounding
+            self._load(anny, label_mesh)
+
+    def _load(self, anny, label_mesh) -> None:
+        torch = self._torch
         self.model = anny.Anny(phenotypes="all").to(torch.float32)
         if tuple(self.model.phenotype_labels) != PHENOTYPE_LABELS:
             raise FastMetroError(f"anny: unexpected phenotype labels {self.model.phenotype_labels}")
@@ -117,8 +126,28 @@ class AnnyBody:
         """Outward unit vertex normals (V, 3) of a posed Anny mesh."""
         return self._normals(vertices)
 
+    def _one_thread(self):
+        import contextlib
+
+        torch = self._torch
+
+        @contextlib.contextmanager
+        def scope():
+            previous = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(previous)
+
+        return scope()
+
     def rest(self, phenotypes: np.ndarray) -> dict:
         """Rest-pose model of each shape, phenotypes (B, 11) in [0, 1] (reused across pose retries)."""
+        with self._one_thread():
+            return self._rest(phenotypes)
+
+    def _rest(self, phenotypes: np.ndarray) -> dict:
         torch = self._torch
         tensor = torch.from_numpy(np.ascontiguousarray(phenotypes, dtype=np.float32))
         coefficients = self.model._get_phenotype_blendshape_coefficients(
@@ -130,6 +159,10 @@ class AnnyBody:
 
     def pose(self, rest: dict, rows: list[int] | np.ndarray, poses: np.ndarray) -> np.ndarray:
         """Skin rest models ``rest[rows]`` with poses (B, J, 4, 4) -> vertices (B, V, 3) metres, Anny world."""
+        with self._one_thread():
+            return self._pose(rest, rows, poses)
+
+    def _pose(self, rest: dict, rows, poses: np.ndarray) -> np.ndarray:
         torch = self._torch
         rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         pose_tensor = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
@@ -139,12 +172,7 @@ class AnnyBody:
 
     def forward(self, phenotypes: np.ndarray, poses: np.ndarray) -> np.ndarray:
         """phenotypes (B, 11) in [0, 1], poses (B, J, 4, 4) -> vertices (B, V, 3) metres, Anny world."""
-        torch = self._torch
-        output = self.model(
-            pose_parameters=torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32)),
-            phenotype_kwargs=torch.from_numpy(np.ascontiguousarray(phenotypes, dtype=np.float32)),
-        )
-        return output["vertices"].numpy()
+        return self.pose(self.rest(phenotypes), np.arange(len(phenotypes)), poses)
 
     def labels(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Anny vertices (V, 3) -> (label vertices (V0, 3), joints (K, 3)), same frame and units."""

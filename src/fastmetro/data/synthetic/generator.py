@@ -119,6 +119,17 @@ class ShardMaker:
         rest = self.body.forward(np.full((1, 11), 0.5), np.tile(np.eye(4), (1, len(self.body.bone_labels), 1, 1)))
         self.rest_height = rest[0, :, 2]
         self.stats = {"pose_rejections": 0, "pose_fallbacks": 0}
+        import trimesh  # noqa: F401  (occluder meshes; imported now, not inside the first shard)
+
+    def reconfigure(self, config: SynthConfig) -> "ShardMaker":
+        """Reuse this maker (its loaded Anny model) for another dataset's settings."""
+        from fastmetro.render import Renderer
+
+        if config.size != self.config.size:
+            self.renderer.release()
+            self.renderer = Renderer(config.size, config.size)
+        self.config = config
+        return self
 
     # ------------------------------------------------------------------ bodies
     def pose_bodies(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -242,12 +253,13 @@ def _init_worker(config: SynthConfig) -> None:
     _WORKER = ShardMaker(config)
 
 
-def _run_shard(shard: Shard) -> tuple[str, int, dict]:
+def _run_shard(shard: Shard) -> tuple[str, int, dict, float, float]:
     assert _WORKER is not None
+    started = time.time()
     _WORKER.make_shard(shard)
     stats = dict(_WORKER.stats)
     _WORKER.stats = {key: 0 for key in stats}
-    return shard.name, shard.stop - shard.start, stats
+    return shard.name, shard.stop - shard.start, stats, started, time.time()
 
 
 def check_manifest(config: SynthConfig) -> None:
@@ -270,12 +282,17 @@ def check_manifest(config: SynthConfig) -> None:
 
 @dataclass
 class SynthReport:
-    """What a run did: shards written/skipped, images rendered, seconds, pose statistics."""
+    """What a run did: shards written/skipped, images rendered, seconds, pose statistics.
+
+    ``seconds`` is the rendering wall time, from the first shard started (after the workers
+    loaded Anny and their GL contexts) to the last one finished; ``startup_seconds`` the loading.
+    """
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0
     pose_rejections: int = 0
     pose_fallbacks: int = 0
     yamls: dict[str, Path] = field(default_factory=dict)
@@ -314,28 +331,40 @@ def generate(config: SynthConfig, progress: bool = True, max_shards: int | None 
         todo = todo[:max_shards]
     total = sum(shard.stop - shard.start for shard in todo)
     bar = tqdm(total=total, unit="img", desc="synth", disable=not progress, smoothing=0.05)
-    started = time.perf_counter()
+    launched = time.time()
+    first_start, last_end = None, launched
     try:
-        if config.workers <= 1 or len(todo) <= 1:
-            maker = maker or ShardMaker(config)
-            started = time.perf_counter()  # the model load is not rendering time
+        if not todo:
+            pass
+        elif config.workers <= 1 or len(todo) <= 1:
+            if maker is None:
+                maker = ShardMaker(config)
+            else:
+                maker.reconfigure(config)
+                maker.stats = {key: 0 for key in maker.stats}
+            first_start = time.time()
             for shard in todo:
                 maker.make_shard(shard, on_sample=lambda: bar.update(1))
                 report.written.append(shard.name)
+            last_end = time.time()
             report.pose_rejections += maker.stats["pose_rejections"]
             report.pose_fallbacks += maker.stats["pose_fallbacks"]
         else:
             context = multiprocessing.get_context("spawn")  # no fork after torch/GL initialised
             workers = min(config.workers, len(todo))
             with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
-                for name, count, stats in pool.imap_unordered(_run_shard, todo):
+                for name, count, stats, started, ended in pool.imap_unordered(_run_shard, todo):
                     report.written.append(name)
                     report.pose_rejections += stats["pose_rejections"]
                     report.pose_fallbacks += stats["pose_fallbacks"]
+                    first_start = started if first_start is None else min(first_start, started)
+                    last_end = max(last_end, ended)
                     bar.update(count)
     finally:
         bar.close()
-    report.seconds = time.perf_counter() - started
+    if first_start is not None:
+        report.startup_seconds = first_start - launched
+        report.seconds = last_end - first_start
     report.images = total
     if all(shard_is_complete(config.out_dir, shard.name) for shard in shards):
         for split in ("train", "test"):

@@ -1,0 +1,202 @@
+"""The synthetic Anny dataset: readable by the same reader, self-consistent labels, deterministic,
+resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastmetro.data.synthetic.generator import (
+    SynthConfig, generate, plan_shards, read_masks, write_preview,
+)
+from fastmetro.data.tsv import TSVDataset, read_yaml
+from fastmetro.errors import FastMetroError
+
+
+def shard_yamls(dataset, split):
+    return [dataset.config.out_dir / f"{s.name}.yaml" for s in plan_shards(dataset.config) if s.split == split]
+
+
+def file_digests(folder: Path, prefix: str) -> dict[str, tuple[int, str]]:
+    return {
+        path.name: (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+        for path in sorted(folder.glob(f"{prefix}*"))
+    }
+
+
+def test_dataset_reads_back_with_every_label(synthetic_dataset):
+    config = synthetic_dataset.config
+    train, test = TSVDataset(synthetic_dataset.train_yaml), TSVDataset(synthetic_dataset.test_yaml)
+    assert (len(train), len(test)) == (12, 4)
+    keys = [train.key(i) for i in range(len(train))] + [test.key(i) for i in range(len(test))]
+    assert len(set(keys)) == 16
+    row = train[0]
+    assert row.image.shape == (config.size, config.size, 3) and row.image.dtype == np.uint8
+    assert row.vertices.shape == (synthetic_dataset.maker.body.label_mesh.anny_indices.shape[0], 3)
+    label = row.label
+    for field in ("center", "scale", "2d_joints", "3d_joints", "camera", "anny_phenotypes"):
+        assert field in label, field
+    assert np.shape(label["2d_joints"]) == (14, 3) and np.shape(label["3d_joints"]) == (14, 4)
+    assert (label["has_2d_joints"], label["has_3d_joints"], label["has_smpl"], label["has_vertices"]) == (1, 1, 0, 1)
+    assert label["joints_format"] == "topology"
+
+
+def test_mesh_dataset_reads_synthetic_rows(synthetic_dataset):
+    from fastmetro import topology
+
+    dataset = __import__("fastmetro.data.dataset", fromlist=["MeshDataset"]).MeshDataset(
+        synthetic_dataset.train_yaml, topology.load("anny"), image_size=64
+    )
+    sample = dataset[3]
+    assert sample["image"].shape == (3, 64, 64)
+    assert sample["vertices"].shape == (topology.load("anny").num_vertices, 3)
+    assert float(sample["has_vertices"]) == 1.0 and float(sample["has_joints_3d"]) == 1.0
+    # Crop-normalised 2D joints of an in-view body stay inside [-1, 1].
+    assert np.abs(np.asarray(sample["joints_2d"])[:, :2]).max() <= 1.0
+
+
+def test_labels_are_consistent_with_images_and_each_other(synthetic_dataset):
+    config = synthetic_dataset.config
+    regressor = synthetic_dataset.maker.body.label_mesh.joint_regressor
+    for split in ("train", "test"):
+        for shard_yaml in shard_yamls(synthetic_dataset, split):
+            rows = TSVDataset(shard_yaml)
+            masks = read_masks(shard_yaml, config.size)
+            assert len(masks) == len(rows)
+            for index in range(len(rows)):
+                row, mask = rows[index], masks[index]
+                label = row.label
+                camera = label["camera"]
+                intrinsics = np.array([[camera["fx"], 0, camera["cx"]], [0, camera["fy"], camera["cy"]], [0, 0, 1]])
+                joints_3d = np.asarray(label["3d_joints"])[:, :3]
+                joints_2d = np.asarray(label["2d_joints"])
+                # 3D joints = topology regressor @ stored vertices (camera coordinates, metres).
+                np.testing.assert_allclose(regressor @ row.vertices, joints_3d, atol=1e-4)
+                # Projecting the 3D joints with the stored intrinsics gives the stored 2D joints.
+                projected = joints_3d @ intrinsics.T
+                np.testing.assert_allclose(projected[:, :2] / projected[:, 2:], joints_2d[:, :2], atol=1e-3)
+                # The body is in view: joints inside the image, flagged visible.
+                assert (joints_2d[:, :2] > -0.5).all() and (joints_2d[:, :2] < config.size - 0.5).all()
+                assert (joints_2d[:, 2] == 1).all()
+                # The mask covers real body pixels, inside the projected mesh's box.
+                assert mask.sum() > 0.01 * mask.size, row.key
+                vertices_2d = row.vertices @ intrinsics.T
+                vertices_2d = vertices_2d[:, :2] / vertices_2d[:, 2:]
+                rows_, cols_ = np.nonzero(mask)
+                low, high = vertices_2d.min(0), vertices_2d.max(0)
+                assert cols_.min() >= low[0] - 1 and cols_.max() <= high[0] + 1
+                assert rows_.min() >= low[1] - 1 and rows_.max() <= high[1] + 1
+                # The image is non-empty where the mask says the body is (lit, not black/flat).
+                body_pixels = row.image[mask].astype(np.float64)
+                assert body_pixels.mean() > 8 and body_pixels.std() > 1
+                # The box (center, scale) encloses the projected mesh.
+                half_side = 100.0 * label["scale"]
+                assert (np.abs(vertices_2d - np.asarray(label["center"])) <= half_side + 1e-6).all()
+
+
+def test_same_seed_gives_the_same_bytes(synthetic_dataset, tmp_path):
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path})
+    generate(config, progress=False, max_shards=1, maker=synthetic_dataset.maker)
+    original = synthetic_dataset.config.out_dir
+    for suffix in ("img.tsv", "label.tsv", "vertices.npy", "masks.npy"):
+        assert (tmp_path / f"train_00000.{suffix}").read_bytes() == (original / f"train_00000.{suffix}").read_bytes()
+    # Another seed gives other data.
+    other = SynthConfig(**{**config.__dict__, "out_dir": tmp_path / "other", "seed": 8})
+    generate(other, progress=False, max_shards=1, maker=synthetic_dataset.maker)
+    assert (tmp_path / "other/train_00000.label.tsv").read_bytes() != (original / "train_00000.label.tsv").read_bytes()
+
+
+def test_samples_do_not_depend_on_the_shard_layout(synthetic_dataset, tmp_path):
+    # Sample i is drawn from (seed, i) only: a different shard size gives the same rows.
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "shard_size": 8})
+    generate(config, progress=False, max_shards=1, maker=synthetic_dataset.maker)
+    regrouped = TSVDataset(tmp_path / "train_00000.yaml")
+    original = TSVDataset(synthetic_dataset.config.out_dir / "train_00001.yaml")
+    for index in range(4):
+        assert regrouped.key(4 + index) == original.key(index)
+        assert regrouped.label(4 + index)[1]["2d_joints"] == original.label(index)[1]["2d_joints"]
+        np.testing.assert_array_equal(regrouped[4 + index].image, original[index].image)
+
+
+def test_interrupted_run_resumes_without_touching_finished_shards(synthetic_dataset, tmp_path, monkeypatch):
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 12, "test_fraction": 0.0})
+    maker = synthetic_dataset.maker
+    first = generate(config, progress=False, max_shards=1, maker=maker)
+    assert first.written == ["train_00000"] and not first.yamls
+    assert not (tmp_path / "train.yaml").exists()
+
+    # Crash in the middle of the second shard: nothing of it is published.
+    calls = {"count": 0}
+    real_render = type(maker).render_sample
+
+    def crashing(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt
+        return real_render(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(maker), "render_sample", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        generate(config, progress=False, maker=maker)
+    monkeypatch.setattr(type(maker), "render_sample", real_render)
+    assert not (tmp_path / "train_00001.yaml").exists()
+    assert not list(tmp_path.glob("train_00001.*.tsv"))
+    finished = file_digests(tmp_path, "train_00000")
+
+    resumed = generate(config, progress=False, maker=maker)
+    assert resumed.skipped == ["train_00000"]
+    assert resumed.written == ["train_00001", "train_00002"]
+    assert file_digests(tmp_path, "train_00000") == finished  # same mtimes, same bytes
+    assert len(TSVDataset(resumed.yamls["train"])) == 12
+    assert not list(tmp_path.glob(".*.tmp"))
+    # A third run has nothing to do.
+    assert generate(config, progress=False, maker=maker).written == []
+
+
+def test_other_settings_in_the_same_folder_are_refused(synthetic_dataset):
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "seed": 99})
+    with pytest.raises(FastMetroError, match="seed=7"):
+        generate(config, progress=False, maker=synthetic_dataset.maker)
+    manifest = json.loads((synthetic_dataset.config.out_dir / "synth.json").read_text())
+    assert manifest["seed"] == 7
+
+
+def test_composite_yamls_list_every_shard(synthetic_dataset):
+    spec = read_yaml(synthetic_dataset.train_yaml)
+    assert spec.composite and len(spec.sources) == 3
+    assert all(source.vertices is not None for source in spec.sources)
+
+
+def test_preview_sheet(synthetic_dataset, tmp_path):
+    import cv2
+
+    path = write_preview(synthetic_dataset.train_yaml, tmp_path / "preview.png", tile=96)
+    sheet = cv2.imread(str(path))
+    assert sheet.shape == (288, 288, 3)
+    for row in range(3):
+        for col in range(3):
+            tile = sheet[row * 96:(row + 1) * 96, col * 96:(col + 1) * 96]
+            assert tile.std() > 5  # every cell holds an image, none black
+
+
+def test_cli_rejects_bad_arguments_with_one_line(tmp_path, capsys):
+    from fastmetro.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--num", "0"]) == 2
+    assert "--num must be at least 1" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--num", "4", "--shard-size", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_same_bytes_as_one(synthetic_dataset, tmp_path):
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "workers": 2})
+    report = generate(config, progress=False)
+    assert sorted(report.written) == sorted(s.name for s in plan_shards(config))
+    original = synthetic_dataset.config.out_dir
+    for shard in plan_shards(config):
+        for suffix in ("img.tsv", "label.tsv", "vertices.npy"):
+            assert (tmp_path / f"{shard.name}.{suffix}").read_bytes() == (original / f"{shard.name}.{suffix}").read_bytes()
