@@ -41,8 +41,18 @@ class OracleModel(nn.Module):
                 "mesh_joints": joints}
 
 
-def smpl_scene(smpl_topology, translation=(0.3, 0.15, 9.0), yaw_deg=20.0):
-    vertices = np.asarray(smpl_topology.template, dtype=np.float64) * np.array([1.0, -1.0, -1.0])
+# Rest-pose axes -> OpenCV camera axes, body facing the camera: SMPL is y-up, facing +z;
+# Anny is z-up, facing -y.
+TO_CAMERA = {
+    "smpl": np.diag([1.0, -1.0, -1.0]),
+    "anny": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
+}
+
+
+def body_scene(topology, translation=(0.3, 0.15, 9.0), yaw_deg=20.0):
+    """The topology's template posed in front of the camera (metres, OpenCV axes)."""
+    vertices = np.asarray(topology.template, dtype=np.float64) @ TO_CAMERA[topology.name].T
+    vertices = vertices - vertices.mean(0)
     angle = np.deg2rad(yaw_deg)
     yaw = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
     return vertices @ yaw.T + np.asarray(translation)
@@ -59,14 +69,18 @@ def mask_iou(first, second):
     return float((first & second).sum() / max((first | second).sum(), 1))
 
 
-@pytest.fixture(scope="module")
-def body_case(smpl_topology):
-    """A rendered body with a known camera, its box, and an oracle that predicts it exactly
-    (vertices in model space, the least-squares weak-perspective camera of the crop)."""
+@pytest.fixture(scope="module", params=["smpl", "anny"])
+def body_case(request, smpl_topology):
+    """A rendered body (SMPL or Anny template) with a known camera, its box, and an oracle that
+    predicts it exactly (vertices in model space, the least-squares weak-perspective camera of
+    the crop)."""
+    from fastmetro import topology as topology_module
+
+    mesh = smpl_topology if request.param == "smpl" else topology_module.load("anny")
     width, height = 500, 400
     true_k = np.array([[1500.0, 0, 255.0], [0, 1500.0, 195.0], [0, 0, 1]])
-    vertices_camera = smpl_scene(smpl_topology)
-    faces = smpl_topology.faces[0]
+    vertices_camera = body_scene(mesh)
+    faces = mesh.faces[0]
     background = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     truth = render_truth(vertices_camera, faces, true_k, (width, height), background)
     rows, cols = np.nonzero(truth.mask)
@@ -74,9 +88,9 @@ def body_case(smpl_topology):
     crop_box = cam.square_box(box, expand=1.2)
     model_vertices = vertices_camera - vertices_camera.mean(0)
     weak = cam.fit_weak_perspective(model_vertices, crop_box.image_to_normalised(cam.project(vertices_camera, true_k)))
-    oracle = OracleModel(smpl_topology, model_vertices, weak)
+    oracle = OracleModel(mesh, model_vertices, weak)
     return {"truth": truth, "true_k": true_k, "box": box, "vertices_camera": vertices_camera, "oracle": oracle,
-            "faces": faces, "image": truth.rgb, "weak": weak, "size": (width, height)}
+            "faces": faces, "image": truth.rgb, "weak": weak, "size": (width, height), "topology": mesh}
 
 
 def test_predictor_pastes_the_mesh_back_onto_the_person(body_case):
@@ -240,11 +254,13 @@ def test_cross_attention_heat_map_is_pasted_where_its_token_is(body_case):
     assert drawn.shape == body_case["image"].shape
 
 
-def test_self_attention_is_drawn_on_the_mesh(body_case, smpl_topology):
+def test_self_attention_is_drawn_on_the_mesh(body_case):
+    smpl_topology = body_case["topology"]  # either body topology
     predictor = Predictor(model=body_case["oracle"])
     person = predictor.predict(body_case["image"], [body_case["box"]]).people[0]
     scores = np.zeros((14, smpl_topology.num_coarse_vertices))
-    head_vertex = int(np.argmin(smpl_topology.downsample(person.vertices, 2)[:, 1]))  # topmost coarse vertex
+    coarse_level = smpl_topology.num_levels - 1
+    head_vertex = int(np.argmin(smpl_topology.downsample(person.vertices, coarse_level)[:, 1]))  # topmost
     scores[13, head_vertex] = 1.0
     person.joint_self_attention = scores
     fine = attention.vertex_scores(person, 13, smpl_topology)
