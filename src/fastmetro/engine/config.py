@@ -54,6 +54,7 @@ class DataConfig:
 class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    eps: float = 1e-8  # AdamW epsilon
     clip_grad_norm: float = 0.3  # 0 disables
     schedule: str = "constant"  # constant | step | cosine
     step_size: int = 0  # step schedule: multiply by gamma every step_size steps
@@ -78,6 +79,8 @@ class TrainConfig:
     hand_metrics: bool | None = None  # F-score/PA-MPVPE focus; None = wrist-rooted topologies
     distributed_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     find_unused_parameters: bool = False
+    freeze_batchnorm: bool = False  # BatchNorm in eval mode, affine frozen (batch-size independent)
+    sync_batchnorm: bool = False  # SyncBatchNorm across GPUs under DDP
 
 
 @dataclass

@@ -1,0 +1,44 @@
+"""Typed YAML configs with key=value overrides."""
+
+import pytest
+
+from fastmetro.engine.config import ExperimentConfig, load_config
+from fastmetro.errors import FastMetroError
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: FastMETRO-L-H64\noptim:\n  lr: 1e-4\ndata:\n  train: a.yaml\n")
+    config = load_config(path, ["optim.lr=2e-4", "data.skip_bad_rows=true", "model.overrides.dropout=0.0",
+                                "loss.level_weights=[0.2, 0.6, 0.2]", "data.max_val_samples=null"])
+    assert isinstance(config, ExperimentConfig)
+    assert config.model.name == "FastMETRO-L-H64"
+    assert config.optim.lr == 2e-4 and isinstance(config.optim.lr, float)
+    assert config.data.skip_bad_rows is True and config.data.train == "a.yaml"
+    assert config.model.overrides == {"dropout": 0.0}
+    assert config.loss.level_weights == [0.2, 0.6, 0.2]
+    assert config.optim.weight_decay == 1e-4 and config.optim.clip_grad_norm == 0.3  # released defaults
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown key"),
+    ("optim.lr=fast", "expected a number"),
+    ("data.batch_size=2.5", "expected an integer"),
+    ("data.augment=maybe", "expected true/false"),
+    ("optim.schedule=linear", "optim.schedule"),
+    ("nonsense", "expected key=value"),
+    ("train.steps=0", "train.steps"),
+])
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(FastMetroError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(FastMetroError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(FastMetroError, match="mapping"):
+        load_config(path)
