@@ -103,3 +103,27 @@ def test_export_cli_onnx(checkpoint, tmp_path, smpl_dir, capsys):
     assert code == 0, captured.err
     assert target.stat().st_size > 1_000_000
     assert "fine_vertices" in captured.out and "max |exported - pytorch|" in captured.out
+
+
+def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    with torch.no_grad():  # untrained: make "person" the confident class so boxes come out
+        detector.roi_heads.box_predictor.cls_score.bias[1] = 10.0
+    weights = tmp_path / "detector.pth"
+    torch.save(detector.state_dict(), weights)
+    out = tmp_path / "out"
+    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                 "--out", str(out), "--detector", str(weights), "--detector-arch",
+                 "fasterrcnn_mobilenet_v3_large_320_fpn", "--detector-threshold", "0.5", "--max-people", "2", "--image-size", "64",
+                 "--max-side", "128"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    people = sorted((out / "astronaut").glob("person_*.json"))
+    assert len(people) == 2 and f"astronaut.png: {len(people)} person(s)" in captured.out
+    record = json.loads(people[0].read_text())
+    x, y, w, h = record["box_xywh"]
+    assert w > 0 and h > 0 and x < 512 and y < 512

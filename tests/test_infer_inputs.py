@@ -174,6 +174,8 @@ def test_torchvision_detector_from_a_local_weights_file(tmp_path):
     reference = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
         weights=None, weights_backbone=None
     ).eval()
+    with torch.no_grad():  # an untrained detector finds nobody: make "person" the confident class
+        reference.roi_heads.box_predictor.cls_score.bias[1] = 10.0
     path = tmp_path / "detector.pth"
     torch.save(reference.state_dict(), path)
     # The 320 and full-size MobileNet detectors share one state dict: auto-detection finds the
@@ -183,11 +185,15 @@ def test_torchvision_detector_from_a_local_weights_file(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     detections = detector(image)
     assert all(isinstance(d, Detection) and d.box[2] > 0 and d.box[3] > 0 for d in detections)
-    # Same boxes as the reference network (person class only).
+    # Same boxes as the reference network (person class only), as (x, y, w, h), best first.
     with torch.no_grad():
         expected = reference([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
-    people = int((expected["labels"] == 1).sum())
-    assert len(detections) == min(people, detector.max_people)
+    people = expected["labels"] == 1
+    assert len(detections) == min(int(people.sum()), detector.max_people) > 0
+    best = expected["boxes"][people][expected["scores"][people].argmax()].numpy()
+    x, y, w, h = detections[0].box
+    assert np.allclose([x, y, x + w, y + h], best, atol=1e-3)
+    assert detections[0].score == pytest.approx(float(expected["scores"][people].max()))
 
 
 def test_detector_weights_errors(tmp_path):

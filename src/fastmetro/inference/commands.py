@@ -29,6 +29,7 @@ def register(subparsers) -> None:
                        help='boxes per image: {"name.jpg": [[x, y, w, h], ...] or [{"box": [...], "side": "left"}]}')
     boxes.add_argument("--detector", metavar="WEIGHTS", help="torchvision person detector weights file (local)")
     infer.add_argument("--detector-threshold", type=float, default=0.7, help="detector score threshold (0.7)")
+    infer.add_argument("--max-people", type=int, default=20, help="detector: keep the most confident N people (20)")
     infer.add_argument("--detector-arch", help="torchvision detector builder (default: recognised from the weights)")
     infer.add_argument("--attention", metavar="JOINT", help="also draw this joint's attention (name or index)")
     infer.add_argument("--hand", choices=("right", "left"), default="right",
@@ -134,7 +135,8 @@ def run_infer(args) -> int:
         from fastmetro.inference.detector import TorchvisionDetector
 
         detector = TorchvisionDetector(args.detector, score_threshold=args.detector_threshold,
-                                       architecture=args.detector_arch, device=args.device)
+                                       max_people=args.max_people, architecture=args.detector_arch,
+                                       device=args.device)
     predictor = Predictor(
         checkpoint=args.checkpoint,
         topology=args.topology,
