@@ -69,7 +69,7 @@ void main() {
     vec3 half_vector = normalize(to_light + to_camera);
     float shine = specular * pow(max(dot(normal, half_vector), 0.0), 32.0);
     vec3 color = v_color * (ambient + light_color * diffuse) + light_color * shine;
-    out_color = vec4(clamp(color, 0.0, 1.0), 1.0);
+    out_color = vec4(clamp(color, 0.0, 1.0), v_label);  // alpha carries the subject mask
     out_depth_label = vec2(v_position.z, v_label);
 }
 """
@@ -91,7 +91,7 @@ in vec2 v_uv;
 layout(location = 0) out vec4 out_color;
 layout(location = 1) out vec2 out_depth_label;
 void main() {
-    out_color = vec4(texture(background, v_uv).rgb, 1.0);
+    out_color = vec4(texture(background, v_uv).rgb, 0.0);
     out_depth_label = vec2(0.0, 0.0);
 }
 """
@@ -103,12 +103,13 @@ class RenderResult:
 
     rgb: (H, W, 3) uint8. mask: (H, W) bool, pixels where the subject mesh is visible (occluders
     and background excluded). depth: (H, W) float32 camera-space z in metres of the visible
-    surface (subject or occluder), 0 where only background is seen.
+    surface (subject or occluder), 0 where only background is seen; None when the render was
+    asked for ``with_depth=False``.
     """
 
     rgb: np.ndarray
     mask: np.ndarray
-    depth: np.ndarray
+    depth: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class Renderer:
         near: float = 0.05,
         far: float = 100.0,
         normals: np.ndarray | None = None,
+        with_depth: bool = True,
     ) -> RenderResult:
         """Render one mesh (plus optional occluders) over a background.
 
@@ -283,6 +285,7 @@ class Renderer:
         light: key light + ambient (default :class:`Light`). extra_meshes: occluders, drawn but
         left out of the mask. near/far: clipping depths (metres). normals: optional precomputed
         (V, 3) vertex normals (else smooth area-weighted normals from the faces).
+        with_depth: False skips reading the depth buffer back (faster; ``depth`` is None).
         """
         vertices = np.asarray(vertices, dtype=np.float32)
         faces = np.asarray(faces)
@@ -339,7 +342,7 @@ class Renderer:
         fbo = self._draw_fbo
         fbo.use()
         ctx.viewport = (0, 0, self.width, self.height)
-        fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         if background is not None:
             background = np.asarray(background)
             if background.shape != (self.height, self.width, 3) or background.dtype != np.uint8:
@@ -359,14 +362,16 @@ class Renderer:
             ctx.copy_framebuffer(self._fbo, fbo)
 
         # GL rows go bottom-up; images go top-down.
-        rgb = np.frombuffer(self._fbo.read(components=3, attachment=0), dtype=np.uint8)
-        rgb = rgb.reshape(self.height, self.width, 3)[::-1]
-        depth_label = np.frombuffer(self._fbo.read(components=2, attachment=1, dtype="f4"), dtype=np.float32)
-        depth_label = depth_label.reshape(self.height, self.width, 2)[::-1]
+        rgba = np.frombuffer(self._fbo.read(components=4, attachment=0), dtype=np.uint8)
+        rgba = rgba.reshape(self.height, self.width, 4)[::-1]
+        depth = None
+        if with_depth:
+            depth_label = np.frombuffer(self._fbo.read(components=2, attachment=1, dtype="f4"), dtype=np.float32)
+            depth = np.ascontiguousarray(depth_label.reshape(self.height, self.width, 2)[::-1, :, 0])
         return RenderResult(
-            rgb=np.ascontiguousarray(rgb),
-            mask=np.ascontiguousarray(depth_label[..., 1] > 0.5),
-            depth=np.ascontiguousarray(depth_label[..., 0]),
+            rgb=np.ascontiguousarray(rgba[..., :3]),
+            mask=np.ascontiguousarray(rgba[..., 3] > 127),
+            depth=depth,
         )
 
     def release(self) -> None:

@@ -132,8 +132,11 @@ class ShardMaker:
         return self
 
     # ------------------------------------------------------------------ bodies
-    def pose_bodies(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Shapes and intersection-checked poses for ``indices``: (phenotypes (B, 11), vertices (B, V, 3))."""
+    def pose_bodies(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shapes and intersection-checked poses for ``indices``.
+
+        Returns phenotypes (B, 11), vertices (B, V, 3) and their unit normals (B, V, 3), Anny world.
+        """
         body = self.body
         streams = [sample_generators(self.config.seed, index) for index in indices]
         from fastmetro.data.synthetic.scene import sample_phenotypes
@@ -141,6 +144,7 @@ class ShardMaker:
         phenotypes = np.stack([sample_phenotypes(s["shape"]) for s in streams])
         rest = body.rest(phenotypes)
         vertices = np.zeros((len(indices), body.num_vertices, 3), np.float32)
+        normals = np.zeros_like(vertices)
         pending = list(range(len(indices)))
         for _attempt in range(self.config.max_pose_attempts):
             if not pending:
@@ -149,8 +153,9 @@ class ShardMaker:
             posed = body.pose(rest, pending, poses)
             still_pending = []
             for row, sample in enumerate(pending):
-                if body.intersection_test.accepts(posed[row], body.normals(posed[row])):
-                    vertices[sample] = posed[row]
+                posed_normals = body.normals(posed[row])
+                if body.intersection_test.accepts(posed[row], posed_normals):
+                    vertices[sample], normals[sample] = posed[row], posed_normals
                 else:
                     still_pending.append(sample)
             self.stats["pose_rejections"] += len(still_pending)
@@ -159,10 +164,12 @@ class ShardMaker:
             self.stats["pose_fallbacks"] += len(pending)
             rest_pose = np.tile(np.eye(4, dtype=np.float32), (len(pending), len(body.bone_labels), 1, 1))
             vertices[pending] = body.pose(rest, pending, rest_pose)
-        return phenotypes, vertices
+            normals[pending] = [body.normals(v) for v in vertices[pending]]
+        return phenotypes, vertices, normals
 
     # ------------------------------------------------------------------ one sample
-    def render_sample(self, index: int, phenotypes: np.ndarray, world_vertices: np.ndarray) -> dict:
+    def render_sample(self, index: int, phenotypes: np.ndarray, world_vertices: np.ndarray,
+                      world_normals: np.ndarray) -> dict:
         """Everything stored for sample ``index``: image, mask, label dict, label vertices."""
         from fastmetro.data.synthetic.scene import (
             sample_camera, sample_light, sample_occluder, sample_vertex_colours,
@@ -179,7 +186,7 @@ class ShardMaker:
         result = self.renderer.render(
             camera_vertices, self.body.faces, camera.intrinsics, color=colours, background=background,
             light=light, extra_meshes=(occluder,) if occluder is not None else (),
-            normals=self.body.normals(camera_vertices),
+            normals=world_normals @ camera.rotation.T.astype(np.float32), with_depth=False,
         )
         label_vertices, joints = self.body.labels(camera_vertices.astype(np.float64))
         joints_2d = camera.project(joints)
@@ -214,9 +221,9 @@ class ShardMaker:
         ) as writer:
             for first in range(shard.start, shard.stop, config.batch_size):
                 indices = list(range(first, min(first + config.batch_size, shard.stop)))
-                phenotypes, vertices = self.pose_bodies(indices)
+                phenotypes, vertices, normals = self.pose_bodies(indices)
                 for row, index in enumerate(indices):
-                    sample = self.render_sample(index, phenotypes[row], vertices[row])
+                    sample = self.render_sample(index, phenotypes[row], vertices[row], normals[row])
                     writer.add(f"{index:08d}", sample["image"], sample["label"], vertices=sample["vertices"])
                     masks.append(np.packbits(sample["mask"], axis=1))
                     if on_sample is not None:

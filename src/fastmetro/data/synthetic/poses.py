@@ -93,8 +93,8 @@ def _truncated_normal(rng: np.random.Generator, low: float, high: float, centre:
     """A normal draw around ``centre`` (sigma = half the wider side x scale), clipped to [low, high]."""
     sigma = max(high - centre, centre - low) * 0.5 * scale
     if sigma <= 0:
-        return float(np.clip(centre, low, high))
-    return float(np.clip(rng.normal(centre, sigma), low, high))
+        return min(max(centre, low), high)
+    return min(max(float(rng.normal(centre, sigma)), low), high)
 
 
 @dataclass(frozen=True)
@@ -182,23 +182,28 @@ class PoseSampler:
         """One pose: (J, 4, 4) float32 delta transforms (rotations only)."""
         activity = rng.uniform(*ACTIVITY)
         rotations = np.tile(np.eye(3), (self.num_bones, 1, 1))
+        ball_indices, ball_angles = [], []
         for index, ranges, neutral, mirrored in self._ball:
-            angles = np.array(
-                [_truncated_normal(rng, lo, hi, centre, activity) for (lo, hi), centre in zip(ranges, neutral)]
-            )
+            angles = [_truncated_normal(rng, lo, hi, centre, activity) for (lo, hi), centre in zip(ranges, neutral)]
             if mirrored:
-                angles[1:] *= -1.0
-            rotations[index] = Rotation.from_euler("ZYX", angles[::-1], degrees=True).as_matrix()
+                angles[1], angles[2] = -angles[1], -angles[2]
+            ball_indices.append(index)
+            ball_angles.append(angles[::-1])  # (z, y, x) for R = Rz Ry Rx
+        rotations[ball_indices] = Rotation.from_euler("ZYX", ball_angles, degrees=True).as_matrix()
+        axis_indices, rotvecs = [], []
         for index, axis, (low, high) in self._hinges:
             angle = min(abs(rng.normal(0.0, (high - low) * 0.45 * activity)), high) + low
-            rotations[index] = Rotation.from_rotvec(axis * np.radians(angle)).as_matrix()
+            axis_indices.append(index)
+            rotvecs.append(axis * np.radians(angle))
         for index, axis, (low, high) in self._twists:
-            angle = _truncated_normal(rng, low, high, 0.0, activity)
-            rotations[index] = Rotation.from_rotvec(axis * np.radians(angle)).as_matrix()
+            axis_indices.append(index)
+            rotvecs.append(axis * np.radians(_truncated_normal(rng, low, high, 0.0, activity)))
         for side in ("L", "R"):
             curl = np.radians(rng.uniform(*FINGER_CURL) * rng.uniform(0.0, 1.0))
             for index, axis in self._fingers[side]:
-                rotations[index] = Rotation.from_rotvec(axis * curl).as_matrix()
+                axis_indices.append(index)
+                rotvecs.append(axis * curl)
+        rotations[axis_indices] = Rotation.from_rotvec(rotvecs).as_matrix()
         lean = [rng.uniform(lo, hi) * activity for lo, hi in ROOT_LEAN]
         rotations[self._root] = Rotation.from_euler("ZYX", lean[::-1], degrees=True).as_matrix()
         transforms = np.tile(np.eye(4, dtype=np.float32), (self.num_bones, 1, 1))

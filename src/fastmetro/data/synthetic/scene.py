@@ -225,9 +225,11 @@ class Backgrounds:
             rows = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None]
             horizon = rng.uniform(0.3, 0.8)
             field = np.broadcast_to(np.where(rows > horizon, 1.0, rows / horizon * 0.4), (size, size))
-        image = base[None, None] * (1 - field[..., None]) + other[None, None] * field[..., None]
-        image += rng.normal(0, 0.02, size=image.shape)  # sensor-like grain
-        return np.clip(image * 255, 0, 255).astype(np.uint8)
+        field = field.astype(np.float32)[..., None]
+        image = base.astype(np.float32) * (1 - field) + other.astype(np.float32) * field
+        image = image.astype(np.float32) * 255.0
+        image += rng.standard_normal(image.shape, dtype=np.float32) * 5.0  # sensor-like grain
+        return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def sample_occluder(rng: np.random.Generator, camera_points: np.ndarray) -> MeshPart | None:
