@@ -47,7 +47,7 @@ from fastmetro.errors import FastMetroError
 from fastmetro.topology.graphcmr import BODY_JOINT_FLIP, BODY_JOINT_NAMES, BODY_ROOT_JOINTS
 from fastmetro.topology.topology import Topology, adjacency_from_faces, mirror_permutation
 
-BUILD_VERSION = 1  # bump when the construction below changes
+BUILD_VERSION = 2  # bump when the construction below changes
 # (bone, side) per joint; side None = midline. Order = BODY_JOINT_NAMES.
 JOINT_BONES = (
     "foot.R", "lowerleg01.R", "upperleg01.R", "upperleg01.L", "lowerleg01.L", "foot.L",
@@ -55,12 +55,18 @@ JOINT_BONES = (
     "neck01", "head",
 )  # fmt: skip
 HEAD_HEIGHT_FRACTION = 0.687  # H36M head joint on SMPL: (head - thorax) / (crown - thorax) height
-# Random pose amplitude (std of each axis-angle component, radians) per bone-name prefix.
+# Random pose amplitude (std of each axis-angle component, radians) per bone name without its
+# side suffix (Anny's local-ref rotations are about world-aligned axes, z up, x to the left).
+# Knees and elbows bend about a hinge instead (HINGES); twist/segment bones (*02) and fingers
+# and toes stay at rest.
 POSE_STD = {
-    "root": 0.4, "pelvis": 0.1, "upperleg": 0.45, "lowerleg": 0.45, "foot": 0.25,
-    "spine": 0.12, "clavicle": 0.12, "shoulder": 0.15, "upperarm": 0.6, "lowerarm": 0.45,
-    "wrist": 0.35, "neck": 0.2, "head": 0.25,
+    "root": 0.4, "pelvis": 0.05, "upperleg01": 0.45, "foot": 0.25,
+    "spine01": 0.1, "spine02": 0.1, "spine03": 0.1, "spine04": 0.1, "spine05": 0.1,
+    "clavicle": 0.1, "shoulder01": 0.12, "upperarm01": 0.6, "wrist": 0.35,
+    "neck01": 0.12, "neck02": 0.12, "neck03": 0.12, "head": 0.25,
 }  # fmt: skip
+# Hinge joints: (bone, uniform angle range in radians, std of the off-hinge wobble).
+HINGES = {"lowerleg01": ((-0.1, 2.0), 0.08), "lowerarm01": ((-0.7, 0.9), 0.08)}
 
 
 @dataclass(frozen=True)
@@ -138,18 +144,40 @@ def _body_vertices(faces: np.ndarray, num_vertices: int) -> np.ndarray:
     return np.flatnonzero((labels == largest) & used)
 
 
-def _random_pose(model, batch: int, generator) -> dict:
-    """Random local rotations (B, 4, 4) per bone, amplitude from POSE_STD; others at rest."""
+def _hinge_axes(model) -> dict:
+    """Unit hinge axis per knee/elbow bone label, from the zero pose (world frame)."""
+    import torch
+
+    labels = list(model.bone_labels)
+    with torch.no_grad():
+        heads = model()["bone_poses"][0, :, :3, 3].numpy()
+    axes = {}
+    for side in ("L", "R"):
+        # Knee: flexion about the left-right axis (positive = heel goes back).
+        axes[f"lowerleg01.{side}"] = np.array([1.0, 0.0, 0.0])
+        shoulder, elbow, wrist = (heads[labels.index(f"{b}.{side}")] for b in ("upperarm01", "lowerarm01", "wrist"))
+        axis = np.cross(elbow - shoulder, wrist - elbow)
+        axes[f"lowerarm01.{side}"] = axis / np.linalg.norm(axis)
+    return axes
+
+
+def _random_pose(model, batch: int, generator, hinge_axes: dict) -> dict:
+    """Random local rotations (B, 4, 4) per bone, from POSE_STD and HINGES; others at rest."""
     import roma
     import torch
 
     pose = {}
     for label in model.bone_labels:
-        prefix = label.split(".")[0].rstrip("0123456789")
-        std = POSE_STD.get(prefix)
-        if std is None:
+        stem = label.split(".")[0]
+        if stem in HINGES:
+            (low, high), wobble = HINGES[stem]
+            angle = low + (high - low) * torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+            axis = torch.as_tensor(hinge_axes[label], dtype=torch.float64)
+            rotvec = angle * axis + torch.randn(batch, 3, generator=generator, dtype=torch.float64) * wobble
+        elif stem in POSE_STD:
+            rotvec = torch.randn(batch, 3, generator=generator, dtype=torch.float64) * POSE_STD[stem]
+        else:
             continue
-        rotvec = torch.randn(batch, 3, generator=generator, dtype=torch.float64) * std
         transform = torch.eye(4, dtype=torch.float64).repeat(batch, 1, 1)
         transform[:, :3, :3] = roma.rotvec_to_rotmat(rotvec)
         pose[label] = transform
@@ -164,6 +192,7 @@ def sample_anny(model, num_samples: int, seed: int, body: np.ndarray, batch: int
     import torch
 
     generator = torch.Generator().manual_seed(seed)
+    hinge_axes = _hinge_axes(model)
     labels = list(model.bone_labels)
     bone_index = [labels.index(name) for name in JOINT_BONES]
     head = labels.index("head")
@@ -176,7 +205,7 @@ def sample_anny(model, num_samples: int, seed: int, body: np.ndarray, batch: int
             label: torch.rand(count, generator=generator, dtype=torch.float64) for label in model.phenotype_labels
         }
         with torch.no_grad():
-            output = model(pose_parameters=_random_pose(model, count, generator), phenotype_kwargs=phenotype)
+            output = model(pose_parameters=_random_pose(model, count, generator, hinge_axes), phenotype_kwargs=phenotype)
         poses = output["bone_poses"]  # (B, J, 4, 4) world transform, origin at the bone head
         joints = poses[:, bone_index, :3, 3].clone()
         # Head: a rest-pose point carried rigidly by the head bone.

@@ -115,21 +115,32 @@ def mano_joint_regressor(mano_regressor: np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(mano_regressor, dtype=np.float64), tips])[list(MANO_TO_HAND21)]
 
 
-def load_mano(data_dir: str | os.PathLike, joint_regressor: np.ndarray | None = None) -> Topology:
+def load_mano(
+    data_dir: str | os.PathLike,
+    joint_regressor: np.ndarray | None = None,
+    mano_model: str | os.PathLike | None = None,
+) -> Topology:
     """MANO right-hand topology 778 -> 195 with 21 joints.
 
-    ``joint_regressor``: MANO's own (16, 778) ``J_regressor`` (from ``MANO_RIGHT.pkl``, which is
-    licensed and not shipped). Without it the 16 non-tip joints are approximated (see
-    :func:`fastmetro.topology.mano.approximate_mano_regressor`).
+    ``joint_regressor``: MANO's own (16, 778) ``J_regressor``; or ``mano_model``: the path of
+    ``MANO_RIGHT.pkl`` (licensed, not shipped) to read it from. Without either, the 16 non-tip
+    joints are a geometric approximation (see
+    :func:`fastmetro.topology.mano.approximate_mano_regressor`); the 5 fingertips are exact.
     """
     npz_path = _require_dir(data_dir, "mano", "mano_downsampling.npz")
     arrays = load_npz_restricted(npz_path, numpy_scipy_classes(), keys=["A", "U", "D", "F", "V"])
     counts = tuple(int(a.shape[0]) for a in arrays["A"])
     template = np.asarray(arrays["V"][0], dtype=np.float64)
-    if joint_regressor is None:
-        from fastmetro.topology.mano import approximate_mano_regressor
+    from fastmetro.topology.mano import approximate_mano_regressor, read_mano_joint_regressor
 
-        joint_regressor = approximate_mano_regressor(template)
+    regressor_source = "mano"
+    if joint_regressor is None and mano_model is not None:
+        joint_regressor = read_mano_joint_regressor(mano_model)
+    if joint_regressor is None:
+        joint_regressor = approximate_mano_regressor(template, np.asarray(arrays["F"][0], dtype=np.int64))
+        regressor_source = "approximate"
+    elif np.shape(joint_regressor) != (16, counts[0]):
+        raise FastMetroError(f"MANO joint regressor must have shape (16, {counts[0]}), got {np.shape(joint_regressor)}")
     full = mano_joint_regressor(np.asarray(joint_regressor))
     topology = Topology(
         name="mano",
@@ -145,6 +156,7 @@ def load_mano(data_dir: str | os.PathLike, joint_regressor: np.ndarray | None = 
         root_regressor=full[0],
         vertex_flip=None,
         template=template,
+        metadata={"joint_regressor": regressor_source},
     )
     # FastMETRO's hand decoder uses the 195-vertex level as its coarse mesh.
     return topology.truncated(2)

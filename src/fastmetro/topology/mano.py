@@ -1,15 +1,132 @@
-"""MANO hand helpers that do not need the licensed MANO model file."""
+"""MANO hand joints: the real regressor from a user's MANO model file, or a geometric stand-in.
+
+MANO's ``J_regressor`` (16 x 778) lives in the licensed ``MANO_RIGHT.pkl``. When the user has
+it, :func:`read_mano_joint_regressor` reads it (``.pkl`` through a restricted unpickler that
+maps chumpy classes to an inert stand-in, or an ``.npz`` holding ``J_regressor``).
+
+Without it, :func:`approximate_mano_regressor` estimates the 16 joints from the template's
+geometry alone: the wrist is the centre of the open wrist rim, and each finger's three joints
+are centroids of the mesh's geodesic rings around its fingertip vertex, at distances set by
+typical phalanx proportions (fractions of the fingertip-to-wrist geodesic length). It gives
+plausible joint positions for training and visualisation, but it is not MANO's regressor
+(not measured against it: the real file is not available here); use the real one for
+benchmark numbers.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import pickle
+from pathlib import Path
+
 import numpy as np
+import scipy.sparse as sp
+
+from fastmetro.errors import FastMetroError
+from fastmetro.io import PickledObject, RestrictedUnpickler, numpy_scipy_classes
+
+# MANO joint order: wrist, index 1-3, middle 1-3, pinky 1-3, ring 1-3, thumb 1-3.
+# Per finger: (MANO joint rows from knuckle to distal, fingertip vertex, geodesic fractions of
+# tip->wrist length at which those joints sit, knuckle first). Fractions follow typical adult
+# phalanx lengths (e.g. middle finger: distal joint ~2 cm, middle ~5 cm, knuckle ~9 cm from the
+# tip of a ~19 cm tip-to-wrist path).
+MANO_FINGERS = {
+    "index": ((1, 2, 3), 317, (0.47, 0.26, 0.12)),
+    "middle": ((4, 5, 6), 445, (0.48, 0.26, 0.115)),
+    "pinky": ((7, 8, 9), 673, (0.44, 0.25, 0.12)),
+    "ring": ((10, 11, 12), 556, (0.47, 0.26, 0.12)),
+    "thumb": ((13, 14, 15), 745, (0.80, 0.48, 0.21)),
+}
+RING_WIDTH = 0.006  # metres: half-width of the geodesic band averaged into a joint
 
 
-def approximate_mano_regressor(template: np.ndarray) -> np.ndarray:
-    """(16, 778) stand-in for MANO's J_regressor when MANO_RIGHT.pkl is not available.
+def _boundary_vertices(faces: np.ndarray) -> np.ndarray:
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    unique, counts = np.unique(edges, axis=0, return_counts=True)
+    return np.unique(unique[counts == 1])
 
-    TODO(topology): replace with a real geometric approximation. For now every joint is the
-    mean of all vertices, which keeps shapes valid but is not a usable joint position.
+
+def _geodesic_from(vertices: np.ndarray, faces: np.ndarray, source: int) -> np.ndarray:
+    """Shortest edge-path distance (metres) from ``source`` to every vertex."""
+    from scipy.sparse.csgraph import dijkstra
+
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
+    graph = sp.coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2).tocsr()
+    return dijkstra(graph, directed=False, indices=source)
+
+
+def approximate_mano_regressor(template: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(16, 778) geometric stand-in for MANO's J_regressor (rows non-negative, summing to 1).
+
+    Args:
+        template: (778, 3) MANO template vertices (metres).
+        faces: (1538, 3) MANO faces (open at the wrist).
     """
-    num_vertices = np.asarray(template).shape[0]
-    return np.full((16, num_vertices), 1.0 / num_vertices)
+    template = np.asarray(template, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    regressor = np.zeros((16, len(template)))
+    rim = _boundary_vertices(faces)
+    if len(rim) == 0:
+        raise FastMetroError("MANO template has no open wrist rim; cannot place the wrist joint")
+    regressor[0, rim] = 1.0 / len(rim)
+    for rows, tip, fractions in MANO_FINGERS.values():
+        distance = _geodesic_from(template, faces, tip)
+        length = distance[rim].min()
+        for row, fraction in zip(rows, fractions):
+            target = fraction * length
+            band = np.flatnonzero(np.abs(distance - target) < RING_WIDTH)
+            if len(band) == 0:
+                band = np.array([np.argmin(np.abs(distance - target))])
+            regressor[row, band] = 1.0 / len(band)
+    return regressor
+
+
+class _ManoUnpickler(RestrictedUnpickler):
+    """numpy/scipy classes, plus any chumpy class replaced by an inert stand-in."""
+
+    def find_class(self, module: str, name: str):
+        if module == "chumpy" or module.startswith("chumpy."):
+            return PickledObject
+        return super().find_class(module, name)
+
+
+def _as_array(value, source: str, key: str) -> np.ndarray:
+    if sp.issparse(value):
+        return value.toarray()
+    if isinstance(value, PickledObject):  # a chumpy array: its data is in `x`
+        value = getattr(value, "x", None)
+    if not isinstance(value, np.ndarray):
+        raise FastMetroError(f"{source}: '{key}' is not an array")
+    return np.asarray(value, dtype=np.float64)
+
+
+def read_mano_joint_regressor(path: str | os.PathLike) -> np.ndarray:
+    """MANO's (16, 778) ``J_regressor`` from ``MANO_RIGHT.pkl`` or an ``.npz`` holding it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastMetroError(f"{path}: MANO model file not found")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if "J_regressor" not in archive.files:
+                    raise FastMetroError(f"{path}: no 'J_regressor' array")
+                regressor = np.asarray(archive["J_regressor"], dtype=np.float64)
+        except ValueError as error:
+            raise FastMetroError(f"{path}: cannot read ({error})") from None
+    else:
+        allowed = numpy_scipy_classes()
+        try:
+            with open(path, "rb") as handle:
+                data = _ManoUnpickler(io.BytesIO(handle.read()), allowed, str(path)).load()
+        except pickle.UnpicklingError as error:
+            raise FastMetroError(str(error)) from None
+        except Exception as error:  # noqa: BLE001 (truncated/corrupt pickle streams raise many types)
+            raise FastMetroError(f"{path}: not a readable MANO pickle ({error})") from None
+        if not isinstance(data, dict) or "J_regressor" not in data:
+            raise FastMetroError(f"{path}: not a MANO model (no 'J_regressor')")
+        regressor = _as_array(data["J_regressor"], str(path), "J_regressor")
+    if regressor.shape != (16, 778):
+        raise FastMetroError(f"{path}: J_regressor has shape {regressor.shape}, expected (16, 778)")
+    return regressor
