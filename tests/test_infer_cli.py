@@ -98,13 +98,14 @@ def test_export_cli_onnx(checkpoint, tmp_path, smpl_dir, capsys):
     pytest.importorskip("onnxruntime")
     target = tmp_path / "tiny.onnx"
     code = main(["export", "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--format", "onnx",
-                 "--out", str(target)])
+                 "--out", str(target), "--image-size", "64"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert target.stat().st_size > 1_000_000
     assert "fine_vertices" in captured.out and "max |exported - pytorch|" in captured.out
 
 
+@pytest.mark.slow
 def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
     import torch
     import torchvision
