@@ -80,17 +80,31 @@ def cross_attention_image(image: np.ndarray, person: PersonPrediction, joint: in
     return out
 
 
+def framing_camera(vertices: np.ndarray, size: int, fill: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
+    """Intrinsics (3, 3) and translation (3,) that show ``vertices`` (model space, camera-aligned
+    axes) from the front, centred, filling ``fill`` of a ``size`` x ``size`` view."""
+    vertices = np.asarray(vertices, np.float64)
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    extent = max(float(np.max(high[:2] - low[:2])), 1e-6)
+    depth = 5.0 * extent  # far enough for mild perspective
+    focal = fill * size * depth / extent
+    centre = (low + high) / 2.0
+    translation = np.array([-centre[0], -centre[1], depth - centre[2]])
+    middle = (size - 1) / 2.0
+    return np.array([[focal, 0.0, middle], [0.0, focal, middle], [0.0, 0.0, 1.0]]), translation
+
+
 def self_attention_image(image: np.ndarray, person: PersonPrediction, joint: int, topology, pool,
                          size: int = 448) -> np.ndarray:
     """(size, 2 * size, 3) uint8: [the person's crop | the mesh coloured by the joint's self-attention].
 
-    The mesh is drawn with the crop's perspective camera (released f = 1000 px per 224 px), so it
-    lines up with the crop on the left; the joint is marked on both.
+    The mesh is seen from the camera's direction, framed to fill the view (independent of the
+    predicted camera, so it is visible even when the camera is poor); the joint is marked on both
+    (on the crop at its predicted 2D position).
     """
-    crop = cam.crop_image(image, person.crop_box, size)
+    crop = cam.crop_image(image, person.crop_box, size).copy()
     scores = _normalise(vertex_scores(person, joint, topology))
-    focal = cam.RELEASED_CROP_FOCAL * size / cam.CROP_SIZE
-    intrinsics, translation = cam.crop_perspective_camera(person.camera, size, focal)
+    intrinsics, translation = framing_camera(person.vertices, size)
     from fastmetro.inference.outputs import depth_range
 
     vertices = person.vertices + translation
@@ -99,11 +113,10 @@ def self_attention_image(image: np.ndarray, person: PersonPrediction, joint: int
                                            color=colormap(scores).astype(np.float32), near=near, far=far)
     mesh_view = np.full((size, size, 3), 255, np.uint8)
     mesh_view[rendered.mask] = rendered.rgb[rendered.mask]
-    joint_px = cam.project(person.joints[joint][None], intrinsics, translation)[0]
     radius = max(3, size // 80)
-    _draw_joint(mesh_view, joint_px, radius)
-    crop = crop.copy()
-    _draw_joint(crop, joint_px, radius)
+    _draw_joint(mesh_view, cam.project(person.joints[joint][None], intrinsics, translation)[0], radius)
+    joint_in_crop = (person.crop_box.image_to_normalised(person.joints_2d[joint]) + 1.0) * size / 2.0 - 0.5
+    _draw_joint(crop, joint_in_crop, radius)
     return np.concatenate([crop, mesh_view], axis=1)
 
 
@@ -122,4 +135,5 @@ __all__ = [
     "image_heatmap",
     "cross_attention_image",
     "self_attention_image",
+    "framing_camera",
 ]
