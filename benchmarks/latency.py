@@ -6,7 +6,7 @@ upsampling), timed on the backbone's cached feature map, as the paper's Table 2 
     python benchmarks/latency.py [--models FastMETRO-S-R50 ...] [--flavor paper] [--threads N]
                                  [--runs 20] [--warmup 3] [--size 224]
 
-Prints a table of median milliseconds (and the interquartile range). Weights are random (no
+Prints a table of median / minimum milliseconds. Weights are random (no
 data needed); the topology is the built-in SMPL sizes, with fixed upsampling matrices of the
 real sparsity (3 non-zeros per row) so the timing is representative.
 """
@@ -63,8 +63,8 @@ def time_call(function, runs: int, warmup: int) -> list[float]:
 
 
 def summary(times: list[float]) -> str:
-    quartiles = statistics.quantiles(times, n=4)
-    return f"{statistics.median(times):8.1f} ({quartiles[0]:.1f}-{quartiles[2]:.1f})"
+    # The minimum is the least disturbed run (useful on a shared machine).
+    return f"{statistics.median(times):8.1f} / {min(times):.1f}"
 
 
 def main(argv=None) -> int:
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     topology = body_topology()
     images = torch.randn(1, 3, args.size, args.size)
     print(f"# batch 1, {args.size}x{args.size}, CPU: {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median ms (IQR) of {args.runs} runs")  # fmt: skip
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median / min ms of {args.runs} runs")  # fmt: skip
     header = f"{'model':<18} {'backbone':>22} {'transformer part':>22} {'whole model':>22}"
     print(header)
     print("-" * len(header))

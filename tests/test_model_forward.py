@@ -240,3 +240,13 @@ def test_unknown_names_and_options_are_clear_errors(smpl_topology):
         create_model("FastMETRO-S-R18", topology=smpl_topology, attention_mask="sometimes")
     with pytest.raises(FastMetroError, match="unknown flavor"):
         create_model("FastMETRO-S-R18", topology=smpl_topology, flavor="official")
+
+
+@pytest.mark.slow  # builds the Anny topology on a fresh machine (cached afterwards)
+def test_default_anny_topology():
+    model = create_model("fastmetro-s-r18", topology="anny").eval()
+    assert model.num_joints == 14 and len(model.level_vertex_counts) == 3
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out["fine_vertices"].shape == (1, model.level_vertex_counts[0], 3)
+    assert out["intermediate_vertices"].shape == (1, model.level_vertex_counts[1], 3)

@@ -205,6 +205,7 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
 
 def save_checkpoint(model, path: str | os.PathLike, name: str | None = None, flavor: str | None = None) -> Path:
     """Save a model built by :func:`~fastmetro.model.presets.create_model` in our format."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     name = name or getattr(model, "preset_name", None)
     flavor = flavor or getattr(model, "flavor", None)
     if name is None or flavor is None:
