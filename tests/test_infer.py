@@ -278,3 +278,21 @@ def test_self_attention_is_drawn_on_the_mesh(body_case):
     red = (mesh_view[..., 0] > 150) & (mesh_view[..., 2] < 100)  # hot colours of the JET map
     rows = np.nonzero(red)[0]
     assert rows.size and rows.mean() < 112  # the hot spot is in the upper half (the head)
+
+
+def test_predictor_uses_its_detector_when_no_boxes_are_given(body_case):
+    from fastmetro.inference.detector import Detection
+
+    calls = []
+
+    def detector(image):
+        calls.append(image.shape)
+        return [Detection(body_case["box"], 0.9)]
+
+    predictor = Predictor(model=body_case["oracle"], detector=detector)
+    with_detector = predictor.predict(body_case["image"])
+    assert calls == [body_case["image"].shape] and with_detector.warnings == []
+    given = Predictor(model=body_case["oracle"]).predict(body_case["image"], [body_case["box"]])
+    assert np.allclose(with_detector.people[0].vertices_camera, given.people[0].vertices_camera)
+    nobody = Predictor(model=body_case["oracle"], detector=lambda image: []).predict(body_case["image"], source="x")
+    assert nobody.people == [] and "found no person" in nobody.warnings[0]

@@ -128,3 +128,27 @@ def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
     record = json.loads(people[0].read_text())
     x, y, w, h = record["box_xywh"]
     assert w > 0 and h > 0 and x < 512 and y < 512
+
+
+def test_infer_left_hand(tmp_path, mano_dir, mano_topology, photos):
+    import torch
+    import trimesh
+
+    import fastmetro
+    from fastmetro.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    hand = save_checkpoint(fastmetro.create_model("FastMETRO-S-R18", topology=mano_topology),
+                           tmp_path / "hand.safetensors")
+    faces = {}
+    for side in ("left", "right"):
+        out = tmp_path / side
+        code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(hand), "--data-dir", str(mano_dir),
+                     "--out", str(out), "--bbox", "150,380,120,120", "--hand", side, "--image-size", "64",
+                     "--no-overlay"])
+        assert code == 0
+        mesh = trimesh.load(out / "astronaut" / "person_00.obj", process=False)
+        assert len(mesh.vertices) == 778
+        faces[side] = np.asarray(mesh.faces)
+        assert json.loads((out / "astronaut" / "person_00.json").read_text())["side"] == side
+    assert np.array_equal(faces["left"], faces["right"][:, ::-1])

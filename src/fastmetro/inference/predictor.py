@@ -144,6 +144,8 @@ class Predictor:
         focal_length: full-image focal length in pixels; default
             :func:`fastmetro.inference.camera.default_focal_length`.
         data_dir: folder of the SMPL/MANO files when the topology is ``smpl``/``mano``.
+        detector: optional person detector (``detector(image) -> [Detection]``, e.g.
+            :class:`fastmetro.inference.detector.TorchvisionDetector`) used when no boxes are given.
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class Predictor:
         box_expand: float = 1.2,
         focal_length: float | None = None,
         data_dir: str | os.PathLike | None = None,
+        detector=None,
     ):
         if (checkpoint is None) == (model is None):
             raise FastMetroError("Predictor needs exactly one of checkpoint= or model=")
@@ -185,6 +188,7 @@ class Predictor:
         self.box_expand = float(box_expand)
         self.focal_length = focal_length
         self.faces = np.asarray(self.topology.faces[0], dtype=np.int64)
+        self.detector = detector
 
     # ------------------------------------------------------------------ public
     @property
@@ -212,7 +216,8 @@ class Predictor:
     ) -> ImagePrediction:
         """Reconstruct every box of one (H, W, 3) uint8 RGB image.
 
-        Without boxes the whole image is the box (and a warning says so).
+        Without boxes, the predictor's detector finds them; without a detector the whole image
+        is the box (and a warning says so).
         """
         return self.predict_many([(image, boxes, source)], return_attention)[0]
 
@@ -227,7 +232,7 @@ class Predictor:
             image = _checked_image(image, source)
             height, width = image.shape[:2]
             warnings = []
-            people = self._person_boxes(boxes, (width, height), source, warnings)
+            people = self._person_boxes(image, boxes, (width, height), source, warnings)
             focal = cam.default_focal_length((width, height)) if self.focal_length is None else self.focal_length
             results.append(ImagePrediction((width, height), [], float(focal), warnings))
             for person in people:
@@ -254,7 +259,12 @@ class Predictor:
         return results
 
     # ------------------------------------------------------------------ internals
-    def _person_boxes(self, boxes, image_size, source, warnings) -> list[PersonBox]:
+    def _person_boxes(self, image, boxes, image_size, source, warnings) -> list[PersonBox]:
+        if boxes is None and self.detector is not None:
+            detections = self.detector(image)
+            if not detections:
+                warnings.append(f"{source}: the detector found no person")
+            return [PersonBox(tuple(d.box), score=d.score) for d in detections]
         if boxes is None:
             warnings.append(f"{source}: no person box given; using the whole image as the box")
             width, height = image_size
