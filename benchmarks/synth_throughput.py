@@ -25,8 +25,12 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
 
 
-def stage_breakdown(size: int, count: int = 64) -> list[tuple[str, float]]:
-    """Milliseconds per image of each stage, in this process (one torch thread, as the workers)."""
+def stage_breakdown(size: int, count: int = 64) -> list[tuple[str, float, float]]:
+    """(stage, wall ms, CPU ms) per image, in this process (one torch thread, as the workers).
+
+    CPU time (all threads of this process, llvmpipe's included) hardly depends on what else
+    runs on the machine, so ``2000 / total CPU ms`` estimates images/s on 2 idle cores.
+    """
     import json
 
     from fastmetro.data.synthetic.generator import ShardMaker, SynthConfig
@@ -35,21 +39,21 @@ def stage_breakdown(size: int, count: int = 64) -> list[tuple[str, float]]:
     config = SynthConfig(out_dir=Path(tempfile.mkdtemp()), num=count, size=size)
     maker = ShardMaker(config)
     indices = list(range(count))
-    started = time.perf_counter()
+    stamps = [(time.perf_counter(), time.process_time())]
     phenotypes, vertices, normals = maker.pose_bodies(indices)
-    posed = time.perf_counter()
+    stamps.append((time.perf_counter(), time.process_time()))
     samples = [maker.render_sample(i, phenotypes[i], vertices[i], normals[i]) for i in indices]
-    rendered = time.perf_counter()
+    stamps.append((time.perf_counter(), time.process_time()))
     for sample in samples:
         encode_image(sample["image"], "jpg", config.jpeg_quality)
         json.dumps([_jsonable(sample["label"])])
         np.packbits(sample["mask"], axis=1)
-    encoded = time.perf_counter()
+    stamps.append((time.perf_counter(), time.process_time()))
     shutil.rmtree(config.out_dir, ignore_errors=True)
+    names = ("Anny shape + pose + intersection test", "scene sampling + render + labels", "JPEG + label JSON encoding")
     return [
-        ("Anny shape + pose + intersection test", (posed - started) / count * 1e3),
-        ("scene sampling + render + labels", (rendered - posed) / count * 1e3),
-        ("JPEG + label JSON encoding", (encoded - rendered) / count * 1e3),
+        (name, (after[0] - before[0]) / count * 1e3, (after[1] - before[1]) / count * 1e3)
+        for name, before, after in zip(names, stamps, stamps[1:])
     ]
 
 
@@ -62,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fastmetro.data.synthetic.generator import SynthConfig, generate
+    from fastmetro.data.synthetic.generator import ShardMaker, SynthConfig, generate
 
     rows = []
     for workers in args.workers:
@@ -72,21 +76,36 @@ def main() -> None:
                 out_dir=out_dir, num=args.num, seed=0, size=args.size, workers=workers, shard_size=args.shard_size
             )
             load_before = os.getloadavg()[0]
-            report = generate(config, progress=False)
+            if workers == 1:  # in this process: also measure the CPU time of the whole pipeline
+                maker = ShardMaker(config)
+                cpu_before = time.process_time()
+                report = generate(config, progress=False, maker=maker)
+                cpu_per_image = (time.process_time() - cpu_before) / report.images * 1e3
+            else:
+                report = generate(config, progress=False)
+                cpu_per_image = float("nan")
             load_after = os.getloadavg()[0]
             megabytes = folder_bytes(out_dir) / 1e6 * 1000 / args.num
             rows.append((workers, report.images, report.startup_seconds, report.seconds,
-                         report.images_per_second, megabytes, load_before, load_after))
+                         report.images_per_second, cpu_per_image, megabytes, load_before, load_after))
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
     print(f"\nfastmetro synth throughput, {args.size}x{args.size}, {os.cpu_count()} CPUs")
-    print(f"{'workers':>7} {'images':>6} {'startup s':>9} {'render s':>8} {'images/s':>8} {'MB/1000 img':>11} {'load before/after':>17}")
-    for workers, images, startup, seconds, rate, megabytes, before, after in rows:
-        print(f"{workers:>7} {images:>6} {startup:>9.1f} {seconds:>8.1f} {rate:>8.1f} {megabytes:>11.0f} {before:>8.2f}/{after:<8.2f}")
+    print(f"{'workers':>7} {'images':>6} {'startup s':>9} {'render s':>8} {'images/s':>8} {'CPU ms/img':>10} {'MB/1000 img':>11} {'load before/after':>17}")
+    for workers, images, startup, seconds, rate, cpu, megabytes, before, after in rows:
+        print(f"{workers:>7} {images:>6} {startup:>9.1f} {seconds:>8.1f} {rate:>8.1f} {cpu:>10.1f} {megabytes:>11.0f} {before:>8.2f}/{after:<8.2f}")
+    for workers, *_rest in rows:
+        if workers == 1 and np.isfinite(_rest[4]):
+            print(f"-> whole pipeline (with writing) {_rest[4]:.1f} CPU ms per image: about "
+                  f"{2000.0 / _rest[4]:.0f} images/s with 2 workers on 2 idle cores")
     print("\nper-stage cost in one process (ms per image):")
-    for name, milliseconds in stage_breakdown(args.size):
-        print(f"  {name:<40} {milliseconds:7.1f}")
+    print(f"  {'stage':<40} {'wall':>7} {'CPU':>7}")
+    stages = stage_breakdown(args.size)
+    for name, wall, cpu in stages:
+        print(f"  {name:<40} {wall:7.1f} {cpu:7.1f}")
+    total_cpu = sum(cpu for _, _, cpu in stages)
+    print(f"  {'total':<40} {sum(w for _, w, _ in stages):7.1f} {total_cpu:7.1f}")
     print(f"  (load average now {np.round(os.getloadavg(), 2).tolist()})")
 
 

@@ -250,14 +250,14 @@ def read_masks(shard_yaml: str | os.PathLike, size: int) -> np.ndarray:
 _WORKER: ShardMaker | None = None
 
 
-def _init_worker(config: SynthConfig) -> None:
+def _init_worker(config: SynthConfig, label_mesh) -> None:
     global _WORKER
     # Each worker renders on one llvmpipe thread; the processes give the parallelism.
     os.environ.setdefault("LP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    _WORKER = ShardMaker(config)
+    _WORKER = ShardMaker(config, label_mesh)
 
 
 def _run_shard(shard: Shard) -> tuple[str, int, dict, float, float]:
@@ -357,9 +357,14 @@ def generate(config: SynthConfig, progress: bool = True, max_shards: int | None 
             report.pose_rejections += maker.stats["pose_rejections"]
             report.pose_fallbacks += maker.stats["pose_fallbacks"]
         else:
+            from fastmetro.data.synthetic.body import load_label_mesh
+
+            # Loaded (or built, the first time) once here, not once per worker.
+            label_mesh = load_label_mesh()
+            launched = time.time()
             context = multiprocessing.get_context("spawn")  # no fork after torch/GL initialised
             workers = min(config.workers, len(todo))
-            with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
+            with context.Pool(workers, initializer=_init_worker, initargs=(config, label_mesh)) as pool:
                 for name, count, stats, started, ended in pool.imap_unordered(_run_shard, todo):
                     report.written.append(name)
                     report.pose_rejections += stats["pose_rejections"]
