@@ -94,6 +94,9 @@ def body_case(request, smpl_topology):
 
 
 def test_predictor_pastes_the_mesh_back_onto_the_person(body_case):
+    import fastmetro
+
+    assert fastmetro.Predictor is Predictor
     predictor = Predictor(model=body_case["oracle"], box_expand=1.2, focal_length=1500.0)
     result = predictor.predict(body_case["image"], [body_case["box"]], source="scene.png")
     assert result.warnings == [] and len(result.people) == 1

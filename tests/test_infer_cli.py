@@ -56,7 +56,8 @@ def test_infer_folder_with_a_broken_image(checkpoint, photos, tmp_path, smpl_dir
 def test_infer_boxes_file_attention_and_whole_image_warning(checkpoint, photos, tmp_path, smpl_dir, capsys):
     (photos / "broken.jpg").unlink()
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({"astronaut.png": [[120, 20, 300, 490], {"box": [300, 300, 100, 150]}]}))
+    boxes.write_text(json.dumps({"astronaut.png": [[120, 20, 300, 490], {"box": [300, 300, 100, 150]},
+                                                   {"center": [250, 260], "scale": 2.5}]}))
     out = tmp_path / "out"
     code = main(["infer", str(photos), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
                  "--out", str(out), "--boxes", str(boxes), "--attention", "Head", "--image-size", "96",
@@ -64,6 +65,8 @@ def test_infer_boxes_file_attention_and_whole_image_warning(checkpoint, photos, 
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert (out / "astronaut" / "person_01.json").is_file()
+    released = json.loads((out / "astronaut" / "person_02.json").read_text())["crop_box"]
+    assert released == {"center": [250.0, 260.0], "side": 500.0, "scale": 2.5}  # used as is
     assert (out / "astronaut" / "attention_cross_person_00_Head.png").is_file()
     assert (out / "astronaut" / "attention_self_person_01_Head.png").is_file()
     assert "gray.jpg" in captured.err and "whole image" in captured.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -26,7 +27,9 @@ def register(subparsers) -> None:
     boxes.add_argument("--bbox", action="append", metavar="X,Y,W,H",
                        help="person box in pixels for every input (repeat for several people)")
     boxes.add_argument("--boxes", metavar="JSON",
-                       help='boxes per image: {"name.jpg": [[x, y, w, h], ...] or [{"box": [...], "side": "left"}]}')
+                       help='boxes per image: {"name.jpg": [[x, y, w, h], {"box": [x, y, w, h], "side": "left"}, '
+                       '{"center": [x, y], "scale": s}]} (center/scale: the released label convention, '
+                       'square side 200 * scale, not expanded)')
     boxes.add_argument("--detector", metavar="WEIGHTS", help="torchvision person detector weights file (local)")
     infer.add_argument("--detector-threshold", type=float, default=0.7, help="detector score threshold (0.7)")
     infer.add_argument("--max-people", type=int, default=20, help="detector: keep the most confident N people (20)")
@@ -91,18 +94,30 @@ def read_boxes_file(path: str | Path) -> dict[str, list]:
             raise FastMetroError(f"{path}: {key!r}: expected a list of boxes")
         people = []
         for entry in entries:
-            side = "right"
+            side, expand = "right", None
             if isinstance(entry, dict):
                 side = entry.get("side", "right")
-                entry = entry.get("box")
+                if "center" in entry and "scale" in entry:
+                    entry, expand = _released_box(entry, path, key), 1.0
+                else:
+                    entry = entry.get("box")
             if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(v, (int, float)) for v in entry)):
                 raise FastMetroError(f"{path}: {key!r}: a box must be [x, y, w, h] numbers, got {entry!r}")
             try:
-                people.append(PersonBox(tuple(float(v) for v in entry), side=side))
+                people.append(PersonBox(tuple(float(v) for v in entry), side=side, expand=expand))
             except FastMetroError as error:
                 raise FastMetroError(f"{path}: {key!r}: {error}") from None
         boxes[str(key)] = people
     return boxes
+
+
+def _released_box(entry: dict, path: Path, key: str) -> list:
+    """The released label convention: square of side 200 * scale around ``center`` (used as is)."""
+    center, scale = entry["center"], entry["scale"]
+    if not (isinstance(center, list) and len(center) == 2 and isinstance(scale, (int, float))):
+        raise FastMetroError(f"{path}: {key!r}: center must be [x, y] and scale a number")
+    side = 200.0 * float(scale)
+    return [float(center[0]) - side / 2, float(center[1]) - side / 2, side, side]
 
 
 def _lookup(boxes: dict, frame) -> list | None:
@@ -166,7 +181,8 @@ def run_infer(args) -> int:
             if found is None:
                 warnings_out.append(f"{frame.source}: not in {args.boxes}; using the whole image as the box")
                 return None
-            return [PersonBox(p.box, side=p.side if p.side != "right" else args.hand) for p in found]
+            # An explicit "side" in the file wins over --hand.
+            return [dataclasses.replace(p, side=p.side if p.side != "right" else args.hand) for p in found]
         if detector is not None:
             detections = detector(image)
             if not detections:
