@@ -181,7 +181,7 @@ def run_infer(args) -> int:
             if found is None:
                 warnings_out.append(f"{frame.source}: not in {args.boxes}; using the whole image as the box")
                 return None
-            # An explicit "side" in the file wins over --hand.
+            # "side": "left" in the file wins over --hand.
             return [dataclasses.replace(p, side=p.side if p.side != "right" else args.hand) for p in found]
         if detector is not None:
             detections = detector(image)
