@@ -19,7 +19,8 @@ install: render-deps $(BIN)/.installed
 # is a cheap file lookup, so `install` runs it every time; apt only runs when something is missing.
 RENDER_DEBS := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
 render-deps:
-	@if ldconfig -p | grep -q 'libEGL.so.1 ' && ldconfig -p | grep -q 'libGL.so.1 ' \
+	@LIBS="$$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null )"; \
+	if echo "$$LIBS" | grep -q 'libEGL.so.1 ' && echo "$$LIBS" | grep -q 'libGL.so.1 ' \
 	    && ls /usr/share/glvnd/egl_vendor.d/*mesa*.json >/dev/null 2>&1 \
 	    && ls /usr/lib/*/dri/swrast_dri.so /usr/lib/dri/swrast_dri.so 2>/dev/null | grep -q .; then \
 	  true; \

@@ -121,3 +121,42 @@ def test_bad_input_gives_one_line_error(renderer, vertices, faces, camera, messa
 def test_background_of_the_wrong_size_is_refused(renderer):
     with pytest.raises(FastMetroError, match="background"):
         renderer.render(np.ones((3, 3)), np.array([[0, 1, 2]]), intrinsics(), background=np.zeros((8, 8, 3), np.uint8))
+
+
+def test_missing_egl_gives_one_line_error(monkeypatch):
+    import moderngl
+
+    from fastmetro import render
+
+    def no_display(**kwargs):
+        raise Exception("requested backend not found\nmore detail")
+
+    monkeypatch.setattr(moderngl, "create_standalone_context", no_display)
+    with pytest.raises(FastMetroError, match=r"EGL: cannot create .*requested backend not found.*make render-deps"):
+        render.Renderer(8, 8)
+
+
+def test_depth_can_be_skipped(renderer):
+    triangle = np.array([[-0.2, -0.2, 2.0], [0.2, -0.2, 2.0], [0.0, 0.3, 2.0]])
+    full = renderer.render(triangle, np.array([[0, 1, 2]]), intrinsics())
+    fast = renderer.render(triangle, np.array([[0, 1, 2]]), intrinsics(), with_depth=False)
+    assert fast.depth is None
+    np.testing.assert_array_equal(fast.rgb, full.rgb)
+    np.testing.assert_array_equal(fast.mask, full.mask)
+    np.testing.assert_array_equal(full.mask, full.depth > 0)
+
+
+def test_torch_compiler_stack_imports_after_a_gl_context():
+    # triton (under torch._dynamo) and Mesa's llvmpipe both carry LLVM; in the wrong load order
+    # the process segfaults. Checked in a fresh interpreter that opens a context first.
+    import subprocess
+    import sys
+
+    code = (
+        "from fastmetro.render import Renderer\n"
+        "renderer = Renderer(8, 8)\n"
+        "import torch._dynamo\n"
+        "print('imported')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]

@@ -47,10 +47,9 @@ def test_dataset_reads_back_with_every_label(synthetic_dataset):
 
 def test_mesh_dataset_reads_synthetic_rows(synthetic_dataset):
     from fastmetro import topology
+    from fastmetro.data.dataset import MeshDataset
 
-    dataset = __import__("fastmetro.data.dataset", fromlist=["MeshDataset"]).MeshDataset(
-        synthetic_dataset.train_yaml, topology.load("anny"), image_size=64
-    )
+    dataset = MeshDataset(synthetic_dataset.train_yaml, topology.load("anny"), image_size=64)
     sample = dataset[3]
     assert sample["image"].shape == (3, 64, 64)
     assert sample["vertices"].shape == (topology.load("anny").num_vertices, 3)
@@ -146,6 +145,8 @@ def test_interrupted_run_resumes_without_touching_finished_shards(synthetic_data
     assert not (tmp_path / "train_00001.yaml").exists()
     assert not list(tmp_path.glob("train_00001.*.tsv"))
     finished = file_digests(tmp_path, "train_00000")
+    # A run killed hard leaves temporaries behind: the rerun removes those of the shards it writes.
+    (tmp_path / ".train_00001.img.tsv.abc123.tmp").write_text("half a shard")
 
     resumed = generate(config, progress=False, maker=maker)
     assert resumed.skipped == ["train_00000"]

@@ -213,6 +213,9 @@ class ShardMaker:
         from fastmetro.data.tsv import TSVDatasetWriter
 
         config = self.config
+        # Temporaries of this shard left by a killed run (SIGKILL skips the writer's clean-up).
+        for stale in config.out_dir.glob(f".{shard.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         masks_name = f"{shard.name}.masks.npy"
         masks = []
         with TSVDatasetWriter(
