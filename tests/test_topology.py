@@ -53,7 +53,8 @@ def test_smpl_builtin(smpl_topology):
     # Flipping the mesh and the joints commutes with regressing joints.
     joints = smpl_topology.joint_regressor @ template
     flipped_joints = (smpl_topology.joint_regressor @ (template[smpl_topology.vertex_flip] * [-1, 1, 1]))
-    np.testing.assert_allclose(flipped_joints, (joints * [-1, 1, 1])[smpl_topology.joint_flip], atol=0.02)
+    # (atol: the H36M regressor itself is up to 2 cm asymmetric; a wrong flip is off by ~30 cm)
+    np.testing.assert_allclose(flipped_joints, (joints * [-1, 1, 1])[smpl_topology.joint_flip], atol=0.03)
 
 
 def test_mano_builtin_approximate_joints(mano_topology):
@@ -212,8 +213,8 @@ def test_pickled_member_is_refused(tmp_path, smpl_topology):
             np.lib.format.write_array(buffer, np.asarray(value))
             archive.writestr(f"{key}.npy", buffer.getvalue())
         archive.writestr("A.npy", header.getvalue() + evil)
-    loaded = Topology.load(path)  # the extra member is never unpickled
-    assert loaded.num_vertices == 6890
+    with pytest.raises(FastMetroError, match="evil.npz: cannot read topology.*allow_pickle=False"):
+        Topology.load(path)  # numpy refuses the object member; nothing is unpickled
     with pytest.raises(FastMetroError, match="refusing to load '(posix|os).system'"):
         load_npz_restricted(path, keys=["A"])
     # The same pickle in place of a member the topology needs:
@@ -246,3 +247,18 @@ def test_cli_build_and_info(tmp_path, capsys):
     assert "642 -> 160 -> 40" in printed and "mean mm" in printed
     assert main(["topology", "build", "--mesh", str(tmp_path / "nope.obj"), "--out", str(out)]) == 2
     assert "nope.obj" in capsys.readouterr().err
+
+
+def test_malformed_array_contents(tmp_path, smpl_topology):
+    arrays = smpl_topology.to_arrays()
+    arrays["upsample_0_row"] = arrays["upsample_0_row"][:10]  # inconsistent COO parts
+    path = tmp_path / "bad_coo.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(FastMetroError, match="bad_coo.npz"):
+        Topology.load(path)
+    arrays = smpl_topology.to_arrays()
+    arrays["vertex_flip"] = np.zeros_like(arrays["vertex_flip"])
+    path = tmp_path / "bad_flip.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(FastMetroError, match="bad_flip.npz.*vertex_flip is not a permutation"):
+        Topology.load(path)

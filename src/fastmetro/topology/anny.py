@@ -192,6 +192,7 @@ def sample_anny(model, num_samples: int, seed: int, body: np.ndarray, batch: int
     import torch
 
     generator = torch.Generator().manual_seed(seed)
+    body = torch.as_tensor(np.array(body, dtype=np.int64))
     hinge_axes = _hinge_axes(model)
     labels = list(model.bone_labels)
     bone_index = [labels.index(name) for name in JOINT_BONES]

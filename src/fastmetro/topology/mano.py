@@ -89,6 +89,12 @@ class _ManoUnpickler(RestrictedUnpickler):
     def find_class(self, module: str, name: str):
         if module == "chumpy" or module.startswith("chumpy."):
             return PickledObject
+        if (module, name) == ("_codecs", "encode"):
+            # Protocol-2 pickles written by Python 3 rebuild byte strings with it; it only
+            # converts text to bytes.
+            import codecs
+
+            return codecs.encode
         return super().find_class(module, name)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -159,10 +160,14 @@ class Topology:
             problems.append(f"joint regressor has shape {self.joint_regressor.shape}, expected {(num_joints, counts[0])}")
         if sorted(self.joint_flip.tolist()) != list(range(num_joints)):
             problems.append("joint_flip is not a permutation of the joints")
+        elif np.any(self.joint_flip[self.joint_flip] != np.arange(num_joints)):
+            problems.append("joint_flip is not an involution (flipping twice must give the identity)")
         if self.vertex_flip is not None and (
             self.vertex_flip.shape != (counts[0],) or np.any(np.bincount(self.vertex_flip, minlength=counts[0]) != 1)
         ):
             problems.append("vertex_flip is not a permutation of the level-0 vertices")
+        elif self.vertex_flip is not None and np.any(self.vertex_flip[self.vertex_flip] != np.arange(counts[0])):
+            problems.append("vertex_flip is not an involution (flipping twice must give the identity)")
         if self.root_regressor.shape != (counts[0],):
             problems.append(f"root regressor has shape {self.root_regressor.shape}")
         if num_joints and (not self.root_joints or max(self.root_joints) >= num_joints):
@@ -327,9 +332,15 @@ class Topology:
                 arrays = {key: archive[key] for key in archive.files}
         except ValueError as error:
             raise FastMetroError(f"{path}: cannot read topology ({error})") from None
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise FastMetroError(f"{path}: not a readable .npz file ({error})") from None
-        return cls.from_arrays(arrays, source=str(path))
+        try:
+            return cls.from_arrays(arrays, source=str(path))
+        except FastMetroError as error:
+            message = str(error)
+            raise FastMetroError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        except (ValueError, TypeError, IndexError) as error:  # arrays of the wrong kind
+            raise FastMetroError(f"{path}: malformed topology ({error})") from None
 
     def truncated(self, num_levels: int) -> "Topology":
         """The same topology keeping only the first ``num_levels`` levels (MANO: 778 -> 195)."""
