@@ -299,3 +299,18 @@ def test_predictor_uses_its_detector_when_no_boxes_are_given(body_case):
     assert np.allclose(with_detector.people[0].vertices_camera, given.people[0].vertices_camera)
     nobody = Predictor(model=body_case["oracle"], detector=lambda image: []).predict(body_case["image"], source="x")
     assert nobody.people == [] and "found no person" in nobody.warnings[0]
+
+
+def test_overlay_skips_people_behind_the_camera(body_case):
+    import dataclasses
+
+    predictor = Predictor(model=body_case["oracle"])
+    prediction = predictor.predict(body_case["image"], [body_case["box"]])
+    good = prediction.people[0]
+    broken = dataclasses.replace(good, camera=good.camera * [-1, 1, 1], translation=good.translation * [1, 1, 1e6])
+    alone = outputs.overlay_panel(body_case["image"], dataclasses.replace(prediction, people=[good]))
+    both = outputs.overlay_panel(body_case["image"], dataclasses.replace(prediction, people=[good, broken]))
+    assert np.array_equal(alone, both)
+    nothing = outputs.overlay_panel(body_case["image"], dataclasses.replace(prediction, people=[broken]))
+    width = body_case["size"][0]
+    assert np.array_equal(nothing[:, width : 2 * width], body_case["image"])

@@ -207,24 +207,35 @@ def scaled_view(image: np.ndarray, intrinsics: np.ndarray, max_side: int) -> tup
     return small, scaled
 
 
+def drawable(person: PersonPrediction) -> bool:
+    """A person whose camera puts the mesh in front of the camera (s > 0, finite)."""
+    return bool(person.camera[0] > 0 and np.isfinite(person.vertices_camera).all())
+
+
 def combined_mesh(people: list[PersonPrediction], colors=None):
-    """Concatenate everyone's camera-space meshes: vertices (V, 3), faces (F, 3), colours (V, 3)."""
+    """Concatenate the drawable people's camera-space meshes: vertices (V, 3), faces (F, 3),
+    colours (V, 3); colours stay those of each person's index. None if nobody is drawable."""
     vertices, faces, vertex_colors, offset = [], [], [], 0
     for index, person in enumerate(people):
+        if not drawable(person):
+            continue  # e.g. an untrained model's negative scale: nothing sensible to draw
         vertices.append(person.vertices_camera)
         faces.append(person.faces + offset)
         color = person_color(index) if colors is None else colors[index]
         vertex_colors.append(np.broadcast_to(np.asarray(color, np.float32), (len(person.vertices), 3)))
         offset += len(person.vertices)
+    if not vertices:
+        return None
     return np.concatenate(vertices), np.concatenate(faces), np.concatenate(vertex_colors)
 
 
 def render_people(image: np.ndarray, people: list[PersonPrediction], intrinsics: np.ndarray, pool: RendererPool,
                   opacity: float = 0.85, colors=None) -> np.ndarray:
     """The people's meshes drawn over ``image`` (H, W, 3) uint8 with ``intrinsics``."""
-    if not people:
+    mesh = combined_mesh(people, colors)
+    if mesh is None:
         return image.copy()
-    vertices, faces, vertex_colors = combined_mesh(people, colors)
+    vertices, faces, vertex_colors = mesh
     height, width = image.shape[:2]
     near, far = depth_range(vertices)
     result = pool.get(width, height).render(vertices, faces, intrinsics, color=vertex_colors, near=near, far=far)
@@ -239,9 +250,10 @@ def side_view(people: list[PersonPrediction], intrinsics: np.ndarray, size: tupl
     """The same meshes turned 90 degrees about the vertical axis through their centre."""
     width, height = size
     canvas = np.full((height, width, 3), background, np.uint8)
-    if not people:
+    mesh = combined_mesh(people)
+    if mesh is None:
         return canvas
-    vertices, faces, vertex_colors = combined_mesh(people)
+    vertices, faces, vertex_colors = mesh
     centre = vertices.mean(axis=0)
     turn = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # 90 degrees about y
     turned = (vertices - centre) @ turn.T + centre
