@@ -127,7 +127,7 @@ def test_masked_entries_get_zero_attention(body_model):
 
 
 def test_attention_maps_come_from_the_same_forward(body_model):
-    images = torch.randn(1, 3, 224, 224)
+    images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         plain = body_model(images)
         with_maps = body_model(images, return_attention=True)
@@ -176,7 +176,7 @@ def _check_every_parameter_gets_gradient(model, images):
 def test_gradients_reach_every_parameter(smpl_topology, name, flavor):
     torch.manual_seed(0)
     model = create_model(name, topology=smpl_topology, flavor=flavor)
-    _check_every_parameter_gets_gradient(model, torch.randn(2, 3, 96, 96))
+    _check_every_parameter_gets_gradient(model, torch.randn(2, 3, 64, 64))
 
 
 def test_gradients_reach_every_parameter_hand(mano_topology):
