@@ -11,15 +11,30 @@ from fastmetro.errors import FastMetroError
 from fastmetro.inference import export as exporter
 
 
-@pytest.fixture(scope="module", params=["paper", "release"])
+_MODELS = {}
+
+
+def build(flavor: str, topology):
+    """S-R18 in a flavor (paper: fixed sparse upsampling at every level; release: a learnable
+    coarse step), built once per test session."""
+    if flavor not in _MODELS:
+        torch.manual_seed(0)
+        network = fastmetro.create_model("FastMETRO-S-R18", topology=topology, flavor=flavor).eval()
+        with torch.no_grad():  # make the (zero-init) parts non-trivial so differences would show
+            for parameter in network.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.01)
+        _MODELS[flavor] = network
+    return _MODELS[flavor]
+
+
+@pytest.fixture(params=["paper", "release"])
 def model(request, smpl_topology):
-    # paper: fixed sparse upsampling at every level; release: a learnable coarse step.
-    torch.manual_seed(0)
-    network = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, flavor=request.param).eval()
-    with torch.no_grad():  # make the (zero-init) parts non-trivial so differences would show
-        for parameter in network.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.01)
-    return network
+    return build(request.param, smpl_topology)
+
+
+@pytest.fixture()
+def release_model(smpl_topology):
+    return build("release", smpl_topology)
 
 
 def test_gather_upsampling_equals_the_sparse_matrix(smpl_topology):
@@ -47,7 +62,8 @@ def test_onnx_matches_pytorch(model, tmp_path):
     assert np.abs(outputs["fine_vertices"]).max() > 1e-3  # not a degenerate all-zero comparison
 
 
-def test_torchscript_matches_pytorch(model, tmp_path):
+def test_torchscript_matches_pytorch(release_model, tmp_path):
+    model = release_model  # one flavor suffices here; both go through ONNX above
     path = exporter.export_torchscript(model, tmp_path / "model.pt", image_size=128)
     images = exporter.example_input(128, batch_size=2, seed=7)
     differences = exporter.max_abs_difference(model, path, "torchscript", images)
@@ -55,7 +71,8 @@ def test_torchscript_matches_pytorch(model, tmp_path):
     assert max(differences.values()) <= 1e-4, differences
 
 
-def test_failed_export_leaves_no_file(model, tmp_path, monkeypatch):
+def test_failed_export_leaves_no_file(release_model, tmp_path, monkeypatch):
+    model = release_model
     def broken(*args, **kwargs):
         raise RuntimeError("exporter broke")
 
@@ -66,6 +83,6 @@ def test_failed_export_leaves_no_file(model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_format(model, tmp_path):
+def test_unknown_format(release_model, tmp_path):
     with pytest.raises(FastMetroError, match="unknown export format"):
-        exporter.export(model, tmp_path / "m.bin", "tflite")
+        exporter.export(release_model, tmp_path / "m.bin", "tflite")
