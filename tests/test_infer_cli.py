@@ -155,3 +155,15 @@ def test_infer_left_hand(tmp_path, mano_dir, mano_topology, photos):
         faces[side] = np.asarray(mesh.faces)
         assert json.loads((out / "astronaut" / "person_00.json").read_text())["side"] == side
     assert np.array_equal(faces["left"], faces["right"][:, ::-1])
+
+
+def test_corrupt_video_does_not_stop_the_other_inputs(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    video = tmp_path / "broken.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    out = tmp_path / "out"
+    code = main(["infer", str(video), str(photos / "astronaut.png"), "--checkpoint", str(checkpoint),
+                 "--data-dir", str(smpl_dir), "--out", str(out), "--image-size", "64", "--no-overlay"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.mp4: cannot read video" in captured.err
+    assert (out / "astronaut" / "person_00.obj").is_file()
