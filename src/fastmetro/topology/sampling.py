@@ -112,6 +112,8 @@ class _Collapser:
         self.vertices = vertices
         self.homogeneous = np.concatenate([vertices, np.ones((len(vertices), 1))], axis=1)
         self.faces = faces.copy()
+        # The same corners as Python lists: the collapse loop reads single faces constantly.
+        self.face_list: list[list[int]] = faces.tolist()
         self.face_alive = np.ones(len(faces), dtype=bool)
         self.quadrics = vertex_quadrics(vertices, faces)
         self.alive = np.zeros(len(vertices), dtype=bool)
@@ -130,9 +132,9 @@ class _Collapser:
 
     def neighbours(self, vertex: int) -> set[int]:
         out: set[int] = set()
-        faces = self.faces
+        faces = self.face_list
         for face_index in self.vertex_faces[vertex]:
-            out.update(faces[face_index].tolist())
+            out.update(faces[face_index])
         out.discard(vertex)
         return out
 
@@ -163,15 +165,15 @@ class _Collapser:
 
     def new_fan(self, removed: int, kept: int) -> tuple[list[int], list[list[int]]]:
         """Face ids and corners around ``kept`` after collapsing ``removed`` into it."""
-        faces = self.faces
+        faces = self.face_list
         ids, corners = [], []
         for f in self.vertex_faces[kept]:
-            face = faces[f].tolist()
+            face = faces[f]
             if removed not in face:
                 ids.append(f)
                 corners.append(face)
         for f in self.vertex_faces[removed]:
-            face = faces[f].tolist()
+            face = faces[f]
             if kept not in face:
                 ids.append(f)
                 corners.append([kept if x == removed else x for x in face])
@@ -242,14 +244,14 @@ class _Collapser:
             self.push_pairs(edges[start : start + 4096])
 
     def can_collapse(self, removed: int, kept: int) -> bool:
-        faces = self.faces
+        faces = self.face_list
         shared = [f for f in self.vertex_faces[removed] if kept in faces[f]]
         if not shared:
             return False
         # Link condition: the only common neighbours are the apexes of the shared faces.
         apexes = set()
         for face_index in shared:
-            apexes.update(faces[face_index].tolist())
+            apexes.update(faces[face_index])
         apexes.discard(removed)
         apexes.discard(kept)
         if self.neighbours(removed) & self.neighbours(kept) != apexes:
@@ -261,7 +263,7 @@ class _Collapser:
         moved = [f for f in self.vertex_faces[removed] if f not in shared]
         if not moved:
             return True
-        corners = faces[moved]  # (m, 3)
+        corners = self.faces[moved]  # (m, 3)
         old = self.vertices[corners]
         new_corners = np.where(corners == removed, kept, corners)
         new = self.vertices[new_corners]
@@ -286,13 +288,14 @@ class _Collapser:
             self.face_points[fan_ids[pos]].append(point)
             self.point_distance2[point] = d2
         for face_index in list(self.vertex_faces[removed]):
-            face = faces[face_index]
+            face = self.face_list[face_index]
             if kept in face:
                 self.face_alive[face_index] = False
-                for vertex in face.tolist():
+                for vertex in face:
                     self.vertex_faces[vertex].discard(face_index)
             else:
-                face[face == removed] = kept
+                face[face.index(removed)] = kept
+                faces[face_index] = face
                 self.vertex_faces[kept].add(face_index)
         self.vertex_faces[removed] = set()
         self.alive[removed] = False
