@@ -42,3 +42,14 @@ def test_bad_yaml(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(FastMetroError, match="mapping"):
         load_config(path)
+
+
+def test_demo_config_is_packaged_and_valid():
+    from pathlib import Path
+
+    from fastmetro.engine.demo import demo_config_path
+
+    repository_copy = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert demo_config_path().read_text() == repository_copy.read_text()
+    config = load_config(demo_config_path())
+    assert config.model.topology == "anny" and config.train.steps > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from fastmetro.cli import main
@@ -59,3 +60,11 @@ def test_eval_missing_checkpoint_is_one_line_error(tmp_path, capsys, synthetic_d
     assert main(["eval", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data",
                  str(synthetic_dataset.test_yaml)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_stage(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert {"mpjpe", "pa_mpjpe", "mpvpe"} <= set(report["model"]) and "pa_mpjpe" in report["baseline"]
+    assert list((tmp_path / "demo" / "inference").rglob("*.obj"))

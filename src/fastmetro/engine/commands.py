@@ -35,7 +35,7 @@ def _eval(args) -> int:
         args.checkpoint, args.data, model_name=args.model, topology=args.topology, data_dir=args.data_dir, image_size=args.image_size,
         batch_size=args.batch_size, num_workers=args.workers, body_model=args.body_model,
         max_samples=args.max_samples, skip_bad_rows=args.skip_bad_rows, device=args.device,
-        hand_metrics=args.hand_metrics, progress=not args.json and sys.stderr.isatty() or args.progress,
+        hand_metrics=args.hand_metrics, progress=not args.json or args.progress,
     )
     if args.json:
         print(json.dumps(values))

@@ -173,15 +173,17 @@ def run_demo(args) -> int:
           f"batch {config.data.batch_size}, {config.train.steps} steps, lr {config.optim.lr} ({config.optim.schedule})")
     resume = (out / "run" / "last.state.pt").is_file()
     trainer = Trainer(config, resume=resume)
+    model_values: dict = {}
     if trainer.step < config.train.steps:
         result = trainer.fit()
+        model_values = result.last_metrics  # the final evaluation on the held-out split
         print(f"trained {result.step} steps, {result.images_per_second:.1f} images/s at the end")
     timings["train"] = time.perf_counter() - begin
 
     begin = _stage("3/5 evaluation on the held-out split, and the mean-mesh baseline")
     topology = trainer.topology
     checkpoint = out / "run" / "last.safetensors"
-    model_values = trainer.run_evaluation()
+    model_values = model_values or trainer.run_evaluation()
     print("model:    " + format_metrics(model_values))
     mean_vertices = mean_mesh(data_dir / "train.yaml", topology, config.data.num_workers)
     baseline_values = baseline_metrics(data_dir / "test.yaml", topology, mean_vertices, config.data.num_workers)

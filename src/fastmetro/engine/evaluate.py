@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +75,7 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
     names: list[str] | None = None
     rows = []
     iterator = loader
-    if setup.progress and setup.dist.is_main:
+    if setup.progress and setup.dist.is_main and sys.stderr.isatty():
         from tqdm import tqdm
 
         iterator = tqdm(loader, desc="eval", unit="batch", leave=False, dynamic_ncols=True)

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,7 +378,7 @@ class Trainer:
 
             writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.step or None)
         progress = None
-        if config.progress and self.dist.is_main:
+        if config.progress and self.dist.is_main and sys.stderr.isatty():
             from tqdm import tqdm
 
             progress = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
