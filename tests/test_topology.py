@@ -125,6 +125,13 @@ def test_anny_builtin(anny_topology):
     assert anny_topology.source_vertex_indices.shape == (counts[0],)
     np.testing.assert_allclose(anny_topology.joint_regressor.sum(1), 1.0, atol=1e-9)
     assert anny_topology.joint_regressor.min() >= 0
+    # Anny is mirror-symmetric: the flip maps vertices onto their mirror images, and mirroring
+    # the mesh then regressing equals regressing then swapping left/right joints.
+    template, flip = anny_topology.template, anny_topology.vertex_flip
+    assert np.linalg.norm(template[flip] * [-1, 1, 1] - template, axis=1).max() < 0.002
+    joints = anny_topology.joint_regressor @ template
+    mirrored_joints = anny_topology.joint_regressor @ (template[flip] * [-1, 1, 1])
+    np.testing.assert_allclose(mirrored_joints, (joints * [-1, 1, 1])[anny_topology.joint_flip], atol=0.005)
 
 
 def test_anny_regressor_error_on_new_poses(anny_topology):

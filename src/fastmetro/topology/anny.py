@@ -26,7 +26,8 @@ Head           a point carried by bone ``head``: at rest it sits on the crown's 
 
 The root regressor (mesh centring) is the mean of the two hip rows.
 
-The topology is built once (about a minute) and cached as ``anny-<anny version>-<hash>.npz``
+The topology is built once (1-3 minutes on two busy cores) and cached as
+``anny-<anny version>-<hash>.npz``
 in the fastmetro cache dir (``$FASTMETRO_CACHE``, default ``~/.cache/fastmetro``); the hash
 covers every build parameter, so changing one rebuilds.
 """
@@ -206,7 +207,8 @@ def sample_anny(model, num_samples: int, seed: int, body: np.ndarray, batch: int
             label: torch.rand(count, generator=generator, dtype=torch.float64) for label in model.phenotype_labels
         }
         with torch.no_grad():
-            output = model(pose_parameters=_random_pose(model, count, generator, hinge_axes), phenotype_kwargs=phenotype)
+            pose = _random_pose(model, count, generator, hinge_axes)
+        output = model(pose_parameters=pose, phenotype_kwargs=phenotype)
         poses = output["bone_poses"]  # (B, J, 4, 4) world transform, origin at the bone head
         joints = poses[:, bone_index, :3, 3].clone()
         # Head: a rest-pose point carried rigidly by the head bone.
@@ -262,7 +264,7 @@ def build_anny_topology(config: AnnyBuildConfig = AnnyBuildConfig()) -> Topology
 
     started = time.perf_counter()
     model = _load_anny_model()
-    _progress("building the Anny topology (mesh sampling and joint regressor fit; about a minute)")
+    _progress("building the Anny topology once (mesh sampling and joint regressor fit; 1-3 minutes)")
     import torch
 
     all_faces = model.get_triangular_faces().numpy().astype(np.int64)

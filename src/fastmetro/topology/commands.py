@@ -86,7 +86,8 @@ def run_info(args) -> int:
         print(f"  level {level}: {topology.level_vertex_counts[level]} vertices, {len(faces)} faces")
     print(f"coarse adjacency: {topology.coarse_adjacency.nnz // 2} edges")
     print(f"joints     {topology.num_joints}: {', '.join(topology.joint_names) or '(none)'}")
-    print(f"root       joints {list(topology.root_joints)}; vertex flip: {'yes' if topology.vertex_flip is not None else 'no'}")
+    flip = "yes" if topology.vertex_flip is not None else "no"
+    print(f"root       joints {list(topology.root_joints)}; vertex flip: {flip}")
     if args.mesh:
         vertices, _ = read_mesh(args.mesh)
         if len(vertices) != topology.num_vertices:

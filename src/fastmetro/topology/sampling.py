@@ -340,7 +340,11 @@ class _Collapser:
 def _cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     # np.cross is slow on the many small arrays of the collapse loop.
     return np.stack(
-        [x[:, 1] * y[:, 2] - x[:, 2] * y[:, 1], x[:, 2] * y[:, 0] - x[:, 0] * y[:, 2], x[:, 0] * y[:, 1] - x[:, 1] * y[:, 0]],
+        [
+            x[:, 1] * y[:, 2] - x[:, 2] * y[:, 1],
+            x[:, 2] * y[:, 0] - x[:, 0] * y[:, 2],
+            x[:, 0] * y[:, 1] - x[:, 1] * y[:, 0],
+        ],
         axis=1,
     )
 
