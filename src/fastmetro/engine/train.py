@@ -309,12 +309,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    # Gradients on even if a library switched them off process-wide (Anny's body model does).
+    @torch.enable_grad()
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimiser step; raises :class:`NonFiniteLossError` before touching the weights."""
         batch = to_device(batch, self.device)
         with self._autocast():
             outputs = self.ddp_model(batch["image"])
-        terms = self.criterion(outputs, batch)
+        terms = self.criterion(outputs, batch)  # fp32, outside autocast
         loss = terms["total"]
         finite = distributed.all_reduce_min(torch.isfinite(loss.detach()).float().reshape(1))
         if finite.item() < 1:
