@@ -201,3 +201,11 @@ def test_two_workers_write_the_same_bytes_as_one(synthetic_dataset, tmp_path):
     for shard in plan_shards(config):
         for suffix in ("img.tsv", "label.tsv", "vertices.npy"):
             assert (tmp_path / f"{shard.name}.{suffix}").read_bytes() == (original / f"{shard.name}.{suffix}").read_bytes()
+
+
+def test_generation_leaves_autograd_enabled(synthetic_dataset):
+    # The generator runs Anny without autograd, but must not switch it off for the process
+    # (a training run in the same process would then have no gradients).
+    import torch
+
+    assert torch.is_grad_enabled()

@@ -82,14 +82,13 @@ class AnnyBody:
             import anny
         except ImportError:  # pragma: no cover - anny is a dependency
             raise FastMetroError("anny: the synthetic generator needs `pip install anny`") from None
-        torch.set_grad_enabled(False)
         self._torch = torch
         with self._one_thread():  # loading computes too (blend shapes, rest skeleton): same rounding
             self._load(anny, label_mesh)
 
     def _load(self, anny, label_mesh) -> None:
         torch = self._torch
-        self.model = anny.Anny(phenotypes="all").to(torch.float32)
+        self.model = anny.Anny(phenotypes="all").to(torch.float32).requires_grad_(False)
         if tuple(self.model.phenotype_labels) != PHENOTYPE_LABELS:
             raise FastMetroError(f"anny: unexpected phenotype labels {self.model.phenotype_labels}")
         self.faces = self.model.get_triangular_faces().numpy().astype(np.int32)
@@ -127,6 +126,7 @@ class AnnyBody:
         return self._normals(vertices)
 
     def _one_thread(self):
+        """One torch thread and no autograd, restored on exit (never changed process-wide)."""
         import contextlib
 
         torch = self._torch
@@ -136,7 +136,8 @@ class AnnyBody:
             previous = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                yield
+                with torch.no_grad():
+                    yield
             finally:
                 torch.set_num_threads(previous)
 
