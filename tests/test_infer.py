@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 # Before any EGL context: torchvision's extension loaded after Mesa's llvmpipe segfaults.
-import torchvision.ops  # noqa: F401
 import torch
 from torch import nn
 

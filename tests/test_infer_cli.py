@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torchvision.ops  # noqa: F401  (before any EGL context, see fastmetro.inference.outputs)
 from PIL import Image
 
 from fastmetro.cli import main

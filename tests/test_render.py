@@ -147,8 +147,9 @@ def test_depth_can_be_skipped(renderer):
 
 
 def test_torch_compiler_stack_imports_after_a_gl_context():
-    # triton (under torch._dynamo) and Mesa's llvmpipe both carry LLVM; in the wrong load order
-    # the process segfaults. Checked in a fresh interpreter that opens a context first.
+    # triton (under torch._dynamo), torchvision's compiled ops and Mesa's llvmpipe all bring
+    # LLVM-linked code; in the wrong load order the process segfaults. Checked in a fresh
+    # interpreter that opens a context first, then imports them and builds a timm model.
     import subprocess
     import sys
 
@@ -156,6 +157,9 @@ def test_torch_compiler_stack_imports_after_a_gl_context():
         "from fastmetro.render import Renderer\n"
         "renderer = Renderer(8, 8)\n"
         "import torch._dynamo\n"
+        "import torchvision.ops\n"
+        "import timm\n"
+        "timm.create_model('resnet18', pretrained=False)\n"
         "print('imported')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -167,25 +167,27 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return VertexNormals(faces, len(vertices))(vertices)
 
 
-def _load_triton_first() -> None:
-    # Mesa's llvmpipe and triton (pulled in by torch._dynamo, e.g. through roma/anny) each carry
-    # their own LLVM; loading triton's after Mesa's has initialised crashes the process, the
-    # other order works. So load triton (when installed) before the first GL context.
+def _load_llvm_users_first() -> None:
+    # Mesa's llvmpipe, triton (pulled in by torch._dynamo, e.g. through roma/anny) and
+    # torchvision's compiled ops (imported by timm) each bring LLVM-linked code; loading
+    # either of the latter after Mesa has initialised crashes the process (segfault), the
+    # other order works. So load them (when installed) before the first GL context.
+    import importlib
     import importlib.util
 
-    if importlib.util.find_spec("triton") is None:
-        return
-    try:
-        import triton  # noqa: F401
-    except Exception:  # a broken triton is torch's business, not the renderer's
-        pass
+    for module in ("triton", "torchvision.ops"):
+        try:
+            if importlib.util.find_spec(module.split(".")[0]) is not None:
+                importlib.import_module(module)
+        except Exception:  # a broken optional extension is not the renderer's business
+            pass
 
 
 def create_context(device_index: int | None = None):
     """A headless moderngl context on EGL, or a one-line FastMetroError saying what to install."""
     import moderngl
 
-    _load_triton_first()
+    _load_llvm_users_first()
 
     kwargs = {"backend": "egl", "require": 330}
     if device_index is not None:

@@ -155,19 +155,6 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
 
 # ----------------------------------------------------------------------------- rendering
-def preload_torch_extensions() -> None:
-    """Import torchvision's compiled ops before any EGL context exists.
-
-    Loading torchvision's extension *after* Mesa's EGL/llvmpipe is initialised crashes the
-    process (segmentation fault, seen with torchvision 0.29 + Mesa llvmpipe); the other order
-    is fine, and later model building (timm imports torchvision) is then safe.
-    """
-    try:
-        import torchvision.ops  # noqa: F401
-    except ImportError:
-        pass
-
-
 class RendererPool:
     """One offscreen :class:`fastmetro.render.Renderer` per output size, created on demand."""
 
@@ -175,7 +162,6 @@ class RendererPool:
         self._renderers = {}
 
     def get(self, width: int, height: int):
-        preload_torch_extensions()
         from fastmetro.render import Renderer
 
         key = (int(width), int(height))
