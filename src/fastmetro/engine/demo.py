@@ -146,7 +146,6 @@ def print_table(model_values: dict, baseline_values: dict) -> None:
 
 
 def run_demo(args) -> int:
-    from fastmetro import topology as topology_module
     from fastmetro.engine.config import load_config
     from fastmetro.engine.evaluate import format_metrics
     from fastmetro.engine.train import Trainer
