@@ -20,7 +20,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fastmetro.errors import FastMetroError
@@ -117,25 +116,6 @@ def export_test_images(test_yaml: Path, out_dir: Path, count: int) -> tuple[list
     return paths, boxes
 
 
-def write_meshes(checkpoint: Path, images: list[Path], out_dir: Path, image_size: int) -> None:
-    """Fallback when ``fastmetro infer`` is unavailable: root-centred .obj meshes via trimesh."""
-    import trimesh
-    from PIL import Image
-
-    import fastmetro
-    from fastmetro.data.augment import normalise_image
-
-    model = fastmetro.create_model(checkpoint=checkpoint).eval()
-    faces = model.topology.faces[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in images:
-        pixels = np.asarray(Image.open(path).convert("RGB").resize((image_size, image_size)))
-        with torch.no_grad():
-            output = model(torch.from_numpy(normalise_image(pixels))[None])
-        vertices = output["fine_vertices"][0].numpy()
-        trimesh.Trimesh(vertices, faces, process=False).export(out_dir / f"{path.stem}.obj")
-
-
 def print_table(model_values: dict, baseline_values: dict) -> None:
     names = [("mpjpe", "MPJPE"), ("pa_mpjpe", "PA-MPJPE"), ("mpvpe", "MPVPE"), ("pa_mpvpe", "PA-MPVPE")]
     print(f"\n{'metric (mm, held-out)':24s} {'mean-mesh baseline':>20s} {'trained model':>15s} {'model/baseline':>15s}")
@@ -192,13 +172,9 @@ def run_demo(args) -> int:
     begin = _stage(f"4/5 inference on {INFERENCE_IMAGES} held-out images -> {out / 'inference'}")
     images, boxes = export_test_images(data_dir / "test.yaml", out / "test_images", INFERENCE_IMAGES)
     (out / "test_images" / "boxes.json").write_text(json.dumps(boxes))
-    try:
-        _run([sys.executable, "-m", "fastmetro", "infer", "--checkpoint", str(checkpoint), "--out",
-              str(out / "inference"), "--boxes", str(out / "test_images" / "boxes.json"),
-              "--image-size", str(config.data.image_size), "--device", "cpu", *map(str, images)])
-    except FastMetroError as error:
-        print(f"[demo] fastmetro infer failed ({error}); writing plain .obj meshes instead")
-        write_meshes(checkpoint, images, out / "inference", config.data.image_size)
+    _run([sys.executable, "-m", "fastmetro", "infer", "--checkpoint", str(checkpoint), "--out",
+          str(out / "inference"), "--boxes", str(out / "test_images" / "boxes.json"),
+          "--image-size", str(config.data.image_size), "--device", "cpu", *map(str, images)])
     timings["inference"] = time.perf_counter() - begin
 
     _stage("5/5 summary")
