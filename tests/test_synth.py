@@ -166,6 +166,21 @@ def test_other_settings_in_the_same_folder_are_refused(synthetic_dataset):
     assert manifest["seed"] == 7
 
 
+def test_datasets_made_before_the_backgrounds_setting_still_resume(synthetic_dataset, tmp_path):
+    from fastmetro.data.synthetic.generator import check_manifest
+
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path})
+    manifest = config.manifest()
+    assert manifest.pop("backgrounds") == "mixed"
+    (tmp_path / "synth.json").write_text(json.dumps(manifest))  # as written by generator version 1
+    check_manifest(config)  # same settings: accepted
+    studio = SynthConfig(**{**config.__dict__, "backgrounds": "studio"})
+    with pytest.raises(FastMetroError, match="backgrounds='mixed' \\(now 'studio'\\)"):
+        check_manifest(studio)
+    with pytest.raises(FastMetroError, match="backgrounds must be one of"):
+        generate(SynthConfig(**{**config.__dict__, "backgrounds": "jungle"}), progress=False)
+
+
 def test_composite_yamls_list_every_shard(synthetic_dataset):
     spec = read_yaml(synthetic_dataset.train_yaml)
     assert spec.composite and len(spec.sources) == 3

@@ -153,6 +153,24 @@ def test_backgrounds_are_varied_images():
     assert len({image.tobytes() for image in images}) == 12
 
 
+def test_studio_backgrounds_are_plain_backdrops():
+    backgrounds = Backgrounds()
+    studio = [backgrounds.sample(np.random.default_rng(i), 64, "studio") for i in range(8)]
+    mixed = [backgrounds.sample(np.random.default_rng(i), 64, "mixed") for i in range(8)]
+    assert all(image.shape == (64, 64, 3) and image.dtype == np.uint8 for image in studio)
+    assert len({image.tobytes() for image in studio}) == 8  # colours and horizon vary
+    # Plain: along a row only grain changes (clutter varies by tens of grey levels).
+    row_spread = [float(np.abs(np.diff(image.astype(np.float32), axis=1)).mean()) for image in studio]
+    assert max(row_spread) < 6.0
+    assert np.mean([float(np.abs(np.diff(i.astype(np.float32), axis=1)).mean()) for i in mixed]) > max(row_spread)
+    # Two flat regions (wall above the horizon, floor below): rows agree within each.
+    image = studio[0].astype(np.float32).mean(axis=(1, 2))
+    assert np.abs(np.diff(image)).max() > 5.0 * np.median(np.abs(np.diff(image)))
+    np.testing.assert_array_equal(studio[3], backgrounds.sample(np.random.default_rng(3), 64, "studio"))
+    with pytest.raises(ValueError, match="studio"):
+        backgrounds.sample(np.random.default_rng(0), 64, "jungle")
+
+
 def test_box_and_shard_plan():
     center, scale = box_of(np.array([[10.0, 20.0], [30.0, 60.0]]))
     assert center == [20.0, 40.0] and scale == pytest.approx(40 * 1.2 / 200)

@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--shard-size", type=int, default=256, help="images per shard (default 256)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of images in test (default 0.1)")
     parser.add_argument("--no-occluders", action="store_true", help="never place occluding boxes")
+    parser.add_argument(
+        "--backgrounds", choices=("mixed", "studio"), default="mixed",
+        help="mixed: photos and procedural textures (default); studio: plain backdrops",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
     parser.add_argument(
         "--vertices-dtype", choices=("float32", "float16"), default="float32",
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         test_fraction=args.test_fraction,
         occluders=not args.no_occluders,
+        backgrounds=args.backgrounds,
         jpeg_quality=args.jpeg_quality,
         vertices_dtype=args.vertices_dtype,
     )

@@ -37,6 +37,8 @@ from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
 
 GENERATOR_VERSION = 1
+# Settings added after version 1, with the value every earlier dataset was made with.
+MANIFEST_KEYS_ADDED_LATER = {"backgrounds": "mixed"}
 BOX_PADDING = 1.2
 # LSP-14 order (R_Ankle, R_Knee, R_Hip, L_Hip, L_Knee, L_Ankle, R_Wrist, R_Elbow, R_Shoulder,
 # L_Shoulder, L_Elbow, L_Wrist, Neck, Head): limbs drawn on the preview.
@@ -60,6 +62,7 @@ class SynthConfig:
     batch_size: int = 32  # Anny forwards per call (amortises its per-call cost)
     max_pose_attempts: int = 10
     occluders: bool = True
+    backgrounds: str = "mixed"  # scene.BACKGROUND_KINDS
     jpeg_quality: int = 90
     vertices_dtype: str = "float32"
 
@@ -181,7 +184,7 @@ class ShardMaker:
         camera_vertices = camera.to_camera(world_vertices).astype(np.float32)
         colours = sample_vertex_colours(rng, self.body.regions, self.rest_height)
         light = sample_light(rng)
-        background = self.backgrounds.sample(rng, size)
+        background = self.backgrounds.sample(rng, size, self.config.backgrounds)
         occluder = sample_occluder(rng, camera_vertices) if self.config.occluders else None
         result = self.renderer.render(
             camera_vertices, self.body.faces, camera.intrinsics, color=colours, background=background,
@@ -281,6 +284,7 @@ def check_manifest(config: SynthConfig) -> None:
             existing = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise FastMetroError(f"{path}: not valid JSON (delete it, or use another --out)") from None
+        existing = {**MANIFEST_KEYS_ADDED_LATER, **existing}
         differences = sorted(k for k in set(wanted) | set(existing) if wanted.get(k) != existing.get(k))
         if differences:
             detail = ", ".join(f"{k}={existing.get(k)!r} (now {wanted.get(k)!r})" for k in differences)
@@ -321,6 +325,7 @@ def generate(config: SynthConfig, progress: bool = True, max_shards: int | None 
     """
     from tqdm import tqdm
 
+    from fastmetro.data.synthetic.scene import BACKGROUND_KINDS
     from fastmetro.data.tsv import shard_is_complete, write_composite_yaml
 
     if config.num < 1:
@@ -329,6 +334,8 @@ def generate(config: SynthConfig, progress: bool = True, max_shards: int | None 
         raise FastMetroError(f"{config.out_dir}: --size must be at least 16 pixels, got {config.size}")
     if not 0.0 <= config.test_fraction < 1.0:
         raise FastMetroError(f"{config.out_dir}: test fraction must be in [0, 1), got {config.test_fraction}")
+    if config.backgrounds not in BACKGROUND_KINDS:
+        raise FastMetroError(f"{config.out_dir}: backgrounds must be one of {BACKGROUND_KINDS}, got {config.backgrounds!r}")
     config.out_dir.mkdir(parents=True, exist_ok=True)
     check_manifest(config)
     shards = plan_shards(config)
