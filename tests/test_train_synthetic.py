@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from fastmetro.cli import main
@@ -62,9 +61,11 @@ def test_eval_missing_checkpoint_is_one_line_error(tmp_path, capsys, synthetic_d
     assert "error:" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    manifest = json.loads((tmp_path / "demo" / "data" / "synth.json").read_text())
+    assert manifest["backgrounds"] == "studio" and manifest["occluders"] is False
+    assert manifest["vertices_dtype"] == "float16"
     assert {"mpjpe", "pa_mpjpe", "mpvpe"} <= set(report["model"]) and "pa_mpjpe" in report["baseline"]
     assert list((tmp_path / "demo" / "inference").rglob("*.obj"))

