@@ -46,6 +46,7 @@ def _eval(args) -> int:
 def _demo(args) -> int:
     from fastmetro.engine.demo import run_demo
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the periodic evaluations
     return run_demo(args)
 
 

@@ -335,7 +335,9 @@ def generate(config: SynthConfig, progress: bool = True, max_shards: int | None 
     if not 0.0 <= config.test_fraction < 1.0:
         raise FastMetroError(f"{config.out_dir}: test fraction must be in [0, 1), got {config.test_fraction}")
     if config.backgrounds not in BACKGROUND_KINDS:
-        raise FastMetroError(f"{config.out_dir}: backgrounds must be one of {BACKGROUND_KINDS}, got {config.backgrounds!r}")
+        raise FastMetroError(
+            f"{config.out_dir}: backgrounds must be one of {BACKGROUND_KINDS}, got {config.backgrounds!r}"
+        )
     config.out_dir.mkdir(parents=True, exist_ok=True)
     check_manifest(config)
     shards = plan_shards(config)
