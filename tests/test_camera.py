@@ -85,7 +85,7 @@ def test_crop_perspective_camera_matches_released_convention():
     assert np.allclose(translation, [0.1, -0.2, 2 * 1000 / (224 * 0.8)])
     # A point on the z = 0 plane of the model projects to the weak-perspective position.
     point = np.array([[0.3, -0.4, 0.0]])
-    pixels = cam.project(point, intrinsics, translation)
+    pixels = cam.perspective_project(point, intrinsics, translation)
     normalised = cam.weak_perspective_project(point, (0.8, 0.1, -0.2))
     assert np.allclose((pixels + 0.5) / 112.0 - 1.0, normalised)
 
@@ -104,7 +104,7 @@ def test_paste_back_lands_ground_truth_vertices_on_their_pixels(smpl_topology, t
     width, height = 960, 720
     true_k = np.array([[true_focal, 0, 470.0], [0, true_focal, 350.0], [0, 0, 1]])
     vertices_camera = smpl_in_camera(smpl_topology, translation=(0.9, 0.2, 7.0))
-    truth_pixels = cam.project(vertices_camera, true_k)
+    truth_pixels = cam.perspective_project(vertices_camera, true_k)
     box = cam.square_box(tight_box(truth_pixels), expand=1.2, image_size=(width, height))
     # The network sees crop-normalised positions and predicts vertices up to translation:
     # model coordinates are the camera-frame body minus its centre.
@@ -112,7 +112,7 @@ def test_paste_back_lands_ground_truth_vertices_on_their_pixels(smpl_topology, t
     weak = cam.fit_weak_perspective(model_vertices, box.image_to_normalised(truth_pixels))
     focal = true_focal if use_true_focal else None
     intrinsics, translation = cam.full_image_camera(weak, box, (width, height), focal_length=focal)
-    pasted = cam.project(model_vertices, intrinsics, translation)
+    pasted = cam.perspective_project(model_vertices, intrinsics, translation)
     error = np.linalg.norm(pasted - truth_pixels, axis=1)
     body_height_px = np.ptp(truth_pixels[:, 1])
     # Weak perspective ignores depth variation within the body; at 7 m that costs ~1% of its size.
@@ -125,7 +125,7 @@ def test_paste_back_lands_ground_truth_vertices_on_their_pixels(smpl_topology, t
     # Independent of F: points on the model's z = 0 plane match the weak-perspective mapping exactly.
     flat = model_vertices.copy()
     flat[:, 2] = 0.0
-    assert np.allclose(cam.project(flat, intrinsics, translation),
+    assert np.allclose(cam.perspective_project(flat, intrinsics, translation),
                        box.normalised_to_image(cam.weak_perspective_project(flat, weak)), atol=1e-6)
 
 
@@ -165,7 +165,7 @@ def test_paste_back_with_the_renderer(smpl_topology):
     box = cam.square_box((cols.min(), rows.min(), np.ptp(cols), np.ptp(rows)), expand=1.2,
                          image_size=(width, height))
     model_vertices = vertices_camera - vertices_camera.mean(0)
-    weak = cam.fit_weak_perspective(model_vertices, box.image_to_normalised(cam.project(vertices_camera, true_k)))
+    weak = cam.fit_weak_perspective(model_vertices, box.image_to_normalised(cam.perspective_project(vertices_camera, true_k)))
 
     crop_mask = cam.crop_image(np.repeat(truth.mask[..., None].astype(np.uint8) * 255, 3, axis=2), box)[..., 0] > 127
     crop_k, crop_t = cam.crop_perspective_camera(weak)

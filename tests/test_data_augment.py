@@ -139,11 +139,26 @@ def test_occlusion_option_paints_patches():
 
 
 def test_training_crop_equals_inference_crop():
-    """Training and inference must cut the same pixels for the same box (shared convention)."""
-    from fastmetro.data.augment import crop_to_pixels
+    """Training and inference cut the same pixels for the same box (one crop convention), also
+    for a box so large that the warp area-averages first."""
+    from fastmetro.conventions import side_from_scale
+    from fastmetro.data.augment import AugmentParams as Params
     from fastmetro.inference.camera import CropBox
+    from fastmetro.inference.camera import crop_image as inference_crop
 
-    center, scale = (123.4, 87.6), 1.37
-    for size in (224, 96):
-        np.testing.assert_allclose(crop_to_pixels(center, scale, AugmentParams(), size),
-                                   CropBox(center, 200 * scale).crop_matrix(size), atol=1e-9)
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    for center, scale, size in (((123.4, 87.6), 1.37, 224), ((200.0, 150.0), 0.6, 96), ((210.5, 140.2), 2.1, 64)):
+        training = crop_image(image, center, scale, Params(), size)
+        inference = inference_crop(image, CropBox(center, side_from_scale(scale)), size)
+        np.testing.assert_array_equal(training, inference)
+        # Flipped training crops are the mirrored inference crop (left hands run mirrored).
+        flipped = crop_image(image, center, scale, Params(flip=True), size)
+        np.testing.assert_array_equal(flipped, inference_crop(image, CropBox(center, side_from_scale(scale)), size, True))
+    # The large box (420 px side -> 64 px) is area-averaged: a plain bilinear warp differs.
+    import cv2
+
+    from fastmetro.conventions import crop_matrix
+
+    plain = cv2.warpAffine(image, crop_matrix((210.5, 140.2), 420.0, 64), (64, 64), flags=cv2.INTER_LINEAR)
+    assert np.abs(plain.astype(int) - crop_image(image, (210.5, 140.2), 2.1, Params(), 64).astype(int)).mean() > 5

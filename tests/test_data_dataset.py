@@ -248,3 +248,24 @@ def test_hand_dataset_without_vertex_flip(tmp_path, mano_topology, caplog):
     sample = dataset[0]
     assert sample["joints_3d"].shape == (21, 4) and sample["vertices"].shape == (778, 3)
     assert sample["joints_3d"][0, :3].abs().max() < 1e-6  # centred on the wrist
+
+
+def test_hand_ground_truth_from_a_mano_file_is_centred_on_the_kinematic_wrist(tmp_path, topology, body_model):
+    """Released hands: the ground-truth mesh is centred on MANO's kinematic wrist joint (the
+    layer's joint 0), not on a point regressed from the mesh; also after an in-plane rotation."""
+    import dataclasses
+
+    from fastmetro.data.augment import hand_augment_config
+
+    yaml_path, _, pose = _mixed_shard(tmp_path)
+    hand = dataclasses.replace(topology, kind="hand", vertex_flip=None)
+    output = body_model(torch.tensor(pose[None], dtype=torch.float32), torch.linspace(-1, 1, 10)[None])
+    vertices, wrist = output.vertices[0].numpy(), output.joints[0, 0].numpy()
+    assert np.linalg.norm(wrist - vertices.mean(0)) > 0.01  # the two roots differ here
+    sample = MeshDataset(yaml_path, hand, train=False, image_size=SIZE, body_model=body_model)[2]
+    np.testing.assert_allclose(sample["vertices"].numpy(), vertices - wrist, atol=1e-5)
+    rotated = MeshDataset(yaml_path, hand, train=True, augment=hand_augment_config(rotation_zero_prob=0.0),
+                          image_size=SIZE, body_model=body_model)[2]["vertices"].numpy()
+    # A rotation about the camera axis keeps distances to the (rotated) wrist.
+    np.testing.assert_allclose(np.linalg.norm(rotated, axis=1), np.linalg.norm(vertices - wrist, axis=1), atol=1e-5)
+    assert np.abs(rotated - (vertices - wrist)).max() > 1e-3

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fastmetro.inference import attention
+from fastmetro.conventions import normalise_image
 from fastmetro.inference import camera as cam
 from fastmetro.inference import outputs
 from fastmetro.inference.predictor import PersonBox, Predictor
@@ -85,9 +86,12 @@ def body_case(request, smpl_topology):
     rows, cols = np.nonzero(truth.mask)
     box = (float(cols.min()), float(rows.min()), float(np.ptp(cols)), float(np.ptp(rows)))
     crop_box = cam.square_box(box, expand=1.2)
-    model_vertices = vertices_camera - vertices_camera.mean(0)
-    weak = cam.fit_weak_perspective(model_vertices, crop_box.image_to_normalised(cam.project(vertices_camera, true_k)))
-    oracle = OracleModel(mesh, model_vertices, weak)
+    # The weak-perspective camera applies to the root-centred mesh (fastmetro.conventions).
+    model_vertices = vertices_camera - np.asarray(mesh.root_regressor) @ vertices_camera
+    weak = cam.fit_weak_perspective(model_vertices, crop_box.image_to_normalised(cam.perspective_project(vertices_camera, true_k)))
+    # The raw output sits 0.3 m off the origin (no released loss constrains it): the predictor
+    # must centre it before using the camera.
+    oracle = OracleModel(mesh, model_vertices + 0.3, weak)
     return {"truth": truth, "true_k": true_k, "box": box, "vertices_camera": vertices_camera, "oracle": oracle,
             "faces": faces, "image": truth.rgb, "weak": weak, "size": (width, height), "topology": mesh}
 
@@ -100,16 +104,16 @@ def test_predictor_pastes_the_mesh_back_onto_the_person(body_case):
     result = predictor.predict(body_case["image"], [body_case["box"]], source="scene.png")
     assert result.warnings == [] and len(result.people) == 1
     person = result.people[0]
-    truth_pixels = cam.project(body_case["vertices_camera"], body_case["true_k"])
-    pasted = cam.project(person.vertices_camera, person.intrinsics)
+    truth_pixels = cam.perspective_project(body_case["vertices_camera"], body_case["true_k"])
+    pasted = cam.perspective_project(person.vertices_camera, person.intrinsics)
     height_px = np.ptp(truth_pixels[:, 1])
     assert np.linalg.norm(pasted - truth_pixels, axis=1).mean() < 0.01 * height_px
     # The crop the network saw is the released preprocessing of that box.
     seen = body_case["oracle"].seen_images[-1][0].numpy()
-    expected = cam.normalise_crop(cam.crop_image(body_case["image"], cam.square_box(body_case["box"], 1.2)))
+    expected = normalise_image(cam.crop_image(body_case["image"], cam.square_box(body_case["box"], 1.2)))
     assert np.allclose(seen, expected, atol=1e-6)
     # 2D joints in full-image pixels = the true joints' projections.
-    true_joints_2d = cam.project(np.asarray(predictor.topology.joint_regressor) @ body_case["vertices_camera"],
+    true_joints_2d = cam.perspective_project(np.asarray(predictor.topology.joint_regressor) @ body_case["vertices_camera"],
                                  body_case["true_k"])
     assert np.abs(person.joints_2d - true_joints_2d).max() < 0.02 * height_px
 
@@ -159,6 +163,7 @@ def test_batches_of_crops_give_the_same_result(body_case):
 def test_left_hand_is_run_mirrored_and_mirrored_back(mano_topology):
     rng = np.random.default_rng(3)
     vertices = rng.normal(scale=0.05, size=(mano_topology.num_vertices, 3))
+    vertices -= np.asarray(mano_topology.root_regressor) @ vertices  # the camera's (wrist-centred) frame
     weak = np.array([5.0, 0.02, -0.01])
     # The model sees a mirrored crop, so it "predicts" the mirrored hand and camera.
     oracle = OracleModel(mano_topology, vertices * [-1, 1, 1], weak * [1, -1, 1])
@@ -171,7 +176,7 @@ def test_left_hand_is_run_mirrored_and_mirrored_back(mano_topology):
     assert np.array_equal(person.faces, mano_topology.faces[0][:, ::-1])
     # The crop the model saw is the mirror image of the plain crop.
     crop_box = cam.square_box((50, 80, 120, 140))
-    plain = cam.normalise_crop(cam.crop_image(image, crop_box))
+    plain = normalise_image(cam.crop_image(image, crop_box))
     assert np.allclose(oracle.seen_images[-1][0].numpy(), plain[:, :, ::-1], atol=1e-6)
     # Right hands are not mirrored.
     right = predictor.predict(image, [PersonBox((50, 80, 120, 140), side="right")]).people[0]
@@ -228,7 +233,7 @@ def test_attention_comes_from_the_forward_pass(small_model):
     assert person.joint_self_attention.shape == (num_joints, num_coarse)
     assert person.joint_cross_attention.shape == (num_joints, 7, 7)
     # Recompute from the model's own attention output on the same crop.
-    crop = cam.normalise_crop(cam.crop_image(image, cam.square_box(box, 1.2)))
+    crop = normalise_image(cam.crop_image(image, cam.square_box(box, 1.2)))
     with torch.no_grad():
         output = small_model(torch.from_numpy(crop)[None], return_attention=True)
     self_maps = torch.stack([a[0, :, :num_joints, num_joints:] for a in output["attention"]["self"]])
@@ -238,8 +243,10 @@ def test_attention_comes_from_the_forward_pass(small_model):
                        atol=1e-5)
     # Cross-attention is a distribution over image tokens.
     assert np.allclose(person.joint_cross_attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
-    # The mesh vertices follow the same forward pass.
-    assert np.allclose(person.vertices, output["fine_vertices"][0].numpy(), atol=1e-5)
+    # The mesh vertices follow the same forward pass (centred on the mesh root: the camera's frame).
+    fine = output["fine_vertices"][0].numpy().astype(np.float64)
+    root = np.asarray(small_model.topology.root_regressor) @ fine
+    assert np.allclose(person.vertices, fine - root, atol=1e-5) and np.allclose(person.raw_root, root, atol=1e-5)
 
 
 def test_cross_attention_heat_map_is_pasted_where_its_token_is(body_case):

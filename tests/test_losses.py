@@ -1,16 +1,19 @@
-"""Each loss term on hand-made cases, and gating by availability."""
+"""Each loss term on hand-made cases, gating by availability, translation invariance, and equality
+with a re-implementation of the released training step."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from fastmetro.engine.losses import LossConfig, MeshCriterion, masked_l1, project
+from fastmetro.conventions import weak_perspective_project as project
+from fastmetro.engine.losses import LossConfig, MeshCriterion, masked_l1
 from fastmetro.topology import Topology
 
 
 def tiny_topology(levels=3) -> Topology:
-    """6-vertex fine mesh (an octahedron) -> 4 -> 2 vertices; 4 joints, root = joints 2 and 3."""
+    """6-vertex fine mesh (an octahedron) -> 4 -> 2 vertices; 4 joints, root = joints 2 and 3; the
+    mesh root is the mean of those two joints' rows, so both roots are the same point."""
     fine = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float) * 0.1
     faces0 = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
     faces1 = np.array([[0, 2, 1], [0, 3, 1], [0, 1, 2]])  # level-1 vertices = fine 0, 1, 2, 3
@@ -34,7 +37,7 @@ def tiny_topology(levels=3) -> Topology:
         joint_names=("a", "b", "c", "d"),
         joint_flip=np.array([0, 1, 3, 2]),
         root_joints=(2, 3),
-        root_regressor=np.full(6, 1 / 6),
+        root_regressor=(regressor[2] + regressor[3]) / 2,
         template=fine,
     )
 
@@ -46,14 +49,14 @@ def make_case(topology, batch=2):
     fine = template[None] + 0.01 * torch.randn(batch, topology.num_vertices, 3, generator=generator)
     regressor = torch.tensor(topology.joint_regressor, dtype=torch.float32)
     joints = torch.einsum("kv,bvc->bkc", regressor, fine)
-    root = fine.mean(dim=1, keepdim=True)
+    root_joints = joints[:, [2, 3]].mean(dim=1, keepdim=True)  # = the mesh root here
     camera = torch.tensor([[2.0, 0.1, -0.2]] * batch)
-    joints_2d = torch.cat([project(joints, camera), torch.ones(batch, 4, 1)], dim=-1)
-    root_joints = joints[:, [2, 3]].mean(dim=1, keepdim=True)
+    # The camera applies to root-centred points.
+    joints_2d = torch.cat([project(joints - root_joints, camera), torch.ones(batch, 4, 1)], dim=-1)
     batch_dict = {
         "joints_3d": torch.cat([joints - root_joints, torch.ones(batch, 4, 1)], dim=-1),
         "joints_2d": joints_2d,
-        "vertices": fine - root,
+        "vertices": fine - root_joints,
         "has_joints_3d": torch.ones(batch),
         "has_joints_2d": torch.ones(batch),
         "has_vertices": torch.ones(batch),
@@ -73,14 +76,18 @@ def topology():
     return tiny_topology()
 
 
+def shifted(outputs: dict, shift) -> dict:
+    """The prediction translated rigidly (joint tokens, mesh joints and every mesh level)."""
+    shift = torch.as_tensor(shift, dtype=torch.float32)
+    return {**outputs, "joints": outputs["joints"] + shift, "mesh_joints": outputs["mesh_joints"] + shift,
+            "vertices_by_level": tuple(v + shift for v in outputs["vertices_by_level"])}
+
+
 def test_perfect_prediction_is_zero(topology):
     outputs, batch = make_case(topology)
-    # The prediction is *not* root-centred (it sits where the camera sees it): the loss centres it.
-    shift = torch.tensor([0.3, -0.1, 2.0])
-    outputs["joints"] += shift
-    outputs["mesh_joints"] += shift
-    outputs["vertices_by_level"] = tuple(v + shift for v in outputs["vertices_by_level"])
-    outputs["camera"][:, 1:] -= shift[:2]  # keep the projection unchanged
+    # The raw prediction is *not* root-centred (the release never constrains its offset): the
+    # loss centres it before projecting, so the camera is unchanged.
+    outputs = shifted(outputs, [0.3, -0.1, 2.0])
     # edge_self (the mean predicted edge length, a shrinking prior) is never 0 on a real mesh.
     terms = MeshCriterion(topology, LossConfig(edge_self_weight=0.0))(outputs, batch)
     assert terms["edge_self"].item() > 0.1
@@ -109,11 +116,30 @@ def test_joints_3d_recentred_on_root_joints(topology):
     assert terms["joints_3d"].item() == pytest.approx(4 * 0.02 / 12, rel=1e-4)
 
 
+def test_every_term_is_invariant_to_a_rigid_translation(topology):
+    outputs, batch = make_case(topology)
+    generator = torch.Generator().manual_seed(3)
+    noisy = {**outputs, "camera": outputs["camera"] * 1.1,
+             "joints": outputs["joints"] + 0.02 * torch.randn(outputs["joints"].shape, generator=generator),
+             "mesh_joints": outputs["mesh_joints"] + 0.01,
+             "vertices_by_level": tuple(v + 0.02 * torch.randn(v.shape, generator=generator)
+                                        for v in outputs["vertices_by_level"])}
+    batch["has_joints_2d"][1] = 0.0
+    batch["joints_2d"][1, :, 2] = 0.0
+    criterion = MeshCriterion(topology)
+    reference = criterion(noisy, batch)
+    assert reference["joints_2d"].item() > 1e-3 and reference["vertices"].item() > 1e-3
+    for shift in ([0.3, 0.3, 0.3], [-2.0, 1.0, 5.0]):
+        terms = criterion(shifted(noisy, shift), batch)
+        for name, value in reference.items():
+            assert terms[name].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
+
+
 def test_joints_2d_projection(topology):
     outputs, batch = make_case(topology)
     outputs["camera"][1, 0] = 3.0  # wrong scale for sample 1 only
     terms = MeshCriterion(topology)(outputs, batch)
-    joints = outputs["joints"][1]
+    joints = outputs["joints"][1] - outputs["joints"][1, [2, 3]].mean(dim=0)
     expected = ((3.0 - 2.0) * (joints[:, :2] + outputs["camera"][1, 1:])).abs().sum() / (2 * 4 * 2)
     assert terms["joints_2d"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert terms["mesh_joints_2d"].item() == pytest.approx(expected.item(), rel=1e-4)
@@ -121,9 +147,18 @@ def test_joints_2d_projection(topology):
     assert MeshCriterion(topology)(outputs, batch)["joints_2d"].item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_joints_2d_batch_average_is_released_and_available_is_a_switch(topology):
+    outputs, batch = make_case(topology, batch=4)
+    outputs["camera"][0, 0] = 3.0
+    batch["has_joints_2d"][2:] = 0.0  # half the batch has no 2D labels
+    released = MeshCriterion(topology)(outputs, batch)["joints_2d"].item()
+    available = MeshCriterion(topology, LossConfig(joints_2d_average="available"))(outputs, batch)["joints_2d"].item()
+    assert released > 0 and available == pytest.approx(2 * released, rel=1e-5)  # 4 vs 2 samples
+
+
 def test_gating_uses_only_available_samples(topology):
     outputs, batch = make_case(topology)
-    outputs["joints"][1] += torch.randn(4, 3)  # a big error in sample 1
+    outputs["joints"][1] += torch.randn(4, 3, generator=torch.Generator().manual_seed(2))  # sample 1 way off
     outputs["vertices_by_level"][0][1, 4] += 0.5
     outputs["camera"][1] = torch.tensor([5.0, 1.0, 1.0])
     for key in ("has_joints_3d", "has_joints_2d", "has_vertices"):
@@ -154,10 +189,11 @@ def test_no_available_sample_gives_zero_not_nan(topology):
 
 def test_vertex_levels_and_weights(topology):
     outputs, batch = make_case(topology)
-    # Vertex 4 only exists at the fine level; move it (this also moves the fine root by 0.06/6).
-    outputs["vertices_by_level"][0][:, 4, 2] += 0.06
+    # Vertex 0 is a root vertex at every level: moving it in the fine mesh moves the fine root
+    # (weight 1/4 in the root regressor) by 0.015 and vertex 0 itself by 0.06 - 0.015.
+    outputs["vertices_by_level"][0][:, 0, 2] += 0.06
     terms = MeshCriterion(topology, LossConfig(edge_normal_weight=0))(outputs, batch)
-    root_shift = 0.06 / 6
+    root_shift = 0.06 / 4
     fine_expected = ((0.06 - root_shift) + 5 * root_shift) / 18  # per sample: 6 vertices x 3 coords
     assert terms["vertices_level0"].item() == pytest.approx(fine_expected, rel=1e-4)
     # Coarser levels are centred on the *predicted fine* root, so they see the root shift.
@@ -221,7 +257,12 @@ def test_masked_l1_matches_mean_over_selected():
     assert masked_l1(pred, target, torch.ones(()), available).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_smpl_topology_shapes(smpl_topology):
+def test_smpl_topology_uses_the_released_loss_faces(smpl_topology, smpl_dir):
     criterion = MeshCriterion(smpl_topology)
-    assert criterion.edges.shape[0] > 5000  # the 1723-vertex mesh's edges
     assert criterion.level_weights == [0.25, 0.5, 0.25]
+    released_faces = np.load(smpl_dir / "smpl_1723_faces.npy")
+    released_edges = np.sort(np.load(smpl_dir / "smpl_1723_edges.npy"), axis=1)
+    assert criterion.edge_faces.shape == (3451, 3) and smpl_topology.faces[1].shape == (3442, 3)
+    np.testing.assert_array_equal(criterion.edge_faces.numpy(), released_faces)
+    ours = {tuple(e) for e in criterion.edges.tolist()}
+    assert len(ours) == 5163 and ours == {tuple(e) for e in released_edges.tolist()}

@@ -18,13 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fastmetro.conventions import centre_joints, centre_mesh
+
 MILLIMETRES_PER_METRE = 1000.0
-
-
-def center_on(points: torch.Tensor, root_indices: Sequence[int]) -> torch.Tensor:
-    """Subtract the mean of ``points[:, root_indices]``: (B, N, 3) -> (B, N, 3)."""
-    root = points[:, list(root_indices)].mean(dim=1, keepdim=True)
-    return points - root
 
 
 def procrustes_align(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,7 +62,7 @@ def mean_point_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def mpjpe(pred_joints: torch.Tensor, gt_joints: torch.Tensor, root_joints: Sequence[int]) -> torch.Tensor:
     """Root-aligned mean per-joint position error: (B, K, 3) metres -> (B,) mm."""
-    return mean_point_error(center_on(pred_joints, root_joints), center_on(gt_joints, root_joints))
+    return mean_point_error(centre_joints(pred_joints, root_joints), centre_joints(gt_joints, root_joints))
 
 
 def pa_mpjpe(pred_joints: torch.Tensor, gt_joints: torch.Tensor) -> torch.Tensor:
@@ -125,12 +121,6 @@ def regress_joints(joint_regressor: torch.Tensor, vertices: torch.Tensor) -> tor
     return torch.einsum("kv,bvc->bkc", joint_regressor.to(vertices.dtype), vertices)
 
 
-def center_mesh(vertices: torch.Tensor, root_regressor: torch.Tensor) -> torch.Tensor:
-    """Subtract the mesh's root point ``root_regressor @ vertices``: (B, V, 3) -> (B, V, 3)."""
-    root = torch.einsum("v,bvc->bc", root_regressor.to(vertices.dtype), vertices)
-    return vertices - root[:, None]
-
-
 METRIC_NAMES = ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe")
 
 
@@ -168,8 +158,8 @@ def per_sample_metrics(
     regressor = as_float_tensor(joint_regressor)
     root = as_float_tensor(root_regressor)
     pred_joints = regress_joints(regressor, pred)
-    pred_mesh = center_mesh(pred, root)
-    gt_mesh = center_mesh(gt_vertices, root)
+    pred_mesh = centre_mesh(pred, root)
+    gt_mesh = centre_mesh(gt_vertices, root)
     out = {
         "mpjpe": mpjpe(pred_joints, gt_joints, root_joints),
         "pa_mpjpe": pa_mpjpe(pred_joints, gt_joints),

@@ -23,13 +23,11 @@ factor N(1, 0.25) clipped to [0.75, 1.25], noise 0.4. Hands: :func:`hand_augment
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from fastmetro.conventions import crop_matrix, normalise_image, normalised_matrix, rotation_2d, side_from_scale
 
 
 @dataclass(frozen=True)
@@ -86,13 +84,6 @@ def sample_params(config: AugmentConfig | None, rng: np.random.Generator) -> Aug
     return AugmentParams(flip, rotation, scale_factor, gain, occlusion_seed)
 
 
-def rotation_2d(degrees: float) -> np.ndarray:
-    """(2, 2) ``[[cos, sin], [-sin, cos]]``: turns content counter-clockwise on a y-down screen."""
-    angle = math.radians(degrees)
-    cos, sin = math.cos(angle), math.sin(angle)
-    return np.array([[cos, sin], [-sin, cos]])
-
-
 def rotation_3d(degrees: float) -> np.ndarray:
     """(3, 3) rotation about the camera z axis matching :func:`rotation_2d` on (x, y)."""
     matrix = np.eye(3)
@@ -100,34 +91,23 @@ def rotation_3d(degrees: float) -> np.ndarray:
     return matrix
 
 
+def crop_side(scale: float, params: AugmentParams) -> float:
+    """Side in pixels of the augmented square crop for a label ``scale``."""
+    return side_from_scale(scale) * params.scale_factor
+
+
 def crop_to_normalised(center, scale: float, params: AugmentParams) -> np.ndarray:
     """(2, 3) affine mapping original pixels -> crop-normalised [-1, 1] (before the flip)."""
-    side = 200.0 * scale * params.scale_factor
-    linear = rotation_2d(params.rotation) * (2.0 / side)
-    return np.concatenate([linear, (-linear @ np.asarray(center, dtype=np.float64))[:, None]], axis=1)
-
-
-def crop_to_pixels(center, scale: float, params: AugmentParams, size: int) -> np.ndarray:
-    """(2, 3) affine mapping original pixels -> crop pixels (centres at integers), for cv2."""
-    normalised = crop_to_normalised(center, scale, params)
-    # j = (u + 1) * S / 2 - 0.5
-    pixels = normalised * (size / 2.0)
-    pixels[:, 2] += size / 2.0 - 0.5
-    return pixels
+    return normalised_matrix(center, crop_side(scale, params), params.rotation)
 
 
 def crop_image(image: np.ndarray, center, scale: float, params: AugmentParams, size: int = 224) -> np.ndarray:
-    """(H, W, 3) uint8 -> (S, S, 3) uint8 crop (rotated, scaled, flipped; outside = black)."""
-    import cv2
+    """(H, W, 3) uint8 -> (S, S, 3) uint8 crop (rotated, scaled, flipped; outside = black), with
+    the same warp as inference (:func:`fastmetro.conventions.warp_crop`)."""
+    from fastmetro.conventions import warp_crop
 
-    matrix = crop_to_pixels(center, scale, params, size)
-    # shrinking a lot: area-average first would be better, but bilinear matches the release
-    crop = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
-    )
-    if params.flip:
-        crop = crop[:, ::-1]
-    return np.ascontiguousarray(crop)
+    matrix = crop_matrix(center, crop_side(scale, params), size, params.rotation, params.flip)
+    return warp_crop(image, matrix, size)
 
 
 def apply_pixel_noise(crop: np.ndarray, params: AugmentParams) -> np.ndarray:
@@ -150,13 +130,6 @@ def apply_occlusion(crop: np.ndarray, params: AugmentParams, config: AugmentConf
         else:
             out[top:top + height, left:left + width] = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
     return out
-
-
-def normalise_image(crop: np.ndarray) -> np.ndarray:
-    """(S, S, 3) float/uint8 in [0, 255] -> (3, S, S) float32 ImageNet-normalised."""
-    image = crop.astype(np.float32) / 255.0
-    image = (image - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
 def transform_joints_2d(joints_2d: np.ndarray, center, scale: float, params: AugmentParams,
@@ -191,14 +164,12 @@ def _flip_points(points: np.ndarray, permutation: np.ndarray | None) -> np.ndarr
 __all__ = [
     "AugmentConfig",
     "AugmentParams",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "apply_occlusion",
     "apply_pixel_noise",
     "body_augment_config",
     "crop_image",
+    "crop_side",
     "crop_to_normalised",
-    "crop_to_pixels",
     "hand_augment_config",
     "normalise_image",
     "rotation_2d",

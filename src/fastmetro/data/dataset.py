@@ -6,7 +6,9 @@ docs/architecture.md::
     image          (3, S, S) float32   ImageNet-normalised crop
     joints_2d      (K, 3) float32      crop-normalised [-1, 1] x, y + visibility
     joints_3d      (K, 4) float32      metres + confidence, centred on mean(root joints)
-    vertices       (V0, 3) float32     metres, centred on root_regressor @ vertices (zeros if none)
+    vertices       (V0, 3) float32     metres, centred on root_regressor @ vertices (zeros if none);
+                                       hands from a MANO model file: on MANO's kinematic wrist joint
+                                       (as released)
     has_joints_2d, has_joints_3d, has_vertices   float32 0/1
     key            str                 row key
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from fastmetro.conventions import centre_joints, centre_mesh
 from fastmetro.data.augment import (
     AugmentConfig,
     apply_occlusion,
@@ -92,7 +95,6 @@ class MeshDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.skipped: dict[str, str] = {}  # key -> problem, this process only
         self._draws = 0
-        self._root_joints = list(topology.root_joints)
         self._root_regressor = np.asarray(topology.root_regressor, dtype=np.float64)
 
     def __len__(self) -> int:
@@ -126,7 +128,7 @@ class MeshDataset(torch.utils.data.Dataset):
         """The sample of row ``index``; raises :class:`BadRowError` for a bad row."""
         row = self.rows[index]
         annotation = self.annotation(row)
-        vertices = self._ground_truth_vertices(row, annotation)
+        vertices, kinematic_root = self._ground_truth_vertices(row, annotation)
         # torch.initial_seed() differs per DataLoader worker and follows torch.manual_seed: draws are
         # reproducible and never repeated across workers or epochs.
         rng = (np.random.default_rng([self.seed, index, torch.initial_seed() % 2**63, self._draws])
@@ -147,10 +149,13 @@ class MeshDataset(torch.utils.data.Dataset):
         joints_3d = np.zeros((num_joints, 4))
         if annotation.joints_3d is not None:
             joints_3d = transform_points_3d(annotation.joints_3d, params, self.topology.joint_flip)
-            joints_3d[:, :3] -= joints_3d[self._root_joints, :3].mean(axis=0)
+            joints_3d[:, :3] = centre_joints(joints_3d[:, :3], self.topology.root_joints)
         if vertices is not None:
             vertices = transform_points_3d(vertices, params, self.topology.vertex_flip)
-            vertices -= self._root_regressor @ vertices
+            if kinematic_root is None:
+                vertices = centre_mesh(vertices, self._root_regressor)
+            else:  # a single point: flipping it only negates x
+                vertices -= transform_points_3d(kinematic_root[None], params, np.zeros(1, dtype=np.int64))
         else:
             vertices = np.zeros((self.topology.num_vertices, 3))
 
@@ -168,7 +173,10 @@ class MeshDataset(torch.utils.data.Dataset):
     def _has_vertices(self, row: RawRow, annotation: Annotation) -> bool:
         return (annotation.has_smpl and self.body_model is not None) or row.vertices is not None
 
-    def _ground_truth_vertices(self, row: RawRow, annotation: Annotation) -> np.ndarray | None:
+    def _ground_truth_vertices(self, row: RawRow, annotation: Annotation) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Full-resolution ground-truth vertices (V0, 3) or None, and the root point to centre
+        them on when it is not the topology's root regressor (hands from a MANO model file: the
+        kinematic wrist joint, as the released hand training) or None."""
         source = self.rows.source_name_of(row)
         if annotation.has_smpl and self.body_model is not None:
             with torch.no_grad():
@@ -179,13 +187,14 @@ class MeshDataset(torch.utils.data.Dataset):
             vertices = output.vertices[0].double().numpy()
             if not np.isfinite(vertices).all():
                 raise BadRowError(source, row.key, "body model gave non-finite vertices for this pose/betas")
-            return vertices
+            wrist = output.joints[0, 0].double().numpy() if self.topology.is_hand else None
+            return vertices, wrist
         if row.vertices is not None:
             if row.vertices.shape != (self.topology.num_vertices, 3):
                 raise BadRowError(source, row.key, f"vertices have shape {row.vertices.shape}, topology "
                                   f"{self.topology.name!r} needs ({self.topology.num_vertices}, 3)")
-            return row.vertices.astype(np.float64)
-        return None
+            return row.vertices.astype(np.float64), None
+        return None, None
 
 
 class MixedDataset(torch.utils.data.ConcatDataset):

@@ -3,21 +3,29 @@
 :class:`MeshCriterion` takes the model's output dict and a batch of samples (see
 docs/architecture.md) and returns every term, for logging, and their weighted sum ``"total"``.
 
-Terms (all L1, each averaged over the samples where its ground truth is available: a batch with
-no such sample contributes exactly 0):
+Every prediction is first put in the camera's frame (:func:`fastmetro.conventions.root_centred`,
+as the released training step does): joint-token joints minus their joint root (body: mid-hip,
+hand: wrist), the mesh-regressed joints and every mesh level minus the root point regressed from
+the predicted fine mesh (SMPL: the H36M pelvis). So every term is invariant to a rigid
+translation of the prediction, and the camera means what the released camera means.
+
+Terms (all L1; a batch with no sample that has the ground truth contributes exactly 0):
 
 - ``joints_3d`` / ``mesh_joints_3d``: 3D joints from the joint tokens / regressed from the fine
   mesh, both re-centred on the root joints (mean of ``topology.root_joints``) as the ground truth
-  is, weighted by the ground-truth per-joint confidence (4th column); gated by ``has_joints_3d``.
-- ``joints_2d`` / ``mesh_joints_2d``: the same joints projected with the predicted weak-perspective
-  camera ``s * (X_xy + t)``, against crop-normalised 2D keypoints weighted by visibility; gated by
-  ``has_joints_2d``.
+  is, weighted by the ground-truth per-joint confidence (4th column); averaged over the samples
+  with ``has_joints_3d``.
+- ``joints_2d`` / ``mesh_joints_2d``: the root-centred joints projected with the predicted
+  weak-perspective camera ``s * (X_xy + t)``, against crop-normalised 2D keypoints weighted by
+  visibility. Released averaging (``joints_2d_average="batch"``): the mean over the whole batch,
+  samples without 2D labels included (their zero weight only removes them from the sum);
+  ``"available"`` averages over the samples with ``has_joints_2d`` instead.
 - ``vertices``: weighted sum over mesh levels of the L1 vertex error (released: 0.25 coarse, 0.5
   intermediate, 0.25 fine for three levels; 0.5/0.5 for two); the ground-truth levels are
-  selections of the ground-truth fine mesh; each level is centred on the root point regressed
-  (``topology.root_regressor``) from the corresponding *fine* mesh; gated by ``has_vertices``.
+  selections of the ground-truth fine mesh; averaged over the samples with ``has_vertices``.
 - ``edge`` / ``normal`` (optional): edge-length and face-normal consistency on one mesh level
-  (released: the intermediate level of SMPL, the fine level of MANO), gated by ``has_vertices``.
+  (released: the intermediate level of SMPL with its released 3,451 faces, the fine level of
+  MANO), edge lengths ``sqrt(d^2 + 1e-8)`` as released, gated by ``has_vertices``.
 
 total = w_j3d (joints_3d + mesh_joints_3d) + w_v vertices + w_j2d (joints_2d + mesh_joints_2d)
         + w_en (edge_length_weight * edge + edge_self_weight * edge_self + normal_weight * normal)
@@ -30,6 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from fastmetro.conventions import centre_joints, root_centred, weak_perspective_project
+
+JOINTS_2D_AVERAGES = ("batch", "available")
 
 
 @dataclass
@@ -47,6 +59,14 @@ class LossConfig:
     edge_length_weight: float | None = None  # released: 5.0 body, 1.0 hand
     edge_self_weight: float | None = None  # mean predicted edge length; released: 1e-4 body, 0 hand
     normal_weight: float = 0.1
+    # "batch": released mean over the whole batch; "available": over samples with 2D labels.
+    joints_2d_average: str = "batch"
+    # Edge lengths are sqrt(d^2 + edge_epsilon) (released: 1e-8, keeps the gradient finite at 0).
+    edge_epsilon: float = 1e-8
+
+    def __post_init__(self):
+        if self.joints_2d_average not in JOINTS_2D_AVERAGES:
+            raise ValueError(f"joints_2d_average must be one of {JOINTS_2D_AVERAGES}, got {self.joints_2d_average!r}")
 
 
 def default_level_weights(num_levels: int) -> list[float]:
@@ -75,9 +95,9 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, av
     return error / count.clamp_min(1.0)
 
 
-def project(points: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-    """Weak-perspective projection ``s * (X_xy + t)``: (B, N, 3), camera (B, 3) = (s, tx, ty) -> (B, N, 2)."""
-    return camera[:, None, :1] * (points[..., :2] + camera[:, None, 1:])
+def batch_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(weight * |pred - target|).mean()`` over the whole batch (the released 2D keypoint loss)."""
+    return (weight * (pred - target).abs()).expand_as(pred).mean() if pred.numel() else pred.new_zeros(())
 
 
 def unique_edges(faces: np.ndarray) -> np.ndarray:
@@ -100,12 +120,12 @@ class MeshCriterion(nn.Module):
         config = config or LossConfig()
         self.config = config
         self.num_levels = topology.num_levels
-        self.root_joints = list(topology.root_joints)
+        self.root_joints = tuple(topology.root_joints)
         self.level_weights = list(config.level_weights or default_level_weights(self.num_levels))
         if len(self.level_weights) != self.num_levels:
             raise ValueError(f"level_weights has {len(self.level_weights)} entries for {self.num_levels} levels")
         three_levels = self.num_levels >= 3
-        self.edge_level = config.edge_level if config.edge_level is not None else (1 if three_levels else 0)
+        self.edge_level = config.edge_level if config.edge_level is not None else topology.edge_loss_level
         self.edge_length_weight = (
             config.edge_length_weight if config.edge_length_weight is not None else (5.0 if three_levels else 1.0)
         )
@@ -118,17 +138,11 @@ class MeshCriterion(nn.Module):
         for level in range(self.num_levels):
             indices = torch.from_numpy(np.array(topology.level_indices(level), dtype=np.int64))
             self.register_buffer(f"level_indices_{level}", indices, persistent=False)
-        faces = np.asarray(topology.faces[self.edge_level], dtype=np.int64)
+        faces = np.asarray(topology.edge_loss_faces(self.edge_level), dtype=np.int64)
         self.register_buffer("edge_faces", torch.from_numpy(faces.copy()), persistent=False)
         self.register_buffer("edges", torch.from_numpy(unique_edges(faces)), persistent=False)
 
     # ------------------------------------------------------------------ helpers
-    def _root_point(self, fine_vertices: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("v,bvc->bc", self.root_regressor, fine_vertices)[:, None]
-
-    def _center_joints(self, joints: torch.Tensor) -> torch.Tensor:
-        return joints - joints[:, self.root_joints].mean(dim=1, keepdim=True)
-
     def _gt_level(self, gt_fine: torch.Tensor, level: int) -> torch.Tensor:
         return gt_fine.index_select(1, getattr(self, f"level_indices_{level}"))
 
@@ -137,8 +151,9 @@ class MeshCriterion(nn.Module):
         mask = available.to(pred.dtype)
         count = mask.sum().clamp_min(1.0)
         first, second = self.edges[:, 0], self.edges[:, 1]
-        pred_length = (pred[:, first] - pred[:, second]).norm(dim=-1)  # (B, E)
-        gt_length = (gt[:, first] - gt[:, second]).norm(dim=-1)
+        epsilon = self.config.edge_epsilon
+        pred_length = ((pred[:, first] - pred[:, second]).square().sum(-1) + epsilon).sqrt()  # (B, E)
+        gt_length = ((gt[:, first] - gt[:, second]).square().sum(-1) + epsilon).sqrt()
         edge = ((pred_length - gt_length).abs().mean(dim=1) * mask).sum() / count
         edge_self = (pred_length.mean(dim=1) * mask).sum() / count
         faces = self.edge_faces
@@ -165,37 +180,40 @@ class MeshCriterion(nn.Module):
         """
         # Losses in float32 even under autocast: L1 of metre-scale values needs the mantissa.
         camera = outputs["camera"].float()
-        joints = outputs["joints"].float()
-        levels = [v.float() for v in outputs["vertices_by_level"]]
-        fine = levels[0]
+        fine = outputs["vertices_by_level"][0].float()
         mesh_joints = outputs.get("mesh_joints")
-        mesh_joints = (
-            torch.einsum("kv,bvc->bkc", self.joint_regressor, fine) if mesh_joints is None else mesh_joints.float()
-        )
+        mesh_joints = torch.einsum("kv,bvc->bkc", self.joint_regressor, fine) if mesh_joints is None else mesh_joints
+        pred = root_centred(
+            {"joints": outputs["joints"].float(), "mesh_joints": mesh_joints.float(),
+             "vertices_by_level": [v.float() for v in outputs["vertices_by_level"]]},
+            self.root_regressor, self.root_joints,
+        )  # fmt: skip
         gt_joints_3d = batch["joints_3d"].float()
         gt_joints_2d = batch["joints_2d"].float()
-        gt_fine = batch["vertices"].float()
+        gt_fine = batch["vertices"].float()  # centred on its root by the dataset (sample contract)
         has_3d = batch["has_joints_3d"].float().reshape(-1)
         has_2d = batch["has_joints_2d"].float().reshape(-1)
         has_vertices = batch["has_vertices"].float().reshape(-1)
 
         terms: dict[str, torch.Tensor] = {}
-        gt_xyz = self._center_joints(gt_joints_3d[..., :3])
+        gt_xyz = centre_joints(gt_joints_3d[..., :3], self.root_joints)
         confidence = gt_joints_3d[..., 3:]
-        terms["joints_3d"] = masked_l1(self._center_joints(joints), gt_xyz, confidence, has_3d)
-        terms["mesh_joints_3d"] = masked_l1(self._center_joints(mesh_joints), gt_xyz, confidence, has_3d)
+        # Mesh joints are centred on the mesh root; the 3D term compares joint sets on the mid-hip.
+        for name, joints in (("joints", pred["joints"]), ("mesh_joints", pred["mesh_joints"])):
+            terms[f"{name}_3d"] = masked_l1(centre_joints(joints, self.root_joints), gt_xyz, confidence, has_3d)
+            projected = weak_perspective_project(joints, camera)
+            visibility = gt_joints_2d[..., 2:] * has_2d[:, None, None]
+            if self.config.joints_2d_average == "batch":
+                terms[f"{name}_2d"] = batch_l1(projected, gt_joints_2d[..., :2], visibility)
+            else:
+                terms[f"{name}_2d"] = masked_l1(projected, gt_joints_2d[..., :2], visibility, has_2d)
 
-        visibility = gt_joints_2d[..., 2:]
-        terms["joints_2d"] = masked_l1(project(joints, camera), gt_joints_2d[..., :2], visibility, has_2d)
-        terms["mesh_joints_2d"] = masked_l1(project(mesh_joints, camera), gt_joints_2d[..., :2], visibility, has_2d)
-
-        pred_root = self._root_point(fine)
-        gt_root = self._root_point(gt_fine)
+        levels = pred["vertices_by_level"]
         gt_levels = [gt_fine] + [self._gt_level(gt_fine, level) for level in range(1, self.num_levels)]
         ones = torch.ones((), dtype=fine.dtype, device=fine.device)
         vertices = fine.new_zeros(())
         for level, weight in enumerate(self.level_weights):
-            term = masked_l1(levels[level] - pred_root, gt_levels[level] - gt_root, ones, has_vertices)
+            term = masked_l1(levels[level], gt_levels[level], ones, has_vertices)
             terms[f"vertices_level{level}"] = term
             vertices = vertices + weight * term
         terms["vertices"] = vertices

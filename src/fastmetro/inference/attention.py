@@ -114,7 +114,7 @@ def self_attention_image(image: np.ndarray, person: PersonPrediction, joint: int
     mesh_view = np.full((size, size, 3), 255, np.uint8)
     mesh_view[rendered.mask] = rendered.rgb[rendered.mask]
     radius = max(3, size // 80)
-    _draw_joint(mesh_view, cam.project(person.joints[joint][None], intrinsics, translation)[0], radius)
+    _draw_joint(mesh_view, cam.perspective_project(person.joints[joint][None], intrinsics, translation)[0], radius)
     joint_in_crop = (person.crop_box.image_to_normalised(person.joints_2d[joint]) + 1.0) * size / 2.0 - 0.5
     _draw_joint(crop, joint_in_crop, radius)
     return np.concatenate([crop, mesh_view], axis=1)

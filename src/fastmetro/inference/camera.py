@@ -8,9 +8,11 @@ Conventions (used by every function here):
 * A :class:`CropBox` is the released square crop: centre ``(cx, cy)`` and side ``S`` pixels
   (the released label ``scale`` is ``S / 200``). The crop maps the square onto a ``R x R`` image
   (R = 224), padding outside the image with zeros.
-* Crop-normalised coordinates are ``n = 2 (u - c) / S`` (so the crop spans ``[-1, 1]``).
-* The network's weak-perspective camera ``(s, tx, ty)`` projects a 3D point ``X`` (metres, model
-  coordinates, x right, y down) to ``n = s * (X[:2] + (tx, ty))``.
+* Crop-normalised coordinates are ``n = 2 (u - c) / S`` (so the crop spans ``[-1, 1]``); the
+  crop warp and ImageNet normalisation are the shared ones of :mod:`fastmetro.conventions`.
+* The network's weak-perspective camera ``(s, tx, ty)`` projects a ROOT-CENTRED 3D point ``X``
+  (metres, model coordinates, x right, y down; see :mod:`fastmetro.conventions` for the root
+  points) to ``n = s * (X[:2] + (tx, ty))``, as in the released training and demo.
 * The equivalent perspective camera of the crop has focal length ``f`` (pixels of the R-pixel
   crop) and translation ``t = (tx, ty, 2 f / (R s))``: a point at depth ~ ``t_z`` then projects to
   the same place. The released demo uses ``f = 1000`` at ``R = 224``.
@@ -18,7 +20,7 @@ Conventions (used by every function here):
   at the image centre ``((W - 1) / 2, (H - 1) / 2)`` and focal length ``F`` (default :func:`default_focal_length`: the released
   1000 px per 224 px, applied to the longer image side, i.e. the whole image seen as one crop).
   Each person gets its own translation ``t = (tx + 2 (cx - px) / (S s), ty + 2 (cy - py) / (S s),
-  2 F / (S s))``: for points near the mesh's depth plane its projection equals the weak-perspective
+  2 F / (S s))``, added to the root-centred mesh: for points near the mesh's depth plane its projection equals the weak-perspective
   projection mapped through the box, and the whole scene (every person) is rendered with one
   camera in OpenCV convention (x right, y down, z forward).
 """
@@ -29,16 +31,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from fastmetro.conventions import (
+    crop_matrix,
+    perspective_project,
+    scale_from_side,
+    warp_crop,
+    weak_perspective_project,
+)
 
 #: The released demo's perspective focal length for a 224-pixel crop (pixels).
 RELEASED_CROP_FOCAL = 1000.0
 #: The released crop size (pixels).
 CROP_SIZE = 224
-#: ImageNet normalisation used by the released preprocessing.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BoxError(ValueError):
@@ -60,7 +66,7 @@ class CropBox:
     @property
     def scale(self) -> float:
         """The released label convention: box side / 200."""
-        return self.side / 200.0
+        return scale_from_side(self.side)
 
     def as_xywh(self) -> tuple[float, float, float, float]:
         cx, cy = self.center
@@ -82,15 +88,7 @@ class CropBox:
 
         ``flip`` mirrors the crop horizontally (left hands are run through the right-hand model).
         """
-        cx, cy = self.center
-        a = crop_size / self.side
-        # The box edges cx -/+ S/2 go to the crop's outer pixel edges -0.5 and R - 0.5.
-        middle = (crop_size - 1) / 2.0
-        matrix = np.array([[a, 0.0, middle - a * cx], [0.0, a, middle - a * cy]])
-        if flip:
-            matrix[0] = -matrix[0]
-            matrix[0, 2] += crop_size - 1
-        return matrix
+        return crop_matrix(self.center, self.side, crop_size, flip=flip)
 
 
 def square_box(
@@ -134,49 +132,13 @@ def whole_image_box(image_size: tuple[int, int]) -> CropBox:
 def crop_image(
     image: np.ndarray, box: CropBox, crop_size: int = CROP_SIZE, flip: bool = False
 ) -> np.ndarray:
-    """Warp the square ``box`` of ``image`` (H, W, 3) uint8 to a (R, R, 3) uint8 crop.
-
-    Outside the image is zero. When the crop shrinks the image a lot, the image is first
-    reduced with area averaging so the bilinear warp does not alias.
-    """
-    matrix = box.crop_matrix(crop_size, flip)
-    shrink = box.side / crop_size
-    if shrink >= 2.0:
-        factor = int(shrink)
-        height, width = image.shape[:2]
-        small_size = (max(1, round(width / factor)), max(1, round(height / factor)))
-        small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
-        # Pixel edges scale by the size ratio: u = ratio * (u_small + 0.5) - 0.5.
-        ratio = np.array([width / small_size[0], height / small_size[1]])
-        matrix = matrix.copy()
-        matrix[:, 2] += matrix[:, :2] @ (0.5 * ratio - 0.5)
-        matrix[:, :2] = matrix[:, :2] * ratio[None, :]
-        image = small
-    return cv2.warpAffine(
-        np.ascontiguousarray(image),
-        matrix,
-        (crop_size, crop_size),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-
-
-def normalise_crop(crop: np.ndarray) -> np.ndarray:
-    """(R, R, 3) uint8 RGB -> (3, R, R) float32 ImageNet-normalised, as the released code."""
-    pixels = crop.astype(np.float32) / 255.0
-    pixels = (pixels - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    """Warp the square ``box`` of ``image`` (H, W, 3) uint8 to a (R, R, 3) uint8 crop with the
+    shared crop warp (:func:`fastmetro.conventions.warp_crop`: zeros outside the image, area
+    averaging first when the crop shrinks the image a lot)."""
+    return warp_crop(image, box.crop_matrix(crop_size, flip), crop_size)
 
 
 # ----------------------------------------------------------------------------- cameras
-def weak_perspective_project(points: np.ndarray, camera: Sequence[float]) -> np.ndarray:
-    """(..., 3) metres -> (..., 2) crop-normalised: ``s * (X[:2] + (tx, ty))``."""
-    s, tx, ty = (float(v) for v in camera)
-    points = np.asarray(points, dtype=np.float64)
-    return s * (points[..., :2] + np.array([tx, ty]))
-
-
 def fit_weak_perspective(points: np.ndarray, normalised: np.ndarray) -> np.ndarray:
     """Least-squares weak-perspective camera (s, tx, ty) with ``normalised ~ s (X[:2] + t)``.
 
@@ -236,7 +198,7 @@ def full_image_camera(
     Returns:
         intrinsics (3, 3): F and principal point ((W-1)/2, (H-1)/2), shared by every person in
         the image (OpenCV convention, as :class:`fastmetro.render.Renderer`);
-        translation (3,) metres to add to the model's vertices to put them in camera coordinates.
+        translation (3,) metres to add to the root-centred model-space points to put them in camera coordinates.
     """
     s, tx, ty = _checked_camera(camera)
     width, height = image_size
@@ -247,16 +209,6 @@ def full_image_camera(
     translation = np.array([tx + 2.0 * (cx - px) / extent, ty + 2.0 * (cy - py) / extent, 2.0 * focal / extent])
     intrinsics = np.array([[focal, 0.0, px], [0.0, focal, py], [0.0, 0.0, 1.0]])
     return intrinsics, translation
-
-
-def project(points: np.ndarray, intrinsics: np.ndarray, translation: np.ndarray | None = None) -> np.ndarray:
-    """Pinhole projection of (..., 3) metres (camera coordinates after ``+ translation``) to pixels."""
-    points = np.asarray(points, dtype=np.float64)
-    if translation is not None:
-        points = points + np.asarray(translation, dtype=np.float64)
-    z = points[..., 2:3]
-    uv1 = points @ np.asarray(intrinsics, dtype=np.float64).T
-    return uv1[..., :2] / z
 
 
 def _checked_camera(camera: Sequence[float]) -> tuple[float, float, float]:
@@ -274,16 +226,13 @@ __all__ = [
     "CropBox",
     "CROP_SIZE",
     "RELEASED_CROP_FOCAL",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "square_box",
     "whole_image_box",
     "crop_image",
-    "normalise_crop",
     "weak_perspective_project",
     "fit_weak_perspective",
     "default_focal_length",
     "crop_perspective_camera",
     "full_image_camera",
-    "project",
+    "perspective_project",
 ]

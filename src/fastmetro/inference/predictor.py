@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastmetro.conventions import normalise_image, root_centred, weak_perspective_project
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 
@@ -51,15 +52,20 @@ class PersonPrediction:
         box: (x, y, w, h) input box, pixels.
         crop_box: the square crop actually used.
         side: ``"right"`` or ``"left"`` (left = mirrored crop, result mirrored back).
-        camera: (3,) weak-perspective (s, tx, ty) of the crop (after un-mirroring).
+        camera: (3,) weak-perspective (s, tx, ty) of the crop (after un-mirroring); it applies
+            to the root-centred points below (see :mod:`fastmetro.conventions`).
         intrinsics: (3, 3) full-image pinhole camera (OpenCV convention, shared by the image).
-        translation: (3,) add to model-space points to get camera coordinates.
-        vertices: (V0, 3) model-space fine mesh (x right, y down; not root-centred).
+        translation: (3,) add to the root-centred model-space points to get camera coordinates
+            (the mesh root then sits at ``translation``).
+        vertices: (V0, 3) fine mesh centred on its root point (body: the pelvis regressed from
+            the mesh; hand: the wrist), model axes (x right, y down).
         faces: (F, 3) triangles for ``vertices`` (winding reversed for a mirrored hand).
-        joints: (K, 3) model-space joints from the joint tokens.
-        mesh_joints: (K, 3) joints regressed from ``vertices``.
+        joints: (K, 3) joints from the joint tokens, centred on their root joints (body: mid-hip).
+        mesh_joints: (K, 3) joints regressed from the mesh, in the frame of ``vertices``.
         joints_2d: (K, 2) full-image pixels of ``joints`` under the weak-perspective camera (what
             the network was trained to predict).
+        raw_root: (3,) the mesh root of the raw network output (model space), which the network's
+            losses never constrain: kept for reference only.
         joint_self_attention: (K, V_L) decoder self-attention of every joint to the coarse
             vertices, mean over heads and layers of both transformers (when requested).
         joint_cross_attention: (K, h, w) decoder cross-attention of every joint to the image
@@ -77,6 +83,7 @@ class PersonPrediction:
     joints: np.ndarray
     mesh_joints: np.ndarray
     joints_2d: np.ndarray
+    raw_root: np.ndarray | None = None
     joint_self_attention: np.ndarray | None = None
     joint_cross_attention: np.ndarray | None = None
 
@@ -188,6 +195,7 @@ class Predictor:
         self.box_expand = float(box_expand)
         self.focal_length = focal_length
         self.faces = np.asarray(self.topology.faces[0], dtype=np.int64)
+        self._root_regressor = np.asarray(self.topology.root_regressor, dtype=np.float64)
         self.detector = detector
 
     # ------------------------------------------------------------------ public
@@ -240,7 +248,7 @@ class Predictor:
                 crop_box = _crop_box(person, expand, (width, height), source)
                 flip = person.side == "left"
                 crop = cam.crop_image(image, crop_box, self.image_size, flip=flip)
-                crops.append(cam.normalise_crop(crop))
+                crops.append(normalise_image(crop))
                 plans.append((len(results) - 1, person, crop_box, flip))
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.stack(crops[start : start + self.batch_size])).to(self.device)
@@ -298,9 +306,13 @@ class Predictor:
 
     def _person(self, outputs, index, person, crop_box, flip, image_size, focal) -> PersonPrediction:
         camera = outputs["camera"][index].astype(np.float64)
-        vertices = outputs["fine_vertices"][index].astype(np.float64)
-        joints = outputs["joints"][index].astype(np.float64)
-        mesh_joints = outputs["mesh_joints"][index].astype(np.float64)
+        # The camera's frame (released demo): the mesh on its root, token joints on their root.
+        raw = {"joints": outputs["joints"][index].astype(np.float64),
+               "mesh_joints": outputs["mesh_joints"][index].astype(np.float64),
+               "vertices_by_level": (outputs["fine_vertices"][index].astype(np.float64),)}
+        centred = root_centred(raw, self._root_regressor, self.topology.root_joints)
+        vertices, joints, mesh_joints = centred["fine_vertices"], centred["joints"], centred["mesh_joints"]
+        raw_root = centred["mesh_root"][0]
         faces = self.faces
         self_attention = outputs.get("joint_self_attention")
         cross_attention = outputs.get("joint_cross_attention")
@@ -327,7 +339,7 @@ class Predictor:
                 # A mirrored right hand is a left hand; mirroring flips the triangles' orientation.
                 faces = faces[:, ::-1].copy()
         intrinsics, translation = cam.full_image_camera(camera, crop_box, image_size, focal)
-        joints_2d = crop_box.normalised_to_image(cam.weak_perspective_project(joints, camera))
+        joints_2d = crop_box.normalised_to_image(weak_perspective_project(joints, camera))
         return PersonPrediction(
             box=tuple(float(v) for v in person.box),
             crop_box=crop_box,
@@ -340,6 +352,7 @@ class Predictor:
             joints=joints,
             mesh_joints=mesh_joints,
             joints_2d=joints_2d,
+            raw_root=raw_root,
             joint_self_attention=self_attention,
             joint_cross_attention=cross_attention,
         )

@@ -317,6 +317,7 @@ def build_anny_topology(config: AnnyBuildConfig = AnnyBuildConfig()) -> Topology
         f"{metadata['regressor_test_mean_error_mm']:.1f} mm, built in {metadata['build_seconds']:.0f} s"
     )
     return Topology(
+        kind="body",
         name="anny",
         level_vertex_counts=levels.vertex_counts,
         faces=levels.faces,

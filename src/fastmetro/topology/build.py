@@ -23,6 +23,7 @@ def build_topology(
     root_regressor: np.ndarray | None = None,
     name: str = "mesh",
     mirror_axis: int | None = 0,
+    kind: str = "body",
 ) -> Topology:
     """Sample ``vertices``/``faces`` into levels and wrap them with joints into a Topology.
 
@@ -37,6 +38,7 @@ def build_topology(
             the root joints' rows, or the vertex centroid when there are no joints).
         mirror_axis: axis of left/right symmetry for ``vertex_flip`` (None: no vertex flip;
             an asymmetric mesh gets None anyway).
+        kind: ``"body"`` or ``"hand"`` (released recipe: augmentation, losses, hand metrics).
     """
     vertices, faces = check_mesh(vertices, faces)
     used = np.zeros(len(vertices), dtype=bool)
@@ -62,6 +64,7 @@ def build_topology(
         mean, worst = reconstruction_error(vertices, levels.kept_indices, levels.upsample, level)
         metadata[f"reconstruction_level{level}_mm"] = [mean * 1000, worst * 1000]
     return Topology(
+        kind=kind,
         name=name,
         level_vertex_counts=levels.vertex_counts,
         faces=levels.faces,

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     build.add_argument("--sizes", type=int, nargs="+", default=[1723, 431], help="coarse level vertex counts")
     build.add_argument("--joint-regressor", type=Path, help="(K, V) .npy joint regressor for --mesh (optional)")
     build.add_argument("--joint-names", nargs="+", help="K joint names (with --joint-regressor)")
+    build.add_argument("--kind", choices=("body", "hand"), default="body",
+                       help="what the mesh is (decides the released augmentation/loss recipe; body)")
     build.add_argument("--name", default=None, help="topology name (default: the mesh file stem)")
     build.add_argument("--data-dir", type=Path, help="directory with the SMPL/MANO files (smpl, mano presets)")
     build.add_argument("--mano-model", type=Path, help="MANO_RIGHT.pkl/.npz for MANO's real joint regressor")
@@ -56,7 +58,7 @@ def run_build(args) -> int:
         topology = build_topology(
             vertices, faces, tuple(args.sizes), joint_regressor=regressor,
             joint_names=tuple(args.joint_names) if args.joint_names else None,
-            name=args.name or args.mesh.stem,
+            name=args.name or args.mesh.stem, kind=args.kind,
         )  # fmt: skip
     topology.save(args.out)
     print(f"wrote {args.out}: {topology!r} in {time.perf_counter() - started:.1f} s")

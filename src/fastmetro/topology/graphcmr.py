@@ -91,6 +91,8 @@ def load_smpl(data_dir: str | os.PathLike) -> Topology:
         raise FastMetroError(f"{regressor_path}: expected shape (17, {counts[0]}), got {h36m.shape}")
     template = np.asarray(arrays["M"][0].v, dtype=np.float64)
     return Topology(
+        kind="body",
+        loss_faces=_released_loss_faces(Path(data_dir) / "smpl_1723_faces.npy", counts[1]),
         name="smpl",
         level_vertex_counts=counts,
         faces=tuple(np.asarray(f, dtype=np.int64) for f in arrays["F"]),
@@ -105,6 +107,20 @@ def load_smpl(data_dir: str | os.PathLike) -> Topology:
         vertex_flip=mirror_permutation(template),
         template=template,
     )
+
+
+def _released_loss_faces(path: Path, num_vertices: int) -> np.ndarray | None:
+    """The released edge/normal-loss faces of the 1723-vertex SMPL mesh (``smpl_1723_faces.npy``,
+    3,451 faces: GraphCMR's 3,442 level-1 faces and 9 more), or None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        faces = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise FastMetroError(f"{path}: cannot read the released 1723-vertex faces ({error})") from None
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= num_vertices:
+        raise FastMetroError(f"{path}: expected (F, 3) face indices below {num_vertices}, got shape {faces.shape}")
+    return faces.astype(np.int64)
 
 
 def mano_joint_regressor(mano_regressor: np.ndarray) -> np.ndarray:
@@ -143,6 +159,7 @@ def load_mano(
         raise FastMetroError(f"MANO joint regressor must have shape (16, {counts[0]}), got {np.shape(joint_regressor)}")
     full = mano_joint_regressor(np.asarray(joint_regressor))
     topology = Topology(
+        kind="hand",
         name="mano",
         level_vertex_counts=counts,
         faces=tuple(np.asarray(f, dtype=np.int64) for f in arrays["F"]),

