@@ -59,14 +59,15 @@ def official_s_r50(reference_dir, tmp_path_factory):
 def converted_s_r50(official_s_r50, tmp_path_factory):
     path, _, _ = official_s_r50
     target = tmp_path_factory.mktemp("converted") / "s_r50.safetensors"
-    config = convert_official(path, target, "fastmetro-s-r50")
-    return target, config
+    spec = convert_official(path, target, "fastmetro-s-r50")
+    return target, spec
 
 
 def test_convert_s_r50_and_load_strictly(official_s_r50, converted_s_r50, smpl_topology):
     _, state, entries = official_s_r50
-    target, config = converted_s_r50
-    assert config["name"] == "FastMETRO-S-R50" and config["flavor"] == "release" and config["task"] == "body"
+    target, spec = converted_s_r50
+    assert spec.name == "FastMETRO-S-R50" and spec.flavor == "release" and spec.task == "body"
+    assert spec.topology.name == "smpl" and spec.version == 2
     assert target.with_suffix(".json").is_file()
     model = create_model(checkpoint=target, topology=smpl_topology)
     ours = model.state_dict()
@@ -112,7 +113,8 @@ def test_converted_s_r50_forward_uses_every_tensor(converted_s_r50, smpl_topolog
 def test_official_bin_loads_directly(official_s_r50, smpl_topology):
     path, state, _ = official_s_r50
     model = create_model("FastMETRO-S-R50", topology=smpl_topology, checkpoint=path)
-    assert model.flavor == "release"  # inferred from dim_reduce_enc_cam / dim_reduce_enc_img
+    assert model.spec.flavor == "release"  # inferred from dim_reduce_enc_cam / dim_reduce_enc_img
+    assert model.spec.name == "FastMETRO-S-R50"
     assert torch.equal(model.backbone.layer3[2].conv2.weight, state["backbone.6.2.conv2.weight"])
     assert torch.equal(model.coarse2intermediate_upsample.weight, state["coarse2intermediate_upsample.weight"])
 
@@ -248,8 +250,8 @@ def test_convert_l_h64_and_use_every_tensor(reference_dir, tmp_path, which, hand
     source = tmp_path / f"FastMETRO-{which}_state_dict.bin"
     torch.save(state, source)
     target = tmp_path / "converted.safetensors"
-    config = convert_official(source, target, "FastMETRO-L-H64", hand=hand)
-    assert config["task"] == ("hand" if hand else "body")
+    spec = convert_official(source, target, "FastMETRO-L-H64", hand=hand)
+    assert spec.task == ("hand" if hand else "body")
     topology = request.getfixturevalue("mano_topology" if hand else "smpl_topology")
     model = create_model(checkpoint=target, topology=topology)
     for key, value in fastmetro_to_official(model.state_dict()).items():
@@ -269,8 +271,10 @@ def test_malformed_checkpoints_name_file_and_key(official_s_r50, tmp_path):
     path, state, _ = official_s_r50
     cases = {
         "missing": ({k: v for k, v in state.items() if k != "dim_reduce_dec.bias"}, "missing key 'dim_reduce_dec.bias'"),
-        "extra": ({**state, "smpl_parameter_regressor.regressor.3.weight": torch.zeros(3)},
-                  "unexpected key 'smpl_parameter_regressor.regressor.3.weight'"),
+        "extra": ({**state, "extra_head.weight": torch.zeros(3)}, "unexpected key 'extra_head.weight'"),
+        # A partial SMPL parameter regressor: recognised by its keys, then incomplete.
+        "partial": ({**state, "smpl_parameter_regressor.regressor.3.weight": torch.zeros(226, 1024)},
+                    "missing key 'smpl_parameter_regressor.regressor.0.fc_block.0.weight'"),
         "shape": ({**state, "vertex_token_embed.weight": torch.zeros(430, 512)},
                   "key 'vertex_token_embed.weight' has shape \\(430, 512\\)"),
     }  # fmt: skip
@@ -295,7 +299,7 @@ def test_not_a_state_dict_and_corrupt_files(tmp_path, smpl_topology):
     truncated_st = tmp_path / "bad.safetensors"
     truncated_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     for path, message in ((not_dict, "does not hold a state dict"), (corrupt, "not a readable weights-only torch file"),
-                          (truncated_st, "not a readable safetensors file"), (tmp_path / "absent.bin", "file not found")):  # fmt: skip
+                          (truncated_st, "not a readable safetensors file"), (tmp_path / "absent.bin", "not found")):  # fmt: skip
         with pytest.raises(FastMetroError, match=message) as error:
             create_model("FastMETRO-S-R18", topology=smpl_topology, checkpoint=path)
         assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
@@ -322,9 +326,11 @@ def test_save_and_reload_our_format(tmp_path, smpl_topology, mano_topology):
     path = save_checkpoint(model, tmp_path / "model.safetensors")
     config = json.loads((tmp_path / "model.json").read_text())
     assert config["name"] == "FastMETRO-S-R18+graph-conv" and config["overrides"] == {"dropout": 0.0}
-    assert config["topology"] == {"name": "smpl", "level_vertex_counts": [6890, 1723, 431], "num_joints": 14}
+    assert config["version"] == 2 and config["input"]["image_size"] == 224
+    assert config["topology"] == {"name": "smpl", "kind": "body", "level_vertex_counts": [6890, 1723, 431],
+                                  "num_joints": 14}
     reloaded = create_model(checkpoint=path, topology=smpl_topology).eval()
-    assert reloaded.config == model.config
+    assert reloaded.config == model.config and reloaded.spec == model.spec
     images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(images)["fine_vertices"], model(images)["fine_vertices"])

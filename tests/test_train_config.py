@@ -44,12 +44,18 @@ def test_bad_yaml(tmp_path):
         load_config(path)
 
 
-def test_demo_config_is_packaged_and_valid():
+def test_demo_config_is_packaged_and_valid(tmp_path, monkeypatch):
     from pathlib import Path
 
+    from fastmetro.engine.commands import config_path, packaged_configs
     from fastmetro.engine.demo import demo_config_path
 
-    repository_copy = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    assert demo_config_path().read_text() == repository_copy.read_text()
+    assert "demo" in packaged_configs() and demo_config_path().is_file()
     config = load_config(demo_config_path())
     assert config.model.topology == "anny" and config.train.steps > 0
+    # A file of that name in the working directory wins over the packaged config.
+    monkeypatch.chdir(tmp_path)
+    assert config_path("demo") == demo_config_path()
+    (tmp_path / "demo").write_text("train: {steps: 3}\n")
+    assert config_path("demo") == Path("demo")
+    assert load_config(config_path("demo")).train.steps == 3

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import resources
+from pathlib import Path
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with the package (``fastmetro train demo``)."""
+    folder = resources.files("fastmetro") / "configs"
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def config_path(text: str) -> Path:
+    """A config file path, or the name of a packaged config (``demo`` = fastmetro/configs/demo.yaml)."""
+    path = Path(text)
+    if not path.exists() and path.suffix == "" and text in packaged_configs():
+        return Path(str(resources.files("fastmetro") / "configs" / f"{text}.yaml"))
+    return path
 
 
 def _train(args) -> int:
@@ -16,7 +32,7 @@ def _train(args) -> int:
         overrides.append("data.skip_bad_rows=true")
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    config = load_config(args.config, overrides)
+    config = load_config(config_path(args.config), overrides)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = train(config, resume=args.resume)
     if result.last_metrics:
@@ -30,12 +46,7 @@ def _eval(args) -> int:
     from fastmetro.engine.evaluate import format_metrics
     from fastmetro.engine.evaluate_checkpoint import evaluate_checkpoint
 
-    values = evaluate_checkpoint(
-        args.checkpoint, args.data, model_name=args.model, topology=args.topology, data_dir=args.data_dir, image_size=args.image_size,
-        batch_size=args.batch_size, num_workers=args.workers, body_model=args.body_model,
-        max_samples=args.max_samples, skip_bad_rows=args.skip_bad_rows, device=args.device,
-        hand_metrics=args.hand_metrics, progress=not args.json or args.progress,
-    )
+    values = evaluate_checkpoint(args.checkpoint, args.data, args.overrides, progress=not args.json or args.progress)
     if args.json:
         print(json.dumps(values))
     else:
@@ -58,29 +69,25 @@ def register(subparsers) -> None:
                     "section.key=value, e.g. optim.lr=2e-4 data.batch_size=32. For several GPUs/nodes run "
                     "the same command under `torchrun --nproc_per_node N -m fastmetro train ...`.",
     )
-    train.add_argument("config", help="YAML config file")
+    train.add_argument("config", help="YAML config file, or the name of a packaged config (e.g. demo)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (nested keys with dots)")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.* exactly")
     train.add_argument("--skip-bad-rows", action="store_true", help="skip unreadable dataset rows (logged)")
     train.add_argument("--output-dir", help="same as train.output_dir=...")
     train.set_defaults(func=_train)
 
-    evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint: MPJPE / PA-MPJPE / MPVPE (mm)")
+    evaluate = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: MPJPE / PA-MPJPE / MPVPE (mm)",
+        description="Evaluate a checkpoint on a dataset. The model, topology and input size come from the "
+                    "checkpoint; data options from the training config saved beside it, then KEY=VALUE "
+                    "overrides of that config, e.g. data.num_workers=0 data.val_batch_size=32 "
+                    "data.max_val_samples=500 data.body_model=SMPL_NEUTRAL.pkl model.topology=smpl "
+                    "model.data_dir=DIR model.name=FastMETRO-L-H64 train.device=cuda train.hand_metrics=true.",
+    )
     evaluate.add_argument("--checkpoint", required=True, help="our .safetensors or an official *_state_dict.bin")
     evaluate.add_argument("--data", required=True, help="dataset yaml (METRO TSV format)")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training-config overrides")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--model", help="preset name, for official checkpoints (e.g. FastMETRO-L-H64)")
-    evaluate.add_argument("--topology", help="anny / smpl / mano / .npz (default: the checkpoint's)")
-    evaluate.add_argument("--data-dir", help="folder of the SMPL/MANO files for those topologies")
-    evaluate.add_argument("--body-model", help="SMPL/MANO model file for rows labelled with pose/betas")
-    evaluate.add_argument("--image-size", type=int, help="crop size (default: the training config's, or 224)")
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--workers", type=int, default=2)
-    evaluate.add_argument("--max-samples", type=int, help="evaluate the first N rows only")
-    evaluate.add_argument("--skip-bad-rows", action="store_true")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--hand-metrics", action=argparse_bool(), default=None,
-                          help="F-scores at 5/15 mm (default: for wrist-rooted topologies)")
     evaluate.add_argument("--progress", action="store_true", help="show the progress bar even with --json")
     evaluate.set_defaults(func=_eval)
 
@@ -88,9 +95,3 @@ def register(subparsers) -> None:
     demo.add_argument("--out", default="demo_output", help="folder for the data, run, meshes and report")
     demo.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     demo.set_defaults(func=_demo)
-
-
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction

@@ -17,12 +17,12 @@ import os
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from fastmetro.errors import FastMetroError
+from fastmetro.io import atomic_write
 
 DEMO_NUM_IMAGES = 10000  # train + test
 DEMO_TEST_FRACTION = 0.03  # 300 held-out images
@@ -36,8 +36,10 @@ INFERENCE_IMAGES = 4
 
 
 def demo_config_path() -> Path:
-    """configs/demo.yaml as installed with the package."""
-    return Path(str(resources.files("fastmetro") / "configs" / "demo.yaml"))
+    """The packaged demo config (``fastmetro train demo``)."""
+    from fastmetro.engine.commands import config_path
+
+    return config_path("demo")
 
 
 def _stage(title: str) -> float:
@@ -105,6 +107,7 @@ def export_test_images(test_yaml: Path, out_dir: Path, count: int) -> tuple[list
     """Write the first ``count`` held-out images as PNG files, with their person boxes."""
     from PIL import Image
 
+    from fastmetro.conventions import side_from_scale
     from fastmetro.data.tsv import TSVDataset
 
     rows = TSVDataset(test_yaml)
@@ -115,7 +118,7 @@ def export_test_images(test_yaml: Path, out_dir: Path, count: int) -> tuple[list
         path = out_dir / f"test_{index:02d}.png"
         Image.fromarray(row.image).save(path)
         label = row.label[0] if isinstance(row.label, list) else row.label
-        center, side = label["center"], 200.0 * float(label["scale"])
+        center, side = label["center"], side_from_scale(label["scale"])
         boxes[path.name] = [[center[0] - side / 2, center[1] - side / 2, side, side]]
         paths.append(path)
     return paths, boxes
@@ -152,7 +155,7 @@ def run_demo(args) -> int:
                  f"train.output_dir={out / 'run'}", f"train.progress={str(sys.stderr.isatty()).lower()}"]
     if quick:
         overrides += ["train.steps=20", "train.eval_every=10", "data.batch_size=4"]
-    config = load_config(demo_config_path(), overrides + list(getattr(args, "overrides", []) or []))
+    config = load_config(demo_config_path(), overrides)
     print(f"model {config.model.name} {config.model.overrides}, {config.data.image_size} px crops, "
           f"batch {config.data.batch_size}, {config.train.steps} steps, lr {config.optim.lr} ({config.optim.schedule})")
     resume = (out / "run" / "last.state.pt").is_file()
@@ -177,9 +180,10 @@ def run_demo(args) -> int:
     begin = _stage(f"4/5 inference on {INFERENCE_IMAGES} held-out images -> {out / 'inference'}")
     images, boxes = export_test_images(data_dir / "test.yaml", out / "test_images", INFERENCE_IMAGES)
     (out / "test_images" / "boxes.json").write_text(json.dumps(boxes))
+    # The checkpoint knows its input size (its spec): no --image-size needed.
     _run([sys.executable, "-m", "fastmetro", "infer", "--checkpoint", str(checkpoint), "--out",
-          str(out / "inference"), "--boxes", str(out / "test_images" / "boxes.json"),
-          "--image-size", str(config.data.image_size), "--device", "cpu", *map(str, images)])
+          str(out / "inference"), "--boxes", str(out / "test_images" / "boxes.json"), "--device", "cpu",
+          *map(str, images)])
     timings["inference"] = time.perf_counter() - begin
 
     _stage("5/5 summary")
@@ -189,7 +193,8 @@ def run_demo(args) -> int:
     beats = all(model_values.get(k, float("inf")) < baseline_values.get(k, 0.0) for k in ("pa_mpjpe", "mpvpe"))
     report = {"model": model_values, "baseline": baseline_values, "timings_s": timings,
               "beats_baseline": beats, "config": str(out / "run" / "config.yaml"), "checkpoint": str(checkpoint)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    with atomic_write(out / "report.json", "w") as handle:
+        json.dump(report, handle, indent=2)
     print(f"report: {out / 'report.json'}; meshes and overlays: {out / 'inference'}")
     if not beats:
         print("[demo] the trained model does NOT beat the mean-mesh baseline on PA-MPJPE and MPVPE")

@@ -23,11 +23,6 @@ MESH_METRICS = ("mpvpe", "pa_mpvpe")
 HAND_FSCORE_THRESHOLDS_MM = (5.0, 15.0)
 
 
-def is_hand_topology(topology) -> bool:
-    """Hands are rooted on a single joint (the wrist); bodies on the mid-hip."""
-    return len(topology.root_joints) == 1
-
-
 @dataclass
 class EvalSetup:
     """What the evaluation loop needs besides the model and data."""
@@ -35,7 +30,7 @@ class EvalSetup:
     topology: object
     device: torch.device = torch.device("cpu")
     autocast_dtype: torch.dtype | None = None  # None = full precision
-    hand_metrics: bool | None = None  # None = auto (wrist-rooted topology)
+    hand_metrics: bool | None = None  # None = auto (hand topologies)
     progress: bool = True
     dist: DistInfo = DistInfo()
 
@@ -68,7 +63,7 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
     ``num_mesh_samples`` over all processes.
     """
     topology = setup.topology
-    hand = is_hand_topology(topology) if setup.hand_metrics is None else setup.hand_metrics
+    hand = topology.is_hand if setup.hand_metrics is None else setup.hand_metrics
     thresholds = HAND_FSCORE_THRESHOLDS_MM if hand else ()
     was_training = model.training
     model.eval()
@@ -139,13 +134,11 @@ def format_metrics(values: dict[str, float]) -> str:
 
 
 def find_run_config(checkpoint: str | os.PathLike):
-    """The training config saved beside a checkpoint by ``fastmetro train`` (None if absent)."""
+    """The path of the training config saved beside a checkpoint by ``fastmetro train`` (None if absent)."""
     from pathlib import Path
-
-    from fastmetro.engine.config import load_config
 
     for folder in (Path(checkpoint).parent, Path(checkpoint).parent.parent):
         candidate = folder / "config.yaml"
         if candidate.is_file():
-            return load_config(candidate)
+            return candidate
     return None

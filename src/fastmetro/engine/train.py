@@ -47,19 +47,37 @@ STATE_FORMAT = "fastmetro-train-state"
 
 
 # ---------------------------------------------------------------------- building blocks
-def build_model(config: ExperimentConfig, topology):
-    import fastmetro
+def build_model(config: ExperimentConfig, topology, resume_from: Path | None = None):
+    """The network of ``config`` (its spec records ``data.image_size``); with ``resume_from``, the
+    one saved in that checkpoint, which must be the same model."""
+    from fastmetro.model.factory import create_model, load_model
 
     model_config = config.model
-    return fastmetro.create_model(
+    if resume_from is not None:
+        model = load_model(resume_from, topology=topology)
+        wanted = create_model_spec(config, topology)
+        if (model.spec.name, model.spec.flavor, dict(model.spec.overrides)) != (
+                wanted.name, wanted.flavor, dict(wanted.overrides)):
+            raise FastMetroError(f"{resume_from}: holds {model.spec.name} ({model.spec.flavor}, "
+                                 f"{dict(model.spec.overrides)}), not the config's {wanted.name} "
+                                 f"({wanted.flavor}, {dict(wanted.overrides)}): resume with the same model")
+        return model
+    return create_model(
         model_config.name,
         topology=topology,
         flavor=model_config.flavor,
         checkpoint=model_config.checkpoint,
         backbone_weights=model_config.backbone_weights,
         pretrained=model_config.pretrained,
+        image_size=config.data.image_size,
         **model_config.overrides,
     )
+
+
+def create_model_spec(config: ExperimentConfig, topology):
+    from fastmetro.model.presets import make_spec
+
+    return make_spec(config.model.name, topology, config.model.flavor, config.model.overrides, config.data.image_size)
 
 
 def load_topology(config: ExperimentConfig):
@@ -71,12 +89,10 @@ def load_topology(config: ExperimentConfig):
 def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: bool):
     from fastmetro.data.augment import AugmentConfig, body_augment_config, hand_augment_config
     from fastmetro.data.dataset import MeshDataset
-    from fastmetro.engine.evaluate import is_hand_topology
-
     data = config.data
     augment: AugmentConfig | None = None
     if train and data.augment:
-        make = hand_augment_config if is_hand_topology(topology) else body_augment_config
+        make = hand_augment_config if topology.is_hand else body_augment_config
         augment = make(**data.augment_overrides)
     body_model = None
     if data.body_model:
@@ -87,6 +103,16 @@ def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: boo
         yaml_path, topology, train=train, augment=augment, image_size=data.image_size,
         body_model=body_model, skip_bad_rows=data.skip_bad_rows, seed=config.train.seed,
     )
+
+
+def _weights_of(state_path: Path) -> Path:
+    """The weights saved with a training state (``last.state.pt`` -> ``last.safetensors``)."""
+    weights_path = state_path.with_name(state_path.name.replace(".state.pt", ".safetensors"))
+    if not state_path.is_file():
+        raise FastMetroError(f"{state_path}: no training state to resume from")
+    if not weights_path.is_file():
+        raise FastMetroError(f"{weights_path}: weights of the state to resume are missing")
+    return weights_path
 
 
 def lr_factor(step: int, config: ExperimentConfig) -> float:
@@ -199,7 +225,13 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
         seed_everything(config.train.seed)  # same initial weights on every rank
         self.topology = topology if topology is not None else load_topology(config)
-        self.model = (model if model is not None else build_model(config, self.topology)).to(self.device)
+        self._given_model = model is not None
+        state_path = None
+        if resume:
+            state_path = self.output_dir / "last.state.pt" if resume is True else Path(resume)
+        if model is None:
+            model = build_model(config, self.topology, resume_from=_weights_of(state_path) if state_path else None)
+        self.model = model.to(self.device)
         self.criterion = MeshCriterion(self.topology, config.loss).to(self.device)
         self.train_dataset = train_dataset if train_dataset is not None else build_dataset(
             config, config.data.train, self.topology, train=True)
@@ -220,8 +252,7 @@ class Trainer:
         self.step = 0
         self.grad_norms: list[float] = []
         self.best_metric: float | None = None
-        if resume:
-            state_path = self.output_dir / "last.state.pt" if resume is True else Path(resume)
+        if state_path is not None:
             self.load_state(state_path)
         if config.train.sync_batchnorm and not config.train.freeze_batchnorm and self.dist.enabled and self.device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -274,21 +305,19 @@ class Trainer:
         atomic_save(self.output_dir / "last.state.pt", lambda tmp: torch.save(state, tmp))
 
     def load_state(self, state_path: Path) -> None:
+        """Optimizer, scheduler, scaler, RNG and step of ``state_path``; the weights were loaded
+        with the model (the model given to the trainer gets them here)."""
         from fastmetro.model.checkpoint import load_strict, read_checkpoint
 
-        weights_path = state_path.with_name(state_path.name.replace(".state.pt", ".safetensors"))
-        if not state_path.is_file():
-            raise FastMetroError(f"{state_path}: no training state to resume from")
-        if not weights_path.is_file():
-            raise FastMetroError(f"{weights_path}: weights of the state to resume are missing")
+        weights_path = _weights_of(state_path)
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
             raise FastMetroError(f"{state_path}: not a readable training state ({error})") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise FastMetroError(f"{state_path}: not a fastmetro training state")
-        loaded = read_checkpoint(weights_path)
-        load_strict(self.model, loaded.state_dict, source=str(weights_path))
+        if self._given_model:
+            load_strict(self.model, read_checkpoint(weights_path).state_dict, source=str(weights_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -11,7 +11,7 @@ _EXPORTS = {
     "PersonBox": "fastmetro.inference.predictor",
     "PersonPrediction": "fastmetro.inference.predictor",
     "ImagePrediction": "fastmetro.inference.predictor",
-    "load_model": "fastmetro.inference.predictor",
+    "load_model": "fastmetro.model.factory",
     "TorchvisionDetector": "fastmetro.inference.detector",
     "Detection": "fastmetro.inference.detector",
     "load_image": "fastmetro.inference.images",

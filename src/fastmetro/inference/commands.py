@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     infer.add_argument("--data-dir", help="folder with the SMPL/MANO files for the smpl/mano topologies")
     infer.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
-    infer.add_argument("--image-size", type=int, default=224, help="network input size (224)")
+    infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
     infer.add_argument("--box-expand", type=float, default=1.2,
                        help="square crop side = this x the box's longer side (1.2)")
     infer.add_argument("--focal-length", type=float,
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     export.add_argument("--out", required=True, help="output file")
     export.add_argument("--topology", help="mesh topology (default: the checkpoint's)")
     export.add_argument("--data-dir", help="folder with the SMPL/MANO files for the smpl/mano topologies")
-    export.add_argument("--image-size", type=int, default=224)
+    export.add_argument("--image-size", type=int, help="input size (default: the model's, from its checkpoint)")
     export.add_argument("--no-verify", action="store_true", help="skip comparing the export with PyTorch")
     export.set_defaults(func=run_export)
 
@@ -139,7 +139,7 @@ def run_infer(args) -> int:
     from fastmetro.inference import images as image_io
     from fastmetro.inference.predictor import PersonBox, Predictor
 
-    for name, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size), ("--max-side", args.max_side)):
+    for name, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size or 1), ("--max-side", args.max_side)):
         if value < 1:
             raise FastMetroError(f"{name} must be positive, got {value}")
     fixed_boxes = [parse_bbox(text) for text in args.bbox] if args.bbox else None
@@ -289,11 +289,13 @@ def _write_outputs(directory: Path, job: _Job, prediction, predictor, args, pool
 # ----------------------------------------------------------------------------- export
 def run_export(args) -> int:
     from fastmetro.inference import export as exporter
-    from fastmetro.inference.predictor import load_model
+    from fastmetro.model.factory import load_model
 
+    model = load_model(args.checkpoint, args.topology, data_dir=args.data_dir).cpu().eval()
+    if args.image_size is None:
+        args.image_size = model.spec.input.image_size
     if args.image_size < 32:
         raise FastMetroError(f"--image-size must be >= 32, got {args.image_size}")
-    model = load_model(args.checkpoint, args.topology, args.data_dir).cpu().eval()
     path = exporter.export(model, args.out, args.format, args.image_size)
     print(f"wrote {path} ({args.format}, input images (B, 3, {args.image_size}, {args.image_size}))")
     if not args.no_verify:

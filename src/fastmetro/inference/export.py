@@ -1,8 +1,10 @@
 """Export a FastMETRO network to ONNX or TorchScript.
 
 The exported graph takes ImageNet-normalised images (B, 3, S, S) (S fixed at export time, the
-batch size free) and returns the tensors of :data:`OUTPUT_NAMES`, in metres, equal to the
-PyTorch model's outputs of the same names.
+batch size free) and returns the tensors of :data:`OUTPUT_NAMES`, in metres, in the camera's
+frame (:func:`fastmetro.conventions.root_centred`): ``joints`` centred on their root joints,
+``coarse_vertices``, ``fine_vertices`` and ``mesh_joints`` on the root point of the fine mesh, so
+``camera`` = (s, tx, ty) projects them directly (``s * (X_xy + t)``).
 
 The model's fixed coarse-to-fine upsampling is a sparse matrix applied with ``index_add``; for
 export it is replaced (on a copy of the model) by an equivalent gather over a padded row table
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastmetro.conventions import root_centred
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save
 
@@ -70,15 +73,27 @@ def _export_friendly(model: nn.Module) -> nn.Module:
     return model
 
 
+def camera_frame_outputs(outputs: dict, root_regressor: torch.Tensor, root_joints) -> dict[str, torch.Tensor]:
+    """The exported tensors from a network output dict: :data:`OUTPUT_NAMES`, root-centred."""
+    centred = root_centred(outputs, root_regressor, root_joints)
+    levels = centred["vertices_by_level"]
+    return {"camera": outputs["camera"], "joints": centred["joints"], "coarse_vertices": levels[-1],
+            "fine_vertices": levels[0], "mesh_joints": centred["mesh_joints"]}
+
+
 class ExportWrapper(nn.Module):
     """images (B, 3, S, S) -> tuple of :data:`OUTPUT_NAMES` tensors (a plain-tensor signature)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = _export_friendly(model)
+        topology = model.topology
+        self.root_joints = tuple(topology.root_joints)
+        self.register_buffer("root_regressor", torch.tensor(np.asarray(topology.root_regressor), dtype=torch.float32),
+                             persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.model(images)
+        outputs = camera_frame_outputs(self.model(images), self.root_regressor, self.root_joints)
         return tuple(outputs[name] for name in OUTPUT_NAMES)
 
 
@@ -154,8 +169,10 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, image_size: i
 
 
 def pytorch_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The exported tensors computed by the PyTorch model itself (the reference of the checks)."""
+    root_regressor = torch.tensor(np.asarray(model.topology.root_regressor), dtype=torch.float32)
     with torch.no_grad():
-        outputs = model.eval()(images)
+        outputs = camera_frame_outputs(model.eval()(images), root_regressor, tuple(model.topology.root_joints))
     return {name: outputs[name].detach().cpu().numpy() for name in OUTPUT_NAMES}
 
 
@@ -189,6 +206,7 @@ __all__ = [
     "FORMATS",
     "GatherUpsampling",
     "ExportWrapper",
+    "camera_frame_outputs",
     "export",
     "export_onnx",
     "export_torchscript",

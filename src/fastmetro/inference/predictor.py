@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastmetro.conventions import normalise_image, root_centred, weak_perspective_project
+from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, root_centred, weak_perspective_project
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 
@@ -107,44 +107,17 @@ class ImagePrediction:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_model(
-    checkpoint: str | os.PathLike,
-    topology=None,
-    data_dir: str | os.PathLike | None = None,
-):
-    """Build a network from one of our checkpoints (or an official ``.bin`` with ``topology``).
-
-    The topology defaults to the one the checkpoint's JSON names; a topology that does not fit
-    the checkpoint is a one-line :class:`FastMetroError` naming the file.
-    """
-    from fastmetro.model.checkpoint import json_path, read_checkpoint
-    from fastmetro.model.presets import create_model
-
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FastMetroError(f"{path}: checkpoint not found")
-    if topology is None:
-        sidecar = json_path(path)
-        if path.suffix == ".safetensors" and sidecar.is_file():
-            topology = read_checkpoint(path).config.get("topology", {}).get("name")
-        if topology is None:
-            raise FastMetroError(f"{path}: the checkpoint does not say its topology; pass one (--topology)")
-    try:
-        return create_model(topology=topology, checkpoint=path, data_dir=data_dir)
-    except FastMetroError as error:
-        message = str(error)
-        raise FastMetroError(message if str(path) in message else f"{path}: {message}") from None
-
-
 class Predictor:
     """Run FastMETRO on full images with person boxes.
 
     Args:
-        checkpoint: our ``.safetensors`` checkpoint (with its JSON) or an official ``.bin``.
+        checkpoint: our ``.safetensors`` checkpoint (with its JSON) or an official ``.bin``
+            (loaded with :func:`fastmetro.load_model`).
         model: an already built network (instead of ``checkpoint``).
         topology: name / path / Topology; defaults to the checkpoint's or the model's.
         device: torch device for the network.
-        image_size: crop size S (the network input is S x S; released: 224).
+        image_size: crop size S (the network input is S x S); default: the size the model was
+            trained for (its spec; released: 224).
         batch_size: crops per network call.
         box_expand: square side = ``box_expand * max(w, h)`` (1.2 suits tight detector boxes;
             use 1.0 for boxes that already include margin).
@@ -161,7 +134,7 @@ class Predictor:
         model: torch.nn.Module | None = None,
         topology=None,
         device: str | torch.device = "cpu",
-        image_size: int = cam.CROP_SIZE,
+        image_size: int | None = None,
         batch_size: int = 16,
         box_expand: float = 1.2,
         focal_length: float | None = None,
@@ -171,7 +144,9 @@ class Predictor:
         if (checkpoint is None) == (model is None):
             raise FastMetroError("Predictor needs exactly one of checkpoint= or model=")
         if checkpoint is not None:
-            model = load_model(checkpoint, topology, data_dir)
+            from fastmetro.model.factory import load_model
+
+            model = load_model(checkpoint, topology, data_dir=data_dir)
         elif topology is not None:
             from fastmetro import topology as topology_module
 
@@ -185,12 +160,16 @@ class Predictor:
                 )
         if batch_size < 1:
             raise FastMetroError(f"batch_size must be >= 1, got {batch_size}")
+        spec = getattr(model, "spec", None)
+        if image_size is None:
+            image_size = spec.input.image_size if spec is not None else cam.CROP_SIZE
         if image_size < 32:
             raise FastMetroError(f"image_size must be >= 32, got {image_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.topology = model.topology
         self.image_size = int(image_size)
+        self.normalisation = (spec.input.mean, spec.input.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
         self.batch_size = int(batch_size)
         self.box_expand = float(box_expand)
         self.focal_length = focal_length
@@ -248,7 +227,7 @@ class Predictor:
                 crop_box = _crop_box(person, expand, (width, height), source)
                 flip = person.side == "left"
                 crop = cam.crop_image(image, crop_box, self.image_size, flip=flip)
-                crops.append(normalise_image(crop))
+                crops.append(normalise_image(crop, *self.normalisation))
                 plans.append((len(results) - 1, person, crop_box, flip))
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.stack(crops[start : start + self.batch_size])).to(self.device)
@@ -374,4 +353,4 @@ def _crop_box(person: PersonBox, expand: float, image_size, source: str) -> cam.
         raise FastMetroError(f"{source}: {error}") from None
 
 
-__all__ = ["Predictor", "PersonBox", "PersonPrediction", "ImagePrediction", "load_model", "SIDES"]
+__all__ = ["Predictor", "PersonBox", "PersonPrediction", "ImagePrediction", "SIDES"]

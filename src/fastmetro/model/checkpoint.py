@@ -3,8 +3,8 @@
 Our format is two files side by side:
 
 - ``NAME.safetensors``: the model's ``state_dict`` (released names; see below);
-- ``NAME.json``: ``{"format", "version", "name", "flavor", "task", "overrides", "config",
-  "topology": {"name", "level_vertex_counts", "num_joints"}}``, enough to rebuild the model.
+- ``NAME.json``: the model's :class:`~fastmetro.model.spec.ModelSpec` (preset, flavor, overrides,
+  topology, input size and normalisation, format version), enough to rebuild the model.
 
 Official checkpoints are read with ``torch.load(weights_only=True)``. Their names equal ours
 except the ResNet backbone, which the release stores as a torchvision ``nn.Sequential``
@@ -27,9 +27,7 @@ import torch
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save, atomic_write
 from fastmetro.model.backbone import read_state_dict
-
-FORMAT = "fastmetro-checkpoint"
-VERSION = 1
+from fastmetro.model.spec import FORMAT, ModelSpec, TopologySpec
 
 # torchvision ResNet Sequential index (as released) <-> timm ResNet module name.
 _RESNET_OFFICIAL_TO_OURS = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -40,12 +38,12 @@ _RESNET_BACKBONE_KEY = re.compile(r"^backbone\.(conv1|bn1|layer[1-4])\.(.*)$")
 
 @dataclass
 class LoadedCheckpoint:
-    """A state dict in our names, with our JSON config if there was one."""
+    """A state dict in our names, with our spec if the checkpoint has its JSON."""
 
     path: Path
     state_dict: dict[str, torch.Tensor]
-    config: dict | None  # our JSON, or None for official / bare files
-    flavor: str | None  # inferred from the layer names when there is no JSON
+    spec: ModelSpec | None  # from our JSON; None for official / bare files
+    flavor: str | None  # the spec's, or inferred from the layer names
 
     @property
     def num_joints(self) -> int | None:
@@ -98,23 +96,51 @@ def infer_flavor(state_dict: dict) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise FastMetroError(f"{path}: not a readable JSON checkpoint config ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "name" not in config:
-        raise FastMetroError(f"{path}: not a fastmetro checkpoint config (format must be {FORMAT!r})")
-    return config
-
-
-def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
-    """Read our safetensors (+ JSON) or an official ``.bin``; names are mapped to ours."""
+def read_spec(path: str | os.PathLike) -> ModelSpec | None:
+    """The :class:`ModelSpec` in the JSON beside a ``.safetensors`` checkpoint (None if there is
+    none). Reads only the small JSON, never the weights."""
     path = Path(path)
+    sidecar = json_path(path)
+    if path.suffix != ".safetensors" or not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FastMetroError(f"{sidecar}: not a readable JSON checkpoint config ({error})") from None
+    return ModelSpec.from_json(data, str(sidecar))
+
+
+def read_checkpoint(path: str | os.PathLike, spec: ModelSpec | None = None) -> LoadedCheckpoint:
+    """Read our safetensors (+ JSON) or an official ``.bin``; names are mapped to ours and every
+    tensor must be finite (a one-line error names the file and the tensor)."""
+    path = Path(path)
+    spec = spec if spec is not None else read_spec(path)
     state_dict = official_to_fastmetro(read_state_dict(path), str(path))
-    config = _read_json(json_path(path)) if path.suffix == ".safetensors" and json_path(path).is_file() else None
-    flavor = config["flavor"] if config else infer_flavor(state_dict)
-    return LoadedCheckpoint(path, state_dict, config, flavor)
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FastMetroError(f"{path}: tensor {key!r} has non-finite values (NaN or inf): a damaged checkpoint")
+    flavor = spec.flavor if spec is not None else infer_flavor(state_dict)
+    return LoadedCheckpoint(path, state_dict, spec, flavor)
+
+
+def infer_preset(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """Preset name and overrides of an official (or bare) state dict, from its layers: the
+    variant from the number of encoder layers, the backbone from its blocks, the optional SMPL
+    parameter regressor from its keys."""
+    layers = {key.split(".")[3] for key in state_dict if key.startswith("transformer_1.encoder.layers.")}
+    variant = {1: "S", 2: "M", 3: "L"}.get(len(layers))
+    if any(key.startswith("backbone.stage4.") for key in state_dict):
+        backbone = "H64"
+    elif any(key.startswith("backbone.layer3.") for key in state_dict):
+        blocks = {key.split(".")[2] for key in state_dict if key.startswith("backbone.layer3.")}
+        has_bottleneck = any(key.startswith("backbone.layer3.0.conv3.") for key in state_dict)
+        backbone = "R50" if has_bottleneck else {6: "R34", 2: "R18"}.get(len(blocks))
+    else:
+        backbone = None
+    if variant is None or backbone is None:
+        raise FastMetroError("cannot tell the FastMETRO preset from the weights; pass the model name (--model)")
+    overrides = {"smpl_parameter_regressor": True} if any(k.startswith("smpl_parameter_regressor.") for k in state_dict) else {}
+    return f"FastMETRO-{variant}-{backbone}", overrides
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -144,96 +170,53 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
     model.load_state_dict({key: state_dict[key].to(expected[key].dtype) for key in expected}, strict=True)
 
 
-def check_topology(loaded: LoadedCheckpoint, topology) -> None:
-    """The checkpoint's joint/vertex token counts (and saved sizes) must fit the topology."""
-    problems = []
-    if loaded.num_joints is not None and loaded.num_joints != topology.num_joints:
-        problems.append(f"{loaded.num_joints} joint tokens, topology has {topology.num_joints} joints")
-    if loaded.num_coarse_vertices is not None and loaded.num_coarse_vertices != topology.num_coarse_vertices:
-        problems.append(
-            f"{loaded.num_coarse_vertices} vertex tokens, topology has {topology.num_coarse_vertices} coarse vertices"
-        )
-    saved = (loaded.config or {}).get("topology", {}).get("level_vertex_counts")
-    if saved is not None and tuple(saved) != tuple(topology.level_vertex_counts):
-        problems.append(f"mesh levels {tuple(saved)}, topology has {tuple(topology.level_vertex_counts)}")
-    if problems:
-        raise FastMetroError(f"{loaded.path}: checkpoint does not fit topology '{topology.name}': " + "; ".join(problems))
-
-
-def checkpoint_config(model, name: str, flavor: str, overrides: dict | None = None, topology_name: str | None = None) -> dict:
-    from fastmetro.model.presets import task_of
-
-    topology = model.topology
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "name": name,
-        "flavor": flavor,
-        "task": task_of(topology),
-        "overrides": _jsonable(overrides or {}),
-        "config": _jsonable(model.config.to_dict()),
-        "topology": {
-            "name": topology_name or topology.name,
-            "level_vertex_counts": list(model.level_vertex_counts),
-            "num_joints": model.num_joints,
-        },
-    }
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
-    """Atomically write ``path`` (safetensors) and its JSON sibling."""
+def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> Path:
+    """Atomically write ``path`` (safetensors) and its JSON sibling (the spec)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise FastMetroError(f"{path}: our checkpoints are .safetensors files")
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "name": config["name"]}))
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "name": spec.name}))
     with atomic_write(json_path(path), "w") as handle:
-        json.dump(config, handle, indent=2)
+        json.dump(spec.to_json(), handle, indent=2)
         handle.write("\n")
     return path
 
 
-def save_checkpoint(model, path: str | os.PathLike, name: str | None = None, flavor: str | None = None) -> Path:
-    """Save a model built by :func:`~fastmetro.model.presets.create_model` in our format."""
+def save_checkpoint(model, path: str | os.PathLike) -> Path:
+    """Save a model built by ``create_model`` / ``load_model`` (it carries its spec) in our format."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    name = name or getattr(model, "preset_name", None)
-    flavor = flavor or getattr(model, "flavor", None)
-    if name is None or flavor is None:
-        raise FastMetroError(f"{path}: cannot save: the model has no preset name/flavor (build it with create_model)")
-    config = checkpoint_config(model, name, flavor, getattr(model, "overrides", {}))
-    return write_checkpoint(path, model.state_dict(), config)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise FastMetroError(f"{path}: cannot save: the model has no spec (build it with fastmetro.create_model)")
+    return write_checkpoint(path, model.state_dict(), spec)
 
 
 def convert_official(
     source: str | os.PathLike,
     target: str | os.PathLike,
-    model_name: str,
+    model_name: str | None = None,
     hand: bool = False,
     flavor: str | None = None,
-) -> dict:
+) -> ModelSpec:
     """Convert an official ``*_state_dict.bin`` into our safetensors + JSON.
 
     The model is built on the meta device with the built-in mesh sizes (SMPL body or MANO hand;
-    parameters depend only on sizes), so this is fast even for HRNet-W64. Returns the JSON config.
+    parameters depend only on sizes), so this is fast even for HRNet-W64. The preset is read from
+    the weights when ``model_name`` is None (and checked against it otherwise); the optional SMPL
+    parameter regressor is recognised by its keys. Returns the written spec.
     """
-    from fastmetro.model.presets import build_on_meta, canonical_name, model_config, sized_topology
+    from fastmetro.model.presets import build_on_meta, canonical_name, make_spec, model_config, sized_topology
 
     loaded = read_checkpoint(source)
     flavor = flavor or loaded.flavor or "release"
-    name = canonical_name(model_name)
+    inferred, overrides = infer_preset(loaded.state_dict)
+    name = canonical_name(model_name) if model_name else inferred
     task = "hand" if hand else "body"
-    model = build_on_meta(model_config(name, flavor), sized_topology(task))
-    topology_name = "mano" if hand else "smpl"
+    topology = sized_topology(task)
+    model = build_on_meta(model_config(name, flavor, **overrides), topology)
     if loaded.num_joints is not None and loaded.num_joints != model.num_joints:
         other = "without --hand" if hand else "with --hand"
         raise FastMetroError(
@@ -242,6 +225,8 @@ def convert_official(
     check_state_dict(model.state_dict(), loaded.state_dict, str(source))
     expected = model.state_dict()
     state_dict = {key: loaded.state_dict[key].to(expected[key].dtype) for key in expected}
-    config = checkpoint_config(model, name, flavor, {}, topology_name)
-    write_checkpoint(target, state_dict, config)
-    return config
+    sizes = TopologySpec.of(topology)  # the released meshes' sizes, under their real names
+    spec = make_spec(name, topology, flavor, overrides).replace(
+        topology=TopologySpec("mano" if hand else "smpl", task, sizes.level_vertex_counts, sizes.num_joints))
+    write_checkpoint(target, state_dict, spec)
+    return spec

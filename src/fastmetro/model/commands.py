@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     )
     convert.add_argument("input", help="official *_state_dict.bin")
     convert.add_argument("output", help="output .safetensors (the .json is written beside it)")
-    convert.add_argument("--model", required=True, help="preset name, e.g. FastMETRO-L-H64")
+    convert.add_argument("--model", help="preset name, e.g. FastMETRO-L-H64 (default: read from the weights)")
     convert.add_argument("--hand", action="store_true", help="a hand (MANO) model, e.g. the FreiHAND checkpoint")
     convert.add_argument(
         "--flavor", choices=("paper", "release"), help="default: inferred from the layer names (released: release)"
@@ -78,6 +78,7 @@ def _models(args) -> int:
 def _convert(args) -> int:
     from fastmetro.model.checkpoint import convert_official
 
-    config = convert_official(args.input, args.output, args.model, hand=args.hand, flavor=args.flavor)
-    print(f"wrote {args.output} and its .json: {config['name']} ({config['flavor']} flavor, {config['task']})")
+    spec = convert_official(args.input, args.output, args.model, hand=args.hand, flavor=args.flavor)
+    extra = " with the SMPL parameter regressor" if spec.overrides.get("smpl_parameter_regressor") else ""
+    print(f"wrote {args.output} and its .json: {spec.name}{extra} ({spec.flavor} flavor, {spec.task})")
     return 0

@@ -10,6 +10,11 @@ Data flow for images (B, 3, H, W) (ImageNet-normalised; 224 x 224 gives a 7 x 7 
 5. ``cam_predictor`` -> weak-perspective camera (s, tx, ty); ``xyz_regressor`` -> 3D joints and
    coarse vertices (metres); coarse-to-fine upsampling -> every mesh level; ``joint_regressor``
    on the fine mesh -> ``mesh_joints``.
+6. optional (released ``_smpl`` checkpoints): SMPL parameters regressed from the detached
+   intermediate mesh, and the SMPL mesh when a body model is attached.
+
+The outputs are the raw network outputs, exactly as released: not root-centred. The camera
+applies to root-centred points (:func:`fastmetro.conventions.root_centred`).
 
 State-dict names equal the released checkpoints' (except the ResNet backbone, whose timm names
 map one-to-one). The attention mask, the fixed upsampling matrices and the joint regressor are
@@ -30,6 +35,7 @@ from fastmetro.errors import FastMetroError
 from fastmetro.model.backbone import backbone_channels, build_backbone
 from fastmetro.model.graph_conv import normalized_adjacency
 from fastmetro.model.position_encoding import PositionEncodingSine
+from fastmetro.model.smpl_regressor import SMPLParameterRegressor
 from fastmetro.model.transformer import ACTIVATIONS, Transformer
 
 DIM_REDUCTIONS = ("shared", "separate")
@@ -61,6 +67,8 @@ class FastMETROConfig:
             the first half of the heads only).
         graph_convolutions: add a graph-convolution block to every decoder layer (Table 4; use
             with ``attention_mask="none"``).
+        smpl_parameter_regressor: add the released SMPL parameter regressor (needs a topology
+            with an intermediate level; ``FastMETRO-L-H64_smpl_*`` checkpoints).
     """
 
     backbone: str = "resnet50"
@@ -77,12 +85,15 @@ class FastMETROConfig:
     upsampling: str = "fixed"
     attention_mask: str = "mesh"
     graph_convolutions: bool = False
+    smpl_parameter_regressor: bool = False
 
     def __post_init__(self):
+        problems = _type_problems(self)
+        if problems:  # values of the wrong type (e.g. from a damaged checkpoint JSON)
+            raise FastMetroError("invalid FastMETRO config: " + "; ".join(problems))
         # JSON round trips give lists; keep tuples so configs compare and hash.
         object.__setattr__(self, "model_dims", tuple(int(d) for d in self.model_dims))
         object.__setattr__(self, "feedforward_dims", tuple(int(d) for d in self.feedforward_dims))
-        problems = []
         if len(self.model_dims) != 2 or len(self.feedforward_dims) != 2:
             problems.append("model_dims and feedforward_dims need one entry per transformer (2)")
         elif any(d % self.num_heads or d % 2 for d in self.model_dims):
@@ -111,6 +122,32 @@ class FastMETROConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_INT_LIMITS = {"num_encoder_layers": 64, "num_decoder_layers": 64, "num_heads": 1024}
+
+
+def _type_problems(config: FastMETROConfig) -> list[str]:
+    """Fields of the wrong type or out of any sensible range (checked before using them)."""
+    problems = []
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    for name, limit in _INT_LIMITS.items():
+        value = getattr(config, name)
+        if not is_int(value) or not 1 <= value <= limit:
+            problems.append(f"{name} must be an integer in 1..{limit}, got {value!r}")
+    for name in ("model_dims", "feedforward_dims"):
+        value = getattr(config, name)
+        if not isinstance(value, (list, tuple)) or not all(is_int(d) and 1 <= d <= 65536 for d in value):
+            problems.append(f"{name} must be a list of positive integers, got {value!r}")
+    for name in ("backbone", "activation", "dim_reduction", "upsampling", "attention_mask"):
+        if not isinstance(getattr(config, name), str):
+            problems.append(f"{name} must be a string, got {getattr(config, name)!r}")
+    for name in ("backbone_keeps_classifier", "graph_convolutions", "smpl_parameter_regressor"):
+        if not isinstance(getattr(config, name), bool):
+            problems.append(f"{name} must be true or false, got {getattr(config, name)!r}")
+    if not isinstance(config.dropout, (int, float)) or isinstance(config.dropout, bool):
+        problems.append(f"dropout must be a number, got {config.dropout!r}")
+    return problems
 
 
 def mesh_attention_mask(num_joints: int, coarse_adjacency: sp.spmatrix) -> torch.Tensor:
@@ -183,9 +220,10 @@ class FastMETRO(nn.Module):
       transformer 2; and ``feature_size = (h, w)``.
     """
 
-    def __init__(self, config: FastMETROConfig, topology, pretrained_backbone: bool = False):
+    def __init__(self, config: FastMETROConfig, topology, pretrained_backbone: bool = False, spec=None):
         super().__init__()
         self.config = config
+        self.spec = spec  # ModelSpec (what this model is; set by create_model / load_model)
         self.topology = topology  # plain attribute: faces, flips, names for callers
         self.num_joints = topology.num_joints
         self.level_vertex_counts = tuple(topology.level_vertex_counts)
@@ -238,6 +276,13 @@ class FastMETRO(nn.Module):
             )
             self.add_module(name, step)
             self.upsampling_steps.append(name)
+        if config.smpl_parameter_regressor:
+            if num_levels < 3:
+                raise FastMetroError("the SMPL parameter regressor needs a topology with an intermediate level")
+            self.smpl_parameter_regressor = SMPLParameterRegressor(self.level_vertex_counts[1])
+        # Optional SMPL layer for `smpl_vertices` (attach_body_model); kept out of the module tree
+        # so it never enters state dicts.
+        object.__setattr__(self, "_body_model", None)
 
         mask = mesh_attention_mask(self.num_joints, topology.coarse_adjacency)
         if config.attention_mask == "none":
@@ -255,6 +300,14 @@ class FastMETRO(nn.Module):
         )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
+    def attach_body_model(self, body_model: nn.Module | None) -> None:
+        """Attach an SMPL layer (``layer(rotmat (B, 24, 3, 3), betas (B, 10)).vertices``, e.g.
+        :func:`fastmetro.data.body_models.load_body_model`) so that models with the SMPL
+        parameter regressor also return ``smpl_vertices``. None detaches it."""
+        if body_model is not None and not self.config.smpl_parameter_regressor:
+            raise FastMetroError("this model has no SMPL parameter regressor to drive a body model")
+        object.__setattr__(self, "_body_model", body_model)
+
     def _self_attention_mask(self, batch_size: int) -> torch.Tensor | None:
         mask = self.attention_mask
         if mask is None or mask.dim() == 2:
@@ -319,6 +372,11 @@ class FastMETRO(nn.Module):
         }
         if len(levels) == 3:
             output["intermediate_vertices"] = levels[1]
+        if self.config.smpl_parameter_regressor:
+            output["smpl_rotmat"], output["smpl_betas"] = self.smpl_parameter_regressor(levels[1])
+            if self._body_model is not None:
+                layer = self._body_model.to(coordinates.device)
+                output["smpl_vertices"] = layer(output["smpl_rotmat"], output["smpl_betas"]).vertices
         if return_attention:
             output["attention"] = {
                 "self": first.self_attention + second.self_attention,
@@ -330,7 +388,7 @@ class FastMETRO(nn.Module):
 
 def parameter_counts(model: FastMETRO) -> dict[str, int]:
     """``backbone_params``, ``transformer_params`` (everything else, as the paper counts) and
-    ``total_params`` (trainable parameters)."""
+    ``total_params``: all parameters (all are trainable when built, as the released script counts)."""
     total = sum(p.numel() for p in model.parameters())
     backbone = sum(p.numel() for p in model.backbone.parameters())
     return {"backbone_params": backbone, "transformer_params": total - backbone, "total_params": total}

@@ -1,5 +1,6 @@
 """Named presets (``FastMETRO-S-R50``, ``FastMETRO-L-H64``, ...) -> :class:`FastMETROConfig`,
-and :func:`create_model`.
+their :class:`~fastmetro.model.spec.ModelSpec`, and :func:`build_model` (a fresh network for a
+spec). Loading from checkpoints is :mod:`fastmetro.model.factory`.
 
 A name is ``FastMETRO-<variant>-<backbone>[+<ablation>]`` (case-insensitive):
 
@@ -15,7 +16,6 @@ hand: MANO) are chosen separately. Any config field can be overridden by keyword
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, parameter_counts
+from fastmetro.model.spec import FLAVOR_NAMES, ModelSpec
 
 VARIANT_LAYERS = {"S": 1, "M": 2, "L": 3}
 
@@ -50,6 +51,7 @@ FLAVORS = {
     # Released checkpoints: separate camera/image reductions, learnable coarse -> intermediate step.
     "release": {"dim_reduction": "separate", "upsampling": "learnable_coarse"},
 }
+assert tuple(FLAVORS) == FLAVOR_NAMES
 
 ABLATIONS = {
     "no-mask": {"attention_mask": "none"},
@@ -104,7 +106,7 @@ def preset_names(ablations: bool = False) -> list[str]:
 
 
 def model_config(name: str, flavor: str = "paper", **overrides) -> FastMETROConfig:
-    """Config of a named preset in a flavor, with optional field overrides."""
+    """Config of a named preset in a flavor, with optional :class:`FastMETROConfig` field overrides."""
     parsed = parse_name(name)
     if flavor not in FLAVORS:
         raise FastMetroError(f"unknown flavor {flavor!r}: use one of {tuple(FLAVORS)}")
@@ -126,11 +128,6 @@ def model_config(name: str, flavor: str = "paper", **overrides) -> FastMETROConf
     return FastMETROConfig().replace(**fields).replace(**overrides)
 
 
-def task_of(topology) -> str:
-    """``hand`` for two-level meshes with 21 joints (MANO-like), else ``body``."""
-    return "hand" if getattr(topology, "name", "") == "mano" or topology.num_levels == 2 else "body"
-
-
 def sized_topology(task: str):
     """A data-free :class:`Topology` with the mesh sizes of ``task`` (for counting and for
     converting checkpoints: parameters depend only on sizes). Its matrices are empty: do not
@@ -141,6 +138,7 @@ def sized_topology(task: str):
         raise FastMetroError(f"unknown task {task!r}: use one of {tuple(TASK_SIZES)}")
     counts, joints = TASK_SIZES[task]
     return Topology(
+        kind=task,
         name=f"{task}-sizes",
         level_vertex_counts=counts,
         faces=tuple(np.zeros((0, 3), dtype=np.int64) for _ in counts),
@@ -169,59 +167,25 @@ def count_parameters(name: str, flavor: str = "paper", task: str = "body", **ove
     return parameter_counts(model)
 
 
-def create_model(
-    name: str | None = None,
-    topology="anny",
-    flavor: str | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
-    pretrained: bool = False,
-    **overrides,
-) -> FastMETRO:
-    """Build a FastMETRO network.
+def make_spec(name: str, topology, flavor: str = "paper", overrides: dict | None = None,
+              image_size: int = 224) -> ModelSpec:
+    """The :class:`ModelSpec` of a preset on ``topology`` (the name is checked and canonicalised;
+    the overrides are checked by building the config)."""
+    from fastmetro.model.spec import InputSpec, TopologySpec
 
-    Args:
-        name: preset name (case-insensitive), e.g. ``"FastMETRO-S-R50"``; may be omitted when
-            ``checkpoint`` is one of ours (its JSON names the model).
-        topology: ``"anny"`` / ``"smpl"`` / ``"mano"`` / a topology ``.npz`` / a ``Topology``.
-        flavor: ``"paper"`` (default) or ``"release"``; taken from the checkpoint when omitted.
-        checkpoint: our ``.safetensors`` (with its ``.json``) or an official ``*_state_dict.bin``.
-            Loading is strict: a missing, unexpected or mis-shaped key is an error.
-        backbone_weights: local ImageNet weights for the backbone (safetensors or torch file).
-        data_dir: directory of the SMPL/MANO files for the ``smpl``/``mano`` topologies.
-        pretrained: ImageNet weights from the local timm/Hugging Face cache (never downloads).
-        **overrides: :class:`FastMETROConfig` fields.
-    """
-    from fastmetro import topology as topology_module
-    from fastmetro.model import checkpoint as checkpoint_module
+    overrides = dict(overrides or {})
+    model_config(name, flavor, **overrides)  # raises a one-line error for a bad name/flavor/override
+    return ModelSpec(name=canonical_name(name), topology=TopologySpec.of(topology), flavor=flavor,
+                     overrides=overrides, input=InputSpec(image_size=int(image_size)))
 
-    loaded = checkpoint_module.read_checkpoint(checkpoint) if checkpoint is not None else None
-    if loaded is not None and loaded.config is not None:
-        saved = loaded.config
-        if name is not None and canonical_name(name).lower() != str(saved["name"]).lower():
-            raise FastMetroError(f"{checkpoint}: holds {saved['name']}, not {name}")
-        name = saved["name"]
-        if flavor is not None and flavor != saved["flavor"]:
-            raise FastMetroError(f"{checkpoint}: holds the {saved['flavor']!r} flavor, not {flavor!r}")
-        flavor = saved["flavor"]
-        overrides = {**saved.get("overrides", {}), **overrides}
-    if name is None:
-        raise FastMetroError("create_model needs a model name (e.g. 'FastMETRO-S-R50') or one of our checkpoints")
-    if flavor is None:
-        flavor = loaded.flavor if loaded is not None and loaded.flavor else "paper"
-    config = model_config(name, flavor, **overrides)
-    mesh = topology_module.load(topology, data_dir)
-    if loaded is not None:
-        checkpoint_module.check_topology(loaded, mesh)
-    model = FastMETRO(config, mesh, pretrained_backbone=pretrained and checkpoint is None)
-    model.preset_name = canonical_name(name)
-    model.flavor = flavor
-    model.overrides = dict(overrides)
-    if backbone_weights is not None:
-        from fastmetro.model.backbone import load_backbone_weights
 
-        load_backbone_weights(model.backbone, backbone_weights)
-    if loaded is not None:
-        checkpoint_module.load_strict(model, loaded.state_dict, source=str(checkpoint))
-    return model
+def build_model(spec: ModelSpec, topology, pretrained: bool = False) -> FastMETRO:
+    """A freshly initialised network for ``spec`` on ``topology`` (``model.spec`` is ``spec``)."""
+    config = model_config(spec.name, spec.flavor, **dict(spec.overrides))
+    if not spec.topology.fits(topology):
+        raise FastMetroError(
+            f"{spec.name}: built for topology '{spec.topology.name}' {spec.topology.level_vertex_counts} with "
+            f"{spec.topology.num_joints} joints, not '{topology.name}' {tuple(topology.level_vertex_counts)} "
+            f"with {topology.num_joints}"
+        )
+    return FastMETRO(config, topology, pretrained_backbone=pretrained, spec=spec)
