@@ -55,7 +55,7 @@ def test_eval_samples_shapes_centring_and_sources(tmp_path, topology, body_model
     dataset = MeshDataset(yaml_path, topology, train=False, image_size=SIZE, body_model=body_model)
     sample = dataset[0]
     assert set(sample) == {"image", "joints_2d", "joints_3d", "vertices", "has_joints_2d", "has_joints_3d",
-                           "has_vertices", "key"}
+                           "has_vertices", "key", "smpl_pose", "smpl_betas", "has_smpl"}  # with a body model
     assert sample["image"].shape == (3, SIZE, SIZE) and sample["image"].dtype == torch.float32
     assert sample["joints_2d"].shape == (14, 3) and sample["joints_3d"].shape == (14, 4)
     assert sample["vertices"].shape == (8, 3) and sample["key"] == "j24"

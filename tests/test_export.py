@@ -50,7 +50,7 @@ def test_gather_upsampling_equals_the_sparse_matrix(smpl_topology):
 
 def test_onnx_matches_pytorch(model, tmp_path):
     pytest.importorskip("onnxruntime")
-    size = 224 if model.flavor == "paper" else 128  # any size exports; keep the suite fast
+    size = 224 if model.spec.flavor == "paper" else 128  # any size exports; keep the suite fast
     path = exporter.export_onnx(model, tmp_path / "model.onnx", image_size=size)
     images = exporter.example_input(size, batch_size=3, seed=5)  # exported with batch 1: dynamic batch
     differences = exporter.max_abs_difference(model, path, "onnx", images)

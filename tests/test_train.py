@@ -44,7 +44,7 @@ def test_loss_falls_and_metric_improves(tmp_path, smpl_topology):
     after = result.last_metrics
     assert result.step == 30
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
-    assert after["pa_mpjpe"] < 0.8 * before["pa_mpjpe"]
+    assert after["pa_mpjpe"] < 0.8 * before["pa_mpjpe"]  # measured 0.50 (seeded: train.seed=3)
     assert after["mpjpe"] < before["mpjpe"]
     for name in ("last.safetensors", "last.json", "last.state.pt", "best.safetensors", "config.yaml"):
         assert (tmp_path / "run" / name).is_file(), name

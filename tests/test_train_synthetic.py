@@ -14,7 +14,9 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump({
         "model": {"name": "FastMETRO-S-R18", "topology": "anny", "overrides": TINY_MODEL_OVERRIDES},
-        "data": {"train": str(synthetic_dataset.train_yaml), "val": str(synthetic_dataset.test_yaml),
+        # Fit 4 images (every batch = the whole set) and evaluate on them: what 24 steps guarantee
+        # on any CPU is a clear fit of the training data, not generalisation from 12 images.
+        "data": {"train": str(synthetic_dataset.test_yaml), "val": str(synthetic_dataset.test_yaml),
                  "image_size": 64, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "augment": False},
         "optim": {"lr": 1e-3},
         "train": {"steps": 24, "eval_every": 12, "log_every": 4, "progress": False, "tensorboard": False},
@@ -30,11 +32,13 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
               and "loss" in line]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
 
-    # Untrained weights of the same architecture, for comparison.
+    # The run's own starting point: the trainer seeds (train.seed, default 88) before building.
     import fastmetro
+    from fastmetro.engine.train import seed_everything
     from fastmetro.model.checkpoint import save_checkpoint
 
-    untrained = fastmetro.create_model("FastMETRO-S-R18", topology="anny", **TINY_MODEL_OVERRIDES)
+    seed_everything(88)
+    untrained = fastmetro.create_model("FastMETRO-S-R18", topology="anny", image_size=64, **TINY_MODEL_OVERRIDES)
     save_checkpoint(untrained, tmp_path / "untrained" / "model.safetensors")
     (tmp_path / "untrained" / "config.yaml").write_text((run / "config.yaml").read_text())
 
@@ -42,17 +46,18 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     for name, checkpoint in (("trained", run / "last.safetensors"),
                              ("untrained", tmp_path / "untrained" / "model.safetensors")):
         capsys.readouterr()
-        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(synthetic_dataset.test_yaml),
-                     "--json", "--workers", "0"]) == 0
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(synthetic_dataset.test_yaml), "--json",
+                     "data.num_workers=0"]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1
         results[name] = json.loads(lines[0])
     trained, untrained = results["trained"], results["untrained"]
     assert trained["num_samples"] == 4 and set(trained) >= {"mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe"}
-    assert trained["pa_mpjpe"] < 0.8 * untrained["pa_mpjpe"]
-    assert trained["mpvpe"] < untrained["mpvpe"]
     # The CLI's numbers are the trainer's numbers for the same weights and data.
     assert abs(trained["pa_mpjpe"] - logged[-1]["pa_mpjpe"]) < 1e-3
+    print({name: {key: round(value[key], 1) for key in ("pa_mpjpe", "mpvpe")} for name, value in results.items()})
+    assert trained["pa_mpjpe"] < 0.7 * untrained["pa_mpjpe"]  # measured 0.52
+    assert trained["mpvpe"] < 0.9 * untrained["mpvpe"]  # measured 0.70
 
 
 def test_eval_missing_checkpoint_is_one_line_error(tmp_path, capsys, synthetic_dataset):

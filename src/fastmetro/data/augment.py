@@ -153,6 +153,30 @@ def transform_points_3d(points: np.ndarray, params: AugmentParams, flip_permutat
     return out
 
 
+#: SMPL's 24 joints with left and right swapped (pelvis, hips, spine, knees, ... hands).
+SMPL_JOINT_FLIP = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20, 23, 22)
+
+
+def augment_pose(pose: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """SMPL/MANO axis-angle pose (3 J,) under the same augmentation as the image and targets.
+
+    The in-plane rotation turns the global orientation about the camera's z axis; a flip mirrors
+    every joint rotation (axis-angle (x, y, z) -> (x, -y, -z)) and, for SMPL's 24 joints, swaps
+    left and right joints (MANO hands are never flipped).
+    """
+    from scipy.spatial.transform import Rotation
+
+    out = np.array(pose, dtype=np.float64).reshape(-1, 3)
+    if params.rotation:
+        global_orient = Rotation.from_matrix(rotation_3d(params.rotation)) * Rotation.from_rotvec(out[0])
+        out[0] = global_orient.as_rotvec()
+    if params.flip:
+        if len(out) == len(SMPL_JOINT_FLIP):
+            out = out[list(SMPL_JOINT_FLIP)]
+        out[:, 1:] *= -1.0
+    return out.reshape(-1)
+
+
 def _flip_points(points: np.ndarray, permutation: np.ndarray | None) -> np.ndarray:
     if permutation is None:
         raise ValueError("horizontal flip needs a left/right permutation (this topology has none)")
@@ -166,6 +190,7 @@ __all__ = [
     "AugmentParams",
     "apply_occlusion",
     "apply_pixel_noise",
+    "augment_pose",
     "body_augment_config",
     "crop_image",
     "crop_side",

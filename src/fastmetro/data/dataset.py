@@ -10,6 +10,11 @@ docs/architecture.md::
                                        hands from a MANO model file: on MANO's kinematic wrist joint
                                        (as released)
     has_joints_2d, has_joints_3d, has_vertices   float32 0/1
+    smpl_pose      (P,) float32        SMPL (72) / MANO (48) axis-angle after augmentation (global
+                                       orientation rotated in-plane, left/right swapped on a flip),
+                                       zeros if none; with a body model only
+    smpl_betas     (10,) float32       shape coefficients (zeros if none); with a body model only
+    has_smpl       float32 0/1         pose/betas available; with a body model only
     key            str                 row key
 
 Ground-truth vertices come from the body model (SMPL/MANO layer at the label's pose/betas)
@@ -33,6 +38,7 @@ from fastmetro.conventions import centre_joints, centre_mesh
 from fastmetro.data.augment import (
     AugmentConfig,
     apply_occlusion,
+    augment_pose,
     apply_pixel_noise,
     crop_image,
     normalise_image,
@@ -159,7 +165,7 @@ class MeshDataset(torch.utils.data.Dataset):
         else:
             vertices = np.zeros((self.topology.num_vertices, 3))
 
-        return {
+        sample = {
             "image": torch.from_numpy(normalise_image(pixels)),
             "joints_2d": torch.from_numpy(joints_2d.astype(np.float32)),
             "joints_3d": torch.from_numpy(joints_3d.astype(np.float32)),
@@ -169,6 +175,20 @@ class MeshDataset(torch.utils.data.Dataset):
             "has_vertices": torch.tensor(float(self._has_vertices(row, annotation))),
             "key": row.key,
         }
+        if self.body_model is not None:  # parameter targets (the SMPL parameter regressor's losses)
+            sample.update(self._parameter_targets(annotation, params))
+        return sample
+
+    def _parameter_targets(self, annotation: Annotation, params) -> dict:
+        size = self.body_model.num_pose_parameters
+        pose, betas = np.zeros(size), np.zeros(10)
+        if annotation.has_smpl:
+            pose = augment_pose(annotation.pose.reshape(-1)[:size], params)
+            count = min(10, annotation.betas.size)
+            betas[:count] = annotation.betas.reshape(-1)[:count]
+        return {"smpl_pose": torch.from_numpy(pose.astype(np.float32)),
+                "smpl_betas": torch.from_numpy(betas.astype(np.float32)),
+                "has_smpl": torch.tensor(float(annotation.has_smpl))}
 
     def _has_vertices(self, row: RawRow, annotation: Annotation) -> bool:
         return (annotation.has_smpl and self.body_model is not None) or row.vertices is not None

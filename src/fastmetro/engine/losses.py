@@ -27,8 +27,10 @@ Terms (all L1; a batch with no sample that has the ground truth contributes exac
   (released: the intermediate level of SMPL with its released 3,451 faces, the fine level of
   MANO), edge lengths ``sqrt(d^2 + 1e-8)`` as released, gated by ``has_vertices``.
 
-total = w_j3d (joints_3d + mesh_joints_3d) + w_v vertices + w_j2d (joints_2d + mesh_joints_2d)
-        + w_en (edge_length_weight * edge + edge_self_weight * edge_self + normal_weight * normal)
+main = w_j3d (joints_3d + mesh_joints_3d) + w_v vertices + w_j2d (joints_2d + mesh_joints_2d)
+       + w_en (edge_length_weight * edge + edge_self_weight * edge_self + normal_weight * normal)
+total = main_weight * main (+ smpl_weight * smpl_total for models with the SMPL parameter
+        regressor and a body model: :mod:`fastmetro.engine.parameter_losses`)
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class LossConfig:
     joints_2d_average: str = "batch"
     # Edge lengths are sqrt(d^2 + edge_epsilon) (released: 1e-8, keeps the gradient finite at 0).
     edge_epsilon: float = 1e-8
+    # SMPL parameter regressor (released: 1000 x its losses + the main loss, whose weight the
+    # released Human3.6M stage sets to 1e-8 to train only the regressor).
+    smpl_weight: float = 1000.0
+    main_weight: float = 1.0
 
     def __post_init__(self):
         if self.joints_2d_average not in JOINTS_2D_AVERAGES:
@@ -115,7 +121,7 @@ class MeshCriterion(nn.Module):
         config: weights; defaults reproduce the released body/hand recipes.
     """
 
-    def __init__(self, topology, config: LossConfig | None = None):
+    def __init__(self, topology, config: LossConfig | None = None, body_model: nn.Module | None = None):
         super().__init__()
         config = config or LossConfig()
         self.config = config
@@ -141,6 +147,11 @@ class MeshCriterion(nn.Module):
         faces = np.asarray(topology.edge_loss_faces(self.edge_level), dtype=np.int64)
         self.register_buffer("edge_faces", torch.from_numpy(faces.copy()), persistent=False)
         self.register_buffer("edges", torch.from_numpy(unique_edges(faces)), persistent=False)
+        self.parameter_loss = None
+        if body_model is not None:
+            from fastmetro.engine.parameter_losses import SMPLParameterLoss
+
+            self.parameter_loss = SMPLParameterLoss(body_model)
 
     # ------------------------------------------------------------------ helpers
     def _gt_level(self, gt_fine: torch.Tensor, level: int) -> torch.Tensor:
@@ -189,10 +200,8 @@ class MeshCriterion(nn.Module):
             self.root_regressor, self.root_joints,
         )  # fmt: skip
         gt_joints_3d = batch["joints_3d"].float()
-        gt_joints_2d = batch["joints_2d"].float()
         gt_fine = batch["vertices"].float()  # centred on its root by the dataset (sample contract)
         has_3d = batch["has_joints_3d"].float().reshape(-1)
-        has_2d = batch["has_joints_2d"].float().reshape(-1)
         has_vertices = batch["has_vertices"].float().reshape(-1)
 
         terms: dict[str, torch.Tensor] = {}
@@ -201,12 +210,7 @@ class MeshCriterion(nn.Module):
         # Mesh joints are centred on the mesh root; the 3D term compares joint sets on the mid-hip.
         for name, joints in (("joints", pred["joints"]), ("mesh_joints", pred["mesh_joints"])):
             terms[f"{name}_3d"] = masked_l1(centre_joints(joints, self.root_joints), gt_xyz, confidence, has_3d)
-            projected = weak_perspective_project(joints, camera)
-            visibility = gt_joints_2d[..., 2:] * has_2d[:, None, None]
-            if self.config.joints_2d_average == "batch":
-                terms[f"{name}_2d"] = batch_l1(projected, gt_joints_2d[..., :2], visibility)
-            else:
-                terms[f"{name}_2d"] = masked_l1(projected, gt_joints_2d[..., :2], visibility, has_2d)
+            terms[f"{name}_2d"] = self.joints_2d_term(weak_perspective_project(joints, camera), batch)
 
         levels = pred["vertices_by_level"]
         gt_levels = [gt_fine] + [self._gt_level(gt_fine, level) for level in range(1, self.num_levels)]
@@ -233,5 +237,20 @@ class MeshCriterion(nn.Module):
             )
             terms["edge_normal"] = edge_normal
             total = total + config.edge_normal_weight * edge_normal
+        terms["main"] = total
+        total = config.main_weight * total
+        if self.parameter_loss is not None and "smpl_rotmat" in outputs:
+            terms.update(self.parameter_loss(outputs, batch, self))
+            total = total + config.smpl_weight * terms["smpl_total"]
         terms["total"] = total
         return terms
+
+    def joints_2d_term(self, projected: torch.Tensor, batch: dict) -> torch.Tensor:
+        """L1 of projected (B, K, 2) joints against the batch's 2D joints, visibility-weighted,
+        averaged as configured (released: over the whole batch)."""
+        gt = batch["joints_2d"].float()
+        has_2d = batch["has_joints_2d"].float().reshape(-1)
+        visibility = gt[..., 2:] * has_2d[:, None, None]
+        if self.config.joints_2d_average == "batch":
+            return batch_l1(projected, gt[..., :2], visibility)
+        return masked_l1(projected, gt[..., :2], visibility, has_2d)

@@ -86,7 +86,16 @@ def load_topology(config: ExperimentConfig):
     return topology_module.load(config.model.topology, config.model.data_dir)
 
 
-def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: bool):
+def load_body_model(config: ExperimentConfig):
+    """The SMPL/MANO layer of ``data.body_model`` (None when not configured)."""
+    if not config.data.body_model:
+        return None
+    from fastmetro.data.body_models import load_body_model as load
+
+    return load(config.data.body_model)
+
+
+def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: bool, body_model=None):
     from fastmetro.data.augment import AugmentConfig, body_augment_config, hand_augment_config
     from fastmetro.data.dataset import MeshDataset
     data = config.data
@@ -94,11 +103,6 @@ def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: boo
     if train and data.augment:
         make = hand_augment_config if topology.is_hand else body_augment_config
         augment = make(**data.augment_overrides)
-    body_model = None
-    if data.body_model:
-        from fastmetro.data.body_models import load_body_model
-
-        body_model = load_body_model(data.body_model)
     return MeshDataset(
         yaml_path, topology, train=train, augment=augment, image_size=data.image_size,
         body_model=body_model, skip_bad_rows=data.skip_bad_rows, seed=config.train.seed,
@@ -232,11 +236,14 @@ class Trainer:
         if model is None:
             model = build_model(config, self.topology, resume_from=_weights_of(state_path) if state_path else None)
         self.model = model.to(self.device)
-        self.criterion = MeshCriterion(self.topology, config.loss).to(self.device)
+        body_model = load_body_model(config)  # ground truth for has_smpl rows; the regressor's losses
+        has_regressor = getattr(self.model.config, "smpl_parameter_regressor", False)
+        self.criterion = MeshCriterion(self.topology, config.loss,
+                                       body_model=body_model if has_regressor else None).to(self.device)
         self.train_dataset = train_dataset if train_dataset is not None else build_dataset(
-            config, config.data.train, self.topology, train=True)
+            config, config.data.train, self.topology, train=True, body_model=body_model)
         if val_dataset is None and config.data.val:
-            val_dataset = build_dataset(config, config.data.val, self.topology, train=False)
+            val_dataset = build_dataset(config, config.data.val, self.topology, train=False, body_model=body_model)
         if val_dataset is not None and config.data.max_val_samples:
             count = min(config.data.max_val_samples, len(val_dataset))
             val_dataset = torch.utils.data.Subset(val_dataset, range(count))

@@ -39,6 +39,8 @@ def register(subparsers) -> None:
                        help="hand models: side of the hands in the boxes (left hands are run mirrored)")
     infer.add_argument("--topology", help="mesh topology (default: the checkpoint's)")
     infer.add_argument("--data-dir", help="folder with the SMPL/MANO files for the smpl/mano topologies")
+    infer.add_argument("--body-model", help="SMPL model file (.pkl/.npz): models with the SMPL parameter regressor "
+                       "then also write the SMPL mesh (person_XX_smpl.obj/.ply)")
     infer.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
@@ -161,6 +163,7 @@ def run_infer(args) -> int:
         box_expand=args.box_expand,
         focal_length=args.focal_length,
         data_dir=args.data_dir,
+        body_model=args.body_model,
     )
     joint = predictor.joint_index(args.attention) if args.attention is not None else None
     out_dir = Path(args.out)

@@ -112,8 +112,25 @@ def person_record(person: PersonPrediction, joint_names, image_source: str, imag
         "joints_3d_camera": np.asarray(person.joints_camera).round(6).tolist(),
         "mesh_joints_3d": np.asarray(person.mesh_joints).round(6).tolist(),
         "joints_2d": np.asarray(person.joints_2d).round(3).tolist(),
-        "units": {"joints_3d": "metres (model space; add translation for camera space)", "joints_2d": "pixels"},
+        "units": {"joints_3d": "metres (root-centred model space, the camera's frame; add translation for "
+                               "camera space)", "joints_2d": "pixels"},
+        **smpl_record(person),
     }
+
+
+def smpl_record(person: PersonPrediction) -> dict:
+    """SMPL parameters of a model with the SMPL parameter regressor ({} otherwise)."""
+    if person.smpl_rotmat is None:
+        return {}
+    from scipy.spatial.transform import Rotation
+
+    rotations = np.asarray(person.smpl_rotmat, dtype=np.float64)
+    return {"smpl": {
+        "rotmat": rotations.round(6).tolist(),
+        "pose_axis_angle": Rotation.from_matrix(rotations).as_rotvec().reshape(-1).round(6).tolist(),
+        "betas": np.asarray(person.smpl_betas).round(6).tolist(),
+        "mesh": "person_XX_smpl.obj/.ply (with an SMPL model file, --body-model)",
+    }}
 
 
 def write_person(directory: Path, index: int, person: PersonPrediction, joint_names, image_source, image_size) -> list[Path]:
@@ -126,6 +143,10 @@ def write_person(directory: Path, index: int, person: PersonPrediction, joint_na
         write_mesh(directory / f"{stem}.ply", vertices, person.faces, color),
         write_glb(directory / f"{stem}.glb", [(vertices, person.faces, color)], image_size, person.intrinsics),
     ]
+    if person.smpl_vertices is not None:  # the parametric mesh next to the non-parametric one
+        smpl_vertices = person.smpl_vertices + person.translation
+        written.append(write_mesh(directory / f"{stem}_smpl.obj", smpl_vertices, person.smpl_faces))
+        written.append(write_mesh(directory / f"{stem}_smpl.ply", smpl_vertices, person.smpl_faces, color))
     record = person_record(person, joint_names, image_source, image_size)
     written.append(write_bytes(directory / f"{stem}.json", json.dumps(record, indent=1) + "\n"))
     return written

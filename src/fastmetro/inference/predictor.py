@@ -66,6 +66,11 @@ class PersonPrediction:
             the network was trained to predict).
         raw_root: (3,) the mesh root of the raw network output (model space), which the network's
             losses never constrain: kept for reference only.
+        smpl_rotmat, smpl_betas: (24, 3, 3), (10,) SMPL parameters (models with the SMPL parameter
+            regressor), else None.
+        smpl_vertices: (6890, 3) the SMPL mesh of those parameters, root-centred like
+            ``vertices`` (needs a body model: ``Predictor(body_model=...)``), else None.
+        smpl_faces: its triangles.
         joint_self_attention: (K, V_L) decoder self-attention of every joint to the coarse
             vertices, mean over heads and layers of both transformers (when requested).
         joint_cross_attention: (K, h, w) decoder cross-attention of every joint to the image
@@ -84,6 +89,10 @@ class PersonPrediction:
     mesh_joints: np.ndarray
     joints_2d: np.ndarray
     raw_root: np.ndarray | None = None
+    smpl_rotmat: np.ndarray | None = None
+    smpl_betas: np.ndarray | None = None
+    smpl_vertices: np.ndarray | None = None
+    smpl_faces: np.ndarray | None = None
     joint_self_attention: np.ndarray | None = None
     joint_cross_attention: np.ndarray | None = None
 
@@ -126,6 +135,8 @@ class Predictor:
         data_dir: folder of the SMPL/MANO files when the topology is ``smpl``/``mano``.
         detector: optional person detector (``detector(image) -> [Detection]``, e.g.
             :class:`fastmetro.inference.detector.TorchvisionDetector`) used when no boxes are given.
+        body_model: an SMPL model file (or a loaded layer) for models with the SMPL parameter
+            regressor: each person then also gets ``smpl_vertices``.
     """
 
     def __init__(
@@ -140,6 +151,7 @@ class Predictor:
         focal_length: float | None = None,
         data_dir: str | os.PathLike | None = None,
         detector=None,
+        body_model=None,
     ):
         if (checkpoint is None) == (model is None):
             raise FastMetroError("Predictor needs exactly one of checkpoint= or model=")
@@ -176,6 +188,9 @@ class Predictor:
         self.faces = np.asarray(self.topology.faces[0], dtype=np.int64)
         self._root_regressor = np.asarray(self.topology.root_regressor, dtype=np.float64)
         self.detector = detector
+        self.smpl_faces = None
+        if body_model is not None:
+            self._attach_body_model(body_model)
 
     # ------------------------------------------------------------------ public
     @property
@@ -246,6 +261,18 @@ class Predictor:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _attach_body_model(self, body_model) -> None:
+        if not hasattr(self.model, "attach_body_model") or not self.model.config.smpl_parameter_regressor:
+            raise FastMetroError("a body model was given, but this model has no SMPL parameter regressor")
+        if isinstance(body_model, (str, os.PathLike)):
+            from fastmetro.data.body_models import load_body_model
+
+            body_model = load_body_model(body_model)
+        if body_model.num_joints != 24:
+            raise FastMetroError(f"the SMPL parameter regressor needs an SMPL model (24 joints), got {body_model.num_joints}")
+        self.model.attach_body_model(body_model.to(self.device))
+        self.smpl_faces = body_model.faces if body_model.faces is not None else None
+
     def _person_boxes(self, image, boxes, image_size, source, warnings) -> list[PersonBox]:
         if boxes is None and self.detector is not None:
             detections = self.detector(image)
@@ -269,7 +296,9 @@ class Predictor:
         outputs = self.model(batch, return_attention=return_attention)
         out = {
             name: outputs[name].float().cpu().numpy()
-            for name in ("camera", "joints", "fine_vertices", "mesh_joints")
+            for name in ("camera", "joints", "fine_vertices", "mesh_joints", "smpl_rotmat", "smpl_betas",
+                         "smpl_vertices")
+            if name in outputs
         }
         if return_attention:
             num_joints = self.topology.num_joints
@@ -292,6 +321,7 @@ class Predictor:
         centred = root_centred(raw, self._root_regressor, self.topology.root_joints)
         vertices, joints, mesh_joints = centred["fine_vertices"], centred["joints"], centred["mesh_joints"]
         raw_root = centred["mesh_root"][0]
+        smpl = self._smpl_outputs(outputs, index)
         faces = self.faces
         self_attention = outputs.get("joint_self_attention")
         cross_attention = outputs.get("joint_cross_attention")
@@ -332,9 +362,25 @@ class Predictor:
             mesh_joints=mesh_joints,
             joints_2d=joints_2d,
             raw_root=raw_root,
+            **smpl,
             joint_self_attention=self_attention,
             joint_cross_attention=cross_attention,
         )
+
+
+    def _smpl_outputs(self, outputs: dict, index: int) -> dict:
+        """SMPL parameters (and the SMPL mesh, root-centred, when a body model is attached)."""
+        if "smpl_rotmat" not in outputs:
+            return {}
+        smpl = {"smpl_rotmat": outputs["smpl_rotmat"][index].astype(np.float64),
+                "smpl_betas": outputs["smpl_betas"][index].astype(np.float64)}
+        if "smpl_vertices" in outputs:
+            mesh = outputs["smpl_vertices"][index].astype(np.float64)
+            # Centred like `vertices` (SMPL topology: the pelvis; another topology: the centroid).
+            root = self._root_regressor @ mesh if len(mesh) == len(self._root_regressor) else mesh.mean(0)
+            smpl["smpl_vertices"] = mesh - root
+            smpl["smpl_faces"] = self.smpl_faces if self.smpl_faces is not None else self.faces
+        return smpl
 
 
 def _checked_image(image, source: str) -> np.ndarray:

@@ -23,7 +23,6 @@ version 1 is refused with a message saying so.
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +41,21 @@ VERSION_CHANGES = {
     "else. Retrain the model, or re-convert official weights with `fastmetro convert`",
 }
 _MAX_VERTICES = 10_000_000
+
+
+class FrozenDict(dict):
+    """A read-only dict (architecture overrides): copies and pickles like a dict."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a ModelSpec is frozen: use spec.replace(overrides=...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items(), key=lambda item: item[0])))
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ class ModelSpec:
     version: int = VERSION
 
     def __post_init__(self):
-        object.__setattr__(self, "overrides", types.MappingProxyType(_frozen_values(dict(self.overrides))))
+        object.__setattr__(self, "overrides", FrozenDict(_frozen_values(dict(self.overrides))))
 
     @property
     def task(self) -> str:
