@@ -264,3 +264,62 @@ def test_generation_leaves_autograd_enabled(synthetic_dataset):
     import torch
 
     assert torch.is_grad_enabled()
+
+
+def test_version_1_folders_resume_as_version_1(synthetic_dataset, tmp_path):
+    # A folder started before pose families existed: its synth.json has no poses/split keys and
+    # generator_version 1. Rerunning the same command (no --poses / --split) resumes it with the
+    # version-1 samplers: standing poses, whole bodies in view, no family in the labels.
+    from fastmetro.cli import main
+    from fastmetro.data.synthetic.commands import resumed_settings
+
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 4, "shard_size": 2,
+                            "test_fraction": 0.0, "generator_version": 1, "poses": "standing"})
+    manifest = config.manifest()
+    del manifest["poses"], manifest["split"]
+    (tmp_path / "synth.json").write_text(json.dumps(manifest))
+    assert resumed_settings(tmp_path, None, None) == {"poses": "standing", "split": "train", "generator_version": 1}
+    generate(config, progress=False, max_shards=1, maker=synthetic_dataset.maker)
+    # The rerun, as the CLI builds it (in-process with the loaded maker: one GL context per process).
+    resumed = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 4, "shard_size": 2,
+                             "test_fraction": 0.0, **resumed_settings(tmp_path, None, None)})
+    assert generate(resumed, progress=False, maker=synthetic_dataset.maker).written == ["train_00001"]
+    rows = TSVDataset(tmp_path / "train.yaml")
+    assert len(rows) == 4
+    for index in range(4):
+        label = rows.label(index)[1]
+        assert "pose_family" not in label
+        assert (np.asarray(label["2d_joints"])[:, 2] == 1).all()
+    # Asking for version-2 settings in that folder is refused, naming the setting.
+    args = ["synth", "--out", str(tmp_path), "--num", "4", "--seed", "7", "--size", "64", "--shard-size", "2",
+            "--test-fraction", "0", "--quiet", "--poses", "mixed"]
+    assert main(args) == 2
+    # A fresh folder gets the current version and the mixed poses.
+    assert resumed_settings(tmp_path / "new", None, None) == {"poses": "mixed", "split": "train", "generator_version": 2}
+
+
+def test_generalisation_split_is_a_disjoint_test_set(synthetic_dataset, tmp_path):
+    maker = synthetic_dataset.maker
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 8, "shard_size": 8,
+                            "split": "generalisation", "poses": "crawling=3,sitting=1"})
+    report = generate(config, progress=False, maker=maker)
+    assert set(report.yamls) == {"test"}  # all of it is test data
+    rows = TSVDataset(report.yamls["test"])
+    families = {rows.label(i)[1]["pose_family"] for i in range(len(rows))}
+    assert families == {"crawling", "sitting"}
+    # Salted streams: sample i of the generalisation split is another body than sample i of train.
+    train_phenotypes = [TSVDataset(synthetic_dataset.train_yaml).label(i)[1]["anny_phenotypes"] for i in range(4)]
+    assert all(rows.label(i)[1]["anny_phenotypes"] != train_phenotypes[i] for i in range(4))
+    # The training split never draws a held-out family, even when asked.
+    with pytest.raises(FastMetroError, match="held out"):
+        generate(SynthConfig(**{**config.__dict__, "out_dir": tmp_path / "t", "split": "train"}), progress=False)
+    train_families = {TSVDataset(synthetic_dataset.train_yaml).label(i)[1]["pose_family"] for i in range(12)}
+    assert "crawling" not in train_families and len(train_families) >= 4
+    maker.reconfigure(synthetic_dataset.config)
+
+
+def test_cli_rejects_unknown_pose_families(tmp_path, capsys):
+    from fastmetro.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--num", "4", "--poses", "flying"]) == 2
+    assert "unknown pose family 'flying'" in capsys.readouterr().err

@@ -65,9 +65,11 @@ def sample_framed_camera(
     target_joint = int(rng.integers(len(joints)))
     target_spot = rng.uniform(-CUT_TARGET_SPREAD, CUT_TARGET_SPREAD, size=2) * size
 
+    # Tilting the camera's x axis by +elevation turns its view down (version 1's sample_camera
+    # turns it by -elevation: its "elevation" in fact looked up from below for positive values).
     rotation = (
         Rotation.from_euler("z", roll, degrees=True).as_matrix()
-        @ Rotation.from_euler("x", -elevation, degrees=True).as_matrix()
+        @ Rotation.from_euler("x", elevation, degrees=True).as_matrix()
         @ WORLD_TO_FRONT_CAMERA
         @ Rotation.from_euler("z", yaw, degrees=True).as_matrix()
     )

@@ -122,7 +122,7 @@ class FamilyPoser:
         for name in sorted(spec.hinges):
             low, high = self._hinge_limits[name]
             angle = spec.hinges[name] + np.clip(rng.normal(0.0, HINGE_JITTER_DEGREES * jitter), -12.0, 12.0)
-            angle = min(max(angle, low), high)
+            angle = min(max(angle, low), max(high, spec.hinges[name]))  # a family may fold further
             rotations[skeleton.index(name)] = Rotation.from_rotvec(
                 self._hinge_axes[name] * np.radians(angle)).as_matrix()
         if spec.finger_curl is not None:

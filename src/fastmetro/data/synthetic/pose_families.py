@@ -152,10 +152,10 @@ def kneeling(rng, poser: FamilyPoser) -> PoseSpec:
             poser.euler(spec, f"upperleg01.{side}", _u(rng, -15, 5), 0.0, _u(rng, 0, 8))
             poser.hinge(spec, f"lowerleg01.{side}", _u(rng, 80, 100))
             poser.euler(spec, f"foot.{side}", _u(rng, 25, 40))
-    elif variant == "on_heels":
+    elif variant == "on_heels":  # thighs sloping down to the knees, knees folded flat (past the everyday 140)
         for side in "LR":
-            poser.euler(spec, f"upperleg01.{side}", -_u(rng, 85, 110), 0.0, _u(rng, 0, 12))
-            poser.hinge(spec, f"lowerleg01.{side}", _u(rng, 132, 140))
+            poser.euler(spec, f"upperleg01.{side}", -_u(rng, 62, 80), 0.0, _u(rng, 0, 12))
+            poser.hinge(spec, f"lowerleg01.{side}", _u(rng, 150, 158))
             poser.euler(spec, f"foot.{side}", _u(rng, 25, 40))
         _spine(poser, spec, x=_u(rng, -25, 5))
     else:

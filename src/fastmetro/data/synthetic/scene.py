@@ -5,7 +5,10 @@ only on (seed, index), never on the order or the process that draws it.
 
 Camera model: pinhole, square pixels, principal point at the image centre (``cx = cy = (S-1)/2``
 in pixel-centre coordinates), OpenCV axes (x right, y down, z forward). The body is rotated to a
-random yaw (all around) and elevation (-15..35 degrees, camera above looking down for +), the
+random yaw (all around) and elevation (-15..35 degrees; meant as "camera above looking down for
++", but the rotation below turns the view the other way, so version-1 data see the body from
+below for + -- kept as it is so version-1 folders resume identically; version 2's
+:mod:`~fastmetro.data.synthetic.framing` has the intended sign), the
 camera rolls in-plane (+-20 degrees, occasionally up to +-60), and the distance is chosen so the
 whole mesh projects inside the image with a random margin (3-12 %% of the side; up to 15 %%
 further back).
