@@ -296,6 +296,9 @@ def test_version_1_folders_resume_as_version_1(synthetic_dataset, tmp_path):
     assert main(args) == 2
     # A fresh folder gets the current version and the mixed poses.
     assert resumed_settings(tmp_path / "new", None, None) == {"poses": "mixed", "split": "train", "generator_version": 2}
+    # Version 1 asked for explicitly (the demo's data): standing poses.
+    assert resumed_settings(tmp_path / "new", None, None, 1) == {"poses": "standing", "split": "train",
+                                                                 "generator_version": 1}
 
 
 def test_generalisation_split_is_a_disjoint_test_set(synthetic_dataset, tmp_path):

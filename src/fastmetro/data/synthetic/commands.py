@@ -41,6 +41,12 @@ def register(subparsers) -> None:
              "set from disjoint photos, textures, clothing patterns, the held-out pose family and other lenses "
              "(all of it in OUT/test.yaml)",
     )
+    parser.add_argument(
+        "--generator-version", type=int, choices=(1, 2), default=None,
+        help="samplers to use: 2 (default for a new folder): pose families, coloured lights, patterned clothing, "
+             "close-ups; 1: the first release's (standing poses, one light, flat colours, whole bodies). "
+             "A rerun keeps the folder's",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
     parser.add_argument(
         "--vertices-dtype", choices=("float32", "float16"), default="float32",
@@ -51,18 +57,22 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def resumed_settings(out_dir: Path, poses: str | None, split: str | None) -> dict:
+def resumed_settings(out_dir: Path, poses: str | None, split: str | None, version: int | None = None) -> dict:
     """poses / split / generator_version: as given, else the folder's (a rerun resumes), else the defaults.
 
-    A folder made before pose families existed (generator version 1) resumes as version 1.
+    A folder made before pose families existed (generator version 1) resumes as version 1;
+    version 1 knows only standing poses, so that is its default.
     """
     from fastmetro.data.synthetic.config import GENERATOR_VERSION, read_manifest
 
     existing = read_manifest(out_dir) or {}
+    if version is None:
+        version = existing.get("generator_version", GENERATOR_VERSION)
+    default_poses = "standing" if version == 1 else "mixed"
     return {
-        "poses": poses if poses is not None else existing.get("poses", "mixed"),
+        "poses": poses if poses is not None else existing.get("poses", default_poses),
         "split": split if split is not None else existing.get("split", "train"),
-        "generator_version": existing.get("generator_version", GENERATOR_VERSION),
+        "generator_version": version,
     }
 
 
@@ -86,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         backgrounds=args.backgrounds,
         jpeg_quality=args.jpeg_quality,
         vertices_dtype=args.vertices_dtype,
-        **resumed_settings(args.out, args.poses, args.split),
+        **resumed_settings(args.out, args.poses, args.split, args.generator_version),
     )
     if config.generator_version != GENERATOR_VERSION:
         print(f"{args.out}: resuming a dataset of generator version {config.generator_version} with its own samplers")
