@@ -17,7 +17,8 @@ rerun skips every shard whose yaml exists and never rewrites it.
 
 Labels per row (see :mod:`fastmetro.data.labels`): ``center``/``scale`` (box around the
 projected mesh -- version 2: its part inside the image --, side = 1.2 x its larger extent, /200),
-``2d_joints`` (K, 3) pixels + in-image flag (0 exactly for the joints outside the image), ``3d_joints`` (K, 4) camera coordinates in metres + confidence 1, ``has_2d_joints`` /
+``2d_joints`` (K, 3) pixels + in-image flag (0 exactly for the joints outside the image),
+``3d_joints`` (K, 4) camera coordinates in metres + confidence 1, ``has_2d_joints`` /
 ``has_3d_joints`` 1, ``has_smpl`` 0, ``joints_format`` "topology", ``camera`` intrinsics,
 ``has_vertices`` 1 with the row of the vertex side file, ``anny_phenotypes`` (the 11 values) and,
 from generator version 2, ``pose_family`` and ``cut_by_border`` (1: a close-up that cuts the body).

@@ -98,8 +98,11 @@ def walking(rng, poser: FamilyPoser) -> PoseSpec:
     for side, sign in (("L", 1.0), ("R", -1.0)):
         swing = sign * np.sin(phase)  # +1: this leg fully forward, its arm fully back
         lagging = max(0.0, -swing + 0.3) / 1.3  # the trailing / swinging leg bends its knee
-        poser.euler(spec, f"upperleg01.{side}", -hip_amplitude * swing - (12 if running else 0), _u(rng, -4, 2), _u(rng, -5, 5))
-        poser.hinge(spec, f"lowerleg01.{side}", _u(rng, 3, 12) + lagging * (_u(rng, 70, 110) if running else _u(rng, 25, 55)))
+        hip = -hip_amplitude * swing - (12 if running else 0)
+        poser.euler(spec, f"upperleg01.{side}", hip, _u(rng, -4, 2), _u(rng, -5, 5))
+        knee = _u(rng, 3, 12)
+        knee += lagging * (_u(rng, 70, 110) if running else _u(rng, 25, 55))
+        poser.hinge(spec, f"lowerleg01.{side}", knee)
         poser.euler(spec, f"foot.{side}", _u(rng, 0, 20) * lagging - _u(rng, 0, 10) * max(swing, 0), 0.0, 0.0)
         poser.euler(spec, f"upperarm01.{side}", arm_amplitude * swing, _u(rng, 0, 10), _u(rng, -10, 10))
         poser.hinge(spec, f"lowerarm01.{side}", _u(rng, 70, 100) if running else _u(rng, 5, 35))
