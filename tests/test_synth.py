@@ -58,43 +58,83 @@ def test_mesh_dataset_reads_synthetic_rows(synthetic_dataset):
     assert np.abs(np.asarray(sample["joints_2d"])[:, :2]).max() <= 1.0
 
 
+def check_sample_labels(row, mask, size, regressor) -> tuple[int, int]:
+    """Assert one sample's labels agree with each other and with its render.
+
+    Returns (visible joints, visible joints on the body mask) for the caller's tally.
+    """
+    label = row.label
+    camera = label["camera"]
+    intrinsics = np.array([[camera["fx"], 0, camera["cx"]], [0, camera["fy"], camera["cy"]], [0, 0, 1]])
+    joints_3d = np.asarray(label["3d_joints"])[:, :3]
+    joints_2d = np.asarray(label["2d_joints"])
+    # 3D joints = topology regressor @ stored vertices (camera coordinates, metres).
+    np.testing.assert_allclose(regressor @ row.vertices, joints_3d, atol=1e-4)
+    # Projecting the 3D joints with the stored intrinsics gives the stored 2D joints.
+    projected = joints_3d @ intrinsics.T
+    np.testing.assert_allclose(projected[:, :2] / projected[:, 2:], joints_2d[:, :2], atol=1e-3)
+    # Visibility is exactly "inside the image": 1 in, 0 out (cut bodies have some 0s).
+    inside = (joints_2d[:, :2] >= -0.5).all(1) & (joints_2d[:, :2] <= size - 0.5).all(1)
+    np.testing.assert_array_equal(joints_2d[:, 2], inside.astype(float))
+    assert inside.sum() >= 6, row.key  # a cut body keeps at least 6 joints in view
+    # The mask covers real body pixels, inside the projected mesh's box (clipped to the image).
+    assert mask.sum() > 0.005 * mask.size, row.key
+    vertices_2d = row.vertices @ intrinsics.T
+    vertices_2d = vertices_2d[:, :2] / vertices_2d[:, 2:]
+    rows_, cols_ = np.nonzero(mask)
+    low, high = vertices_2d.min(0), vertices_2d.max(0)
+    assert cols_.min() >= low[0] - 1 and cols_.max() <= high[0] + 1
+    assert rows_.min() >= low[1] - 1 and rows_.max() <= high[1] + 1
+    # The image is non-empty where the mask says the body is (lit, not black/flat).
+    body_pixels = row.image[mask].astype(np.float64)
+    assert body_pixels.mean() > 8 and body_pixels.std() > 1
+    # The box (center, scale) encloses the visible part of the projected mesh.
+    half_side = 100.0 * label["scale"]
+    visible_2d = np.clip(vertices_2d, -0.5, size - 0.5)
+    assert (np.abs(visible_2d - np.asarray(label["center"])) <= half_side + 1e-6).all()
+    # Visible joints lie on the body (the mask, grown by 2 px; occluders may hide a few).
+    grown = np.zeros_like(mask)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            grown |= np.roll(np.roll(mask, dy, 0), dx, 1)
+    pixels = np.clip(np.round(joints_2d[inside, :2]).astype(int), 0, size - 1)
+    return int(inside.sum()), int(grown[pixels[:, 1], pixels[:, 0]].sum())
+
+
 def test_labels_are_consistent_with_images_and_each_other(synthetic_dataset):
     config = synthetic_dataset.config
     regressor = synthetic_dataset.maker.body.label_mesh.joint_regressor
+    visible = on_body = cut = 0
     for split in ("train", "test"):
         for shard_yaml in shard_yamls(synthetic_dataset, split):
             rows = TSVDataset(shard_yaml)
             masks = read_masks(shard_yaml, config.size)
             assert len(masks) == len(rows)
             for index in range(len(rows)):
-                row, mask = rows[index], masks[index]
-                label = row.label
-                camera = label["camera"]
-                intrinsics = np.array([[camera["fx"], 0, camera["cx"]], [0, camera["fy"], camera["cy"]], [0, 0, 1]])
-                joints_3d = np.asarray(label["3d_joints"])[:, :3]
-                joints_2d = np.asarray(label["2d_joints"])
-                # 3D joints = topology regressor @ stored vertices (camera coordinates, metres).
-                np.testing.assert_allclose(regressor @ row.vertices, joints_3d, atol=1e-4)
-                # Projecting the 3D joints with the stored intrinsics gives the stored 2D joints.
-                projected = joints_3d @ intrinsics.T
-                np.testing.assert_allclose(projected[:, :2] / projected[:, 2:], joints_2d[:, :2], atol=1e-3)
-                # The body is in view: joints inside the image, flagged visible.
-                assert (joints_2d[:, :2] > -0.5).all() and (joints_2d[:, :2] < config.size - 0.5).all()
-                assert (joints_2d[:, 2] == 1).all()
-                # The mask covers real body pixels, inside the projected mesh's box.
-                assert mask.sum() > 0.01 * mask.size, row.key
-                vertices_2d = row.vertices @ intrinsics.T
-                vertices_2d = vertices_2d[:, :2] / vertices_2d[:, 2:]
-                rows_, cols_ = np.nonzero(mask)
-                low, high = vertices_2d.min(0), vertices_2d.max(0)
-                assert cols_.min() >= low[0] - 1 and cols_.max() <= high[0] + 1
-                assert rows_.min() >= low[1] - 1 and rows_.max() <= high[1] + 1
-                # The image is non-empty where the mask says the body is (lit, not black/flat).
-                body_pixels = row.image[mask].astype(np.float64)
-                assert body_pixels.mean() > 8 and body_pixels.std() > 1
-                # The box (center, scale) encloses the projected mesh.
-                half_side = 100.0 * label["scale"]
-                assert (np.abs(vertices_2d - np.asarray(label["center"])) <= half_side + 1e-6).all()
+                counts = check_sample_labels(rows[index], masks[index], config.size, regressor)
+                visible, on_body = visible + counts[0], on_body + counts[1]
+                cut += rows[index].label["cut_by_border"]
+    assert on_body >= 0.85 * visible
+    assert 0 < cut < 16  # seed 7 draws both framings
+
+
+def test_cut_bodies_mark_the_joints_outside_the_image(synthetic_dataset, tmp_path, monkeypatch):
+    from fastmetro.data.synthetic import framing
+
+    monkeypatch.setattr(framing, "CUT_PROBABILITY", 1.0)
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 6,
+                            "shard_size": 6, "test_fraction": 0.0, "occluders": False})
+    report = generate(config, progress=False, maker=synthetic_dataset.maker)
+    rows = TSVDataset(report.yamls["train"])
+    masks = read_masks(tmp_path / "train_00000.yaml", config.size)
+    regressor = synthetic_dataset.maker.body.label_mesh.joint_regressor
+    hidden = 0
+    for index in range(len(rows)):
+        visible, on_body = check_sample_labels(rows[index], masks[index], config.size, regressor)
+        assert on_body == visible  # no occluders: every visible joint is on the body
+        hidden += 14 - visible
+        assert rows[index].label["cut_by_border"] in (0, 1)
+    assert hidden > 0  # close-ups do cut bodies
 
 
 def test_same_seed_gives_the_same_bytes(synthetic_dataset, tmp_path):
@@ -224,3 +264,65 @@ def test_generation_leaves_autograd_enabled(synthetic_dataset):
     import torch
 
     assert torch.is_grad_enabled()
+
+
+def test_version_1_folders_resume_as_version_1(synthetic_dataset, tmp_path):
+    # A folder started before pose families existed: its synth.json has no poses/split keys and
+    # generator_version 1. Rerunning the same command (no --poses / --split) resumes it with the
+    # version-1 samplers: standing poses, whole bodies in view, no family in the labels.
+    from fastmetro.cli import main
+    from fastmetro.data.synthetic.commands import resumed_settings
+
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 4, "shard_size": 2,
+                            "test_fraction": 0.0, "generator_version": 1, "poses": "standing"})
+    manifest = config.manifest()
+    del manifest["poses"], manifest["split"]
+    (tmp_path / "synth.json").write_text(json.dumps(manifest))
+    assert resumed_settings(tmp_path, None, None) == {"poses": "standing", "split": "train", "generator_version": 1}
+    generate(config, progress=False, max_shards=1, maker=synthetic_dataset.maker)
+    # The rerun, as the CLI builds it (in-process with the loaded maker: one GL context per process).
+    resumed = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 4, "shard_size": 2,
+                             "test_fraction": 0.0, **resumed_settings(tmp_path, None, None)})
+    assert generate(resumed, progress=False, maker=synthetic_dataset.maker).written == ["train_00001"]
+    rows = TSVDataset(tmp_path / "train.yaml")
+    assert len(rows) == 4
+    for index in range(4):
+        label = rows.label(index)[1]
+        assert "pose_family" not in label
+        assert (np.asarray(label["2d_joints"])[:, 2] == 1).all()
+    # Asking for version-2 settings in that folder is refused, naming the setting.
+    args = ["synth", "--out", str(tmp_path), "--num", "4", "--seed", "7", "--size", "64", "--shard-size", "2",
+            "--test-fraction", "0", "--quiet", "--poses", "mixed"]
+    assert main(args) == 2
+    # A fresh folder gets the current version and the mixed poses.
+    assert resumed_settings(tmp_path / "new", None, None) == {"poses": "mixed", "split": "train", "generator_version": 2}
+    # Version 1 asked for explicitly (the demo's data): standing poses.
+    assert resumed_settings(tmp_path / "new", None, None, 1) == {"poses": "standing", "split": "train",
+                                                                 "generator_version": 1}
+
+
+def test_generalisation_split_is_a_disjoint_test_set(synthetic_dataset, tmp_path):
+    maker = synthetic_dataset.maker
+    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 8, "shard_size": 8,
+                            "split": "generalisation", "poses": "crawling=3,sitting=1"})
+    report = generate(config, progress=False, maker=maker)
+    assert set(report.yamls) == {"test"}  # all of it is test data
+    rows = TSVDataset(report.yamls["test"])
+    families = {rows.label(i)[1]["pose_family"] for i in range(len(rows))}
+    assert families == {"crawling", "sitting"}
+    # Salted streams: sample i of the generalisation split is another body than sample i of train.
+    train_phenotypes = [TSVDataset(synthetic_dataset.train_yaml).label(i)[1]["anny_phenotypes"] for i in range(4)]
+    assert all(rows.label(i)[1]["anny_phenotypes"] != train_phenotypes[i] for i in range(4))
+    # The training split never draws a held-out family, even when asked.
+    with pytest.raises(FastMetroError, match="held out"):
+        generate(SynthConfig(**{**config.__dict__, "out_dir": tmp_path / "t", "split": "train"}), progress=False)
+    train_families = {TSVDataset(synthetic_dataset.train_yaml).label(i)[1]["pose_family"] for i in range(12)}
+    assert "crawling" not in train_families and len(train_families) >= 4
+    maker.reconfigure(synthetic_dataset.config)
+
+
+def test_cli_rejects_unknown_pose_families(tmp_path, capsys):
+    from fastmetro.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--num", "4", "--poses", "flying"]) == 2
+    assert "unknown pose family 'flying'" in capsys.readouterr().err

@@ -47,12 +47,16 @@ void main() {
 }
 """
 
+MAX_LIGHTS = 4
+
 _FRAGMENT_SHADER = """
 #version 330
-uniform vec3 light_direction;  // unit vector from the light towards the scene, camera coordinates
-uniform vec3 light_color;
+#define MAX_LIGHTS %d
+uniform int num_lights;
+uniform vec3 light_directions[MAX_LIGHTS];  // unit vectors from each light towards the scene, camera coords
+uniform vec3 light_colors[MAX_LIGHTS];
+uniform float speculars[MAX_LIGHTS];
 uniform vec3 ambient;
-uniform float specular;
 in vec3 v_position;
 in vec3 v_normal;
 in vec3 v_color;
@@ -64,15 +68,20 @@ void main() {
     vec3 to_camera = normalize(-v_position);
     // Meshes may be wound either way and seen from inside: light the side facing the camera.
     if (dot(normal, to_camera) < 0.0) normal = -normal;
-    vec3 to_light = -light_direction;
-    float diffuse = max(dot(normal, to_light), 0.0);
-    vec3 half_vector = normalize(to_light + to_camera);
-    float shine = specular * pow(max(dot(normal, half_vector), 0.0), 32.0);
-    vec3 color = v_color * (ambient + light_color * diffuse) + light_color * shine;
+    vec3 lit = vec3(0.0);
+    vec3 shine = vec3(0.0);
+    for (int i = 0; i < num_lights; ++i) {
+        vec3 to_light = -light_directions[i];
+        float diffuse = max(dot(normal, to_light), 0.0);
+        vec3 half_vector = normalize(to_light + to_camera);
+        lit += light_colors[i] * diffuse;
+        shine += light_colors[i] * (speculars[i] * pow(max(dot(normal, half_vector), 0.0), 32.0));
+    }
+    vec3 color = v_color * (ambient + lit) + shine;
     out_color = vec4(clamp(color, 0.0, 1.0), v_label);  // alpha carries the subject mask
     out_depth_label = vec2(v_position.z, v_label);
 }
-"""
+""" % MAX_LIGHTS
 
 _BACKGROUND_VERTEX_SHADER = """
 #version 330
@@ -114,7 +123,11 @@ class RenderResult:
 
 @dataclass(frozen=True)
 class Light:
-    """Directional light plus ambient term (colours are linear RGB multipliers, 0..1+)."""
+    """Directional light plus ambient term (colours are linear RGB multipliers, 0..1+).
+
+    Several lights (up to MAX_LIGHTS) may be given as a tuple: their diffuse and specular terms
+    add up, and so do their ambient terms (give extra lights ``ambient=(0, 0, 0)``).
+    """
 
     direction: tuple[float, float, float] = (0.3, 0.5, 1.0)  # camera coords, pointing into the scene
     color: tuple[float, float, float] = (0.8, 0.8, 0.8)
@@ -211,6 +224,40 @@ def _color_array(color, count: int, what: str) -> np.ndarray:
     raise FastMetroError(f"{what}: color must have shape (3,) or ({count}, 3), got {color.shape}")
 
 
+def _check_mesh(vertices: np.ndarray, faces: np.ndarray, intrinsics: np.ndarray, normals) -> None:
+    """One-line FastMetroError for malformed render inputs."""
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise FastMetroError(f"renderer: vertices must be (V, 3), got {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise FastMetroError(f"renderer: faces must be (F, 3), got {faces.shape}")
+    if intrinsics.shape != (3, 3):
+        raise FastMetroError(f"renderer: intrinsics must be (3, 3), got {intrinsics.shape}")
+    if not np.isfinite(vertices).all():
+        raise FastMetroError("renderer: vertices contain NaN or infinity")
+    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise FastMetroError(f"renderer: face indices out of range for {len(vertices)} vertices")
+    if normals is not None and np.shape(normals) != vertices.shape:
+        raise FastMetroError(f"renderer: normals must have shape {vertices.shape}, got {np.shape(normals)}")
+
+
+def _pack(parts) -> tuple[np.ndarray, np.ndarray]:
+    """Interleave (vertices, faces, colours, label, normals) parts into one vertex / index buffer.
+
+    Vertex rows are ``position(3) normal(3) colour(3) label(1)`` float32; indices uint32.
+    """
+    vertex_blocks, index_blocks, offset = [], [], 0
+    for part_vertices, part_faces, part_colors, label, part_normals in parts:
+        block = np.empty((len(part_vertices), 10), dtype=np.float32)
+        block[:, 0:3] = part_vertices
+        block[:, 3:6] = vertex_normals(part_vertices, part_faces) if part_normals is None else part_normals
+        block[:, 6:9] = part_colors
+        block[:, 9] = label
+        vertex_blocks.append(block)
+        index_blocks.append(part_faces.astype(np.uint32).reshape(-1) + offset)
+        offset += len(part_vertices)
+    return np.concatenate(vertex_blocks), np.concatenate(index_blocks)
+
+
 class Renderer:
     """Render triangle meshes offscreen to RGB, a subject mask and a depth map.
 
@@ -288,7 +335,7 @@ class Renderer:
         intrinsics: np.ndarray,
         color=(0.7, 0.7, 0.75),
         background: np.ndarray | None = None,
-        light: Light | None = None,
+        light: Light | tuple[Light, ...] | None = None,
         extra_meshes: tuple[MeshPart, ...] = (),
         near: float = 0.05,
         far: float = 100.0,
@@ -300,28 +347,19 @@ class Renderer:
         vertices: (V, 3) metres, OpenCV camera coordinates. faces: (F, 3) int.
         intrinsics: (3, 3) pixels. color: (3,) or per-vertex (V, 3) in 0..1.
         background: None (black) or an (H, W, 3) uint8 image of the output size.
-        light: key light + ambient (default :class:`Light`). extra_meshes: occluders, drawn but
-        left out of the mask. near/far: clipping depths (metres). normals: optional precomputed
-        (V, 3) vertex normals (else smooth area-weighted normals from the faces).
+        light: key light + ambient (default :class:`Light`), or a tuple of up to MAX_LIGHTS
+        lights. extra_meshes: occluders, drawn but left out of the mask. near/far: clipping
+        depths (metres). normals: optional precomputed (V, 3) vertex normals (else smooth
+        area-weighted normals from the faces).
         with_depth: False skips reading the depth buffer back (faster; ``depth`` is None).
         """
         vertices = np.asarray(vertices, dtype=np.float32)
         faces = np.asarray(faces)
         intrinsics = np.asarray(intrinsics, dtype=np.float64)
-        if vertices.ndim != 2 or vertices.shape[1] != 3:
-            raise FastMetroError(f"renderer: vertices must be (V, 3), got {vertices.shape}")
-        if faces.ndim != 2 or faces.shape[1] != 3:
-            raise FastMetroError(f"renderer: faces must be (F, 3), got {faces.shape}")
-        if intrinsics.shape != (3, 3):
-            raise FastMetroError(f"renderer: intrinsics must be (3, 3), got {intrinsics.shape}")
-        if not np.isfinite(vertices).all():
-            raise FastMetroError("renderer: vertices contain NaN or infinity")
-        if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
-            raise FastMetroError(f"renderer: face indices out of range for {len(vertices)} vertices")
-        light = light or Light()
-
-        if normals is not None and np.shape(normals) != vertices.shape:
-            raise FastMetroError(f"renderer: normals must have shape {vertices.shape}, got {np.shape(normals)}")
+        _check_mesh(vertices, faces, intrinsics, normals)
+        lights = (light or Light(),) if not isinstance(light, (tuple, list)) else tuple(light)
+        if not 1 <= len(lights) <= MAX_LIGHTS:
+            raise FastMetroError(f"renderer: 1 to {MAX_LIGHTS} lights, got {len(lights)}")
         parts = [(vertices, faces, _color_array(color, len(vertices), "renderer"), 1.0, normals)]
         for part in extra_meshes:
             part_vertices = np.asarray(part.vertices, dtype=np.float32)
@@ -329,33 +367,35 @@ class Renderer:
                 (part_vertices, np.asarray(part.faces),
                  _color_array(part.color, len(part_vertices), "renderer occluder"), 0.0, part.normals)
             )
-        vertex_blocks, index_blocks, offset = [], [], 0
-        for part_vertices, part_faces, part_colors, label, part_normals in parts:
-            block = np.empty((len(part_vertices), 10), dtype=np.float32)
-            block[:, 0:3] = part_vertices
-            block[:, 3:6] = vertex_normals(part_vertices, part_faces) if part_normals is None else part_normals
-            block[:, 6:9] = part_colors
-            block[:, 9] = label
-            vertex_blocks.append(block)
-            index_blocks.append(part_faces.astype(np.uint32).reshape(-1) + offset)
-            offset += len(part_vertices)
-        vertex_data = np.concatenate(vertex_blocks)
-        index_data = np.concatenate(index_blocks)
+        vertex_data, index_data = _pack(parts)
         self._upload(vertex_data, index_data)
+        self._set_uniforms(intrinsics, near, far, lights)
+        self._draw(background, len(index_data))
+        return self._read(with_depth)
 
+    def _set_uniforms(self, intrinsics: np.ndarray, near: float, far: float, lights: tuple[Light, ...]) -> None:
         program = self._program
         program["intrinsics"].value = (
             float(intrinsics[0, 0]), float(intrinsics[1, 1]), float(intrinsics[0, 2]), float(intrinsics[1, 2])
         )
         program["image_size"].value = (float(self.width), float(self.height))
         program["clip_range"].value = (float(near), float(far))
-        direction = np.asarray(light.direction, dtype=np.float64)
-        direction = direction / max(np.linalg.norm(direction), 1e-12)
-        program["light_direction"].value = tuple(float(x) for x in direction)
-        program["light_color"].value = tuple(float(x) for x in light.color)
-        program["ambient"].value = tuple(float(x) for x in light.ambient)
-        program["specular"].value = float(light.specular)
+        directions, colors, speculars = [], [], []
+        ambient = np.zeros(3)
+        for light in lights:
+            direction = np.asarray(light.direction, dtype=np.float64)
+            directions.append(tuple(float(x) for x in direction / max(np.linalg.norm(direction), 1e-12)))
+            colors.append(tuple(float(x) for x in light.color))
+            speculars.append(float(light.specular))
+            ambient = ambient + np.asarray(light.ambient, dtype=np.float64)
+        padding = MAX_LIGHTS - len(lights)
+        program["num_lights"].value = len(lights)
+        program["light_directions"].value = directions + [(0.0, 0.0, 1.0)] * padding
+        program["light_colors"].value = colors + [(0.0, 0.0, 0.0)] * padding
+        program["speculars"].value = speculars + [0.0] * padding
+        program["ambient"].value = tuple(float(x) for x in ambient)
 
+    def _draw(self, background: np.ndarray | None, index_count: int) -> None:
         ctx = self.ctx
         fbo = self._draw_fbo
         fbo.use()
@@ -375,10 +415,11 @@ class Renderer:
             self._background_vao.render(mode=ctx.TRIANGLE_STRIP)
         ctx.enable(ctx.DEPTH_TEST)
         ctx.disable(ctx.CULL_FACE)
-        self._vao.render(vertices=len(index_data))
+        self._vao.render(vertices=index_count)
         if fbo is not self._fbo:
             ctx.copy_framebuffer(self._fbo, fbo)
 
+    def _read(self, with_depth: bool) -> RenderResult:
         # GL rows go bottom-up; images go top-down.
         rgba = np.frombuffer(self._fbo.read(components=4, attachment=0), dtype=np.uint8)
         rgba = rgba.reshape(self.height, self.width, 4)[::-1]

@@ -29,6 +29,24 @@ def register(subparsers) -> None:
         "--backgrounds", choices=("mixed", "studio"), default="mixed",
         help="mixed: photos and procedural textures (default); studio: plain backdrops",
     )
+    parser.add_argument(
+        "--poses", default=None,
+        help="pose families: 'mixed' (default for a new folder), one family (e.g. 'standing'), or weights "
+             "like 'sitting=2,lying=1'; families: standing walking sitting kneeling squatting lying crawling "
+             "jumping athletic inverted",
+    )
+    parser.add_argument(
+        "--split", choices=("train", "generalisation"), default=None,
+        help="train (default): the training distribution (+ its held-out test split); generalisation: a test "
+             "set from disjoint photos, textures, clothing patterns, the held-out pose family and other lenses "
+             "(all of it in OUT/test.yaml)",
+    )
+    parser.add_argument(
+        "--generator-version", type=int, choices=(1, 2), default=None,
+        help="samplers to use: 2 (default for a new folder): pose families, coloured lights, patterned clothing, "
+             "close-ups; 1: the first release's (standing poses, one light, flat colours, whole bodies). "
+             "A rerun keeps the folder's",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
     parser.add_argument(
         "--vertices-dtype", choices=("float32", "float16"), default="float32",
@@ -39,8 +57,27 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def resumed_settings(out_dir: Path, poses: str | None, split: str | None, version: int | None = None) -> dict:
+    """poses / split / generator_version: as given, else the folder's (a rerun resumes), else the defaults.
+
+    A folder made before pose families existed (generator version 1) resumes as version 1;
+    version 1 knows only standing poses, so that is its default.
+    """
+    from fastmetro.data.synthetic.config import GENERATOR_VERSION, read_manifest
+
+    existing = read_manifest(out_dir) or {}
+    if version is None:
+        version = existing.get("generator_version", GENERATOR_VERSION)
+    default_poses = "standing" if version == 1 else "mixed"
+    return {
+        "poses": poses if poses is not None else existing.get("poses", default_poses),
+        "split": split if split is not None else existing.get("split", "train"),
+        "generator_version": version,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    from fastmetro.data.synthetic.generator import SynthConfig, generate, write_preview
+    from fastmetro.data.synthetic.generator import GENERATOR_VERSION, SynthConfig, generate, write_preview
     from fastmetro.errors import FastMetroError
 
     if args.shard_size < 1:
@@ -59,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         backgrounds=args.backgrounds,
         jpeg_quality=args.jpeg_quality,
         vertices_dtype=args.vertices_dtype,
+        **resumed_settings(args.out, args.poses, args.split, args.generator_version),
     )
+    if config.generator_version != GENERATOR_VERSION:
+        print(f"{args.out}: resuming a dataset of generator version {config.generator_version} with its own samplers")
     report = generate(config, progress=not args.quiet)
     if report.skipped:
         print(f"resumed: {len(report.skipped)} finished shard(s) kept as they were")
@@ -72,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     for split, path in report.yamls.items():
         print(f"{split}: {path}")
     if args.preview:
-        split_yaml = report.yamls.get("train") or report.yamls.get("test")
+        split_yaml = report.yamls.get("train") or report.yamls.get("test")  # a generalisation set has only test
         if split_yaml is None:
             raise FastMetroError(f"{args.out}: dataset incomplete, no preview written")
         print(f"preview: {write_preview(split_yaml, args.out / 'preview.png')}")

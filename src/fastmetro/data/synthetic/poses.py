@@ -178,9 +178,14 @@ class PoseSampler:
             normal = -normal
         return normal / np.linalg.norm(normal)
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One pose: (J, 4, 4) float32 delta transforms (rotations only)."""
-        activity = rng.uniform(*ACTIVITY)
+    def sample(self, rng: np.random.Generator, activity: float | None = None, lean: bool = True) -> np.ndarray:
+        """One pose: (J, 4, 4) float32 delta transforms (rotations only).
+
+        ``activity`` (default: drawn in ACTIVITY) scales every deviation from the neutral pose;
+        ``lean=False`` leaves the root unrotated (a pose family sets it).
+        """
+        if activity is None:
+            activity = rng.uniform(*ACTIVITY)
         rotations = np.tile(np.eye(3), (self.num_bones, 1, 1))
         ball_indices, ball_angles = [], []
         for index, ranges, neutral, mirrored in self._ball:
@@ -204,8 +209,9 @@ class PoseSampler:
                 axis_indices.append(index)
                 rotvecs.append(axis * curl)
         rotations[axis_indices] = Rotation.from_rotvec(rotvecs).as_matrix()
-        lean = [rng.uniform(lo, hi) * activity for lo, hi in ROOT_LEAN]
-        rotations[self._root] = Rotation.from_euler("ZYX", lean[::-1], degrees=True).as_matrix()
+        if lean:
+            angles = [rng.uniform(lo, hi) * activity for lo, hi in ROOT_LEAN]
+            rotations[self._root] = Rotation.from_euler("ZYX", angles[::-1], degrees=True).as_matrix()
         transforms = np.tile(np.eye(4, dtype=np.float32), (self.num_bones, 1, 1))
         transforms[:, :3, :3] = rotations
         return transforms

@@ -5,7 +5,10 @@ only on (seed, index), never on the order or the process that draws it.
 
 Camera model: pinhole, square pixels, principal point at the image centre (``cx = cy = (S-1)/2``
 in pixel-centre coordinates), OpenCV axes (x right, y down, z forward). The body is rotated to a
-random yaw (all around) and elevation (-15..35 degrees, camera above looking down for +), the
+random yaw (all around) and elevation (-15..35 degrees; meant as "camera above looking down for
++", but the rotation below turns the view the other way, so version-1 data see the body from
+below for + -- kept as it is so version-1 folders resume identically; version 2's
+:mod:`~fastmetro.data.synthetic.framing` has the intended sign), the
 camera rolls in-plane (+-20 degrees, occasionally up to +-60), and the distance is chosen so the
 whole mesh projects inside the image with a random margin (3-12 %% of the side; up to 15 %%
 further back).
@@ -231,30 +234,21 @@ class Backgrounds:
         return np.clip(image * tint, 0, 255).astype(np.uint8)
 
     def _procedural(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        import cv2
+        from fastmetro.data.synthetic import textures
 
         kind = rng.integers(3)
         base, other = _random_colour(rng), _random_colour(rng)
-        if kind == 0:  # smooth multi-scale noise ("clouds")
-            field = np.zeros((size, size), np.float32)
-            for cells, weight in ((4, 1.0), (8, 0.5), (16, 0.25), (32, 0.125)):
-                coarse = rng.uniform(size=(cells, cells)).astype(np.float32)
-                field += weight * cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-            field = (field - field.min()) / max(np.ptp(field), 1e-6)
-        elif kind == 1:  # stripes at a random angle and frequency
-            angle = rng.uniform(0, np.pi)
-            frequency = rng.uniform(2, 20) * 2 * np.pi / size
-            rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
-            field = 0.5 + 0.5 * np.sin(frequency * (cols * np.cos(angle) + rows * np.sin(angle)))
-        else:  # a floor/wall split with a vertical gradient
-            rows = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None]
-            horizon = rng.uniform(0.3, 0.8)
-            field = np.broadcast_to(np.where(rows > horizon, 1.0, rows / horizon * 0.4), (size, size))
-        field = field.astype(np.float32)[..., None]
-        image = base.astype(np.float32) * (1 - field) + other.astype(np.float32) * field
-        image = image.astype(np.float32) * 255.0
-        image += rng.standard_normal(image.shape, dtype=np.float32) * 5.0  # sensor-like grain
-        return np.clip(image, 0, 255).astype(np.uint8)
+        field = (textures.clouds, textures.stripes, textures.room)[kind](rng, size)
+        return _paint(rng, field, base, other)
+
+
+def _paint(rng: np.random.Generator, field: np.ndarray, base: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """(S, S, 3) uint8: ``base`` where the (S, S) field is 0, ``other`` where it is 1, plus grain."""
+    field = field.astype(np.float32)[..., None]
+    image = base.astype(np.float32) * (1 - field) + other.astype(np.float32) * field
+    image = image.astype(np.float32) * 255.0
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 5.0  # sensor-like grain
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def sample_occluder(rng: np.random.Generator, camera_points: np.ndarray) -> MeshPart | None:
