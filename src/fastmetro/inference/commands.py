@@ -78,6 +78,10 @@ def check_infer_options(args) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FastMetroError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FastMetroError(f"--out {out}: cannot create the folder ({error.strerror})") from None
 
 
 def box_source_from_args(args):
@@ -140,8 +144,8 @@ def run_export(args) -> int:
 
     validate.image_size("--image-size", args.image_size)
     out = Path(args.out)
-    if out.is_dir():
-        raise FastMetroError(f"--out {out}: is a folder; give the file to write")
+    if out.exists() and not out.is_file():
+        raise FastMetroError(f"--out {out}: exists and is not a regular file; give the file to write")
     if not out.parent.is_dir():
         raise FastMetroError(f"--out {out}: folder {out.parent} does not exist")
     model = load_model(args.checkpoint, args.topology, args.data_dir).cpu().eval()

@@ -140,6 +140,9 @@ class InferenceRunner:
                  max_pixels: int | None = None, renderer_pool=None):
         if side not in box_sources.SIDES:
             raise FastMetroError(f"side must be one of {box_sources.SIDES}, got {side!r}")
+        if predictor.focal_length is not None:
+            validate.positive_number("focal_length", predictor.focal_length)
+        validate.positive_number("box_expand", predictor.box_expand, high=100.0)
         self.predictor = predictor
         self.boxes = box_source(boxes, side)
         if boxes is None and predictor.detector is not None:
