@@ -18,7 +18,11 @@ from pathlib import Path
 CHROMIUM = ("chromium", "chromium-browser")
 CHROMEDRIVER = ("chromedriver",)
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1700")
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  # The 3D viewer needs WebGL; without a GPU that is Chromium's software renderer.
+                  "--enable-unsafe-swiftshader",
+                  # A fake camera (a test pattern), allowed without a prompt, for the webcam snapshot.
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
 def find_browser() -> tuple[str | None, str | None]:
@@ -125,23 +129,78 @@ class Page:
             remove.click()
         self.find("#input-image input[type=file]")[0].send_keys(str(path))
 
-    def set_boxes(self, text: str) -> None:
-        field = self.find("#boxes textarea, #boxes input")[0]
-        field.clear()
-        field.send_keys(text)
-
-    def run_image(self) -> tuple[str, float]:
-        """Click Reconstruct; wait for a new status; (its text, seconds it took)."""
+    def webcam_snapshot(self) -> None:
+        """Switch the image input to the camera and take a snapshot (Chromium's fake camera)."""
         from selenium.webdriver.support.ui import WebDriverWait
 
-        before = self.text("#status")
+        for remove in self.find("#input-image button[aria-label='Remove Image']"):
+            remove.click()
+        self.find("#input-image button[aria-label='Capture from camera']")[0].click()
+        WebDriverWait(self.session, self.timeout).until(
+            lambda s: [b for b in self.find("#input-image button") if b.text == "Click to Access Webcam"]
+            or self.find("#input-image button[aria-label='capture photo']"))
+        for button in [b for b in self.find("#input-image button") if b.text == "Click to Access Webcam"]:
+            button.click()
+        WebDriverWait(self.session, self.timeout).until(
+            lambda s: self.find("#input-image button[aria-label='capture photo']"))
+        time.sleep(1.0)  # the first frames of the stream
+        self.find("#input-image button[aria-label='capture photo']")[0].click()
+
+    def click_image(self, fraction_x: float, fraction_y: float) -> None:
+        """Click the input image at a fraction of its displayed width and height."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        image = self.find("#input-image img")[0]
+        width, height = image.size["width"], image.size["height"]
+        # Offsets are from the element's centre.
+        ActionChains(self.session).move_to_element_with_offset(
+            image, int((fraction_x - 0.5) * width), int((fraction_y - 0.5) * height)).click().perform()
+
+    def draw_box(self, first: tuple[float, float], second: tuple[float, float]) -> str:
+        """Click two opposite corners (fractions of the image); the box text the page made."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.click_image(*first)
+        WebDriverWait(self.session, self.timeout).until(lambda s: "First corner" in self.text("#box-hint"))
+        self.click_image(*second)
+        WebDriverWait(self.session, self.timeout).until(lambda s: "Box added" in self.text("#box-hint"))
+        WebDriverWait(self.session, self.timeout).until(lambda s: self.boxes_text().count(",") == 3)
+        return self.boxes_text()
+
+    def boxes_text(self) -> str:
+        return self.find("#boxes textarea, #boxes input")[0].get_attribute("value")
+
+    def set_boxes(self, text: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.find("#boxes textarea, #boxes input")[0]
+        # Keystrokes (not WebElement.clear, which the page's input events do not see).
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.BACKSPACE)
+        if text:
+            field.send_keys(text)
+
+    def run_image(self) -> tuple[str, float]:
+        """Click Reconstruct and wait for the request to finish: (the status text, seconds)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        before = (self.text("#status"), self.overlay_sources())
         # Wait until the upload has reached the server (the preview shows it), then run.
         WebDriverWait(self.session, self.timeout).until(lambda s: self.find("#input-image img"))
         started = time.perf_counter()
         self.find("#run-image")[0].click()
-        WebDriverWait(self.session, self.timeout).until(
-            lambda s: self.text("#status") and self.text("#status") != before
-            and not self.find("#status .pending, #overlay .pending"))
+        seen_pending = False
+
+        def finished(_):
+            nonlocal seen_pending
+            if self.find("#status [data-testid=status-tracker]:not(.hide), "
+                         "#overlay [data-testid=status-tracker]:not(.hide)"):
+                seen_pending = True
+                return False
+            changed = (self.text("#status"), self.overlay_sources()) != before
+            return bool(self.text("#status")) and (changed or seen_pending)
+
+        WebDriverWait(self.session, self.timeout, poll_frequency=0.1).until(finished)
         return self.text("#status"), time.perf_counter() - started
 
     def overlay_sources(self) -> list[str]:
@@ -149,6 +208,43 @@ class Page:
 
     def viewer_canvases(self) -> int:
         return len(self.find("#scene canvas"))
+
+    def viewer_drawn_pixels(self, timeout: float = 60.0, background: int = 250) -> int:
+        """Pixels of the 3D viewer's canvas that are not its white background, once the mesh is
+        drawn (software WebGL takes a few seconds); 0 if it never draws within ``timeout``."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        deadline = time.perf_counter() + timeout
+        drawn = 0
+        while time.perf_counter() < deadline:
+            canvases = self.find("#scene canvas")
+            if canvases:
+                pixels = np.asarray(Image.open(io.BytesIO(canvases[0].screenshot_as_png)).convert("RGB"))
+                drawn = int((pixels.min(axis=2) < background).sum())
+                if drawn > 100:
+                    return drawn
+            time.sleep(1.0)
+        return drawn
+
+    def choose_joint(self, name: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.find("#joint input")[0]
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(name, Keys.ENTER)
+
+    def attention_images(self) -> int:
+        return len(self.find("#attention img"))
+
+    def full_page_screenshot(self, path, width: int = 1400) -> None:
+        height = self.session.execute_script("return document.documentElement.scrollHeight")
+        self.session.set_window_size(width, int(height) + 100)
+        time.sleep(1.0)
+        self.session.save_screenshot(str(path))
 
     def body_text(self) -> str:
         return self.session.find_element("css selector", "body").text

@@ -112,7 +112,7 @@ def service(tiny_checkpoint, smpl_dir, tmp_path_factory):
     from fastmetro.app.models import ModelSettings, build_slots
     from fastmetro.app.service import AppService
 
-    slots = build_slots([tiny_checkpoint], ModelSettings(image_size=64, data_dir=str(smpl_dir)))
+    slots = build_slots([tiny_checkpoint], ModelSettings(image_size=64, data_dirs=(str(smpl_dir),)))
     app_service = AppService(slots, tmp_path_factory.mktemp("work"), max_megapixels=1.0, max_video_frames=4)
     yield app_service
     for slot in slots:
@@ -218,15 +218,17 @@ def test_page_in_a_real_browser(tiny_checkpoint, smpl_dir, photo, tmp_path):
         page = Page(session, app.url)
         page.set_image(photo)
         page.set_boxes("120, 20, 300, 490")
+        page.choose_joint("Head")
         status, _ = page.run_image()
         assert status.startswith("astronaut.png: 1 person in "), status
         assert any("overlay.png" in src for src in page.overlay_sources())
-        assert page.viewer_canvases() == 1  # the 3D viewer of scene.glb
+        assert page.viewer_canvases() == 1  # the 3D viewer of scene.glb...
+        assert page.viewer_drawn_pixels() > 100  # ...showing the mesh
+        assert page.attention_images() == 2  # the Head's cross- and self-attention
         downloads = page.text("#downloads").replace("\n", "")  # the page breaks "name\n.suffix"
         assert "person_00.obj" in downloads and "fastmetro_astronaut.zip" in downloads, downloads
         if os.environ.get("FASTMETRO_APP_SCREENSHOT"):
-            time.sleep(2)  # let the 3D viewer draw
-            session.save_screenshot(os.environ["FASTMETRO_APP_SCREENSHOT"])
+            page.full_page_screenshot(os.environ["FASTMETRO_APP_SCREENSHOT"])
 
         broken = tmp_path / "uploads" / "notes.png"
         broken.write_text("this is not an image")
@@ -237,10 +239,18 @@ def test_page_in_a_real_browser(tiny_checkpoint, smpl_dir, photo, tmp_path):
         second = tmp_path / "uploads" / "cameraman.png"
         Image.fromarray(skimage.data.camera()).save(second)
         page.set_image(second)
-        page.set_boxes("0, 60, 340, 452")
+        [button for button in page.find("button") if button.text == "Clear boxes"][0].click()
+        drawn = page.draw_box((0.1, 0.2), (0.6, 0.9))  # a box drawn by clicking two opposite corners
+        x, y, w, h = (float(v) for v in drawn.split(","))
+        assert 20 < x < 80 and 70 < y < 140 and 220 < w < 290 and 320 < h < 390, page.boxes_text()  # 512 px image
         status, _ = page.run_image()
         assert status.startswith("cameraman.png: 1 person in "), status
         assert any("overlay.png" in src for src in page.overlay_sources())
+
+        page.set_boxes("")
+        page.webcam_snapshot()  # Chromium's fake camera; no box: the whole image, with the CLI's warning
+        status, _ = page.run_image()
+        assert "1 person in " in status and "using the whole image as the box" in status, status
         text = page.body_text()
         assert_private(text, tmp_path, tiny_checkpoint.parent, Path.home())
         assert "/tmp/" not in text

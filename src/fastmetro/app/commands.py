@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     app.add_argument("--detector-threshold", type=float, default=0.7, help="detector score threshold (0.7)")
     app.add_argument("--max-people", type=int, default=20, help="detector: at most N people (20)")
     app.add_argument("--topology", help="topology of official .bin checkpoints (default: the checkpoint's)")
-    app.add_argument("--data-dir", help="folder with the SMPL/MANO files for the smpl/mano topologies")
+    app.add_argument("--data-dir", action="append", default=[],
+                     help="folder with the SMPL/MANO files for the smpl/mano topologies (repeat for both)")
     app.add_argument("--image-size", type=int,
                      help="network input size (default: the training run's crop size, else 224)")
     app.add_argument("--max-megapixels", type=float, default=40.0, help="refuse larger images (40)")
@@ -85,7 +86,7 @@ def run_app(args) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="fastmetro-app-"))
     atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
     app = create_app(checkpoints, work_dir, device=args.device, image_size=args.image_size, topology=args.topology,
-                     data_dir=args.data_dir, detector=detector, max_megapixels=args.max_megapixels,
+                     data_dirs=args.data_dir, detector=detector, max_megapixels=args.max_megapixels,
                      max_video_frames=args.max_video_frames)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines can reach the app", file=sys.stderr)

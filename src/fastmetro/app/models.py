@@ -27,14 +27,14 @@ class ModelSettings:
         image_size: network input size; None: the training run's ``data.image_size`` when the
             checkpoint sits in a training folder, else 224.
         topology: topology name/path for official ``.bin`` checkpoints (None: the checkpoint's).
-        data_dir: folder of the SMPL/MANO files for those topologies.
+        data_dirs: folders of the SMPL/MANO files (each model takes the first its topology loads from).
         batch_size: crops per network call (video frames are batched).
     """
 
     device: str = "cpu"
     image_size: int | None = None
     topology: str | None = None
-    data_dir: str | None = None
+    data_dirs: tuple[str, ...] = ()
     batch_size: int = 8
 
 
@@ -91,9 +91,17 @@ class ModelSlot:
             from fastmetro.inference.predictor import Predictor
 
             size = self.settings.image_size or training_crop_size(self.checkpoint) or 224
-            self._predictor = Predictor(checkpoint=self.checkpoint, topology=self.settings.topology,
-                                        device=self.settings.device, image_size=size,
-                                        batch_size=self.settings.batch_size, data_dir=self.settings.data_dir)
+            errors = []
+            for data_dir in self.settings.data_dirs or (None,):
+                try:
+                    self._predictor = Predictor(checkpoint=self.checkpoint, topology=self.settings.topology,
+                                                device=self.settings.device, image_size=size,
+                                                batch_size=self.settings.batch_size, data_dir=data_dir)
+                    break
+                except FastMetroError as error:  # e.g. the SMPL folder for a MANO model: try the next
+                    errors.append(error)
+            else:
+                raise errors[-1]
             self._pool = RendererPool()
             self._loaded.set()
         return self._predictor

@@ -48,14 +48,15 @@ class FastMetroApp:
 
 
 def create_app(checkpoints: list, work_dir: str | os.PathLike, device: str = "cpu", image_size: int | None = None,
-               topology: str | None = None, data_dir: str | None = None, detector=None,
+               topology: str | None = None, data_dirs: list | tuple = (), detector=None,
                max_megapixels: float = MAX_MEGAPIXELS, max_video_frames: int = MAX_VIDEO_FRAMES) -> FastMetroApp:
     """Load the first model (the page lists its joints), make the samples and build the page."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     from fastmetro.app.ui import build_page
 
     work_dir = Path(work_dir)
-    settings = ModelSettings(device=device, image_size=image_size, topology=topology, data_dir=data_dir)
+    settings = ModelSettings(device=device, image_size=image_size, topology=topology,
+                             data_dirs=tuple(str(d) for d in data_dirs))
     slots = build_slots([Path(p) for p in checkpoints], settings, detector)
     slots[0].load().result()  # a bad first checkpoint fails here, with its one-line error
     service = AppService(slots, work_dir / "requests", detector=detector, max_megapixels=max_megapixels,

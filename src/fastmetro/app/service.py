@@ -100,9 +100,19 @@ class AppService:
         self._lock = threading.Lock()
         # Folders whose names must not reach the page (longest first, so a parent never cuts a child).
         folders = {str(self.work_dir.resolve())} | {str(slot.checkpoint.resolve().parent) for slot in slots}
+        folders |= {str(Path(d).resolve()) for slot in slots for d in slot.settings.data_dirs}
         self._private = sorted((f for f in folders if len(f) > 1), key=len, reverse=True)
 
     # ------------------------------------------------------------------ requests
+    def model_info(self, model: str) -> tuple[tuple[str, ...], bool]:
+        """(joint names, is a hand model) of a model, loading it if needed."""
+        slot = self._slot(model)
+        return slot.joint_names, slot.is_hand
+
+    def public(self, message: str) -> str:
+        """A message with the machine's folders removed (see :meth:`_public`)."""
+        return self._public(message)
+
     def analyse_image(self, model: str, upload: str | None, name: str | None, boxes_text: str = "",
                       joint: str | None = None, side: str = "right") -> ImageOutcome:
         """One image: meshes, overlay, 3D scene, attention maps for ``joint``, downloads."""
@@ -123,6 +133,7 @@ class AppService:
             log.exception("request on %s failed", name)
             return ImageOutcome(f"Internal error while processing {name} ({type(error).__name__}); "
                                 "the server's log has the details.", ok=False)
+        log.info("%s: %d person(s) in %.2f s with %s", name, len(result.prediction.people), seconds, slot.label)
         return self._image_outcome(result, slot, name, seconds, upload)
 
     def analyse_video(self, model: str, upload: str | None, name: str | None, boxes_text: str = "",
@@ -145,6 +156,7 @@ class AppService:
             log.exception("video request on %s failed", name)
             return VideoOutcome(f"Internal error while processing {name} ({type(error).__name__}); "
                                 "the server's log has the details.", ok=False)
+        log.info("%s: %d frame(s) in %.2f s with %s", name, summary.frames, seconds, model)
         return self._video_outcome(summary, name, seconds, upload)
 
     # ------------------------------------------------------------------ model thread
@@ -249,8 +261,14 @@ class AppService:
             lines.append(f"- only the first {video.limit} of {video.total} frames were processed")
         elif video.total is None and video.frames + len(video.failures) >= video.limit:
             lines.append(f"- at most {video.limit} frames are processed")
-        distinct = list(dict.fromkeys(re.sub(r"#frame\d+", "", w) for w in video.warnings))
-        lines += [f"- warning (some frames): {self._public(w, upload, name)}" for w in distinct[:5]]
+        kinds: dict[str, tuple[str, int]] = {}  # one line per kind of warning (numbers aside), with a count
+        for warning in video.warnings:
+            warning = re.sub(r"#frame\d+", "", warning)
+            key = re.sub(r"[-+]?\d[\d.e+-]*", "#", warning)
+            first, count = kinds.get(key, (warning, 0))
+            kinds[key] = (first, count + 1)
+        lines += [f"- warning ({count} frame(s)), e.g.: {self._public(first, upload, name)}"
+                  for first, count in list(kinds.values())[:5]]
         lines += [f"- failed: {self._public(f, upload, name)}" for f in video.failures[:5]]
         return VideoOutcome("\n".join(lines), ok=True, video=video.path, downloads=[video.path, video.archive])
 

@@ -7,6 +7,7 @@ goes on serving.
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import gradio as gr
 
 from fastmetro.app.samples import Sample
 from fastmetro.app.service import AppService
+from fastmetro.errors import FastMetroError
 
 TITLE = "FastMETRO: 3D human mesh from one image"
 INTRO = (
@@ -50,14 +52,14 @@ class ImageUpload(gr.Image):
 
 def build_page(service: AppService, samples: list[Sample], has_detector: bool) -> gr.Blocks:
     models = list(service.slots)
-    first = service.slots[models[0]]
-    joints = [NO_JOINT, *first.joint_names]
+    first_joints, first_is_hand = service.model_info(models[0])
+    joints = [NO_JOINT, *first_joints]
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1,
                             elem_id="model")
         side = gr.Radio(["right", "left"], value="right", label="Hand side (hand models)",
-                        visible=first.is_hand, elem_id="hand-side")
+                        visible=first_is_hand, elem_id="hand-side")
         with gr.Tab("Image"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -111,9 +113,12 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
 
         def on_video(model_label, path, box_text, hand_side, progress=gr.Progress()):
             name = Path(path).name if path else None
+            # The frames run on the model's thread; Gradio finds the request's progress bar
+            # through context variables, so the report runs in a copy of this thread's context.
+            context = contextvars.copy_context()
 
             def report(done, total):
-                progress((done, total) if total else done, desc="frames", unit="frames")
+                context.run(progress, (done, total) if total else done, desc="frames", unit="frames")
 
             outcome = service.analyse_video(model_label, path, name, box_text, hand_side, report)
             status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
@@ -129,9 +134,12 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
             return text, None, f"Box added: {new}."
 
         def on_model(model_label):
-            slot = service.slots[model_label]
-            names = [NO_JOINT, *slot.joint_names]
-            return gr.update(choices=names, value=NO_JOINT), gr.update(visible=slot.is_hand)
+            try:
+                names, hand = service.model_info(model_label)
+            except FastMetroError as error:
+                message = f"**Error:** {service.public(str(error))}"
+                return gr.update(choices=[NO_JOINT], value=NO_JOINT), gr.update(), message
+            return gr.update(choices=[NO_JOINT, *names], value=NO_JOINT), gr.update(visible=hand), ""
 
         inference = {"concurrency_limit": 1, "concurrency_id": "inference"}
         run.click(on_image, [model, image, boxes, joint, side], [status, overlay, scene, attention, downloads],
@@ -140,7 +148,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                         **inference)
         image.select(on_click, [boxes, corner], [boxes, corner, hint])
         clear.click(lambda: ("", None, ""), None, [boxes, corner, hint])
-        model.change(on_model, [model], [joint, side], **inference)
+        model.change(on_model, [model], [joint, side, status], **inference)
     return page
 
 
