@@ -259,3 +259,27 @@ def test_page_in_a_real_browser(tiny_checkpoint, smpl_dir, photo, tmp_path):
         if session is not None:
             quit_browser(session)
         app.stop()
+
+
+def test_samples_and_training_crop_size(tmp_path):
+    from fastmetro.app.models import training_crop_size
+    from fastmetro.app.samples import bundled_samples, demo_samples
+
+    bundled = bundled_samples(tmp_path / "samples")
+    assert [s.path.name for s in bundled] == ["astronaut.png", "cameraman.png"]
+    assert Image.open(bundled[1].path).mode == "RGB" and bundled[0].boxes == "120, 20, 300, 490"
+    demo = tmp_path / "demo_output"
+    (demo / "test_images").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(demo / "test_images" / "test_00.png")
+    Image.new("RGB", (32, 32)).save(demo / "test_images" / "test_01.png")  # no box: left out
+    (demo / "test_images" / "boxes.json").write_text(json.dumps({"test_00.png": [[1.4, 2, 20, 25.6]]}))
+    found = demo_samples(demo, tmp_path / "samples")
+    assert [(s.path, s.boxes) for s in found] == [(tmp_path / "samples" / "demo_test_00.png", "1, 2, 20, 26")]
+    assert demo_samples(tmp_path / "nothing", tmp_path / "samples") == []
+    run = demo / "run"
+    run.mkdir()
+    assert training_crop_size(run / "last.safetensors") is None
+    (run / "config.yaml").write_text("data:\n  image_size: 64\n")
+    assert training_crop_size(run / "last.safetensors") == 64
+    (run / "config.yaml").write_text("data:\n  image_size: 5000\n")  # out of range: not used
+    assert training_crop_size(run / "last.safetensors") is None

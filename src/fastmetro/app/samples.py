@@ -8,6 +8,7 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,18 +50,25 @@ def bundled_samples(folder: Path) -> list[Sample]:
     return samples
 
 
-def demo_samples(demo_dir: Path, limit: int = 4) -> list[Sample]:
-    """``make demo``'s held-out test images (``test_images/*.png`` + ``boxes.json``), if any."""
-    folder = Path(demo_dir) / "test_images"
+def demo_samples(demo_dir: Path, folder: Path, limit: int = 4) -> list[Sample]:
+    """``make demo``'s held-out test images (``demo_dir/test_images/*.png`` + ``boxes.json``),
+    copied into ``folder`` (the page serves files from the app's work folder only); [] if none."""
+    source = Path(demo_dir) / "test_images"
     try:
-        boxes = json.loads((folder / "boxes.json").read_text())
+        boxes = json.loads((source / "boxes.json").read_text())
     except (OSError, ValueError):
         return []
+    if not isinstance(boxes, dict):
+        return []
     samples = []
-    for path in sorted(folder.glob("test_*.png"))[:limit]:
-        entries = boxes.get(path.name) or boxes.get(str(path))
-        if isinstance(entries, list) and entries and isinstance(entries[0], list) and len(entries[0]) == 4:
-            samples.append(Sample(path, f"{path.stem} (demo test set)", _box_text(entries[0])))
+    for path in sorted(source.glob("test_*.png"))[:limit]:
+        entries = boxes.get(path.name)
+        if not (isinstance(entries, list) and entries and isinstance(entries[0], list) and len(entries[0]) == 4):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / f"demo_{path.name}"
+        shutil.copyfile(path, copy)
+        samples.append(Sample(copy, f"{path.stem} (demo test set)", _box_text(entries[0])))
     return samples
 
 

@@ -62,8 +62,8 @@ def create_app(checkpoints: list, work_dir: str | os.PathLike, device: str = "cp
     service = AppService(slots, work_dir / "requests", detector=detector, max_megapixels=max_megapixels,
                          max_video_frames=max_video_frames)
     samples = bundled_samples(work_dir / "samples")
-    for slot in slots:
-        samples += demo_samples(slot.checkpoint.parent.parent)  # demo_output/run/last.safetensors
+    for slot in slots[:1]:  # demo_output/run/last.safetensors -> demo_output/test_images
+        samples += demo_samples(slot.checkpoint.parent.parent, work_dir / "samples")
     page = build_page(service, samples, has_detector=detector is not None)
     return FastMetroApp(page, service, work_dir)
 
