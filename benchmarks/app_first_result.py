@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +89,7 @@ def main() -> int:
         if session is not None:
             quit_browser(session)
         app.stop()
+        shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
     print(f"\n{'stage':44s} seconds   (cpu count {os.cpu_count()}, load average {load:.1f})")
     for name, seconds in times.items():

@@ -283,3 +283,43 @@ def test_samples_and_training_crop_size(tmp_path):
     assert training_crop_size(run / "last.safetensors") == 64
     (run / "config.yaml").write_text("data:\n  image_size: 5000\n")  # out of range: not used
     assert training_crop_size(run / "last.safetensors") is None
+
+
+def test_detector_boxes_and_one_request_at_a_time(service, photo, tiny_checkpoint, smpl_dir, tmp_path):
+    import threading
+
+    from fastmetro.app.models import ModelSettings, build_slots
+    from fastmetro.app.service import AppService
+    from fastmetro.inference.detector import Detection
+
+    calls = []
+    slots = build_slots([tiny_checkpoint], ModelSettings(image_size=64, data_dirs=(str(smpl_dir),)))
+    with_detector = AppService(slots, tmp_path / "work", detector=lambda image: calls.append(image.shape) or [
+        Detection((100, 30, 280, 470), 0.9), Detection((10, 10, 50, 60), 0.8)])
+    try:
+        outcome = with_detector.analyse_image(slots[0].label, str(photo), "astronaut.png", "")
+        assert outcome.ok and outcome.message.startswith("**astronaut.png**: 2 people"), outcome.message
+        assert calls == [(512, 512, 3)]
+        typed = with_detector.analyse_image(slots[0].label, str(photo), "astronaut.png", "120, 20, 300, 490")
+        assert typed.ok and "1 person" in typed.message and len(calls) == 1  # a typed box wins
+    finally:
+        slots[0].close()
+
+    # Jobs on one model run one after the other on its thread, whoever submits them.
+    slot = next(iter(service.slots.values()))
+    spans, lock = [], threading.Lock()
+
+    def job(predictor, pool, index):
+        start = time.perf_counter()
+        time.sleep(0.05)
+        with lock:
+            spans.append((start, time.perf_counter(), threading.current_thread().name))
+
+    threads = [threading.Thread(target=slot.run, args=(job, i)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans.sort()
+    assert len(spans) == 4 and len({name for *_, name in spans}) == 1
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))  # no overlap

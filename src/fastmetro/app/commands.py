@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -90,6 +91,8 @@ def run_app(args) -> int:
                      max_video_frames=args.max_video_frames)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines can reach the app", file=sys.stderr)
+    # `kill` (SIGTERM) ends the app like Ctrl-C: models released, work folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         app.launch(args.host, args.port)
     finally:

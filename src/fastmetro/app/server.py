@@ -51,10 +51,12 @@ def create_app(checkpoints: list, work_dir: str | os.PathLike, device: str = "cp
                topology: str | None = None, data_dirs: list | tuple = (), detector=None,
                max_megapixels: float = MAX_MEGAPIXELS, max_video_frames: int = MAX_VIDEO_FRAMES) -> FastMetroApp:
     """Load the first model (the page lists its joints), make the samples and build the page."""
+    work_dir = Path(work_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
+    # Uploads and Gradio's copies of the outputs live in the work folder, removed with it.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(work_dir / "gradio"))
     from fastmetro.app.ui import build_page
 
-    work_dir = Path(work_dir)
     settings = ModelSettings(device=device, image_size=image_size, topology=topology,
                              data_dirs=tuple(str(d) for d in data_dirs))
     slots = build_slots([Path(p) for p in checkpoints], settings, detector)

@@ -54,7 +54,8 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
     models = list(service.slots)
     first_joints, first_is_hand = service.model_info(models[0])
     joints = [NO_JOINT, *first_joints]
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    # delete_cache: every hour, drop served copies older than an hour (long-running servers).
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1,
                             elem_id="model")
