@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     app.add_argument("--data-dir", action="append", default=[],
                      help="folder with the SMPL/MANO files for the smpl/mano topologies (repeat for both)")
     app.add_argument("--image-size", type=int,
-                     help="network input size (default: the training run's crop size, else 224)")
+                     help="network input size (default: the model's; a training run's checkpoint: its crop size)")
     app.add_argument("--max-megapixels", type=float, default=40.0, help="refuse larger images (40)")
     app.add_argument("--max-video-frames", type=int, default=300, help="process at most N frames of a video (300)")
     app.set_defaults(func=run_app)

@@ -25,7 +25,7 @@ class ModelSettings:
     Attributes:
         device: torch device.
         image_size: network input size; None: the training run's ``data.image_size`` when the
-            checkpoint sits in a training folder, else 224.
+            checkpoint sits in a training folder, else the Predictor's default.
         topology: topology name/path for official ``.bin`` checkpoints (None: the checkpoint's).
         data_dirs: folders of the SMPL/MANO files (each model takes the first its topology loads from).
         batch_size: crops per network call (video frames are batched).
@@ -90,13 +90,14 @@ class ModelSlot:
             from fastmetro.inference.outputs import RendererPool
             from fastmetro.inference.predictor import Predictor
 
-            size = self.settings.image_size or training_crop_size(self.checkpoint) or 224
+            size = self.settings.image_size or training_crop_size(self.checkpoint)
+            sized = {} if size is None else {"image_size": size}  # else the Predictor's default
             errors = []
             for data_dir in self.settings.data_dirs or (None,):
                 try:
                     self._predictor = Predictor(checkpoint=self.checkpoint, topology=self.settings.topology,
-                                                device=self.settings.device, image_size=size,
-                                                batch_size=self.settings.batch_size, data_dir=data_dir)
+                                                device=self.settings.device, batch_size=self.settings.batch_size,
+                                                data_dir=data_dir, **sized)
                     break
                 except FastMetroError as error:  # e.g. the SMPL folder for a MANO model: try the next
                     errors.append(error)

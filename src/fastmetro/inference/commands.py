@@ -67,7 +67,8 @@ def register(subparsers) -> None:
 def check_infer_options(args) -> None:
     """Every numeric/device option of ``fastmetro infer``, before anything is loaded."""
     validate.integer("--batch-size", args.batch_size, 1)
-    validate.image_size("--image-size", args.image_size)
+    if args.image_size is not None:  # None: the model's own input size
+        validate.image_size("--image-size", args.image_size)
     validate.integer("--max-side", args.max_side, 1)
     validate.positive_number("--box-expand", args.box_expand, high=100.0)
     if args.focal_length is not None:
@@ -142,7 +143,8 @@ def run_export(args) -> int:
     from fastmetro.inference import export as exporter
     from fastmetro.inference.predictor import load_model
 
-    validate.image_size("--image-size", args.image_size)
+    if args.image_size is not None:
+        validate.image_size("--image-size", args.image_size)
     out = Path(args.out)
     if out.exists() and not out.is_file():
         raise FastMetroError(f"--out {out}: exists and is not a regular file; give the file to write")
