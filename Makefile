@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 # Never reach for a model hub at run time: a lookup fails fast instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install render-deps render-check test test-all demo clean
+.PHONY: install render-deps browser-deps render-check test test-app test-all demo clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,app]"
 	touch $@
 
-install: render-deps $(BIN)/.installed
+install: render-deps browser-deps $(BIN)/.installed
 
 # Offscreen rendering (synthetic data, overlays) needs OpenGL through EGL. Without a GPU that is
 # Mesa's llvmpipe: libEGL/libGL (glvnd) + Mesa's EGL vendor + its software DRI driver. The check
@@ -33,12 +33,30 @@ render-deps:
 	       "(or a GPU driver with EGL) to use \`fastmetro synth\` and rendered overlays" >&2; \
 	fi
 
+# The web app's browser test drives a real headless Chromium (Debian's chromium + chromium-driver).
+# A cheap lookup each time; apt only runs when one is missing. Without apt the test is skipped.
+BROWSER_DEBS := chromium chromium-driver
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  true; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the browser for the web app's test: $(BROWSER_DEBS)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BROWSER_DEBS); \
+	else \
+	  echo "warning: no chromium/chromedriver and no apt-get; the web app's browser test will be skipped" >&2; \
+	fi
+
 # Prints the OpenGL renderer EGL gives us (llvmpipe on CPU-only machines).
 render-check:
 	$(BIN)/python -c "from fastmetro.render import create_context; c = create_context(); print(c.info['GL_RENDERER'], c.info['GL_VERSION'])"
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The web app in a real browser (marked slow: ~40 s); CI runs it after `make test`.
+test-app: install
+	$(BIN)/python -m pytest -q -m slow tests/test_app.py
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"

@@ -166,3 +166,95 @@ def test_corrupt_video_does_not_stop_the_other_inputs(checkpoint, photos, tmp_pa
     assert code == 1
     assert "broken.mp4: cannot read video" in captured.err
     assert (out / "astronaut" / "person_00.obj").is_file()
+
+
+# ----------------------------------------------------------------------------- bad options (issue 16)
+@pytest.mark.parametrize("option,expected", [
+    (["--focal-length", "nan"], "--focal-length must be a finite number"),
+    (["--focal-length", "-1000"], "--focal-length must be > 0"),
+    (["--focal-length", "0"], "--focal-length must be > 0"),
+    (["--focal-length", "inf"], "--focal-length must be a finite number"),
+    (["--bbox", "0,0,1e308,1e308"], "has a number beyond"),
+    (["--bbox", "0,0,1e-9,1e-9"], "is under 1 pixel wide or high"),
+    (["--bbox", "0,0,nan,10"], "non-finite"),
+    (["--bbox", "0,0,-5,10"], "zero or negative size"),
+    (["--device", "bogus"], "--device 'bogus': not a torch device"),
+    (["--device", "cuda:7"], "--device 'cuda:7'"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--image-size", "31"], "--image-size must be between 32 and 1024"),
+    (["--image-size", "100000"], "--image-size must be between 32 and 1024"),
+    (["--box-expand", "nan"], "--box-expand must be a finite number"),
+    (["--box-expand", "0"], "--box-expand must be > 0"),
+    (["--detector-threshold", "2"], "--detector-threshold must be <= 1"),
+    (["--detector-threshold", "nan"], "--detector-threshold must be a finite number"),
+    (["--max-people", "0"], "--max-people must be >= 1"),
+    (["--max-side", "0"], "--max-side must be >= 1"),
+    (["--attention", "tail"], "unknown joint 'tail'"),
+])
+def test_bad_infer_options_are_one_line_errors(checkpoint, photos, tmp_path, smpl_dir, capsys, option, expected):
+    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                 "--out", str(tmp_path / "o"), "--image-size", "64", "--no-overlay", *option])
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], captured.err
+    assert not (tmp_path / "o" / "astronaut").exists()  # nothing ran
+
+
+def test_out_folder_that_is_a_file(checkpoint, photos, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for out, expected in ((blocker, "exists and is not a folder"), (blocker / "sub", "cannot create the folder")):
+        assert main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+        assert expected in capsys.readouterr().err
+
+
+def test_boxes_file_with_absurd_numbers(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    boxes = tmp_path / "boxes.json"
+    for entry, expected in (([0, 0, 1e300, 1e300], "beyond"), ([0, 0, 1e-9, 1e-9], "under 1 pixel"),
+                            ([0, 0, True, 5], "must be [x, y, w, h] numbers"),
+                            ({"center": [10, 10], "scale": -1}, "zero or negative size")):
+        boxes.write_text(json.dumps({"astronaut.png": [entry]}))
+        code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir",
+                     str(smpl_dir), "--out", str(tmp_path / "o"), "--boxes", str(boxes)])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and "boxes.json" in err and "Traceback" not in err, err
+
+
+def test_box_far_larger_than_the_image_fails_that_image(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    # Finite and under the absolute limit, but 1000x the 512-pixel image: refused for that image.
+    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                 "--out", str(tmp_path / "o"), "--bbox", "0,0,512000,512000", "--image-size", "64", "--no-overlay"])
+    assert code == 1
+    assert "astronaut.png: box [0.0, 0.0, 512000.0, 512000.0] is over 10 times the 512x512 image" in capsys.readouterr().err
+
+
+def test_inputs_sharing_a_stem_get_distinct_folders(checkpoint, tmp_path, smpl_dir, capsys):
+    import skimage.data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = skimage.data.astronaut()
+    Image.fromarray(image).save(folder / "a.png")
+    Image.fromarray(image[:, ::-1].copy()).save(folder / "a.jpg", quality=95)
+    outputs = {}
+    for run, inputs in enumerate(([folder], [folder / "a.png", folder / "a.jpg"])):
+        out = tmp_path / f"out{run}"
+        assert main(["infer", *map(str, inputs), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+                     "--out", str(out), "--bbox", "120,20,300,490", "--image-size", "64", "--no-overlay"]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["a_jpg", "a_png"]
+        outputs[run] = {name: json.loads((out / name / "person_00.json").read_text()) for name in ("a_jpg", "a_png")}
+    for run in outputs.values():  # each folder holds its own image's person, whatever the input order
+        assert run["a_png"]["image"].endswith("a.png") and run["a_jpg"]["image"].endswith("a.jpg")
+        assert run["a_png"]["joints_3d"] != run["a_jpg"]["joints_3d"]  # mirrored photo: another result
+    assert outputs[0]["a_png"]["joints_3d"] == outputs[1]["a_png"]["joints_3d"]
+
+
+def test_export_bad_options(checkpoint, tmp_path, smpl_dir, capsys):
+    common = ["export", "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--format", "torchscript"]
+    for extra, expected in ((["--out", str(tmp_path)], "exists and is not a regular file"),
+                            (["--out", str(tmp_path / "missing" / "m.pt")], "does not exist"),
+                            (["--out", str(tmp_path / "m.pt"), "--image-size", "100000"], "between 32 and 1024")):
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1

@@ -213,3 +213,52 @@ def test_detector_weights_errors(tmp_path):
     torch.save({"layer.weight": torch.zeros(3)}, other)
     with pytest.raises(FastMetroError, match="match none"):
         TorchvisionDetector(other)
+
+
+# ----------------------------------------------------------------------------- output names
+def test_output_names_are_distinct_and_deterministic():
+    from pathlib import Path
+
+    from fastmetro.inference.images import output_names
+
+    paths = [Path("x/a.jpg"), Path("x/a.png"), Path("x/b.png"), Path("y/a.jpg"), Path("x/a_png.png"), Path("x/b.png")]
+    names = output_names(paths)
+    assert names == ["x_a_jpg", "a_png", "x_b_png", "y_a_jpg", "a_png_2", "x_b_png_2"]
+    assert len(set(names)) == len(names)
+    # A name depends on the set of inputs, not their order (except the numbered last resort).
+    unique = paths[:4]
+    reordered = output_names(unique[::-1])[::-1]
+    assert reordered == output_names(unique)
+    assert output_names([Path("a.jpg"), Path("b.jpg")]) == ["a", "b"]
+
+
+def test_too_many_pixels_is_refused_before_decoding(tmp_path):
+    path = save(Image.new("RGB", (300, 200)), tmp_path / "big.png")
+    assert load_image(path, max_pixels=60_000).shape == (200, 300, 3)
+    with pytest.raises(FastMetroError, match=r"big.png: the image is 300x200 \(0.1 megapixels\), over the limit"):
+        load_image(path, max_pixels=59_999)
+    with pytest.raises(FastMetroError, match="^photo.png: not a readable image$"):
+        garbage = tmp_path / "upload_123"
+        garbage.write_bytes(b"nope")
+        load_image(garbage, name="photo.png")
+
+
+@pytest.mark.parametrize("box,problem", [
+    ((0, 0, 1e-9, 1e-9), "under 1 pixel"),
+    ((0, 0, 1e308, 1e308), "beyond"),
+    ((0, 0, 5000, 5000), "over 10 times the 120x100 image"),
+])
+def test_absurd_boxes_are_refused(tiny_predictor, box, problem):
+    with pytest.raises(FastMetroError) as caught:
+        tiny_predictor.predict(np.zeros((100, 120, 3), np.uint8), [box], source="photo.jpg")
+    assert str(caught.value).startswith("photo.jpg:") and problem in str(caught.value)
+
+
+def test_device_checks():
+    from fastmetro.inference import validate
+
+    assert str(validate.device("--device", "cpu")) == "cpu"
+    for value, problem in (("bogus", "not a torch device"), ("meta", "runs on cpu, cuda or mps"),
+                           ("cuda:99", "cuda:99")):
+        with pytest.raises(FastMetroError, match=problem):
+            validate.device("--device", value)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastmetro.errors import FastMetroError
+from fastmetro.inference import validate
 
 
 def register(subparsers) -> None:
@@ -68,225 +66,79 @@ def register(subparsers) -> None:
 
 
 # ----------------------------------------------------------------------------- infer
-def parse_bbox(text: str):
-    parts = text.replace(" ", "").split(",")
+def check_infer_options(args) -> None:
+    """Every numeric/device option of ``fastmetro infer``, before anything is loaded."""
+    validate.integer("--batch-size", args.batch_size, 1)
+    if args.image_size is not None:  # None: the model's own input size
+        validate.image_size("--image-size", args.image_size)
+    validate.integer("--max-side", args.max_side, 1)
+    validate.positive_number("--box-expand", args.box_expand, high=100.0)
+    if args.focal_length is not None:
+        validate.positive_number("--focal-length", args.focal_length)
+    validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
+    validate.integer("--max-people", args.max_people, 1)
+    validate.device("--device", args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FastMetroError(f"--out {out}: exists and is not a folder")
     try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise FastMetroError(f"--bbox {text!r}: expected four numbers x,y,w,h")
-    return tuple(values)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FastMetroError(f"--out {out}: cannot create the folder ({error.strerror})") from None
 
 
-def read_boxes_file(path: str | Path) -> dict[str, list]:
-    """``{image key: [PersonBox, ...]}`` from a boxes JSON (keys: path, file name or stem)."""
-    from fastmetro.inference.predictor import PersonBox
+def box_source_from_args(args):
+    """The boxes of ``fastmetro infer``: --bbox, --boxes, --detector, or the whole image."""
+    from fastmetro.inference import boxes
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise FastMetroError(f"{path}: not a readable JSON file ({error})") from None
-    if not isinstance(data, dict):
-        raise FastMetroError(f"{path}: expected an object mapping image names to lists of boxes")
-    boxes = {}
-    for key, entries in data.items():
-        if not isinstance(entries, list):
-            raise FastMetroError(f"{path}: {key!r}: expected a list of boxes")
-        people = []
-        for entry in entries:
-            side, expand = "right", None
-            if isinstance(entry, dict):
-                side = entry.get("side", "right")
-                if "center" in entry and "scale" in entry:
-                    entry, expand = _released_box(entry, path, key), 1.0
-                else:
-                    entry = entry.get("box")
-            if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(v, (int, float)) for v in entry)):
-                raise FastMetroError(f"{path}: {key!r}: a box must be [x, y, w, h] numbers, got {entry!r}")
-            try:
-                people.append(PersonBox(tuple(float(v) for v in entry), side=side, expand=expand))
-            except FastMetroError as error:
-                raise FastMetroError(f"{path}: {key!r}: {error}") from None
-        boxes[str(key)] = people
-    return boxes
-
-
-def _released_box(entry: dict, path: Path, key: str) -> list:
-    """The released label convention: square of side 200 * scale around ``center`` (used as is)."""
-    center, scale = entry["center"], entry["scale"]
-    if not (isinstance(center, list) and len(center) == 2 and isinstance(scale, (int, float))):
-        raise FastMetroError(f"{path}: {key!r}: center must be [x, y] and scale a number")
-    side = 200.0 * float(scale)
-    return [float(center[0]) - side / 2, float(center[1]) - side / 2, side, side]
-
-
-def _lookup(boxes: dict, frame) -> list | None:
-    source = Path(frame.source.split("#frame")[0])
-    for key in (frame.source, str(source), source.name, frame.name, source.stem):
-        if key in boxes:
-            return boxes[key]
-    return None
-
-
-@dataclass
-class _Job:
-    frame: object
-    image: object
-    boxes: object
-
-
-def run_infer(args) -> int:
-    from fastmetro.inference import images as image_io
-    from fastmetro.inference.predictor import PersonBox, Predictor
-
-    for name, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size or 1), ("--max-side", args.max_side)):
-        if value < 1:
-            raise FastMetroError(f"{name} must be positive, got {value}")
-    fixed_boxes = [parse_bbox(text) for text in args.bbox] if args.bbox else None
-    boxes_by_image = read_boxes_file(args.boxes) if args.boxes else None
-    paths = image_io.expand_inputs(args.inputs)
-    detector = None
+    if args.bbox:
+        return boxes.GivenBoxes([boxes.parse_bbox(text) for text in args.bbox], side=args.hand)
+    if args.boxes:
+        return boxes.BoxesByImage(boxes.read_boxes_file(args.boxes, side=args.hand), label=args.boxes,
+                                  side=args.hand)
     if args.detector:
         from fastmetro.inference.detector import TorchvisionDetector
 
         detector = TorchvisionDetector(args.detector, score_threshold=args.detector_threshold,
                                        max_people=args.max_people, architecture=args.detector_arch,
                                        device=args.device)
-    predictor = Predictor(
-        checkpoint=args.checkpoint,
-        topology=args.topology,
-        device=args.device,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        box_expand=args.box_expand,
-        focal_length=args.focal_length,
-        data_dir=args.data_dir,
-        body_model=args.body_model,
-    )
-    joint = predictor.joint_index(args.attention) if args.attention is not None else None
+        return boxes.DetectorBoxes(detector, side=args.hand)
+    return None
+
+
+def run_infer(args) -> int:
+    from fastmetro.inference import images as image_io
+    from fastmetro.inference.predictor import Predictor
+    from fastmetro.inference.runner import Failure, InferenceRunner
+
+    check_infer_options(args)
+    boxes = box_source_from_args(args)
+    paths = image_io.expand_inputs(args.inputs)
+    predictor = Predictor(checkpoint=args.checkpoint, topology=args.topology, device=args.device,
+                          image_size=args.image_size, batch_size=args.batch_size, box_expand=args.box_expand,
+                          focal_length=args.focal_length, data_dir=args.data_dir,
+                          body_model=args.body_model)
     out_dir = Path(args.out)
-    pool = None
-    if not args.no_overlay or joint is not None:
-        from fastmetro.inference.outputs import RendererPool
-
-        pool = RendererPool()
-
-    failures: list[str] = []
-    done = people_count = 0
-
-    def boxes_for(frame, image):
-        if fixed_boxes is not None:
-            return [PersonBox(box, side=args.hand) for box in fixed_boxes]
-        if boxes_by_image is not None:
-            found = _lookup(boxes_by_image, frame)
-            if found is None:
-                warnings_out.append(f"{frame.source}: not in {args.boxes}; using the whole image as the box")
-                return None
-            # "side": "left" in the file wins over --hand.
-            return [dataclasses.replace(p, side=p.side if p.side != "right" else args.hand) for p in found]
-        if detector is not None:
-            detections = detector(image)
-            if not detections:
-                warnings_out.append(f"{frame.source}: the detector found no person")
-            return [PersonBox(d.box, side=args.hand, score=d.score) for d in detections]
-        return None
-
-    def process(jobs: list[_Job]) -> None:
-        nonlocal done, people_count
-        items = [(job.image, job.boxes, job.frame.source) for job in jobs]
-        try:
-            predictions = predictor.predict_many(items, return_attention=joint is not None)
-        except FastMetroError:
-            if len(jobs) == 1:
-                raise
-            for job in jobs:  # isolate the image that failed
-                try:
-                    process([job])
-                except FastMetroError as error:
-                    failures.append(str(error))
-            return
-        for job, prediction in zip(jobs, predictions):
-            try:
-                _write_outputs(out_dir / job.frame.name, job, prediction, predictor, args, pool, joint)
-            except OSError as error:
-                failures.append(f"{job.frame.source}: cannot write outputs ({error})")
+    failures: list[Failure] = []
+    done = people = 0
+    with InferenceRunner(predictor, boxes=boxes, side=args.hand, out_dir=out_dir, attention_joint=args.attention,
+                         overlay=not args.no_overlay, max_side=args.max_side) as runner:
+        for item in runner.iter_results(paths):
+            if isinstance(item, Failure):
+                failures.append(item)
                 continue
-            for message in prediction.warnings:
+            for message in item.warnings:
                 print(f"warning: {message}", file=sys.stderr)
             done += 1
-            people_count += len(prediction.people)
-            print(f"{job.frame.source}: {len(prediction.people)} person(s) -> {out_dir / job.frame.name}")
-
-    warnings_out: list[str] = []
-    pending: list[_Job] = []
-    try:
-        for path in paths:
-            try:
-                frames = image_io.iter_frames([path])
-                for frame in frames:
-                    try:
-                        image = frame.load()
-                        boxes = boxes_for(frame, image)
-                    except FastMetroError as error:
-                        failures.append(str(error))
-                        continue
-                    for message in warnings_out:
-                        print(f"warning: {message}", file=sys.stderr)
-                    warnings_out.clear()
-                    pending.append(_Job(frame, image, boxes))
-                    if len(pending) >= args.batch_size:
-                        _flush(process, pending, failures)
-            except FastMetroError as error:  # e.g. a corrupt video stream
-                failures.append(str(error))
-        _flush(process, pending, failures)
-    finally:
-        if pool is not None:
-            pool.release()
-
-    print(f"done: {done} image(s), {people_count} person(s), {len(failures)} failed; outputs in {out_dir}")
+            people += len(item.prediction.people)
+            print(f"{item.source}: {len(item.prediction.people)} person(s) -> {item.directory}")
+    print(f"done: {done} image(s), {people} person(s), {len(failures)} failed; outputs in {out_dir}")
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for message in failures:
-            print(f"  {message}", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure.message}", file=sys.stderr)
         return 1
     return 0
-
-
-def _flush(process, pending: list, failures: list) -> None:
-    if not pending:
-        return
-    jobs = list(pending)
-    pending.clear()
-    try:
-        process(jobs)
-    except FastMetroError as error:
-        failures.append(str(error))
-
-
-def _write_outputs(directory: Path, job: _Job, prediction, predictor, args, pool, joint) -> None:
-    from fastmetro.inference import attention, outputs
-
-    outputs.write_image_outputs(
-        directory,
-        prediction,
-        predictor.joint_names,
-        job.frame.source,
-        image=None if args.no_overlay else job.image,
-        renderer_pool=pool,
-        max_side=args.max_side,
-    )
-    if joint is None:
-        return
-    name = predictor.joint_names[joint]
-    for index, person in enumerate(prediction.people):
-        stem = f"person_{index:02d}_{name}"
-        cross = attention.cross_attention_image(job.image, person, joint, predictor.image_size)
-        cross, _ = outputs.scaled_view(cross, person.intrinsics, args.max_side)
-        outputs.write_png(directory / f"attention_cross_{stem}.png", cross)
-        self_view = attention.self_attention_image(job.image, person, joint, predictor.topology, pool)
-        outputs.write_png(directory / f"attention_self_{stem}.png", self_view)
 
 
 # ----------------------------------------------------------------------------- export
@@ -294,11 +146,16 @@ def run_export(args) -> int:
     from fastmetro.inference import export as exporter
     from fastmetro.model.factory import load_model
 
+    if args.image_size is not None:
+        validate.image_size("--image-size", args.image_size)
+    out = Path(args.out)
+    if out.exists() and not out.is_file():
+        raise FastMetroError(f"--out {out}: exists and is not a regular file; give the file to write")
+    if not out.parent.is_dir():
+        raise FastMetroError(f"--out {out}: folder {out.parent} does not exist")
     model = load_model(args.checkpoint, args.topology, data_dir=args.data_dir).cpu().eval()
-    if args.image_size is None:
+    if args.image_size is None:  # the size the model was trained for (its spec)
         args.image_size = model.spec.input.image_size
-    if args.image_size < 32:
-        raise FastMetroError(f"--image-size must be >= 32, got {args.image_size}")
     path = exporter.export(model, args.out, args.format, args.image_size)
     print(f"wrote {path} ({args.format}, input images (B, 3, {args.image_size}, {args.image_size}))")
     if not args.no_verify:

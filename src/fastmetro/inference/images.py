@@ -52,26 +52,39 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
     """Read an image file as upright (H, W, 3) uint8 RGB.
 
+    Args:
+        max_pixels: refuse images with more pixels (checked from the header, before decoding).
+        name: the file's name in messages (default: ``path``).
+
     Raises:
-        FastMetroError: ``"<path>: <problem>"`` for a missing, unreadable or truncated file.
+        FastMetroError: ``"<path>: <problem>"`` for a missing, unreadable, truncated or too
+        large file.
     """
     path = Path(path)
+    label = str(path) if name is None else name
     if not path.is_file():
-        raise FastMetroError(f"{path}: file not found")
+        raise FastMetroError(f"{label}: file not found")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise FastMetroError(
+                    f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels), "
+                    f"over the limit of {max_pixels / 1e6:g} megapixels; make it smaller"
+                )
             image.load()
             image = ImageOps.exif_transpose(image)
             pixels = to_rgb8(image)
     except UnidentifiedImageError:
-        raise FastMetroError(f"{path}: not a readable image") from None
+        raise FastMetroError(f"{label}: not a readable image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise FastMetroError(f"{path}: cannot decode image ({error})") from None
+        message = str(error) if name is None else str(error).replace(str(path), name)
+        raise FastMetroError(f"{label}: cannot decode image ({message})") from None
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
-        raise FastMetroError(f"{path}: image has zero size")
+        raise FastMetroError(f"{label}: image has zero size")
     return pixels
 
 
@@ -85,26 +98,39 @@ class Frame:
     index: int | None = None  # frame number in a video
     pixels: np.ndarray | None = None
 
-    def load(self) -> np.ndarray:
-        return self.pixels if self.pixels is not None else load_image(self.source)
+    def load(self, max_pixels: int | None = None) -> np.ndarray:
+        if self.pixels is not None:
+            height, width = self.pixels.shape[:2]
+            if max_pixels is not None and width * height > max_pixels:
+                raise FastMetroError(f"{self.source}: the image is {width}x{height}, over the limit of "
+                                     f"{max_pixels / 1e6:g} megapixels")
+            return self.pixels
+        return load_image(self.source, max_pixels)
 
 
-def iter_video(path: str | os.PathLike) -> Iterator[Frame]:
-    """Frames of a video file (imageio's PyAV plugin), as RGB :class:`Frame`s."""
+def iter_video(path: str | os.PathLike, name: str | None = None, label: str | None = None) -> Iterator[Frame]:
+    """Frames of a video file (imageio's PyAV plugin), as RGB :class:`Frame`s.
+
+    Frame ``i`` is named ``<name>_f<i:06d>`` (``name`` defaults to the file's stem); ``label``
+    names the file in sources and messages (default: ``path``).
+    """
     import imageio.v3 as iio
 
     path = Path(path)
+    name = path.stem if name is None else name
+    label = str(path) if label is None else label
     try:
         for index, pixels in enumerate(iio.imiter(path, plugin="pyav")):
             pixels = np.asarray(pixels)
             if pixels.ndim == 2:
                 pixels = np.repeat(pixels[..., None], 3, axis=2)
-            yield Frame(name=f"{path.stem}_f{index:06d}", source=f"{path}#frame{index}", index=index,
+            yield Frame(name=f"{name}_f{index:06d}", source=f"{label}#frame{index}", index=index,
                         pixels=np.ascontiguousarray(pixels[..., :3].astype(np.uint8)))
     except FastMetroError:
         raise
     except Exception as error:  # PyAV raises its own error types for corrupt streams
-        raise FastMetroError(f"{path}: cannot read video ({type(error).__name__}: {error})") from None
+        message = str(error).replace(str(path), label)
+        raise FastMetroError(f"{label}: cannot read video ({type(error).__name__}: {message})") from None
 
 
 def is_video(path: Path) -> bool:
@@ -132,22 +158,45 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def iter_frames(paths: list[Path]) -> Iterator[Frame]:
-    """Frames for ``paths`` (from :func:`expand_inputs`); images load lazily so a bad file
-    fails on its own. Output names are the file stems, made unique with a suffix."""
-    seen: dict[str, int] = {}
+def output_names(paths: list[Path]) -> list[str]:
+    """One distinct output folder name per input path, the same whatever the other inputs' order.
 
-    def unique(stem: str) -> str:
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        return stem if count == 0 else f"{stem}_{count}"
-
-    for path in paths:
-        if is_video(path):
-            yield from (Frame(unique(f.name), f.source, f.index, f.pixels) for f in iter_video(path))
+    A file's stem when no other input has it; else ``<stem>_<extension>`` (``a.jpg``, ``a.png``
+    -> ``a_jpg``, ``a_png``); else (the same file name in several folders) the parent folder's
+    name in front (``x_a_jpg``); a name still taken (the same path twice, or a stem that equals
+    another input's generated name) gets ``_2``, ``_3``... in input order.
+    """
+    stems = [path.stem for path in paths]
+    with_suffix = [f"{path.stem}_{path.suffix.lstrip('.')}" if path.suffix else path.stem for path in paths]
+    names = []
+    for index, path in enumerate(paths):
+        if stems.count(stems[index]) == 1:
+            names.append(stems[index])
+        elif with_suffix.count(with_suffix[index]) == 1:
+            names.append(with_suffix[index])
         else:
-            yield Frame(name=unique(path.stem), source=str(path))
+            names.append(f"{path.parent.name}_{with_suffix[index]}" if path.parent.name else with_suffix[index])
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, count = name, 1
+        while candidate in taken:
+            count += 1
+            candidate = f"{name}_{count}"
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
-__all__ = ["Frame", "load_image", "to_rgb8", "iter_video", "iter_frames", "expand_inputs", "is_video",
+def iter_frames(paths: list[Path]) -> Iterator[Frame]:
+    """Frames for ``paths`` (from :func:`expand_inputs`), named by :func:`output_names` (video
+    frames ``<name>_f<index>``); images load lazily so a bad file fails on its own."""
+    for path, name in zip(paths, output_names(paths)):
+        if is_video(path):
+            yield from iter_video(path, name)
+        else:
+            yield Frame(name=name, source=str(path))
+
+
+__all__ = ["Frame", "load_image", "output_names", "to_rgb8", "iter_video", "iter_frames", "expand_inputs", "is_video",
            "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]

@@ -25,23 +25,7 @@ import torch
 from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, root_centred, weak_perspective_project
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
-
-SIDES = ("right", "left")
-
-
-@dataclass
-class PersonBox:
-    """A person (or hand) to reconstruct: ``(x, y, w, h)`` pixels, the hand side, and the
-    square's expansion factor (None: the predictor's ``box_expand``)."""
-
-    box: tuple[float, float, float, float]
-    side: str = "right"
-    score: float | None = None
-    expand: float | None = None
-
-    def __post_init__(self):
-        if self.side not in SIDES:
-            raise FastMetroError(f"hand side must be one of {SIDES}, got {self.side!r}")
+from fastmetro.inference.boxes import SIDES, PersonBox, person_boxes
 
 
 @dataclass
@@ -234,7 +218,7 @@ class Predictor:
             image = _checked_image(image, source)
             height, width = image.shape[:2]
             warnings = []
-            people = self._person_boxes(image, boxes, (width, height), source, warnings)
+            people = person_boxes(image, boxes, self.detector, source, warnings)
             focal = cam.default_focal_length((width, height)) if self.focal_length is None else self.focal_length
             results.append(ImagePrediction((width, height), [], float(focal), warnings))
             for person in people:
@@ -272,24 +256,6 @@ class Predictor:
             raise FastMetroError(f"the SMPL parameter regressor needs an SMPL model (24 joints), got {body_model.num_joints}")
         self.model.attach_body_model(body_model.to(self.device))
         self.smpl_faces = body_model.faces if body_model.faces is not None else None
-
-    def _person_boxes(self, image, boxes, image_size, source, warnings) -> list[PersonBox]:
-        if boxes is None and self.detector is not None:
-            detections = self.detector(image)
-            if not detections:
-                warnings.append(f"{source}: the detector found no person")
-            return [PersonBox(tuple(d.box), score=d.score) for d in detections]
-        if boxes is None:
-            warnings.append(f"{source}: no person box given; using the whole image as the box")
-            width, height = image_size
-            return [PersonBox((0.0, 0.0, float(width), float(height)), expand=1.0)]
-        people = []
-        for box in boxes:
-            if isinstance(box, PersonBox):
-                people.append(box)
-            else:
-                people.append(PersonBox(tuple(float(v) for v in box)))
-        return people
 
     @torch.no_grad()
     def _run(self, batch: torch.Tensor, return_attention: bool) -> dict:

@@ -1,0 +1,155 @@
+"""The page (Gradio Blocks): inputs on the left, results on the right; image and video tabs.
+
+Gradio is imported here only (the ``app`` extra). Each button calls :class:`AppService`; the page
+shows its message in a Markdown box, so bad input reads as a sentence in the page and the app
+goes on serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from fastmetro.app.samples import Sample
+from fastmetro.app.service import AppService
+
+TITLE = "FastMETRO: 3D human mesh from one image"
+INTRO = (
+    "Upload a photo (or take a webcam snapshot, or pick a sample), give the person's box, and get a "
+    "3D mesh placed over the person. **Boxes**: type `x, y, w, h` in pixels (several people: separate "
+    "them with `;`) or click two opposite corners on the image. Without a box the person detector is "
+    "used when the app has one, else the whole image is the box."
+)
+NO_JOINT = "(none)"
+
+
+@dataclass
+class Upload:
+    """An uploaded file as the handlers get it: where it is, and the name the user's file had."""
+
+    path: str
+    name: str
+
+from gradio.events import Dependency
+
+class ImageUpload(gr.Image):
+    """``gr.Image`` that hands over the uploaded file untouched (no decoding in the framework), so
+    fastmetro's loader reads it and a file that is not an image becomes fastmetro's message."""
+
+    is_template = True  # rendered by the frontend's Image component
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path and not (payload.url or "").startswith("data:"):
+            return Upload(payload.path, Path(payload.orig_name or "image.png").name)
+        path = super().preprocess(payload)  # a webcam/clipboard data URL: written to a file
+        return None if path is None else Upload(str(path), "snapshot.png")
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def build_page(service: AppService, samples: list[Sample], has_detector: bool) -> gr.Blocks:
+    models = list(service.slots)
+    first = service.slots[models[0]]
+    joints = [NO_JOINT, *first.joint_names]
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1,
+                            elem_id="model")
+        side = gr.Radio(["right", "left"], value="right", label="Hand side (hand models)",
+                        visible=first.is_hand, elem_id="hand-side")
+        with gr.Tab("Image"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = ImageUpload(label="Image", sources=["upload", "webcam", "clipboard"],
+                                        type="filepath", elem_id="input-image")
+                    boxes = gr.Textbox(label="Boxes x, y, w, h (pixels)", placeholder="e.g. 120, 20, 300, 490",
+                                       elem_id="boxes")
+                    corner = gr.State(None)
+                    hint = gr.Markdown("", elem_id="box-hint")
+                    joint = gr.Dropdown(joints, value=NO_JOINT, label="Attention maps for joint (paper Fig. 6)",
+                                        elem_id="joint")
+                    with gr.Row():
+                        clear = gr.Button("Clear boxes")
+                        run = gr.Button("Reconstruct", variant="primary", elem_id="run-image")
+                    if samples:
+                        gr.Examples([[s.path, s.boxes] for s in samples], inputs=[image, boxes],
+                                    example_labels=[s.label for s in samples], label="Samples")
+                with gr.Column(scale=2):
+                    status = gr.Markdown("", elem_id="status")
+                    overlay = gr.Image(label="Input | mesh over it | side view", type="filepath",
+                                       interactive=False, elem_id="overlay")
+                    scene = gr.Model3D(label="3D scene (drag to turn, scroll to zoom)", elem_id="scene",
+                                       clear_color=(1.0, 1.0, 1.0, 1.0), height=420)
+                    attention = gr.Gallery(label="Attention", columns=2, height="auto", elem_id="attention")
+                    downloads = gr.File(label="Downloads (.obj, .ply, .glb, .json, all as .zip)",
+                                        file_count="multiple", interactive=False, elem_id="downloads")
+        with gr.Tab("Video"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    video = gr.Video(label="Video", sources=["upload"], include_audio=True, elem_id="input-video")
+                    video_boxes = gr.Textbox(label="Boxes x, y, w, h for every frame (empty: "
+                                             + ("detector" if has_detector else "whole frame") + ")",
+                                             elem_id="video-boxes")
+                    run_video = gr.Button("Reconstruct every frame", variant="primary", elem_id="run-video")
+                with gr.Column(scale=2):
+                    video_status = gr.Markdown("", elem_id="video-status")
+                    video_out = gr.Video(label="Meshes over the frames", interactive=False, elem_id="output-video")
+                    video_downloads = gr.File(label="Downloads (video, per-frame .json as .zip)",
+                                              file_count="multiple", interactive=False)
+
+        def on_image(model_label, upload, box_text, joint_name, hand_side):
+            upload = upload or Upload("", "")
+            outcome = service.analyse_image(model_label, upload.path, upload.name, box_text,
+                                            None if joint_name in (None, NO_JOINT) else joint_name, hand_side)
+            status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
+            return (status_text, _str(outcome.overlay), _str(outcome.scene),
+                    [(str(path), caption) for path, caption in outcome.attention] or None,
+                    [str(path) for path in outcome.downloads] or None)
+
+        def on_video(model_label, path, box_text, hand_side, progress=gr.Progress()):
+            name = Path(path).name if path else None
+
+            def report(done, total):
+                progress((done, total) if total else done, desc="frames", unit="frames")
+
+            outcome = service.analyse_video(model_label, path, name, box_text, hand_side, report)
+            status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
+            return status_text, _str(outcome.video), [str(p) for p in outcome.downloads] or None
+
+        def on_click(box_text, first_corner, event: gr.SelectData):
+            x, y = (float(v) for v in event.index)
+            if first_corner is None:
+                return box_text, (x, y), f"First corner at ({x:.0f}, {y:.0f}): click the opposite corner."
+            (x0, y0) = first_corner
+            new = f"{min(x, x0):.0f}, {min(y, y0):.0f}, {abs(x - x0):.0f}, {abs(y - y0):.0f}"
+            text = f"{box_text.strip()}; {new}" if box_text and box_text.strip() else new
+            return text, None, f"Box added: {new}."
+
+        def on_model(model_label):
+            slot = service.slots[model_label]
+            names = [NO_JOINT, *slot.joint_names]
+            return gr.update(choices=names, value=NO_JOINT), gr.update(visible=slot.is_hand)
+
+        inference = {"concurrency_limit": 1, "concurrency_id": "inference"}
+        run.click(on_image, [model, image, boxes, joint, side], [status, overlay, scene, attention, downloads],
+                  **inference)
+        run_video.click(on_video, [model, video, video_boxes, side], [video_status, video_out, video_downloads],
+                        **inference)
+        image.select(on_click, [boxes, corner], [boxes, corner, hint])
+        clear.click(lambda: ("", None, ""), None, [boxes, corner, hint])
+        model.change(on_model, [model], [joint, side], **inference)
+    return page
+
+
+def _str(path) -> str | None:
+    return None if path is None else str(path)
+
+
+__all__ = ["build_page", "ImageUpload", "Upload"]
