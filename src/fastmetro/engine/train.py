@@ -257,7 +257,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
-        self.grad_norms: list[float] = []
+        self._grad_norms: list[torch.Tensor] = []  # kept on the device: no sync per step
         self.best_metric: float | None = None
         if state_path is not None:
             self.load_state(state_path)
@@ -365,7 +365,7 @@ class Trainer:
         if self.config.optim.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optim.clip_grad_norm)
-            self.grad_norms.append(float(norm))  # before clipping
+            self._grad_norms.append(norm.detach())  # before clipping
             if not self.scaler.is_enabled() and not torch.isfinite(norm):
                 raise NonFiniteLossError(f"non-finite gradient norm at step {self.step + 1}: stopping")
         self.scaler.step(self.optimizer)
@@ -373,6 +373,11 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return {name: value.detach() for name, value in terms.items()}
+
+    @property
+    def grad_norms(self) -> list[float]:
+        """Gradient norms (before clipping) of every step so far."""
+        return [float(norm) for norm in self._grad_norms]
 
     def run_evaluation(self) -> dict:
         setup = EvalSetup(
@@ -431,23 +436,24 @@ class Trainer:
                 batch = next(data)
                 terms = self.train_step(batch)
                 window_steps += 1
-                for name, value in terms.items():
-                    running[name] = running.get(name, 0.0) + float(value)
+                for name, value in terms.items():  # tensors: read back only when logging
+                    running[name] = running.get(name, 0.0) + value
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(loss=f"{float(terms['total']):.3f}")
+                    if self.step % config.log_every == 0:
+                        progress.set_postfix(loss=f"{float(terms['total']):.3f}")
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     elapsed = time.perf_counter() - window_start
                     images_per_second = window_steps * global_batch / max(elapsed, 1e-9)
                     if writer is not None:
                         for name, total in running.items():
-                            writer.add_scalar(f"train/loss_{name}", total / window_steps, self.step)
+                            writer.add_scalar(f"train/loss_{name}", float(total) / window_steps, self.step)
                         writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
-                        if self.grad_norms:
-                            writer.add_scalar("train/grad_norm", self.grad_norms[-1], self.step)
+                        if self._grad_norms:
+                            writer.add_scalar("train/grad_norm", float(self._grad_norms[-1]), self.step)
                         writer.add_scalar("train/images_per_second", images_per_second, self.step)
                     if progress is None and self.dist.is_main:
-                        print(f"step {self.step}/{config.steps}: loss {running['total'] / window_steps:.4f}, "
+                        print(f"step {self.step}/{config.steps}: loss {float(running['total']) / window_steps:.4f}, "
                               f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images_per_second:.1f} images/s",
                               flush=True)
                     running, window_start, window_steps = {}, time.perf_counter(), 0

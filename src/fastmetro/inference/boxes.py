@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastmetro.conventions import side_from_scale
 from fastmetro.errors import FastMetroError
 
 SIDES = ("right", "left")
@@ -194,7 +195,7 @@ def _released_box(entry: dict) -> list:
             and _is_number(scale)):
         raise FastMetroError("center must be [x, y] and scale a number")
     try:
-        side = 200.0 * float(scale)
+        side = side_from_scale(float(scale))
         return [float(center[0]) - side / 2, float(center[1]) - side / 2, side, side]
     except OverflowError:
         raise FastMetroError(f"center {center} / scale {scale} are too large") from None

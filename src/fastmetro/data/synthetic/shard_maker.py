@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastmetro.conventions import scale_from_side
 from fastmetro.data.synthetic.config import Shard, SynthConfig, pose_weights, sample_generators, validate
 from fastmetro.io import atomic_write
 
@@ -27,7 +28,7 @@ def box_of(points_2d: np.ndarray, size: int | None = None) -> tuple[list[float],
         points_2d = np.clip(points_2d, -0.5, size - 0.5)
     low, high = points_2d.min(0), points_2d.max(0)
     side = float((high - low).max()) * BOX_PADDING
-    return [float(v) for v in (low + high) / 2.0], side / 200.0
+    return [float(v) for v in (low + high) / 2.0], scale_from_side(side)
 
 
 @dataclass
