@@ -126,6 +126,83 @@ def _to_topology_joints(joints: np.ndarray, fmt: str, num_joints: int | None, na
     return joints
 
 
+def _box(label: dict, image_hw, source, key) -> tuple[np.ndarray, float]:
+    """(center (2,) px, scale): the label's box, or the whole image when it has none."""
+    if "center" in label or "scale" in label:
+        center = _array(label, "center", source, key) if "center" in label else None
+        if center is None or center.shape != (2,):
+            raise BadRowError(source, key, "'center' must be [x, y]")
+        scale_array = _array(label, "scale", source, key) if "scale" in label else None
+        if scale_array is None or scale_array.size != 1 or scale_array[0] <= 0:
+            raise BadRowError(source, key, "'scale' must be one positive number")
+        return center, float(scale_array[0])
+    if image_hw is not None:
+        height, width = image_hw
+        return np.array([(width - 1) / 2.0, (height - 1) / 2.0]), max(height, width) / 200.0
+    raise BadRowError(source, key, "label has no 'center'/'scale' box")
+
+
+def _joints(label: dict, num_joints: int | None, source, key) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    """(joints_2d, joints_3d, their joint formats) in the topology's joint order."""
+    joints_2d = joints_3d = None
+    formats = []
+    if "2d_joints" in label and _flag(label, "has_2d_joints", True, source, key):
+        raw = _array(label, "2d_joints", source, key, columns=3)
+        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
+        joints_2d = _to_topology_joints(raw, fmt, num_joints, "2d_joints", source, key)
+        formats.append(fmt)
+    if "3d_joints" in label and _flag(label, "has_3d_joints", True, source, key):
+        raw = _array(label, "3d_joints", source, key, columns=4)
+        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
+        joints_3d = _to_topology_joints(raw, fmt, num_joints, "3d_joints", source, key)
+        formats.append(fmt)
+    if joints_2d is not None and joints_3d is not None and joints_2d.shape[0] != joints_3d.shape[0]:
+        raise BadRowError(source, key, f"2d_joints has {joints_2d.shape[0]} joints but 3d_joints {joints_3d.shape[0]}")
+    return joints_2d, joints_3d, formats
+
+
+def _body_parameters(label: dict, pose_sizes, source, key) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(pose, betas) when ``has_smpl``, else (None, None)."""
+    if not _flag(label, "has_smpl", False, source, key):
+        return None, None
+    if "pose" not in label or "betas" not in label:
+        raise BadRowError(source, key, "has_smpl=1 but 'pose' or 'betas' is missing")
+    pose = _array(label, "pose", source, key)
+    betas = _array(label, "betas", source, key)
+    if pose_sizes is not None and pose.size not in pose_sizes:
+        raise BadRowError(source, key, f"'pose' has {pose.size} values, expected one of {pose_sizes}")
+    if betas.size < 1 or betas.size > 300:
+        raise BadRowError(source, key, f"'betas' has {betas.size} values")
+    return pose, betas
+
+
+def _vertex_fields(label: dict, source, key) -> tuple[bool, int]:
+    """(has_vertices, vertices_row)."""
+    has_vertices = _flag(label, "has_vertices", False, source, key)
+    try:
+        vertices_row = int(label.get("vertices_row", -1))
+    except (TypeError, ValueError):
+        raise BadRowError(source, key, f"'vertices_row' must be an integer, got {label.get('vertices_row')!r}") from None
+    if has_vertices and vertices_row < 0:
+        raise BadRowError(source, key, "has_vertices=1 but 'vertices_row' is missing or negative")
+    return has_vertices, vertices_row
+
+
+def _camera(label: dict, source, key) -> np.ndarray | None:
+    """(3, 3) intrinsics from ``camera`` {fx, fy, cx, cy}, or None."""
+    if label.get("camera") is None:
+        return None
+    intrinsics = label["camera"]
+    try:
+        fx, fy, cx, cy = (float(intrinsics[name]) for name in ("fx", "fy", "cx", "cy"))
+    except (TypeError, KeyError, ValueError):
+        raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy}") from None
+    camera = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
+    if not np.isfinite(camera).all() or fx <= 0 or fy <= 0:
+        raise BadRowError(source, key, "'camera' intrinsics must be finite with positive focal lengths")
+    return camera
+
+
 def parse_annotation(
     label: dict,
     key: str,
@@ -141,66 +218,11 @@ def parse_annotation(
     ``pose_sizes``: accepted pose lengths (None = any; the pose is unused without a body model).
     Raises :class:`BadRowError` naming ``source`` and ``key``.
     """
-    if "center" in label or "scale" in label:
-        center = _array(label, "center", source, key) if "center" in label else None
-        if center is None or center.shape != (2,):
-            raise BadRowError(source, key, "'center' must be [x, y]")
-        scale_array = _array(label, "scale", source, key) if "scale" in label else None
-        if scale_array is None or scale_array.size != 1 or scale_array[0] <= 0:
-            raise BadRowError(source, key, "'scale' must be one positive number")
-        scale = float(scale_array[0])
-    elif image_hw is not None:
-        height, width = image_hw
-        center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-        scale = max(height, width) / 200.0
-    else:
-        raise BadRowError(source, key, "label has no 'center'/'scale' box")
-
-    joints_2d = joints_3d = None
-    formats = []
-    if "2d_joints" in label and _flag(label, "has_2d_joints", True, source, key):
-        raw = _array(label, "2d_joints", source, key, columns=3)
-        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
-        joints_2d = _to_topology_joints(raw, fmt, num_joints, "2d_joints", source, key)
-        formats.append(fmt)
-    if "3d_joints" in label and _flag(label, "has_3d_joints", True, source, key):
-        raw = _array(label, "3d_joints", source, key, columns=4)
-        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
-        joints_3d = _to_topology_joints(raw, fmt, num_joints, "3d_joints", source, key)
-        formats.append(fmt)
-    if joints_2d is not None and joints_3d is not None and joints_2d.shape[0] != joints_3d.shape[0]:
-        raise BadRowError(source, key, f"2d_joints has {joints_2d.shape[0]} joints but 3d_joints {joints_3d.shape[0]}")
-
-    pose = betas = None
-    if _flag(label, "has_smpl", False, source, key):
-        if "pose" not in label or "betas" not in label:
-            raise BadRowError(source, key, "has_smpl=1 but 'pose' or 'betas' is missing")
-        pose = _array(label, "pose", source, key)
-        betas = _array(label, "betas", source, key)
-        if pose_sizes is not None and pose.size not in pose_sizes:
-            raise BadRowError(source, key, f"'pose' has {pose.size} values, expected one of {pose_sizes}")
-        if betas.size < 1 or betas.size > 300:
-            raise BadRowError(source, key, f"'betas' has {betas.size} values")
-
-    has_vertices = _flag(label, "has_vertices", False, source, key)
-    try:
-        vertices_row = int(label.get("vertices_row", -1))
-    except (TypeError, ValueError):
-        raise BadRowError(source, key, f"'vertices_row' must be an integer, got {label.get('vertices_row')!r}") from None
-    if has_vertices and vertices_row < 0:
-        raise BadRowError(source, key, "has_vertices=1 but 'vertices_row' is missing or negative")
-
-    camera = None
-    if label.get("camera") is not None:
-        intrinsics = label["camera"]
-        try:
-            fx, fy, cx, cy = (float(intrinsics[name]) for name in ("fx", "fy", "cx", "cy"))
-        except (TypeError, KeyError, ValueError):
-            raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy}") from None
-        camera = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
-        if not np.isfinite(camera).all() or fx <= 0 or fy <= 0:
-            raise BadRowError(source, key, "'camera' intrinsics must be finite with positive focal lengths")
-
+    center, scale = _box(label, image_hw, source, key)
+    joints_2d, joints_3d, formats = _joints(label, num_joints, source, key)
+    pose, betas = _body_parameters(label, pose_sizes, source, key)
+    has_vertices, vertices_row = _vertex_fields(label, source, key)
+    camera = _camera(label, source, key)
     gender = label.get("gender")
     return Annotation(
         key=key,
