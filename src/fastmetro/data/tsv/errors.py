@@ -1,21 +1,13 @@
-"""The error of one unusable dataset row, and the one-line message inside a DataLoader worker's error."""
+"""The error of one unusable dataset row."""
 
 from __future__ import annotations
 
-from fastmetro.errors import FastMetroError
+import ast
+import re
 
+from fastmetro.errors import FastMetroError, one_line_message
 
-def one_line_message(text: str) -> str:
-    """The original one-line message inside an error text re-raised by a DataLoader worker."""
-    if "Original Traceback" not in text:
-        return text
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line:
-            head, sep, tail = line.partition(": ")
-            # "fastmetro.data.tsv.BadRowError: <message>"
-            return tail if sep and "Error" in head and " " not in head else line
-    return text
+_MESSAGE = re.compile(r"^(?P<source>.*?): row (?P<key>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"): (?P<problem>.*)$", re.S)
 
 
 class BadRowError(FastMetroError):
@@ -23,14 +15,22 @@ class BadRowError(FastMetroError):
 
     PyTorch re-creates an exception raised in a DataLoader worker as ``type(error)(text)`` with
     the worker's traceback in ``text``; given one argument, this class keeps only the original
-    line, so the user still sees one line naming the file and the row key.
+    line (and reads the file, key and problem back from it), so the user still sees one line
+    naming the file and the row key.
     """
 
     def __init__(self, source: str, key: str | None = None, problem: str | None = None):
         if key is None and problem is None:
             message = one_line_message(str(source))
             self.source, self.key, self.problem = "", "", message
+            parsed = _MESSAGE.match(message)
+            if parsed:
+                self.source, self.problem = parsed["source"], parsed["problem"]
+                self.key = ast.literal_eval(parsed["key"])
             super().__init__(message)
             return
         self.source, self.key, self.problem = str(source), str(key), str(problem)
         super().__init__(f"{self.source}: row {self.key!r}: {problem}")
+
+
+__all__ = ["BadRowError", "one_line_message"]

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# A module reference, not `from ... import`: fastmetro.data.labels imports this package's errors.
+import fastmetro.data.labels as labels
 from fastmetro.data.tsv.decode import decode_image, parse_hw, parse_label_json
 from fastmetro.data.tsv.errors import BadRowError
 from fastmetro.data.tsv.index import TSVFile
 from fastmetro.data.tsv.spec import read_yaml
 from fastmetro.errors import FastMetroError
+from fastmetro.io import load_npy
 
 
 @dataclass
@@ -40,11 +43,13 @@ class TSVDataset:
         self._img = [TSVFile(s.img) for s in self.spec.sources]
         self._label = [TSVFile(s.label) for s in self.spec.sources]
         self._hw = [TSVFile(s.hw) if s.hw is not None and s.hw.is_file() else None for s in self.spec.sources]
-        for source, img, label in zip(self.spec.sources, self._img, self._label):
+        for source, img, label, hw in zip(self.spec.sources, self._img, self._label, self._hw):
             if len(img) != len(label):
                 raise FastMetroError(
                     f"{source.label}: {len(label)} label rows but {len(img)} image rows in {source.img.name}"
                 )
+            if hw is not None and len(hw) != len(label):
+                raise FastMetroError(f"{source.hw}: {len(hw)} rows but {len(label)} label rows in {source.label.name}")
             if source.vertices is not None and not source.vertices.is_file():
                 raise FastMetroError(f"{self.yaml_path}: vertices file not found: {source.vertices}")
         self._vertices: list[np.ndarray | None] = [None] * len(self.spec.sources)
@@ -71,12 +76,9 @@ class TSVDataset:
         if path is None:
             return None
         if self._vertices[source_index] is None:
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as error:
-                raise FastMetroError(f"{path}: cannot read vertices ({error})") from None
-            if array.ndim != 3 or array.shape[2] != 3:
-                raise FastMetroError(f"{path}: vertices must have shape (N, V, 3), got {array.shape}")
+            array = load_npy(path, mmap=True, what="vertices")
+            if array.ndim != 3 or array.shape[2] != 3 or array.dtype.kind != "f":
+                raise FastMetroError(f"{path}: vertices must be a float (N, V, 3) array, got {array.dtype} {array.shape}")
             self._vertices[source_index] = array
         return self._vertices[source_index]
 
@@ -114,26 +116,31 @@ class TSVDataset:
         if prefix + columns[0] != key:
             raise BadRowError(img_file.path, key, f"image row key {columns[0]!r} differs from the label row key")
         image = decode_image(columns[-1], img_file.path, key)
-        hw = None
-        hw_file = self._hw[source_index]
-        if hw_file is not None and row_index < len(hw_file):
-            hw_columns = hw_file[row_index]
-            if len(hw_columns) >= 2:
-                hw = parse_hw(hw_columns[-1], hw_file.path, key)
+        hw = self._row_hw(source_index, row_index, key, image.shape[:2])
         vertices = None
-        if int(label.get("has_vertices", 0) or 0):
-            vertices = self._row_vertices(source_index, label, key)
+        has_vertices, vertex_row = labels.vertex_fields(label, self._label[source_index].path, key)
+        if has_vertices:
+            vertices = self._row_vertices(source_index, vertex_row, key)
         return RawRow(key, image, label, vertices, hw, source_index, row_index)
 
-    def _row_vertices(self, source_index: int, label: dict, key: str) -> np.ndarray:
+    def _row_hw(self, source_index: int, row_index: int, key: str, image_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The hw column of the row (None without an hw file); it must match the decoded image."""
+        hw_file = self._hw[source_index]
+        if hw_file is None:
+            return None
+        columns = hw_file[row_index]
+        if self.spec.sources[source_index].key_prefix + columns[0] != key or len(columns) < 2:
+            raise BadRowError(hw_file.path, key, f"hw row {columns[0][:40]!r} is not this row's size (truncated row?)")
+        hw = parse_hw(columns[-1], hw_file.path, key)
+        if hw != tuple(image_hw):
+            raise BadRowError(hw_file.path, key, f"hw says {hw[0]}x{hw[1]} but the image is {image_hw[0]}x{image_hw[1]}")
+        return hw
+
+    def _row_vertices(self, source_index: int, vertex_row: int, key: str) -> np.ndarray:
         array = self.vertices_array(source_index)
         source = self.spec.sources[source_index]
         if array is None:
             raise BadRowError(source.label, key, "label says has_vertices=1 but the yaml names no vertices file")
-        try:
-            vertex_row = int(label.get("vertices_row", -1))
-        except (TypeError, ValueError):
-            raise BadRowError(source.label, key, f"vertices_row must be an integer, got {label.get('vertices_row')!r}") from None
         if not 0 <= vertex_row < len(array):
             raise BadRowError(source.label, key, f"vertices_row {vertex_row} outside 0..{len(array) - 1} of {source.vertices.name}")
         vertices = np.asarray(array[vertex_row], dtype=np.float32)

@@ -38,9 +38,27 @@ class DatasetSpec:
     composite: bool = False
 
 
+def _describe(value: Any) -> str:
+    """A short description of a yaml value for messages (never the repr of a whole structure)."""
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file the dataset names, as UTF-8 (a one-line error otherwise)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FastMetroError(f"{path}: {what} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise FastMetroError(f"{path}: cannot read {what} ({error.strerror or error})") from None
+
+
 def _resolve(base: Path, value: Any, what: str, yaml_path: Path) -> Path:
     if not isinstance(value, str) or not value:
-        raise FastMetroError(f"{yaml_path}: '{what}' must be a file path, got {value!r}")
+        raise FastMetroError(f"{yaml_path}: '{what}' must be a file path, got {_describe(value)}")
     path = Path(value)
     return path if path.is_absolute() else base / path
 
@@ -51,9 +69,15 @@ def _path_list(base: Path, value: Any, what: str, yaml_path: Path) -> list[str |
         listing = _resolve(base, value, what, yaml_path)
         if not listing.is_file():
             raise FastMetroError(f"{yaml_path}: list file for '{what}' not found: {listing}")
-        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in read_text(listing, "list file").splitlines() if line.strip()]
     if isinstance(value, list):
-        return [None if item in (None, "", "null") else str(item) for item in value]
+        items = []
+        for item in value:
+            if item is None or isinstance(item, str):
+                items.append(None if item in (None, "", "null") else item)
+            else:  # never str() a nested structure: a yaml alias bomb would expand
+                raise FastMetroError(f"{yaml_path}: '{what}' must list file paths, got {_describe(item)} in the list")
+        return items
     raise FastMetroError(f"{yaml_path}: '{what}' must be a list of paths or a list file, got {type(value).__name__}")
 
 
@@ -63,9 +87,11 @@ def read_yaml(yaml_path: str | os.PathLike) -> DatasetSpec:
     if not yaml_path.is_file():
         raise FastMetroError(f"{yaml_path}: dataset yaml not found")
     try:
-        config = yaml.safe_load(yaml_path.read_text())
+        config = yaml.safe_load(read_text(yaml_path, "dataset yaml"))
     except yaml.YAMLError as error:
         raise FastMetroError(f"{yaml_path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise FastMetroError(f"{yaml_path}: not valid YAML (nested too deeply)") from None
     if not isinstance(config, dict):
         raise FastMetroError(f"{yaml_path}: expected a mapping with 'img' and 'label' entries")
     base = yaml_path.parent

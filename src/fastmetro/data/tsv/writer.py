@@ -22,7 +22,8 @@ from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy arrays/scalars turned into lists and Python numbers (for JSON)."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.floating,)):
@@ -32,9 +33,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -144,7 +145,7 @@ class TSVDatasetWriter:
             raise ValueError(f"row key must be non-empty without tabs/newlines: {key!r}")
         if key in self._keys:
             raise ValueError(f"duplicate row key {key!r}")
-        label = _jsonable(dict(label))
+        label = jsonable(dict(label))
         vertex_block = None
         if vertices is not None:
             vertex_block = np.asarray(vertices, dtype=np.float32)
