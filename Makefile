@@ -41,7 +41,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-all: install
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	FASTMETRO_FUZZ_PROFILE=thorough $(BIN)/python -m pytest -q -m "slow or not slow"
 
 demo: install
 	$(BIN)/python -m fastmetro demo
