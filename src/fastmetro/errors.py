@@ -1,5 +1,7 @@
 """The one exception type users see: a clear one-line message naming the file and the problem."""
 
+import re
+
 
 def one_line_message(text: str) -> str:
     """The original one-line message inside an error text re-raised by a DataLoader worker.
@@ -24,10 +26,11 @@ class FastMetroError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2 instead of a traceback. Raised in
     a DataLoader worker, it reaches the main process with its one-line message (not the worker's
-    traceback that PyTorch puts into the re-created exception).
+    traceback that PyTorch puts into the re-created exception). A message is always one line:
+    line breaks (e.g. from a numpy array's repr) become spaces.
     """
 
     def __init__(self, *args):
         if len(args) == 1 and isinstance(args[0], str):
-            args = (one_line_message(args[0]),)
+            args = (re.sub(r"\s*\n\s*", " ", one_line_message(args[0]).strip()),)
         super().__init__(*args)

@@ -81,7 +81,9 @@ def level_counts(arrays: Mapping, source: str) -> tuple[int, ...]:
     """Vertex count per level, each bounded by an array of the file (see the module docstring)."""
     counts = integers(arrays, "level_vertex_counts", source, ndim=1)
     if len(counts) < 1 or counts.min() < 1:
-        raise FastMetroError(f"{source}: 'level_vertex_counts' must list at least one positive count, got {counts}")
+        smallest = f", smallest {counts.min()}" if len(counts) else ""
+        raise FastMetroError(f"{source}: 'level_vertex_counts' must list at least one positive count "
+                             f"(got {len(counts)}{smallest})")
     root = _get(arrays, "root_regressor", source)
     if root.ndim != 1 or len(root) != counts[0]:
         raise FastMetroError(f"{source}: 'root_regressor' has shape {root.shape}, level 0 has {counts[0]} vertices")
