@@ -226,6 +226,22 @@ def test_data_convert_with_damaged_annotations(tmp_path, capsys):
                           tmp_path / "out"], capsys, names=("ann.json",))
 
 
+@pytest.mark.parametrize("option", [["--bbox-scale", "nan"], ["--bbox-scale", "-1"], ["--name", "a/b"], ["--name", ""],
+                                    ["--out", "FILE"]])
+def test_data_convert_with_bad_options(tmp_path, capsys, option):
+    from fuzz_helpers import png_bytes
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(png_bytes(60, 80))
+    annotations = tmp_path / "ann.json"
+    annotations.write_text('[{"file": "a.png"}]')
+    (tmp_path / "FILE").write_text("x")
+    option = [str(tmp_path / "FILE") if item == "FILE" else item for item in option]
+    out = [] if "--out" in option else ["--out", tmp_path / "out"]
+    expect_cli_error(["data", "convert", "--images", images, "--annotations", annotations, *out, *option], capsys)
+
+
 # ---------------------------------------------------------------------------- as a real process
 @pytest.mark.parametrize("case", ["binary-yaml", pytest.param("bad-override", marks=pytest.mark.slow),
                                   "pickled-vertices"])

@@ -25,6 +25,7 @@ axis indexes the images (``file`` as a string array). Per image:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,12 @@ def convert(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FastMetroError(f"{images_dir}: image folder not found")
+    if not (math.isfinite(bbox_scale) and bbox_scale > 0):
+        raise FastMetroError(f"--bbox-scale must be a positive number, got {bbox_scale}")
+    if not name or any(c in name for c in "/\\\t\n\r") or name.startswith("."):
+        raise FastMetroError(f"--name {name!r}: a shard name is a plain file name (no '/', no leading '.')")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise FastMetroError(f"{out_dir}: output exists and is not a folder")
     records = read_annotations(annotations)
     if not records:
         raise FastMetroError(f"{annotations}: no records")
