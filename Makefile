@@ -7,9 +7,10 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install render-deps browser-deps render-check test test-app test-all demo clean
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt pins the exact tested package set (pyproject.toml only states compatible ranges).
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[test,app]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,app]"
 	touch $@
 
 install: render-deps browser-deps $(BIN)/.installed
@@ -59,7 +60,7 @@ test-app: install
 	$(BIN)/python -m pytest -q -m slow tests/test_app.py
 
 test-all: install
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	FASTMETRO_FUZZ_PROFILE=thorough $(BIN)/python -m pytest -q -m "slow or not slow"
 
 demo: install
 	$(BIN)/python -m fastmetro demo

@@ -225,7 +225,7 @@ def test_composite_with_list_files(tmp_path):
 
 
 def test_unwritable_folder_keeps_the_index_in_memory(tmp_path, monkeypatch):
-    import fastmetro.data.tsv as tsv
+    import fastmetro.data.tsv.index as tsv
 
     _write_shard(tmp_path, "r", 3)
     for path in tmp_path.glob("*.lineidx"):

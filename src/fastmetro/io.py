@@ -100,8 +100,140 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_loads(
     data: bytes, allowed: Mapping[tuple[str, str], Any] | None = None, source: str = "<pickle>"
 ) -> Any:
-    """Unpickle ``data`` allowing only ``allowed`` globals (default: numpy and scipy.sparse)."""
-    return RestrictedUnpickler(io.BytesIO(data), allowed, source).load()
+    """Unpickle ``data`` allowing only ``allowed`` globals (default: numpy and scipy.sparse).
+
+    Raises a one-line :class:`FastMetroError` naming ``source``: for a refused global it names the
+    global (``refusing to load 'posix.system'``), else says the bytes are not a readable pickle.
+    """
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), allowed, source).load()
+    except Exception as error:  # noqa: BLE001 (any malformed stream: UnpicklingError, EOFError, ...)
+        raise _pickle_error(error, source) from None
+
+
+def _pickle_error(error: Exception, source: str) -> FastMetroError:
+    message = _reason(error)
+    if isinstance(error, pickle.UnpicklingError) and message.startswith(str(source)):
+        return FastMetroError(message)  # our refusal, naming the global
+    return FastMetroError(f"{source}: not a readable pickle ({message})")
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------- .npy / .npz
+NPY_MAGIC = b"\x93NUMPY"
+# Deflate cannot expand data by more than about 1032:1, so a member cannot hold more bytes than this
+# times its compressed size: a header declaring more is refused before anything is allocated.
+_DEFLATE_MAX_RATIO = 1100
+
+
+def _npy_header(stream, source: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy header at the start of ``stream`` (bounded read)."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if hasattr(np.lib.format, "_read_array_header"):
+            return np.lib.format._read_array_header(stream, version)  # noqa: SLF001 (all versions)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        return reader[version](stream)
+    except FastMetroError:
+        raise
+    except Exception as error:  # noqa: BLE001 (bad magic/header: ValueError, SyntaxError, zlib.error, ...)
+        raise FastMetroError(f"{source}: not a .npy array ({_reason(error)})") from None
+
+
+def _check_plain(shape, dtype: np.dtype, source: str, available: int) -> None:
+    """Refuse object arrays (never unpickled) and headers declaring more bytes than ``available``."""
+    if dtype.hasobject:
+        raise FastMetroError(f"{source}: holds pickled Python objects; only plain numeric arrays are read "
+                             "(fastmetro never unpickles arrays)")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed > available:
+        raise FastMetroError(f"{source}: header declares a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array "
+                             f"({needed} bytes) but the file holds {max(available, 0)} (truncated or damaged)")
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False, what: str = "array") -> np.ndarray:
+    """A plain (numeric/str, never pickled) ``.npy`` array, memory-mapped when ``mmap``.
+
+    The header is checked against the file size before anything is allocated or mapped.
+    Raises a one-line :class:`FastMetroError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FastMetroError(f"{path}: {what} file not found")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+            if magic != NPY_MAGIC:
+                kind = ("is empty" if not magic else "is an .npz archive, not an .npy array" if magic.startswith(b"PK")
+                        else "has no NumPy .npy header")
+                raise FastMetroError(f"{path}: {what} file {kind}")
+            handle.seek(0)
+            shape, _, dtype = _npy_header(handle, str(path))
+            offset = handle.tell()
+        _check_plain(shape, dtype, str(path), path.stat().st_size - offset)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FastMetroError:
+        raise
+    except (OSError, ValueError, EOFError) as error:
+        raise FastMetroError(f"{path}: cannot read {what} ({_reason(error)})") from None
+
+
+def load_npz(
+    path: str | os.PathLike,
+    keys: list[str] | None = None,
+    unpickle: Mapping[tuple[str, str], Any] | None = None,
+) -> dict[str, Any]:
+    """The members of an ``.npz`` archive (name without ``.npy`` -> array), read safely.
+
+    Every member's header is checked against what the archive can hold before any allocation;
+    a corrupt compressed member, a bad CRC or a truncated member is a one-line
+    :class:`FastMetroError` naming the file and the member. Object (pickled) members are refused
+    unless ``unpickle`` gives an allow-list for :class:`RestrictedUnpickler`. ``keys``: read only
+    these and require all of them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FastMetroError(f"{path}: file not found")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise FastMetroError(f"{path}: not an .npz archive (a zip of .npy arrays): {_reason(error)}") from None
+    out: dict[str, Any] = {}
+    with archive:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if keys is None or key in keys:
+                out[key] = _read_member(archive, info, f"{path}: member '{key}'", unpickle)
+    missing = [k for k in keys or () if k not in out]
+    if missing:
+        raise FastMetroError(f"{path}: missing array(s) {missing}")
+    return out
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, unpickle) -> Any:
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise FastMetroError(f"{where} uses a compression .npz files do not use ({info.compress_type})")
+    try:
+        with archive.open(info) as stream:
+            shape, _, dtype = _npy_header(stream, where)
+            if dtype.hasobject and unpickle is not None:
+                return RestrictedUnpickler(stream, unpickle, where).load()
+            ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
+            _check_plain(shape, dtype, where, min(info.file_size, info.compress_size * ratio) - stream.tell())
+        with archive.open(info) as stream:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+    except FastMetroError:
+        raise
+    except pickle.UnpicklingError as error:
+        message = _reason(error)
+        raise FastMetroError(message if message.startswith(where) else f"{where} is corrupt ({message})") from None
+    except Exception as error:  # noqa: BLE001 (zlib.error, BadZipFile (CRC), EOFError, a corrupt pickle...)
+        raise FastMetroError(f"{where} is corrupt ({type(error).__name__}: {_reason(error)})") from None
 
 
 def load_npz_restricted(
@@ -111,53 +243,11 @@ def load_npz_restricted(
 ) -> dict[str, Any]:
     """Read an ``.npz`` whose members may be pickled object arrays, without plain pickle.
 
-    Plain numeric members are read by numpy with ``allow_pickle=False``; object members are
-    unpickled with :class:`RestrictedUnpickler`. Errors name the file and the member.
+    Plain members as :func:`load_npz`; object members are unpickled with
+    :class:`RestrictedUnpickler` (``allowed``; default numpy and scipy.sparse). Errors name the
+    file and the member, and a refused global by name.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FastMetroError(f"{path}: file not found")
-    out: dict[str, Any] = {}
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise FastMetroError(f"{path}: not a readable .npz archive ({error})") from None
-    with archive:
-        for member in archive.namelist():
-            key = member[:-4] if member.endswith(".npy") else member
-            if keys is not None and key not in keys:
-                continue
-            raw = archive.read(member)
-            stream = io.BytesIO(raw)
-            try:
-                version = np.lib.format.read_magic(stream)
-                shape, fortran, dtype = np.lib.format._read_array_header(stream, version)  # noqa: SLF001
-            except AttributeError:
-                # Public fallbacks of older numpy releases.
-                stream.seek(0)
-                version = np.lib.format.read_magic(stream)
-                reader = {
-                    (1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0,
-                }[version]
-                shape, fortran, dtype = reader(stream)
-            except ValueError as error:
-                raise FastMetroError(f"{path}: member '{member}' is not a .npy array ({error})") from None
-            if dtype.hasobject:
-                try:
-                    out[key] = RestrictedUnpickler(stream, allowed, f"{path}:{member}").load()
-                except pickle.UnpicklingError as error:
-                    raise FastMetroError(str(error)) from None
-                except Exception as error:  # truncated or corrupt pickle stream
-                    raise FastMetroError(f"{path}: member '{member}' is corrupt ({error})") from None
-            else:
-                stream.seek(0)
-                out[key] = np.lib.format.read_array(stream, allow_pickle=False)
-    if keys is not None:
-        missing = [k for k in keys if k not in out]
-        if missing:
-            raise FastMetroError(f"{path}: missing array(s) {missing}")
-    return out
+    return load_npz(path, keys=keys, unpickle=numpy_scipy_classes() if allowed is None else allowed)
 
 
 @contextlib.contextmanager

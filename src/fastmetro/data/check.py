@@ -60,9 +60,7 @@ def check_dataset(
         try:
             row = dataset[index]
             source = dataset.source_name_of(row)
-            height, width = row.image.shape[:2]
-            if row.hw is not None and tuple(row.hw) != (height, width):
-                raise BadRowError(source, row.key, f"hw says {row.hw[0]}x{row.hw[1]} but the image is {height}x{width}")
+            height, width = row.image.shape[:2]  # the reader checked the hw column against them
             annotation = parse_annotation(row.label, row.key, source, num_joints=num_joints, image_hw=(height, width))
             if row.vertices is not None and num_vertices is not None and row.vertices.shape[0] != num_vertices:
                 raise BadRowError(source, row.key, f"{row.vertices.shape[0]} vertices, the topology has {num_vertices}")

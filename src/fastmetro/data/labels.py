@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastmetro.data.tsv import BadRowError
+from fastmetro.data.tsv.errors import BadRowError
 
 # The released 24-joint superset (R_Ankle .. L_Wrist, Neck, Top_of_Head, Pelvis, Thorax, Spine,
 # Jaw, Head, Nose, L_Eye, R_Eye, L_Ear, R_Ear) -> the 14 LSP joints of the body topology.
@@ -78,38 +78,75 @@ class Annotation:
         return self.pose is not None
 
 
-def _flag(label: dict, name: str, default: bool, source, key) -> bool:
-    value = label.get(name, default)
-    if isinstance(value, (list, tuple)):  # some releases store [1]
-        value = value[0] if value else 0
-    try:
-        return bool(int(value))
-    except (TypeError, ValueError):
-        raise BadRowError(source, key, f"'{name}' must be 0 or 1, got {value!r}") from None
+# Every number of a label must lie within +-LIMIT: no pixel coordinate, metre or radian is larger,
+# and beyond it float32 maths (crops, losses) loses the value or overflows.
+LIMIT = 1e6
+# A box side (200 * scale) must be at least MIN_BOX_SIDE pixels and at most LIMIT.
+MIN_BOX_SIDE = 1.0
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def flag(label: dict, name: str, default: bool, source, key) -> bool:
+    """A 0/1 field: 0/1, true/false, 0.0/1.0 or the released one-element list [1]; null = ``default``."""
+    value = label.get(name)
+    if value is None:
+        return default
+    if isinstance(value, list) and len(value) == 1:  # some releases store [1]
+        value = value[0]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise BadRowError(source, key, f"'{name}' must be 0 or 1, got {_short(value)}")
+
+
+def vertex_fields(label: dict, source, key) -> tuple[bool, int]:
+    """(has_vertices, vertices_row): the row of the shard's vertices ``.npy`` (-1 for none)."""
+    has_vertices = flag(label, "has_vertices", False, source, key)
+    value = label.get("vertices_row", -1)
+    if value is None:
+        value = -1
+    if isinstance(value, float) and value.is_integer() and abs(value) <= LIMIT:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise BadRowError(source, key, f"'vertices_row' must be an integer row (>= 0, or -1 for none), got {_short(value)}")
+    if has_vertices and value < 0:
+        raise BadRowError(source, key, "has_vertices=1 but 'vertices_row' is missing or negative")
+    return has_vertices, value
 
 
 def _array(label: dict, name: str, source, key, columns: int | None = None) -> np.ndarray:
+    """A finite float64 array of JSON numbers within +-LIMIT; (J, columns) or flattened."""
     try:
-        array = np.asarray(label[name], dtype=np.float64)
-    except (TypeError, ValueError):
+        array = np.asarray(label[name])
+    except (TypeError, ValueError):  # ragged lists
         raise BadRowError(source, key, f"'{name}' is not a numeric array") from None
+    if array.dtype.kind not in "iuf" or array.size == 0 and columns is None:
+        raise BadRowError(source, key, f"'{name}' is not a numeric array (got {_short(label[name])})")
+    array = array.astype(np.float64)
     if columns is not None:
         while array.ndim > 2 and array.shape[0] == 1:  # "may be nested one level"
             array = array[0]
-        if array.ndim != 2 or array.shape[1] != columns:
+        if array.ndim != 2 or array.shape[1] != columns or array.shape[0] == 0:
             raise BadRowError(source, key, f"'{name}' must have shape (J, {columns}), got {array.shape}")
     else:
         array = array.reshape(-1)
     if not np.isfinite(array).all():
         raise BadRowError(source, key, f"'{name}' contains NaN or inf")
+    if np.abs(array).max() > LIMIT:
+        raise BadRowError(source, key, f"'{name}' has values beyond +-{LIMIT:g}")
     return array
 
 
 def _joints_format(label: dict, rows: int, num_joints: int | None, source, key) -> str:
     declared = label.get("joints_format")
     if declared is not None:
-        if declared not in JOINT_FORMATS:
-            raise BadRowError(source, key, f"joints_format must be one of {JOINT_FORMATS}, got {declared!r}")
+        if not isinstance(declared, str) or declared not in JOINT_FORMATS:
+            raise BadRowError(source, key, f"joints_format must be one of {JOINT_FORMATS}, got {_short(declared)}")
         return declared
     if rows == 24 and num_joints != 24:
         return "j24"
@@ -124,6 +161,75 @@ def _to_topology_joints(joints: np.ndarray, fmt: str, num_joints: int | None, na
     if num_joints is not None and joints.shape[0] != num_joints:
         raise BadRowError(source, key, f"'{name}' has {joints.shape[0]} joints, the topology has {num_joints}")
     return joints
+
+
+def _box(label: dict, image_hw, source, key) -> tuple[np.ndarray, float]:
+    """(center (2,) px, scale): the label's box, or the whole image when it has none."""
+    if "center" in label or "scale" in label:
+        center = _array(label, "center", source, key) if "center" in label else None
+        if center is None or center.shape != (2,):
+            raise BadRowError(source, key, "'center' must be [x, y]")
+        scale_array = _array(label, "scale", source, key) if "scale" in label else None
+        if scale_array is None or scale_array.size != 1 or not MIN_BOX_SIDE <= 200 * scale_array[0] <= LIMIT:
+            raise BadRowError(source, key, f"'scale' must be one number in [{MIN_BOX_SIDE / 200:g}, {LIMIT / 200:g}] "
+                                           "(box side / 200)")
+        return center, float(scale_array[0])
+    if image_hw is not None:
+        height, width = image_hw
+        return np.array([(width - 1) / 2.0, (height - 1) / 2.0]), max(height, width) / 200.0
+    raise BadRowError(source, key, "label has no 'center'/'scale' box")
+
+
+def _joints(label: dict, num_joints: int | None, source, key) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    """(joints_2d, joints_3d, their joint formats) in the topology's joint order."""
+    joints_2d = joints_3d = None
+    formats = []
+    if "2d_joints" in label and flag(label, "has_2d_joints", True, source, key):
+        raw = _array(label, "2d_joints", source, key, columns=3)
+        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
+        joints_2d = _to_topology_joints(raw, fmt, num_joints, "2d_joints", source, key)
+        formats.append(fmt)
+    if "3d_joints" in label and flag(label, "has_3d_joints", True, source, key):
+        raw = _array(label, "3d_joints", source, key, columns=4)
+        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
+        joints_3d = _to_topology_joints(raw, fmt, num_joints, "3d_joints", source, key)
+        formats.append(fmt)
+    for name, joints in (("2d_joints", joints_2d), ("3d_joints", joints_3d)):
+        if joints is not None and (joints[:, -1] < 0).any():
+            raise BadRowError(source, key, f"'{name}' has a negative visibility/confidence (last column)")
+    if joints_2d is not None and joints_3d is not None and joints_2d.shape[0] != joints_3d.shape[0]:
+        raise BadRowError(source, key, f"2d_joints has {joints_2d.shape[0]} joints but 3d_joints {joints_3d.shape[0]}")
+    return joints_2d, joints_3d, formats
+
+
+def _body_parameters(label: dict, pose_sizes, source, key) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(pose, betas) when ``has_smpl``, else (None, None)."""
+    if not flag(label, "has_smpl", False, source, key):
+        return None, None
+    if "pose" not in label or "betas" not in label:
+        raise BadRowError(source, key, "has_smpl=1 but 'pose' or 'betas' is missing")
+    pose = _array(label, "pose", source, key)
+    betas = _array(label, "betas", source, key)
+    if pose_sizes is not None and pose.size not in pose_sizes:
+        raise BadRowError(source, key, f"'pose' has {pose.size} values, expected one of {pose_sizes}")
+    if betas.size < 1 or betas.size > 300:
+        raise BadRowError(source, key, f"'betas' has {betas.size} values")
+    return pose, betas
+
+
+def _camera(label: dict, source, key) -> np.ndarray | None:
+    """(3, 3) intrinsics from ``camera`` {fx, fy, cx, cy} (numbers, positive focal lengths), or None."""
+    intrinsics = label.get("camera")
+    if intrinsics is None:
+        return None
+    values = [intrinsics.get(name) for name in ("fx", "fy", "cx", "cy")] if isinstance(intrinsics, dict) else []
+    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy} numbers")
+    fx, fy, cx, cy = (float(v) for v in values)
+    if not np.isfinite(values).all() or fx <= 0 or fy <= 0 or max(map(abs, values)) > LIMIT:
+        raise BadRowError(source, key, f"'camera' intrinsics must be finite, within +-{LIMIT:g}, with positive focal "
+                                       "lengths")
+    return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
 
 
 def parse_annotation(
@@ -141,67 +247,14 @@ def parse_annotation(
     ``pose_sizes``: accepted pose lengths (None = any; the pose is unused without a body model).
     Raises :class:`BadRowError` naming ``source`` and ``key``.
     """
-    if "center" in label or "scale" in label:
-        center = _array(label, "center", source, key) if "center" in label else None
-        if center is None or center.shape != (2,):
-            raise BadRowError(source, key, "'center' must be [x, y]")
-        scale_array = _array(label, "scale", source, key) if "scale" in label else None
-        if scale_array is None or scale_array.size != 1 or scale_array[0] <= 0:
-            raise BadRowError(source, key, "'scale' must be one positive number")
-        scale = float(scale_array[0])
-    elif image_hw is not None:
-        height, width = image_hw
-        center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-        scale = max(height, width) / 200.0
-    else:
-        raise BadRowError(source, key, "label has no 'center'/'scale' box")
-
-    joints_2d = joints_3d = None
-    formats = []
-    if "2d_joints" in label and _flag(label, "has_2d_joints", True, source, key):
-        raw = _array(label, "2d_joints", source, key, columns=3)
-        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
-        joints_2d = _to_topology_joints(raw, fmt, num_joints, "2d_joints", source, key)
-        formats.append(fmt)
-    if "3d_joints" in label and _flag(label, "has_3d_joints", True, source, key):
-        raw = _array(label, "3d_joints", source, key, columns=4)
-        fmt = _joints_format(label, raw.shape[0], num_joints, source, key)
-        joints_3d = _to_topology_joints(raw, fmt, num_joints, "3d_joints", source, key)
-        formats.append(fmt)
-    if joints_2d is not None and joints_3d is not None and joints_2d.shape[0] != joints_3d.shape[0]:
-        raise BadRowError(source, key, f"2d_joints has {joints_2d.shape[0]} joints but 3d_joints {joints_3d.shape[0]}")
-
-    pose = betas = None
-    if _flag(label, "has_smpl", False, source, key):
-        if "pose" not in label or "betas" not in label:
-            raise BadRowError(source, key, "has_smpl=1 but 'pose' or 'betas' is missing")
-        pose = _array(label, "pose", source, key)
-        betas = _array(label, "betas", source, key)
-        if pose_sizes is not None and pose.size not in pose_sizes:
-            raise BadRowError(source, key, f"'pose' has {pose.size} values, expected one of {pose_sizes}")
-        if betas.size < 1 or betas.size > 300:
-            raise BadRowError(source, key, f"'betas' has {betas.size} values")
-
-    has_vertices = _flag(label, "has_vertices", False, source, key)
-    try:
-        vertices_row = int(label.get("vertices_row", -1))
-    except (TypeError, ValueError):
-        raise BadRowError(source, key, f"'vertices_row' must be an integer, got {label.get('vertices_row')!r}") from None
-    if has_vertices and vertices_row < 0:
-        raise BadRowError(source, key, "has_vertices=1 but 'vertices_row' is missing or negative")
-
-    camera = None
-    if label.get("camera") is not None:
-        intrinsics = label["camera"]
-        try:
-            fx, fy, cx, cy = (float(intrinsics[name]) for name in ("fx", "fy", "cx", "cy"))
-        except (TypeError, KeyError, ValueError):
-            raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy}") from None
-        camera = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
-        if not np.isfinite(camera).all() or fx <= 0 or fy <= 0:
-            raise BadRowError(source, key, "'camera' intrinsics must be finite with positive focal lengths")
-
+    center, scale = _box(label, image_hw, source, key)
+    joints_2d, joints_3d, formats = _joints(label, num_joints, source, key)
+    pose, betas = _body_parameters(label, pose_sizes, source, key)
+    has_vertices, vertices_row = vertex_fields(label, source, key)
+    camera = _camera(label, source, key)
     gender = label.get("gender")
+    if gender is not None and not isinstance(gender, str):
+        raise BadRowError(source, key, f"'gender' must be a string, got {_short(gender)}")
     return Annotation(
         key=key,
         center=center,

@@ -1,16 +1,16 @@
 """A DataLoader whose worker errors reach the user as one line.
 
 PyTorch re-raises an exception from a worker with the worker's whole traceback in its message.
-:class:`~fastmetro.data.tsv.BadRowError` already reduces that to its original line by itself;
-:class:`SafeLoader` does the same for any other :class:`~fastmetro.errors.FastMetroError`.
+:class:`~fastmetro.errors.FastMetroError` (and so :class:`~fastmetro.data.tsv.BadRowError`)
+reduces that to its original line by itself, whatever loader ran it (the trainer's and the
+evaluator's plain DataLoaders too); :class:`SafeLoader` also drops the chained worker traceback.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fastmetro.data.tsv import one_line_message
-from fastmetro.errors import FastMetroError
+from fastmetro.errors import FastMetroError, one_line_message
 
 
 class SafeLoader:

@@ -8,6 +8,7 @@ every key and type: an unknown key or a wrong type is a one-line :class:`FastMet
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -97,6 +98,14 @@ def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _short(value: Any) -> str:
+    """A value for a message: never the repr of a whole structure (a YAML alias bomb would expand)."""
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _coerce(value: Any, annotation, where: str) -> Any:
     """Check/convert ``value`` to the field type ``annotation`` (the subset we use)."""
     origin = typing.get_origin(annotation)
@@ -117,29 +126,31 @@ def _coerce(value: Any, annotation, where: str) -> Any:
         raise FastMetroError(errors[0])
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise FastMetroError(f"{where}: expected a mapping, got {value!r}")
+            raise FastMetroError(f"{where}: expected a mapping, got {_short(value)}")
         return from_dict(annotation, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise FastMetroError(f"{where}: expected a list, got {value!r}")
-        (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return [_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+            raise FastMetroError(f"{where}: expected a list, got {_short(value)}")
+        args = typing.get_args(annotation) or (Any,)
+        if origin is tuple and Ellipsis not in args and len(value) != len(args):
+            raise FastMetroError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return [_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise FastMetroError(f"{where}: expected a mapping, got {value!r}")
+            raise FastMetroError(f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if annotation is Any:
         return value
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise FastMetroError(f"{where}: expected true/false, got {value!r}")
+        raise FastMetroError(f"{where}: expected true/false, got {_short(value)}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise FastMetroError(f"{where}: expected an integer, got {value!r}")
+        raise FastMetroError(f"{where}: expected an integer, got {_short(value)}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -148,11 +159,11 @@ def _coerce(value: Any, annotation, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise FastMetroError(f"{where}: expected a number, got {value!r}")
+        raise FastMetroError(f"{where}: expected a number, got {_short(value)}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise FastMetroError(f"{where}: expected a string, got {value!r}")
+        raise FastMetroError(f"{where}: expected a string, got {_short(value)}")
     raise FastMetroError(f"{where}: unsupported field type {_type_name(annotation)}")
 
 
@@ -177,13 +188,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise FastMetroError(f"override {text!r}: expected key=value (e.g. optim.lr=2e-4)")
     key, raw = text.split("=", 1)
-    if not key.strip():
-        raise FastMetroError(f"override {text!r}: empty key")
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise FastMetroError(f"override {text!r}: empty key (or an empty part between dots)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
-    return key.strip().split("."), value
+    return [part.strip() for part in path], value
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -213,9 +225,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not path.is_file():
             raise FastMetroError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise FastMetroError(f"{path}: not a YAML config (not UTF-8 text, byte {error.start})") from None
         except yaml.YAMLError as error:
             raise FastMetroError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        except RecursionError:
+            raise FastMetroError(f"{path}: not valid YAML (nested too deeply)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise FastMetroError(f"{path}: a config must be a mapping of sections")
         values = loaded or {}
@@ -227,25 +243,159 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         else:
             base[section] = content
     apply_overrides(base, list(overrides or []))
-    config = from_dict(ExperimentConfig, base, where=str(path) if path is not None else "config")
-    validate(config)
+    where = str(path) if path is not None else "config"
+    config = from_dict(ExperimentConfig, base, where=where)
+    validate(config, where)
     return config
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Range checks that types cannot express."""
-    problems = []
-    if config.train.steps < 1:
-        problems.append("train.steps must be >= 1")
-    if config.data.batch_size < 1 or config.data.val_batch_size < 1:
-        problems.append("data.batch_size and data.val_batch_size must be >= 1")
-    if config.optim.schedule not in ("constant", "step", "cosine"):
-        problems.append("optim.schedule must be constant, step or cosine")
+# (section.field, lowest allowed value, "what it is"): counts and rates the trainer divides by,
+# indexes with or hands to PyTorch. Every float must also be finite (checked for all fields).
+_MINIMUMS = (
+    ("train.steps", 1), ("train.log_every", 1), ("train.eval_every", 0), ("train.checkpoint_every", 0),
+    ("train.seed", 0), ("data.image_size", 32), ("data.batch_size", 1), ("data.val_batch_size", 1),
+    ("data.num_workers", 0), ("data.max_val_samples", 1), ("optim.weight_decay", 0.0), ("optim.clip_grad_norm", 0.0),
+    ("optim.warmup_steps", 0), ("optim.min_lr_ratio", 0.0), ("loss.joints_3d_weight", 0.0),
+    ("loss.vertices_weight", 0.0), ("loss.joints_2d_weight", 0.0), ("loss.edge_normal_weight", 0.0),
+    ("loss.edge_level", 0), ("loss.edge_length_weight", 0.0), ("loss.edge_self_weight", 0.0),
+    ("loss.normal_weight", 0.0),
+)
+_POSITIVE = ("optim.lr", "optim.eps", "optim.gamma")
+_CHOICES = (
+    ("optim.schedule", ("constant", "step", "cosine")), ("train.precision", ("auto", "fp32", "bf16", "fp16")),
+    ("train.distributed_backend", ("auto", "nccl", "gloo")),
+)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def _value(config, dotted: str):
+    section, name = dotted.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _non_finite(config) -> list[str]:
+    """Dotted names of float fields (or list items) holding NaN or inf."""
+    found = []
+    for section in dataclasses.fields(config):
+        for item in dataclasses.fields(getattr(config, section.name)):
+            value = getattr(getattr(config, section.name), item.name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                found.append(f"{section.name}.{item.name}")
+    return found
+
+
+def check_device(text: str, where: str = "device") -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]`` (availability is checked when used)."""
+    import torch
+
+    if text == "auto":
+        return
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES or (device.index is not None and device.index < 0):
+        raise FastMetroError(f"{where}: unknown device {text!r} (use auto, cpu, cuda, cuda:N, mps or xpu)")
+
+
+def validate(config: ExperimentConfig, where: str = "config") -> None:
+    """Range checks that types cannot express, and the model/augmentation overrides.
+
+    Raises one :class:`FastMetroError` line listing every problem with its ``section.field``.
+    """
+    non_finite = _non_finite(config)
+    problems = [f"{name} must be finite" for name in non_finite]
+    for name, minimum in _MINIMUMS:
+        value = _value(config, name)
+        if name not in non_finite and value is not None and isinstance(value, (int, float)) and value < minimum:
+            problems.append(f"{name} must be >= {minimum} (got {value})")
+    problems += [f"{name} must be > 0 (got {_value(config, name)})" for name in _POSITIVE
+                 if name not in non_finite and not _value(config, name) > 0]
+    for name, choices in _CHOICES:
+        if _value(config, name) not in choices:
+            problems.append(f"{name} must be one of {', '.join(choices)} (got {_short(_value(config, name))})")
+    if config.train.seed >= 2**63:
+        problems.append("train.seed must be < 2^63")
     if config.optim.schedule == "step" and config.optim.step_size < 1:
         problems.append("optim.step_size must be >= 1 for the step schedule")
-    if config.train.precision not in ("auto", "fp32", "bf16", "fp16"):
-        problems.append("train.precision must be auto, fp32, bf16 or fp16")
-    if config.optim.lr <= 0:
-        problems.append("optim.lr must be > 0")
+    if config.optim.min_lr_ratio > 1:
+        problems.append("optim.min_lr_ratio must be <= 1")
+    if config.loss.level_weights is not None and (not config.loss.level_weights or sum(config.loss.level_weights) <= 0
+                                                  or min(config.loss.level_weights) < 0):
+        problems.append("loss.level_weights must be non-negative with a positive sum")
+    if not config.train.output_dir.strip():
+        problems.append("train.output_dir must not be empty")
+    for check in (lambda: check_device(config.train.device, "train.device"), lambda: _check_model(config),
+                  lambda: _check_augment(config)):
+        try:
+            check()
+        except FastMetroError as error:
+            problems.append(str(error))
+    if problems:
+        raise FastMetroError(f"{where}: " + "; ".join(problems))
+
+
+def _check_model(config: ExperimentConfig) -> None:
+    """``model.name``/``flavor`` must be a preset and ``model.overrides`` typed FastMETROConfig fields."""
+    from fastmetro.model.fastmetro import FastMETROConfig
+    from fastmetro.model.presets import FLAVORS, model_config, parse_name
+
+    try:
+        parse_name(config.model.name)
+    except FastMetroError as error:
+        raise FastMetroError(f"model.name: {error}") from None
+    if config.model.flavor not in FLAVORS:
+        raise FastMetroError(f"model.flavor must be one of {', '.join(FLAVORS)} (got {_short(config.model.flavor)})")
+    hints = typing.get_type_hints(FastMETROConfig)
+    unknown = sorted(set(config.model.overrides) - set(hints))
+    if unknown:
+        raise FastMetroError(f"model.overrides: unknown option(s) {unknown}; known: {sorted(hints)}")
+    overrides = {key: _coerce(value, hints[key], f"model.overrides.{key}") for key, value in config.model.overrides.items()}
+    for key in ("num_heads", "num_encoder_layers", "num_decoder_layers", "model_dims", "feedforward_dims"):
+        values = overrides.get(key, 1)
+        if any(v < 1 for v in (values if isinstance(values, list) else [values])):
+            raise FastMetroError(f"model.overrides.{key} must be >= 1 (got {values})")
+    try:
+        model_config(config.model.name, config.model.flavor, **overrides)
+    except FastMetroError as error:
+        raise FastMetroError(f"model.overrides: {error}") from None
+    config.model.overrides = overrides
+
+
+def _check_augment(config: ExperimentConfig) -> None:
+    """``data.augment_overrides`` must be typed AugmentConfig fields within their ranges."""
+    from fastmetro.data.augment import AugmentConfig
+
+    overrides = config.data.augment_overrides
+    augment = from_dict(AugmentConfig, overrides, "data.augment_overrides")  # typed, unknown keys refused
+    coerced = {key: getattr(augment, key) for key in overrides}
+    problems = [f"data.augment_overrides.{key} must be finite" for key, value in coerced.items()
+                if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, (list, tuple))
+                                                                            else [value]))]
+    low, high = augment.occlusion_size
+    for key, ok in (("flip_prob", 0 <= augment.flip_prob <= 1), ("rotation_zero_prob", 0 <= augment.rotation_zero_prob <= 1),
+                    ("occlusion_prob", 0 <= augment.occlusion_prob <= 1), ("rotation_std", augment.rotation_std >= 0),
+                    ("rotation_limit", augment.rotation_limit >= 0), ("scale_std", augment.scale_std >= 0),
+                    ("scale_limit", 0 <= augment.scale_limit < 1), ("noise", 0 <= augment.noise <= 1),
+                    ("occlusion_max_patches", augment.occlusion_max_patches >= 1),
+                    ("occlusion_size", 0 < low <= high <= 1)):
+        if key in coerced and not ok:
+            problems.append(f"data.augment_overrides.{key} is out of range (got {_short(coerced[key])})")
+    if problems:
+        raise FastMetroError("; ".join(problems))
+    config.data.augment_overrides = {key: list(v) if isinstance(v, tuple) else v for key, v in coerced.items()}
+
+
+def check_topology(config: ExperimentConfig, topology) -> None:
+    """Settings that depend on the mesh: ``loss.level_weights`` (one per level), ``loss.edge_level``."""
+    problems = []
+    levels = topology.num_levels
+    if config.loss.level_weights is not None and len(config.loss.level_weights) != levels:
+        problems.append(f"loss.level_weights has {len(config.loss.level_weights)} entries, topology "
+                        f"'{topology.name}' has {levels} levels")
+    if config.loss.edge_level is not None and config.loss.edge_level >= levels:
+        problems.append(f"loss.edge_level {config.loss.edge_level} is not a level of topology '{topology.name}' "
+                        f"(0..{levels - 1})")
     if problems:
         raise FastMetroError("config: " + "; ".join(problems))

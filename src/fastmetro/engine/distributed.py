@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fastmetro.errors import FastMetroError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,12 +37,21 @@ class DistInfo:
 
 
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` if CUDA is available, else CPU."""
+    """``auto`` -> ``cuda:LOCAL_RANK`` if CUDA is available, else CPU.
+
+    An unknown device name or a CUDA device this machine does not have is a one-line FastMetroError.
+    """
+    from fastmetro.engine.config import check_device
+
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    check_device(requested)
     device = torch.device(requested)
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise FastMetroError(f"device {requested!r}: this machine has {count} CUDA device(s)")
     return device
 
 

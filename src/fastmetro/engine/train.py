@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from fastmetro.engine import distributed
-from fastmetro.engine.config import ExperimentConfig, to_dict
+from fastmetro.engine.config import ExperimentConfig, check_topology, to_dict
 from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, format_metrics
 from fastmetro.engine.losses import MeshCriterion
 from fastmetro.errors import FastMetroError
@@ -229,6 +229,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
         seed_everything(config.train.seed)  # same initial weights on every rank
         self.topology = topology if topology is not None else load_topology(config)
+        check_topology(config, self.topology)  # loss.level_weights / edge_level against the mesh levels
         self._given_model = model is not None
         state_path = None
         if resume:
@@ -242,6 +243,8 @@ class Trainer:
                                        body_model=body_model if has_regressor else None).to(self.device)
         self.train_dataset = train_dataset if train_dataset is not None else build_dataset(
             config, config.data.train, self.topology, train=True, body_model=body_model)
+        if len(self.train_dataset) == 0:
+            raise FastMetroError(f"{config.data.train}: the training dataset has no rows")
         if val_dataset is None and config.data.val:
             val_dataset = build_dataset(config, config.data.val, self.topology, train=False, body_model=body_model)
         if val_dataset is not None and config.data.max_val_samples:

@@ -158,6 +158,8 @@ def read_boxes_file(path: str | os.PathLike, side: str = "right") -> dict[str, l
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise FastMetroError(f"{path}: not a readable JSON file ({error})") from None
+    except RecursionError:
+        raise FastMetroError(f"{path}: not a readable JSON file (nested too deeply)") from None
     if not isinstance(data, dict):
         raise FastMetroError(f"{path}: expected an object mapping image names to lists of boxes")
     boxes = {}

@@ -12,6 +12,7 @@ in the local Hugging Face cache, and ``load_backbone_weights`` reads a local fil
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -99,8 +100,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 (corrupt zip, unpickling refused, truncated...)
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FastMetroError(f"{path}: not a readable weights-only torch file ({message})") from None
+        raise FastMetroError(f"{path}: {_torch_load_problem(error)}") from None
     # Common wrappers: {"state_dict": ...} / {"model": ...}.
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
@@ -111,6 +111,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if bad:
         raise FastMetroError(f"{path}: entry {bad[0]!r} is not a tensor; not a state dict")
     return loaded
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in one line and without torch's advice to
+    switch the protection off: the refused pickled global by name, else the unpickler's reason."""
+    text = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"not a readable weights-only torch file (refusing to load the pickled global '{refused.group(1)}'; "
+                "only tensors and plain containers are read)")
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif "Weights only load failed" in text:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"not a readable weights-only torch file ({lines[0] if lines else type(error).__name__})"
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model import checkpoint as ckpt
-from fastmetro.model.presets import build_model, canonical_name, make_spec
+from fastmetro.model.presets import build_model, canonical_name, make_spec, model_config
 from fastmetro.model.spec import InputSpec, ModelSpec
 
 
@@ -100,6 +100,10 @@ def _load(path: Path, topology, device, data_dir, name, flavor, overrides):
 
     spec = ckpt.read_spec(path)
     if spec is not None:
+        try:  # the JSON's preset, flavor and overrides must make a valid network
+            model_config(spec.name, spec.flavor, **spec.overrides)
+        except FastMetroError as error:
+            raise FastMetroError(f"{ckpt.json_path(path)}: {error}") from None
         _check_request(spec, name, flavor)
         if topology is None:
             topology = spec.topology.name

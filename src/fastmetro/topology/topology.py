@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +45,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
+from fastmetro.io import load_npz
+from fastmetro.topology.schema import check_arrays
 
 FORMAT = "fastmetro-topology"
 VERSION = 1
@@ -53,6 +54,9 @@ KINDS = ("body", "hand")
 
 
 def _as_index(array, name: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and np.all(array == np.round(array))):
+        raise FastMetroError(f"topology {name} must hold integer indices")
     out = np.asarray(array, dtype=np.int64)
     out.setflags(write=False)
     return out
@@ -152,6 +156,8 @@ class Topology:
         problems = []
         if levels < 1:
             problems.append("no levels")
+        elif min(counts) < 1:
+            problems.append(f"level vertex counts {counts} must be positive")
         if len(self.faces) != levels:
             problems.append(f"{len(self.faces)} face arrays for {levels} levels")
         if len(self.kept_indices) != levels - 1 or len(self.upsample) != levels - 1:
@@ -177,14 +183,16 @@ class Topology:
         elif np.any(self.joint_flip[self.joint_flip] != np.arange(num_joints)):
             problems.append("joint_flip is not an involution (flipping twice must give the identity)")
         if self.vertex_flip is not None and (
-            self.vertex_flip.shape != (counts[0],) or np.any(np.bincount(self.vertex_flip, minlength=counts[0]) != 1)
+            self.vertex_flip.shape != (counts[0],) or self.vertex_flip.min(initial=0) < 0
+            or self.vertex_flip.max(initial=0) >= counts[0]  # bounded before bincount allocates max + 1
+            or np.any(np.bincount(self.vertex_flip, minlength=counts[0]) != 1)
         ):
             problems.append("vertex_flip is not a permutation of the level-0 vertices")
         elif self.vertex_flip is not None and np.any(self.vertex_flip[self.vertex_flip] != np.arange(counts[0])):
             problems.append("vertex_flip is not an involution (flipping twice must give the identity)")
         if self.root_regressor.shape != (counts[0],):
             problems.append(f"root regressor has shape {self.root_regressor.shape}")
-        if num_joints and (not self.root_joints or max(self.root_joints) >= num_joints):
+        if num_joints and (not self.root_joints or max(self.root_joints) >= num_joints or min(self.root_joints) < 0):
             problems.append("root_joints must name at least one existing joint")
         if not num_joints and self.root_joints:
             problems.append("root_joints given for a topology without joints")
@@ -200,6 +208,8 @@ class Topology:
             problems.append("joint or root regressor has non-finite entries")
         if self.template is not None and self.template.shape != (counts[0], 3):
             problems.append(f"template has shape {self.template.shape}")
+        elif self.template is not None and not np.all(np.isfinite(self.template)):
+            problems.append("template has non-finite entries")
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.loss_faces is not None and levels >= 1 and self.loss_faces.size and (
@@ -321,61 +331,26 @@ class Topology:
 
     @classmethod
     def from_arrays(cls, arrays, source: str = "<arrays>") -> "Topology":
-        def get(key):
-            if key not in arrays:
-                raise FastMetroError(f"{source}: not a fastmetro topology (missing '{key}')")
-            return arrays[key]
-
-        if str(get("format")) != FORMAT:
-            raise FastMetroError(f"{source}: not a fastmetro topology (format {str(get('format'))!r})")
-        if int(get("version")) > VERSION:
-            raise FastMetroError(f"{source}: topology format version {int(get('version'))} is newer than supported")
-        counts = tuple(int(n) for n in get("level_vertex_counts"))
-        upsample = []
-        for level in range(len(counts) - 1):
-            shape = tuple(int(n) for n in get(f"upsample_{level}_shape"))
-            upsample.append(sp.coo_matrix(
-                (get(f"upsample_{level}_data"), (get(f"upsample_{level}_row"), get(f"upsample_{level}_col"))),
-                shape=shape,
-            ).tocsr())
-        adjacency_row = get("coarse_adjacency_row")
-        adjacency = sp.coo_matrix(
-            (np.ones(len(adjacency_row)), (adjacency_row, get("coarse_adjacency_col"))),
-            shape=tuple(int(n) for n in get("coarse_adjacency_shape")),
-        )
-        return cls(
-            name=str(get("name")),
-            level_vertex_counts=counts,
-            faces=tuple(get(f"faces_{level}") for level in range(len(counts))),
-            kept_indices=tuple(get(f"kept_{level}") for level in range(len(counts) - 1)),
-            upsample=tuple(upsample),
-            coarse_adjacency=adjacency,
-            joint_regressor=get("joint_regressor"),
-            joint_names=tuple(str(n) for n in get("joint_names")),
-            joint_flip=get("joint_flip"),
-            root_joints=tuple(int(j) for j in get("root_joints")),
-            root_regressor=get("root_regressor"),
-            vertex_flip=arrays["vertex_flip"] if "vertex_flip" in arrays else None,
-            template=arrays["template"] if "template" in arrays else None,
-            source_vertex_indices=arrays["source_vertex_indices"] if "source_vertex_indices" in arrays else None,
-            metadata=_metadata(arrays, source),
-            kind=str(arrays["kind"]) if "kind" in arrays else ("hand" if str(get("name")) == "mano" else "body"),
-            loss_faces=arrays["loss_faces"] if "loss_faces" in arrays else None,
-        )
+        """A topology from the arrays of a saved file, checked by :func:`~fastmetro.topology.schema.check_arrays` first."""
+        parts = check_arrays(arrays, source, FORMAT, VERSION)
+        parts.pop("version")
+        parts["upsample"] = tuple(sp.coo_matrix((data, (row, col)), shape=shape).tocsr()
+                                  for data, row, col, shape in parts["upsample"])
+        data, row, col, shape = parts["coarse_adjacency"]
+        parts["coarse_adjacency"] = sp.coo_matrix((data, (row, col)), shape=shape)
+        return cls(**parts)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Topology":
-        """Read a topology ``.npz`` written by :meth:`save` (no pickle involved)."""
+        """Read a topology ``.npz`` written by :meth:`save` (no pickle involved).
+
+        Every array is checked (dtypes, shapes, sizes bounded by the file, finite values) before
+        it is used; a damaged file is a one-line :class:`FastMetroError` naming it.
+        """
         path = Path(path)
         if not path.is_file():
             raise FastMetroError(f"{path}: topology file not found")
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-        except ValueError as error:
-            raise FastMetroError(f"{path}: cannot read topology ({error})") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as error:
-            raise FastMetroError(f"{path}: not a readable .npz file ({error})") from None
+        arrays = load_npz(path)
         try:
             return cls.from_arrays(arrays, source=str(path))
         except FastMetroError as error:
@@ -414,18 +389,6 @@ class Topology:
             f"Topology(name={self.name!r}, kind={self.kind!r}, levels={self.level_vertex_counts}, joints={self.num_joints}, "
             f"flip={'yes' if self.vertex_flip is not None else 'no'})"
         )
-
-
-def _metadata(arrays, source: str) -> dict:
-    if "metadata_json" not in arrays:
-        return {}
-    try:
-        value = json.loads(str(arrays["metadata_json"]))
-    except ValueError as error:
-        raise FastMetroError(f"{source}: metadata_json is not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise FastMetroError(f"{source}: metadata_json must hold a JSON object")
-    return value
 
 
 def adjacency_from_faces(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
