@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +316,21 @@ def test_flipped_bytes_in_torch_weights(tmp_path_factory, positions):
     path = tmp_path_factory.mktemp("w") / "w.pth"
     path.write_bytes(flip_bytes(torch_file({"a": torch.arange(40.0), "b": torch.ones(2, 3)}), positions))
     expect_clean(read_state_dict, path, names=("w.pth",))
+
+
+def test_atomic_writes_never_replace_a_folder_or_device(tmp_path):
+    """An output path that exists but is not a regular file (a folder, /dev/null) is refused and left
+    as it is: renaming a temporary file over a device as root would destroy the device node."""
+    from fastmetro.errors import FastMetroError
+    from fastmetro.io import atomic_save, atomic_write
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for target in (folder, Path("/dev/null")):
+        with pytest.raises(FastMetroError, match="not a regular file"):
+            with atomic_write(target) as handle:
+                handle.write(b"x")
+        with pytest.raises(FastMetroError, match="not a regular file"):
+            atomic_save(target, lambda name: Path(name).write_bytes(b"x"))
+    assert folder.is_dir() and Path("/dev/null").is_char_device()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

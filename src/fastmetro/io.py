@@ -250,14 +250,22 @@ def load_npz_restricted(
     return load_npz(path, keys=keys, unpickle=numpy_scipy_classes() if allowed is None else allowed)
 
 
+def _writable_target(path: Path) -> Path:
+    """``path`` may be created or replaced: never rename over a device, folder or other non-file."""
+    if path.exists() and not path.is_file():
+        raise FastMetroError(f"{path}: exists and is not a regular file; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
 
-    A crash or exception leaves the previous file (if any) untouched and no partial file.
+    A crash or exception leaves the previous file (if any) untouched and no partial file. A
+    ``path`` that exists but is not a regular file (a device, a folder) is refused.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable_target(Path(path))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -277,8 +285,7 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     ``writer(tmp_path)`` writes the content (e.g. ``safetensors.torch.save_file``); the
     result is renamed over ``path`` only if it succeeds.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable_target(Path(path))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -51,10 +51,9 @@ def run_build(args) -> int:
         vertices, faces = read_mesh(args.mesh)
         regressor = None
         if args.joint_regressor:
-            try:
-                regressor = np.load(args.joint_regressor, allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise FastMetroError(f"{args.joint_regressor}: cannot read joint regressor ({error})") from None
+            from fastmetro.io import load_npy
+
+            regressor = load_npy(args.joint_regressor, what="joint regressor")
         topology = build_topology(
             vertices, faces, tuple(args.sizes), joint_regressor=regressor,
             joint_names=tuple(args.joint_names) if args.joint_names else None,

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
-from fastmetro.io import PickledObject, load_npz_restricted, numpy_scipy_classes
+from fastmetro.io import PickledObject, load_npy, load_npz_restricted, numpy_scipy_classes
 from fastmetro.topology.topology import Topology, mirror_permutation
 
 # 14 evaluation joints (LSP order) used by METRO/FastMETRO for the body.
@@ -82,10 +82,7 @@ def load_smpl(data_dir: str | os.PathLike) -> Topology:
     npz_path = _require_dir(data_dir, "smpl", "mesh_downsampling.npz")
     regressor_path = _require_dir(data_dir, "smpl", "J_regressor_h36m_correct.npy")
     arrays = load_npz_restricted(npz_path, _mesh_classes(), keys=["A", "U", "D", "F", "M"])
-    try:
-        h36m = np.load(regressor_path, allow_pickle=False)
-    except ValueError as error:
-        raise FastMetroError(f"{regressor_path}: cannot read joint regressor ({error})") from None
+    h36m = load_npy(regressor_path, what="joint regressor")
     counts = tuple(int(a.shape[0]) for a in arrays["A"])
     if h36m.shape != (17, counts[0]):
         raise FastMetroError(f"{regressor_path}: expected shape (17, {counts[0]}), got {h36m.shape}")
@@ -114,11 +111,8 @@ def _released_loss_faces(path: Path, num_vertices: int) -> np.ndarray | None:
     3,451 faces: GraphCMR's 3,442 level-1 faces and 9 more), or None when the file is absent."""
     if not path.is_file():
         return None
-    try:
-        faces = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        raise FastMetroError(f"{path}: cannot read the released 1723-vertex faces ({error})") from None
-    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= num_vertices:
+    faces = load_npy(path, what="faces")
+    if faces.dtype.kind not in "iu" or faces.size == 0 or faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= num_vertices:
         raise FastMetroError(f"{path}: expected (F, 3) face indices below {num_vertices}, got shape {faces.shape}")
     return faces.astype(np.int64)
 

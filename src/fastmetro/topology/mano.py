@@ -114,13 +114,12 @@ def read_mano_joint_regressor(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FastMetroError(f"{path}: MANO model file not found")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if "J_regressor" not in archive.files:
-                    raise FastMetroError(f"{path}: no 'J_regressor' array")
-                regressor = np.asarray(archive["J_regressor"], dtype=np.float64)
-        except ValueError as error:
-            raise FastMetroError(f"{path}: cannot read ({error})") from None
+        from fastmetro.io import load_npz
+
+        arrays = load_npz(path, keys=["J_regressor"])
+        if "J_regressor" not in arrays:
+            raise FastMetroError(f"{path}: no 'J_regressor' array")
+        regressor = np.asarray(arrays["J_regressor"], dtype=np.float64)
     else:
         allowed = numpy_scipy_classes()
         try:

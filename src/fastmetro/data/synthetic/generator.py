@@ -40,6 +40,7 @@ from fastmetro.data.synthetic.config import (  # noqa: F401  (re-exported: the g
 )
 from fastmetro.data.synthetic.shard_maker import BOX_PADDING, SceneDraw, ShardMaker, box_of  # noqa: F401
 from fastmetro.errors import FastMetroError
+from fastmetro.io import load_npy
 
 def read_masks(shard_yaml: str | os.PathLike, size: int) -> np.ndarray:
     """(N, size, size) bool body masks of a shard written by the generator."""
@@ -49,7 +50,7 @@ def read_masks(shard_yaml: str | os.PathLike, size: int) -> np.ndarray:
     config = yaml.safe_load(shard_yaml.read_text())
     if not isinstance(config, dict) or "masks" not in config:
         raise FastMetroError(f"{shard_yaml}: no 'masks' entry (not a synthetic shard?)")
-    packed = np.load(shard_yaml.parent / config["masks"], allow_pickle=False)
+    packed = load_npy(shard_yaml.parent / config["masks"], what="body masks")
     return np.unpackbits(packed, axis=2, count=size).astype(bool)
 
 
