@@ -361,7 +361,7 @@ def _checked_image(image, source: str) -> np.ndarray:
 def _crop_box(person: PersonBox, expand: float, image_size, source: str) -> cam.CropBox:
     try:
         return cam.square_box(person.box, expand=expand, image_size=image_size)
-    except cam.BoxError as error:
+    except FastMetroError as error:
         raise FastMetroError(f"{source}: {error}") from None
 
 
