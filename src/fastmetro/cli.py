@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fastmetro.data.synthetic.commands",  # synth
     "fastmetro.engine.commands",  # train, eval
     "fastmetro.inference.commands",  # infer, export
+    "fastmetro.bench.commands",  # bench
 )
 
 

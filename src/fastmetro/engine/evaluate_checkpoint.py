@@ -36,6 +36,7 @@ def evaluate_checkpoint(
     from fastmetro.engine.distributed import DistInfo, pick_device
     from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, find_run_config
     from fastmetro.model.checkpoint import read_checkpoint
+    from fastmetro.model.fast import inference_view
 
     run_config = find_run_config(checkpoint)
     loaded = read_checkpoint(checkpoint)
@@ -50,7 +51,7 @@ def evaluate_checkpoint(
         image_size = run_config.data.image_size if run_config is not None else 224
     mesh = topology_module.load(topology, data_dir)
     target = pick_device(device)
-    model = fastmetro.create_model(model_name, topology=mesh, checkpoint=checkpoint).to(target).eval()
+    model = inference_view(fastmetro.create_model(model_name, topology=mesh, checkpoint=checkpoint).to(target).eval())
     loaded_body_model = None
     if body_model:
         from fastmetro.data.body_models import load_body_model

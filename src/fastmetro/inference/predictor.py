@@ -24,6 +24,7 @@ import torch
 
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
+from fastmetro.model.fast import inference_view
 
 SIDES = ("right", "left")
 
@@ -181,7 +182,7 @@ class Predictor:
         if image_size < 32:
             raise FastMetroError(f"image_size must be >= 32, got {image_size}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = inference_view(model.to(self.device).eval())  # the fast path (same function)
         self.topology = model.topology
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
