@@ -99,7 +99,8 @@ class CSRUpsampling(SparseUpsampling):
         batch, num_in, channels = vertices.shape
         compute = vertices.dtype if vertices.dtype in (torch.float32, torch.float64) else torch.float32
         columns = vertices.to(compute).transpose(0, 1).reshape(num_in, batch * channels)
-        with warnings.catch_warnings():
+        # Sparse kernels take float32/64 only: keep autocast from converting the operands.
+        with warnings.catch_warnings(), torch.autocast(vertices.device.type, enabled=False):
             warnings.simplefilter("ignore")
             out = self._matrix(vertices.device, compute) @ columns
         return out.reshape(self.out_vertices, batch, channels).transpose(0, 1).to(vertices.dtype)
