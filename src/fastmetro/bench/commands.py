@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     bench.add_argument("--compile", action="store_true", help="fast path: torch.compile the backbone")
+    bench.add_argument("--cuda-graphs", action="store_true", help="fast path on CUDA: replay captured CUDA graphs")
+    bench.add_argument("--gemm-size", type=int, default=2048, help="side of the square torch.mm giving the GEMM rate")
     bench.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     bench.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     bench.add_argument("--lossy", action="store_true",
@@ -55,7 +57,7 @@ def run(args) -> int:
         models=tuple(args.models), tasks=tuple(args.tasks), flavor=args.flavor, device=args.device,
         batches=tuple(args.batch), dtype=args.dtype, paths=tuple(args.paths), image_size=args.size,
         warmup=args.warmup, repeats=args.repeats, compile=args.compile, flops=not args.no_flops,
-        memory=not args.no_memory,
+        memory=not args.no_memory, gemm_size=args.gemm_size, cuda_graphs=args.cuda_graphs,
     )  # fmt: skip
     progress = None if args.json else (lambda what: print(f"... {what}", file=sys.stderr, flush=True))
     result = run_bench(config, progress)

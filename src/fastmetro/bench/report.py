@@ -39,7 +39,7 @@ def header_lines(result: dict) -> list[str]:
     gemm = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["gemm_gflops"].items())
     return [
         f"# {where}, torch {machine['torch']}, {machine['threads']} threads{load}",
-        f"# GEMM ({machine['device']}, 2048^3 torch.mm, best of 10 at start and end): {gemm}",
+        f"# GEMM ({machine['device']}, {config['gemm_size']}^3 torch.mm, best of 10 at start and end): {gemm}",
         f"# {config['image_size']}x{config['image_size']} images, {config['dtype']}, random weights; times are the "
         f"median (min) ms of {config['repeats']} runs after {config['warmup']} warm-up, paths interleaved",
     ]

@@ -53,6 +53,8 @@ class BenchConfig:
     flops: bool = True
     memory: bool = True
     seed: int = 0
+    gemm_size: int = 2048
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         problems = []
@@ -122,7 +124,12 @@ def make_path(path: str, model, config: BenchConfig, device: torch.device, workd
         from fastmetro.model.fast import prepare_for_inference
 
         fast = prepare_for_inference(model, compile=config.compile, autocast_dtype=dtype)
-        return PathRunner(fast, fast.backbone_features, _with_features(fast), fast)
+        whole = fast
+        if config.cuda_graphs and device.type == "cuda":  # whole model replayed; parts timed eagerly
+            from fastmetro.model.fast_cuda import CUDAGraphModel
+
+            whole = CUDAGraphModel(fast)
+        return PathRunner(whole, fast.backbone_features, _with_features(fast), fast)
     if dtype != torch.float32:
         raise FastMetroError("bench: the onnx path runs in fp32 only (use --dtype fp32)")
     return PathRunner(onnx_runner(model, config.image_size, device, workdir))
@@ -262,11 +269,11 @@ def run_bench(config: BenchConfig, progress=None) -> dict:
     result = {
         "machine": measure.describe_machine(device),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
-        "gemm_gflops": {"fp32": measure.gemm_gflops(device, torch.float32)},
+        "gemm_gflops": {"fp32": measure.gemm_gflops(device, torch.float32, config.gemm_size)},
         "rows": [],
     }
     if config.dtype != "fp32":
-        result["gemm_gflops"][config.dtype] = measure.gemm_gflops(device, DTYPES[config.dtype])
+        result["gemm_gflops"][config.dtype] = measure.gemm_gflops(device, DTYPES[config.dtype], config.gemm_size)
     with tempfile.TemporaryDirectory(prefix="fastmetro-bench-") as workdir:
         for name in config.models:
             for task in config.tasks:
@@ -274,7 +281,7 @@ def run_bench(config: BenchConfig, progress=None) -> dict:
                     progress(f"{name} {task}")
                 result["rows"].extend(measure_variant(name, task, config, device, Path(workdir)))
     for name, value in result["gemm_gflops"].items():  # again at the end: the best is the machine's rate
-        result["gemm_gflops"][name] = max(value, measure.gemm_gflops(device, DTYPES[name]))
+        result["gemm_gflops"][name] = max(value, measure.gemm_gflops(device, DTYPES[name], config.gemm_size))
     return result
 
 

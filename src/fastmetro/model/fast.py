@@ -38,6 +38,10 @@ from fastmetro.model.position_encoding import PositionEncodingSine
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _capturing(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _plain(module: nn.Module) -> bool:
     """Whether ``module`` must run the plain computation now (training or autograd recording)."""
     return module.training or torch.is_grad_enabled()
@@ -94,8 +98,8 @@ class CSRUpsampling(SparseUpsampling):
         return matrix
 
     def forward(self, vertices: torch.Tensor) -> torch.Tensor:
-        if _plain(self) or vertices.device.type not in ("cpu", "cuda"):
-            return super().forward(vertices)
+        if _plain(self) or vertices.device.type not in ("cpu", "cuda") or _capturing(vertices):
+            return super().forward(vertices)  # (in CUDA graph capture: index_add, which captures safely)
         batch, num_in, channels = vertices.shape
         compute = vertices.dtype if vertices.dtype in (torch.float32, torch.float64) else torch.float32
         columns = vertices.to(compute).transpose(0, 1).reshape(num_in, batch * channels)
@@ -170,7 +174,9 @@ class InferenceView:
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         context = contextlib.ExitStack()
         if self._autocast_dtype is not None:
-            context.enter_context(torch.autocast(images.device.type, dtype=self._autocast_dtype))
+            # No cast cache while a CUDA graph is captured (its buffers must live in the graph).
+            cache = not _capturing(images)
+            context.enter_context(torch.autocast(images.device.type, dtype=self._autocast_dtype, cache_enabled=cache))
         if self._inference_mode and not self.training and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             context.enter_context(torch.inference_mode())
         with context:
@@ -196,6 +202,7 @@ def prepare_for_inference(
     fold_batchnorm: bool = True,
     inference_mode: bool = True,
     autocast_dtype: torch.dtype | str | None = None,
+    cuda_graphs: bool = False,
 ) -> nn.Module:
     """A fast inference view of ``model`` (see the module docstring); ``model`` is not changed.
 
@@ -215,6 +222,8 @@ def prepare_for_inference(
             inference mode).
         autocast_dtype: ``None`` (exact), or ``"bf16"``/``"fp16"`` (or a torch dtype): run under
             :func:`torch.autocast` (lossy; bf16 on CPUs with AVX-512-BF16/AMX, bf16/fp16 on GPUs).
+        cuda_graphs: return a :class:`~fastmetro.model.fast_cuda.CUDAGraphModel` around the view
+            (CUDA models: one captured graph per input shape, replayed; see that class).
     """
     from fastmetro.model.metro import METRO
 
@@ -235,8 +244,19 @@ def prepare_for_inference(
     fast.__dict__["_inference_mode"] = bool(inference_mode)
     fast.__dict__["_autocast_dtype"] = autocast_dtype
     fast.__dict__["plain_model"] = model  # plain attribute (not a submodule): the viewed model
-    if isinstance(model, METRO):
-        return fast  # its encoder blocks already take PyTorch's fused inference kernels
+    if not isinstance(model, METRO):  # METRO's encoder blocks already run PyTorch's fused kernels
+        _swap_fast_modules(fast, model)
+    if cuda_graphs:
+        from fastmetro.model.fast_cuda import CUDAGraphModel
+
+        if next(model.parameters()).device.type != "cuda":
+            raise FastMetroError("prepare_for_inference: cuda_graphs=True needs a model on a CUDA device")
+        return CUDAGraphModel(fast)
+    return fast
+
+
+def _swap_fast_modules(fast: nn.Module, model: FastMETRO) -> None:
+    """Put the fast transformers, cached position encodings and CSR upsampling into ``fast``."""
     fast.transformer_1 = FastTransformer.view_of(
         model.transformer_1, model.attention_mask, (model.joint_token_embed.weight, model.vertex_token_embed.weight)
     )
@@ -247,7 +267,6 @@ def prepare_for_inference(
         step = getattr(model, name)
         if isinstance(step, SparseUpsampling):
             setattr(fast, name, CSRUpsampling.view_of(step))
-    return fast
 
 
 _VIEW_CLASSES: dict[type, type] = {FastMETRO: FastMETROInference}
