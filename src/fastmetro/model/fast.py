@@ -15,7 +15,12 @@ pieces swapped in (the forward itself is FastMETRO's, so heads added to it compo
   channels-last copy, refreshed automatically when the backbone's weights change; optional
   ``torch.compile`` with weight freezing);
 - the forward runs under :func:`torch.inference_mode` (outputs are inference tensors; see
-  ``inference_mode=``).
+  ``inference_mode=``);
+- optional: ``autocast_dtype`` (bf16/fp16, lossy), ``cuda_graphs`` (captured and replayed
+  forward, :mod:`fastmetro.model.fast_cuda`), ``compile`` (TorchInductor on the backbone).
+
+A METRO baseline (:mod:`fastmetro.model.metro`) gets a view with the backbone, inference-mode and
+autocast parts only (its encoder layers already take PyTorch's fused inference kernels).
 
 In training mode or with gradients enabled every swapped piece runs the plain computation, so a
 view never changes what training computes. Prepare after moving the model to its device
