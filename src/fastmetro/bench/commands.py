@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     bench.add_argument("--gemm-size", type=int, default=2048, help="side of the square torch.mm giving the GEMM rate")
     bench.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     bench.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+    bench.add_argument("--profile", action="store_true",
+                       help="also list the operators taking the time (self time, FLOPs, bytes) per path and part")  # fmt: skip
     bench.add_argument("--lossy", action="store_true",
                        help="also measure int8 dynamic quantisation, int8 ONNX Runtime and bf16 against fp32 fast")  # fmt: skip
     bench.add_argument("--lossy-images", type=int, default=8, help="seeded inputs for the --lossy differences")
@@ -58,6 +60,7 @@ def run(args) -> int:
         batches=tuple(args.batch), dtype=args.dtype, paths=tuple(args.paths), image_size=args.size,
         warmup=args.warmup, repeats=args.repeats, compile=args.compile, flops=not args.no_flops,
         memory=not args.no_memory, gemm_size=args.gemm_size, cuda_graphs=args.cuda_graphs,
+        profile=args.profile,
     )  # fmt: skip
     progress = None if args.json else (lambda what: print(f"... {what}", file=sys.stderr, flush=True))
     result = run_bench(config, progress)
@@ -74,6 +77,11 @@ def run(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(report.format_result(result))
+        profiles = {f"{r['model']} {r['task']} {r['path']} batch {r['batch']} {part}": ops
+                    for r in result["rows"] for part, ops in r.get("profile", {}).items()}  # fmt: skip
+        if profiles:
+            print()
+            print(report.profile_table(profiles))
         if "lossy" in result:
             from fastmetro.bench.lossy import format_lossy
 

@@ -95,3 +95,14 @@ def format_result(result: dict) -> str:
     if flop_table:
         parts += ["", "FLOPs (counted) and achieved rate (FLOPs / min time) against the GEMM rate", flop_table]
     return "\n".join(parts)
+
+
+def profile_table(profiles: dict) -> str:
+    """``profiles``: "model task path part" -> operator rows of :func:`~fastmetro.bench.measure.profile_operators`."""
+    parts = []
+    for title, rows in profiles.items():
+        body = [[r["operator"], f"{r['calls']:.0f}", f"{r['self_ms']:.2f}", f"{100 * r['share']:.0f}%",
+                 f"{r['gflop']:.3f}" if r["gflop"] else "-", f"{r['mb_allocated']:.1f}"] for r in rows]  # fmt: skip
+        parts += [f"Profile: {title} (per forward; self time of the top operators)",
+                  table(["operator", "calls", "self ms", "share", "GFLOP", "MB allocated"], body), ""]
+    return "\n".join(parts)

@@ -55,6 +55,7 @@ class BenchConfig:
     seed: int = 0
     gemm_size: int = 2048
     cuda_graphs: bool = False
+    profile: bool = False
 
     def __post_init__(self):
         problems = []
@@ -234,6 +235,9 @@ def _time_parts(runners: dict, images: torch.Tensor, config: BenchConfig, device
                     result["transformer_gflop"] = measure.count_flops(calls[f"{path}/transformer"]) / 1e9
                 for part in ("backbone", "transformer"):
                     result[f"{part}_gflops"] = _rate(result[f"{part}_gflop"] * 1e9, result[f"{part}_ms_min"])
+            if config.profile and runner.backbone is not None:
+                result["profile"] = {part: measure.profile_operators(calls[f"{path}/{part}"], device)
+                                     for part in ("transformer", "backbone")}  # fmt: skip
             if config.memory and runner.model is not None:
                 peak = measure.peak_memory_bytes(calls[f"{path}/whole"], device)
                 result["peak_mb_per_image"] = None if peak is None else peak / batch / 2**20
