@@ -185,3 +185,22 @@ def test_bad_uses_are_clear_errors(smpl_topology):
         prepare_for_inference(fast)
     with pytest.raises(FastMetroError, match="unknown dtype"):
         prepare_for_inference(model_for("FastMETRO-S-R18", "paper", smpl_topology), autocast_dtype="int4")
+
+
+def test_backbone_copy_is_folded_and_fused_on_cpu(smpl_topology):
+    from fastmetro.model.fast_backbone import OneDNNConv2d
+
+    model = model_for("FastMETRO-S-R18", "paper", smpl_topology)
+    fast = prepare_for_inference(model)
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = model.backbone_features(images)
+        got = fast.backbone_features(images)
+    assert float((got - expected).abs().max()) <= TOLERANCE * max(1.0, float(expected.abs().max()))
+    runner = fast._backbone_runner._runners["exact"]
+    fused = [m for m in runner.modules() if isinstance(m, OneDNNConv2d)]
+    if torch.backends.mkldnn.is_available():
+        assert len(fused) == 20  # every convolution of ResNet-18
+        # stem conv + ReLU, and in each of the 8 blocks conv1 + ReLU and conv2 + residual add + ReLU
+        assert sum(m.unary == "relu" for m in fused) == 17 and sum(m.add for m in fused) == 8
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.modules())

@@ -1,8 +1,9 @@
 """Measuring: wall time (interleaved across paths), FLOPs, peak activation memory, GEMM rate.
 
 - Times: each repetition calls every path once in turn (plain, fast, ...), so load changes on a
-  shared machine hit all paths alike and their ratios stay meaningful. CPU: ``perf_counter``;
-  CUDA: CUDA events around the call, after a synchronisation, read after synchronising again.
+  shared machine hit all paths alike and their ratios stay meaningful. CPU: ``perf_counter``
+  (or the process's CPU time, see :data:`CLOCKS`); CUDA: CUDA events around the call, after a
+  synchronisation, read after synchronising again.
 - FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and attention
   kernels; element-wise ops are not counted). One multiply-add = 2 FLOPs.
 - Peak memory: CUDA: ``max_memory_allocated`` above what was allocated before the call. CPU: the
@@ -42,7 +43,13 @@ class Timing:
         return min(self.times_ms)
 
 
-def _time_once(function, device: torch.device) -> float:
+#: "wall": elapsed time (what a user waits for). "process": CPU time of this process (all its
+#: threads) - on a busy machine, with ``--threads 1``, a proxy that descheduling does not inflate
+#: (cache and memory-bandwidth contention still do). CPU only.
+CLOCKS = ("wall", "process")
+
+
+def _time_once(function, device: torch.device, clock: str = "wall") -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
@@ -51,14 +58,17 @@ def _time_once(function, device: torch.device) -> float:
         end.record()
         torch.cuda.synchronize(device)
         return float(start.elapsed_time(end))
-    start = time.perf_counter()
+    timer = time.process_time if clock == "process" else time.perf_counter
+    start = timer()
     function()
-    return (time.perf_counter() - start) * 1000.0
+    return (timer() - start) * 1000.0
 
 
-def time_interleaved(functions: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, Timing]:
+def time_interleaved(
+    functions: dict, device: torch.device, warmup: int, repeats: int, clock: str = "wall"
+) -> dict[str, Timing]:
     """Time every function of ``functions`` (name -> callable) ``repeats`` times, interleaved,
-    after ``warmup`` untimed calls of each."""
+    after ``warmup`` untimed calls of each (``clock``: see :data:`CLOCKS`)."""
     for _ in range(warmup):
         for function in functions.values():
             function()
@@ -66,7 +76,7 @@ def time_interleaved(functions: dict, device: torch.device, warmup: int, repeats
     timings = {name: Timing() for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            timings[name].times_ms.append(_time_once(function, device))
+            timings[name].times_ms.append(_time_once(function, device, clock))
     return timings
 
 

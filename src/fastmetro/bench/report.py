@@ -41,7 +41,8 @@ def header_lines(result: dict) -> list[str]:
         f"# {where}, torch {machine['torch']}, {machine['threads']} threads{load}",
         f"# GEMM ({machine['device']}, {config['gemm_size']}^3 torch.mm, best of 10 at start and end): {gemm}",
         f"# {config['image_size']}x{config['image_size']} images, {config['dtype']}, random weights; times are the "
-        f"median (min) ms of {config['repeats']} runs after {config['warmup']} warm-up, paths interleaved",
+        f"median (min) ms of {config['repeats']} runs after {config['warmup']} warm-up, paths interleaved"
+        + ("" if config.get("clock", "wall") == "wall" else f"; clock: {config['clock']} CPU time"),
     ]
 
 

@@ -56,6 +56,7 @@ class BenchConfig:
     gemm_size: int = 2048
     cuda_graphs: bool = False
     profile: bool = False
+    clock: str = "wall"
 
     def __post_init__(self):
         problems = []
@@ -69,6 +70,8 @@ class BenchConfig:
             problems.append("batch sizes must be >= 1")
         if self.repeats < 1 or self.warmup < 0:
             problems.append("need repeats >= 1 and warmup >= 0")
+        if self.clock not in measure.CLOCKS or (self.clock != "wall" and self.device != "cpu"):
+            problems.append(f"clock must be one of {measure.CLOCKS} (process: CPU only)")
         if self.image_size < 32:
             problems.append("image size must be >= 32")
         if bad := [t for t in self.tasks if t not in ("body", "hand")]:
@@ -220,7 +223,7 @@ def _time_parts(runners: dict, images: torch.Tensor, config: BenchConfig, device
             if runner.backbone is not None:
                 calls[f"{path}/backbone"] = _in_context(runner, lambda r=runner: r.backbone(images))
                 calls[f"{path}/transformer"] = _in_context(runner, lambda r=runner, p=path: r.head(features[p], images))
-        timings = measure.time_interleaved(calls, device, config.warmup, config.repeats)
+        timings = measure.time_interleaved(calls, device, config.warmup, config.repeats, config.clock)
         for key, timing in timings.items():
             path, part = key.split("/")
             results[path][f"{part}_ms"] = timing.median
