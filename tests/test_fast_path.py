@@ -74,7 +74,7 @@ def test_fast_equals_plain(variant, task, smpl_topology, mano_topology):
     model = model_for(f"FastMETRO-{variant}-R18", flavor, topology)
     generator = torch.Generator().manual_seed(1)
     fast = None
-    for batch, attention in ((2, False), (1, True), (3, True)):
+    for batch, attention in ((1, False), (3, True)):
         images = torch.randn(batch, 3, 64, 64, generator=generator)
         fast = check_equal(model, images, attention, fast)
 

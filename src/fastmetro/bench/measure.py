@@ -101,6 +101,13 @@ class _FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func._overloadpacket is torch.ops.mkldnn._convolution_pointwise:
+            # The fast backbone's fused oneDNN convolution: input, [residual,] weight, ...
+            from torch.utils.flop_counter import conv_flop_count
+
+            weight = args[2] if func is torch.ops.mkldnn._convolution_pointwise.binary else args[1]
+            self.total += int(conv_flop_count(list(args[0].shape), list(weight.shape), list(out.shape), False))
+            return out
         formula = self.registry.get(func._overloadpacket)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
