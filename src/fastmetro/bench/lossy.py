@@ -118,7 +118,8 @@ def format_lossy(lossy: dict) -> str:
     body = [
         [r["model"], r["task"], r["path"], str(r["batch"]), f"{r['whole_ms']:.1f} ({r['whole_ms_min']:.1f})",
          f"{r['images_per_s']:.1f}", f"{r['speedup_vs_fast']:.2f}x", f"{r['vertices_mean_mm']:.3f}",
-         f"{r['vertices_max_mm']:.3f}", f"{r['joints_mean_mm']:.3f}", f"{r['joints_max_mm']:.3f}", f"{r['scale_mm']:.0f}"]
+         f"{r['vertices_max_mm']:.3f}", f"{r['joints_mean_mm']:.3f}", f"{r['joints_max_mm']:.3f}",
+         f"{r['scale_mm']:.0f}"]
         for r in lossy["rows"]
     ]  # fmt: skip
     header = ["model", "task", "path", "batch", "ms", "images/s", "x fast", "vertices mean mm", "max",

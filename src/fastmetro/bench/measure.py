@@ -161,12 +161,14 @@ def peak_memory_bytes(function, device: torch.device) -> int | None:
     return int(peak)
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of a (size x size) @ (size x size) ``torch.mm``."""
+def gemm_gflops(
+    device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10, clock: str = "wall"
+) -> float:
+    """Best GFLOP/s of a (size x size) @ (size x size) ``torch.mm`` (``clock``: see :data:`CLOCKS`)."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    timing = time_interleaved({"mm": lambda: torch.mm(a, b)}, device, warmup=2, repeats=repeats)["mm"]
+    timing = time_interleaved({"mm": lambda: torch.mm(a, b)}, device, warmup=2, repeats=repeats, clock=clock)["mm"]
     return 2.0 * size**3 / (timing.minimum / 1000.0) / 1e9
 
 

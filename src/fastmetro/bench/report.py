@@ -78,7 +78,8 @@ def flops(rows: list[dict], gemm: float) -> str:
         cells = [r["model"], r["task"], r["path"], str(r["batch"])]
         for part in ("backbone", "transformer"):
             rate = r.get(f"{part}_gflops")
-            cells += [_number(r[f"{part}_gflop"], 2), _number(rate, 0), "-" if rate is None else f"{100 * rate / gemm:.0f}%"]
+            share = "-" if rate is None else f"{100 * rate / gemm:.0f}%"
+            cells += [_number(r[f"{part}_gflop"], 2), _number(rate, 0), share]
         body.append(cells)
     header = ["model", "task", "path", "batch", "backbone GFLOP", "GFLOP/s", "of GEMM", "transformer GFLOP",
               "GFLOP/s", "of GEMM"]  # fmt: skip

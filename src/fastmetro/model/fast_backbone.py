@@ -66,7 +66,9 @@ class OneDNNConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         if not self.add:
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *self.geometry, self.unary, [], "")
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, *self.geometry, self.unary, [], ""
+            )
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, self.weight, self.bias, *self.geometry, "add", None,
             None if self.unary == "none" else self.unary, [], "",
@@ -140,7 +142,8 @@ def _validated_fusion(folded: fx.GraphModule) -> fx.GraphModule | None:
         sample = sample.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast("cpu", enabled=False):  # built from inside an autocast region too
             expected, got = folded(sample), fused(sample)
-        if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())):
+        tolerance = 1e-4 * float(expected.abs().max())
+        if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=tolerance):
             return fused
         warnings.warn("fast path: fused oneDNN backbone differs from the folded one; using the folded one")
     except Exception as error:  # noqa: BLE001 (internal oneDNN ops: fall back rather than fail)
