@@ -204,3 +204,28 @@ def test_backbone_copy_is_folded_and_fused_on_cpu(smpl_topology):
         # stem conv + ReLU, and in each of the 8 blocks conv1 + ReLU and conv2 + residual add + ReLU
         assert sum(m.unary == "relu" for m in fused) == 17 and sum(m.add for m in fused) == 8
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.modules())
+
+
+@pytest.mark.slow  # TorchInductor compiles the backbone (tens of seconds on a CPU)
+def test_compiled_backbone_equals_plain(smpl_topology):
+    model = model_for("FastMETRO-S-R18", "paper", smpl_topology)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(10))
+    check_equal(model, images, attention=False, fast=prepare_for_inference(model, compile=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_paths(smpl_topology):
+    torch.backends.cudnn.allow_tf32 = False  # exact fp32 convolutions for the comparison
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = realistic(create_model("FastMETRO-S-R18", topology=smpl_topology), 11).cuda()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(11)).cuda()
+    fast = check_equal(model, images, attention=True)
+    graphed = prepare_for_inference(model, cuda_graphs=True)
+    with torch.no_grad():
+        expected = model(images)
+        for _ in range(2):  # capture, then replay
+            got = graphed(images)
+            assert max_difference(expected, got) <= TOLERANCE
+        bf16 = prepare_for_inference(model, autocast_dtype="bf16")(images)["fine_vertices"].float()
+    assert float((bf16 - expected["fine_vertices"]).abs().max()) < 0.1 * float(expected["fine_vertices"].abs().max())
+    assert fast is not None

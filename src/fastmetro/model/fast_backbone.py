@@ -9,7 +9,8 @@
    with the residual addition and the ReLU that follow it (ResNet/HRNet blocks). This is what
    TorchInductor's CPU freezing does, here without compiling. The fused copy is checked against
    the unfused one once when it is built and dropped (with a warning) if it differs or fails;
-3. optionally ``torch.compile`` (weights frozen into the code).
+3. or, with ``compile=True``, ``torch.compile`` of the folded copy (TorchInductor with weight
+   freezing does its own fusion and packing; the first call of each input shape compiles).
 
 The copy is rebuilt when any parameter or buffer of the backbone changes (storage, shape or
 in-place version), so it never goes stale; it costs one copy of the backbone's weights. Under
@@ -164,11 +165,12 @@ class ChannelsLastBackbone:
         if folded is None:
             return {"exact": _Features(self.backbone), "autocast": _Features(self.backbone)}
         folded = folded.to(memory_format=torch.channels_last)
+        if self.compile:  # TorchInductor does its own fusion and weight packing (freezing)
+            compiled = torch.compile(folded, options={"freezing": True})
+            return {"exact": compiled, "autocast": compiled}
         runners = {"exact": folded, "autocast": folded}
         if device.type == "cpu":
             runners["exact"] = _validated_fusion(folded) or folded
-        if self.compile:
-            runners = {kind: torch.compile(runner, options={"freezing": True}) for kind, runner in runners.items()}
         return runners
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
