@@ -49,7 +49,8 @@ def main() -> int:
 
     device = torch.device("cuda")
     images = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
-    result = {"differences": {name: output_differences(name, images) for name in ("FastMETRO-S-R50", "FastMETRO-L-H64")}}
+    names = ("FastMETRO-S-R50", "FastMETRO-L-H64")
+    result = {"differences": {name: output_differences(name, images) for name in names}}
     print(json.dumps(result["differences"], indent=2), flush=True)
     repeats, warmup = (5, 2) if args.quick else (30, 10)
     runs = {

@@ -47,7 +47,7 @@ def test_synthetic_topologies_have_the_real_sizes():
 
 def test_bench_cli_on_a_tiny_setting(capsys):
     code = main(["bench", "--models", "FastMETRO-S-R18", "--batch", "1", "2", "--size", "64",
-                 "--warmup", "1", "--repeats", "2", "--gemm-size", "256", "--json"])  # fmt: skip
+                 "--warmup", "0", "--repeats", "2", "--gemm-size", "256", "--json"])  # fmt: skip
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = result["rows"]
@@ -102,5 +102,6 @@ def test_lossy_paths_report_differences_in_millimetres():
     assert rows["fast"]["vertices_max_mm"] == 0.0 and rows["fast"]["speedup_vs_fast"] == 1.0
     assert rows["onnx"]["vertices_max_mm"] < 0.01 * rows["onnx"]["scale_mm"]  # fp32 export: same function
     for path in ("fast-int8", "onnx-int8"):
-        assert 0 < rows[path]["vertices_mean_mm"] < rows[path]["scale_mm"] and math.isfinite(rows[path]["joints_max_mm"])
+        assert 0 < rows[path]["vertices_mean_mm"] < rows[path]["scale_mm"]
+        assert math.isfinite(rows[path]["joints_max_mm"])
     assert "x fast" in format_lossy(lossy)

@@ -33,7 +33,8 @@ def test_encoder_size_is_metros_published_one():
     assert counts["backbone_params"] == 23_508_032
     assert counts["upsampling_params"] == 431 * 1723 + 1723 + 1723 * 6890 + 6890  # METRO's two Linear layers
     assert counts["camera_params"] == 4 + 431 * 250 + 250 + 250 * 3 + 3
-    assert counts["transformer_params"] == counts["encoder_params"] + counts["upsampling_params"] + counts["camera_params"]
+    parts = counts["encoder_params"] + counts["upsampling_params"] + counts["camera_params"]
+    assert counts["transformer_params"] == parts
     h64 = count_parameters("METRO-H64", task="body")
     assert h64["backbone_params"] == 128_059_944  # METRO's logged HRNet-W64
     assert count_parameters("FastMETRO-S-R50")["transformer_params"] * 6 < counts["encoder_params"]
@@ -41,7 +42,8 @@ def test_encoder_size_is_metros_published_one():
 
 def test_blocks_follow_metros_configuration():
     model = build_on_meta(model_config("METRO-R50"), sized_topology("body"))
-    widths = [(b.img_embedding.in_features, b.img_embedding.out_features, b.cls_head.out_features) for b in model.blocks]
+    widths = [(b.img_embedding.in_features, b.img_embedding.out_features, b.cls_head.out_features)
+              for b in model.blocks]  # fmt: skip
     assert widths == [(2051, 1024, 512), (512, 256, 128), (128, 128, 3)]
     layer = model.blocks[0].encoder.layers[0]
     assert len(model.blocks[0].encoder.layers) == 4 and layer.self_attn.num_heads == 4
@@ -107,7 +109,8 @@ def test_trainer_trains_and_checkpoints_metro(tmp_path, smpl_topology):
     from fastmetro.engine.train import Trainer
 
     config = tiny_config(tmp_path / "run", steps=6, batch_size=2, extra=[
-        "model.name=METRO-R18", f"model.overrides={ {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()} }",
+        "model.name=METRO-R18",
+        f"model.overrides={ {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()} }",
         "optim.lr=1e-3", "train.log_every=3",
     ])  # fmt: skip
     data = TemplateDataset(smpl_topology, size=8)

@@ -1,8 +1,9 @@
 """Measuring: wall time (interleaved across paths), FLOPs, peak activation memory, GEMM rate.
 
 - Times: each repetition calls every path once in turn (plain, fast, ...), so load changes on a
-  shared machine hit all paths alike and their ratios stay meaningful. CPU: ``perf_counter``;
-  CUDA: CUDA events around the call, after a synchronisation, read after synchronising again.
+  shared machine hit all paths alike and their ratios stay meaningful. CPU: ``perf_counter``
+  (or the process's CPU time, see :data:`CLOCKS`); CUDA: CUDA events around the call, after a
+  synchronisation, read after synchronising again.
 - FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and attention
   kernels; element-wise ops are not counted). One multiply-add = 2 FLOPs.
 - Peak memory: CUDA: ``max_memory_allocated`` above what was allocated before the call. CPU: the
@@ -42,7 +43,13 @@ class Timing:
         return min(self.times_ms)
 
 
-def _time_once(function, device: torch.device) -> float:
+#: "wall": elapsed time (what a user waits for). "process": CPU time of this process (all its
+#: threads) - on a busy machine, with ``--threads 1``, a proxy that descheduling does not inflate
+#: (cache and memory-bandwidth contention still do). CPU only.
+CLOCKS = ("wall", "process")
+
+
+def _time_once(function, device: torch.device, clock: str = "wall") -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
@@ -51,14 +58,17 @@ def _time_once(function, device: torch.device) -> float:
         end.record()
         torch.cuda.synchronize(device)
         return float(start.elapsed_time(end))
-    start = time.perf_counter()
+    timer = time.process_time if clock == "process" else time.perf_counter
+    start = timer()
     function()
-    return (time.perf_counter() - start) * 1000.0
+    return (timer() - start) * 1000.0
 
 
-def time_interleaved(functions: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, Timing]:
+def time_interleaved(
+    functions: dict, device: torch.device, warmup: int, repeats: int, clock: str = "wall"
+) -> dict[str, Timing]:
     """Time every function of ``functions`` (name -> callable) ``repeats`` times, interleaved,
-    after ``warmup`` untimed calls of each."""
+    after ``warmup`` untimed calls of each (``clock``: see :data:`CLOCKS`)."""
     for _ in range(warmup):
         for function in functions.values():
             function()
@@ -66,7 +76,7 @@ def time_interleaved(functions: dict, device: torch.device, warmup: int, repeats
     timings = {name: Timing() for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            timings[name].times_ms.append(_time_once(function, device))
+            timings[name].times_ms.append(_time_once(function, device, clock))
     return timings
 
 
@@ -91,6 +101,13 @@ class _FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func._overloadpacket is torch.ops.mkldnn._convolution_pointwise:
+            # The fast backbone's fused oneDNN convolution: input, [residual,] weight, ...
+            from torch.utils.flop_counter import conv_flop_count
+
+            weight = args[2] if func is torch.ops.mkldnn._convolution_pointwise.binary else args[1]
+            self.total += int(conv_flop_count(list(args[0].shape), list(weight.shape), list(out.shape), False))
+            return out
         formula = self.registry.get(func._overloadpacket)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
@@ -144,12 +161,14 @@ def peak_memory_bytes(function, device: torch.device) -> int | None:
     return int(peak)
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of a (size x size) @ (size x size) ``torch.mm``."""
+def gemm_gflops(
+    device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10, clock: str = "wall"
+) -> float:
+    """Best GFLOP/s of a (size x size) @ (size x size) ``torch.mm`` (``clock``: see :data:`CLOCKS`)."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    timing = time_interleaved({"mm": lambda: torch.mm(a, b)}, device, warmup=2, repeats=repeats)["mm"]
+    timing = time_interleaved({"mm": lambda: torch.mm(a, b)}, device, warmup=2, repeats=repeats, clock=clock)["mm"]
     return 2.0 * size**3 / (timing.minimum / 1000.0) / 1e9
 
 

@@ -41,7 +41,8 @@ def header_lines(result: dict) -> list[str]:
         f"# {where}, torch {machine['torch']}, {machine['threads']} threads{load}",
         f"# GEMM ({machine['device']}, {config['gemm_size']}^3 torch.mm, best of 10 at start and end): {gemm}",
         f"# {config['image_size']}x{config['image_size']} images, {config['dtype']}, random weights; times are the "
-        f"median (min) ms of {config['repeats']} runs after {config['warmup']} warm-up, paths interleaved",
+        f"median (min) ms of {config['repeats']} runs after {config['warmup']} warm-up, paths interleaved"
+        + ("" if config.get("clock", "wall") == "wall" else f"; clock: {config['clock']} CPU time"),
     ]
 
 
@@ -77,7 +78,8 @@ def flops(rows: list[dict], gemm: float) -> str:
         cells = [r["model"], r["task"], r["path"], str(r["batch"])]
         for part in ("backbone", "transformer"):
             rate = r.get(f"{part}_gflops")
-            cells += [_number(r[f"{part}_gflop"], 2), _number(rate, 0), "-" if rate is None else f"{100 * rate / gemm:.0f}%"]
+            share = "-" if rate is None else f"{100 * rate / gemm:.0f}%"
+            cells += [_number(r[f"{part}_gflop"], 2), _number(rate, 0), share]
         body.append(cells)
     header = ["model", "task", "path", "batch", "backbone GFLOP", "GFLOP/s", "of GEMM", "transformer GFLOP",
               "GFLOP/s", "of GEMM"]  # fmt: skip

@@ -5,15 +5,17 @@ flavor, topology or Table 4 ablation): an instance of :class:`FastMETROInference
 subclass) whose parameters, submodules and state-dict names are the model's own, with these
 pieces swapped in (the forward itself is FastMETRO's, so heads added to it compose):
 
+- ``conv_1x1`` -> :class:`PointwiseConvolution` (one matmul straight into token layout);
 - both transformers -> :class:`~fastmetro.model.fast_transformer.FastTransformer` (fused
   attention with the mask prepared once, cached positional projections, first decoder layer of
   transformer 1 computed once);
 - position encodings -> :class:`CachedPositionEncoding` (once per input size, device, dtype);
 - fixed sparse upsampling -> :class:`CSRUpsampling` (one sparse CSR matmul for the whole batch,
   no per-sample loop, no index_add, no host-device copy);
-- backbone -> :class:`ChannelsLastBackbone` (BatchNorm folded into the convolutions of a
-  channels-last copy, refreshed automatically when the backbone's weights change; optional
-  ``torch.compile`` with weight freezing);
+- backbone -> :class:`~fastmetro.model.fast_backbone.ChannelsLastBackbone` (a channels-last
+  copy with BatchNorm folded into the convolutions and, on CPU, each convolution one oneDNN call
+  fused with its ReLU / residual add; refreshed automatically when the backbone's weights change;
+  optional ``torch.compile``);
 - the forward runs under :func:`torch.inference_mode` (outputs are inference tensors; see
   ``inference_mode=``);
 - optional: ``autocast_dtype`` (bf16/fp16, lossy), ``cuda_graphs`` (captured and replayed
@@ -36,7 +38,8 @@ import torch
 from torch import nn
 
 from fastmetro.errors import FastMetroError
-from fastmetro.model.fast_transformer import FastTransformer, _fingerprint
+from fastmetro.model.fast_backbone import ChannelsLastBackbone
+from fastmetro.model.fast_transformer import FastTransformer
 from fastmetro.model.fastmetro import FastMETRO, SparseUpsampling
 from fastmetro.model.position_encoding import PositionEncodingSine
 
@@ -115,61 +118,33 @@ class CSRUpsampling(SparseUpsampling):
         return out.reshape(self.out_vertices, batch, channels).transpose(0, 1).to(vertices.dtype)
 
 
-class _Features(nn.Module):
-    """``backbone.forward_features`` as a module's forward (what torch.fx traces)."""
+class PointwiseConvolution(nn.Conv2d):
+    """A 1 x 1 convolution (FastMETRO's ``conv_1x1``) as one matmul over the feature-map positions.
 
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(images)
-
-
-def fold_batchnorm(backbone: nn.Module) -> nn.Module | None:
-    """A copy of ``backbone.forward_features`` (eval mode) with each BatchNorm that directly
-    follows a convolution folded into it; None if the model cannot be traced by torch.fx."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(_Features(backbone).eval())
-    except Exception:  # noqa: BLE001 (fx raises many types for untraceable code)
-        return None
-
-
-class ChannelsLastBackbone:
-    """Runs a backbone's ``forward_features`` channels-last, on a BatchNorm-folded copy.
-
-    The copy is derived from the backbone's current weights and rebuilt when any of them change
-    (storage, shape or in-place version), so it never goes stale. With ``fold=False`` (or an
-    untraceable backbone) the shared backbone itself runs on channels-last input.
-    With ``compile=True`` the copy is compiled with TorchInductor (weights frozen into the
-    compiled code; it is rebuilt - and recompiled - when they change).
+    Returns (B, C_out, h, w) as a view of the (B, h*w, C_out) result, so the caller's
+    ``flatten(2).transpose(1, 2)`` to tokens is free. (For a 7 x 7 map PyTorch's convolution
+    takes a slow im2col kernel; on a channels-last map the matmul reads the input in place.)
     """
 
-    def __init__(self, backbone: nn.Module, fold: bool = True, compile: bool = False):
-        self.backbone, self.fold, self.compile = backbone, fold, compile
-        self._key = None
-        self._runner = None
+    @classmethod
+    def view_of(cls, conv: nn.Conv2d) -> nn.Module:
+        pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+        if not pointwise or conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1):
+            return conv
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        fast.__dict__.update({k: v for k, v in conv.__dict__.items() if not k.startswith("_")})
+        fast._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
+        fast.weight, fast.bias = conv.weight, conv.bias
+        return fast
 
-    def _tensors(self):
-        return list(self.backbone.parameters()) + list(self.backbone.buffers())
-
-    def _build(self):
-        runner = fold_batchnorm(self.backbone) if self.fold else None
-        if runner is None:
-            runner = _Features(self.backbone)
-        else:
-            runner = runner.to(memory_format=torch.channels_last)
-        if self.compile:
-            runner = torch.compile(runner, options={"freezing": True})
-        return runner
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        key = _fingerprint(self._tensors())
-        if key != self._key:
-            self._runner, self._key = self._build(), key
-        return self._runner(images.contiguous(memory_format=torch.channels_last))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _plain(self):
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        weight = self.weight.view(self.out_channels, channels)
+        tokens = nn.functional.linear(x.flatten(2).transpose(1, 2), weight, self.bias)  # (B, h*w, C_out)
+        return tokens.transpose(1, 2).unflatten(2, (height, width))
 
 
 class InferenceView:
@@ -219,9 +194,9 @@ def prepare_for_inference(
             first call takes tens of seconds; needs a C++ compiler on CPU).
         channels_last: run the backbone channels-last (oneDNN's preferred layout on CPU, tensor
             cores' on GPU).
-        fold_batchnorm: run the backbone from a copy with BatchNorm folded into the
-            convolutions (needs torch.fx-traceable backbones; others run unfolded). Costs one
-            copy of the backbone's weights.
+        fold_batchnorm: run the backbone from a derived copy: BatchNorm folded into the
+            convolutions and, on CPU, oneDNN-fused convolutions (needs a torch.fx-traceable
+            backbone; others run unfolded). Costs one copy of the backbone's weights.
         inference_mode: run under :func:`torch.inference_mode` when gradients are off. Outputs
             are then inference tensors (readable everywhere, not modifiable in place outside
             inference mode).
@@ -266,6 +241,7 @@ def _swap_fast_modules(fast: nn.Module, model: FastMETRO) -> None:
         model.transformer_1, model.attention_mask, (model.joint_token_embed.weight, model.vertex_token_embed.weight)
     )
     fast.transformer_2 = FastTransformer.view_of(model.transformer_2, model.attention_mask)
+    fast.conv_1x1 = PointwiseConvolution.view_of(model.conv_1x1)
     fast.position_encoding_1 = CachedPositionEncoding.view_of(model.position_encoding_1)
     fast.position_encoding_2 = CachedPositionEncoding.view_of(model.position_encoding_2)
     for name in model.upsampling_steps:

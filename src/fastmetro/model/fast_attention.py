@@ -11,12 +11,13 @@ float mask on every call and (with a mask) falls back to an unfused masked-softm
   ``average_attn_weights=False``).
 
 On the mask's sparsity: a vertex row of the decoder's self-attention may attend to the K joints
-and its own 1-ring only (< 26 of 445 keys for SMPL). Two exact sparse kernels were measured
-against the dense fused kernel on the development CPU (2 cores, AVX-512, torch 2.14): a per-row
-gather of the allowed keys, and blocks of 32 vertex rows in reverse Cuthill-McKee order with the
-union of their keys gathered (115 keys per block instead of 445). Both lost (gathering the keys
-moves more memory than the fused kernel reads; e.g. D=512, batch 8: 15 ms dense, 23 ms blocked,
-95 ms per-row), so the dense fused kernel is used for every masked layer. Where the sparsity
+and its own 1-ring only (< 26 of 445 keys for SMPL). Exact sparse kernels were measured against
+the dense fused kernel on the development CPU (2 cores, AVX-512, torch 2.14): per-row gathers of
+the allowed keys (two formulations), and blocks of 32 vertex rows in reverse Cuthill-McKee order
+with the union of their keys gathered (115 keys per block instead of 445). All lost (gathering the
+keys moves more memory than the fused kernel reads; e.g. two threads, D=512, batch 8: 15 ms dense,
+23 ms blocked, 95 ms per row; one thread, D=128, batch 8: 13.7 ms dense, 24.7 ms gathered), so
+the dense fused kernel is used for every masked layer. Where the sparsity
 does remove work is the first decoder layer of the first transformer: its input does not depend
 on the image, so :mod:`fastmetro.model.fast_transformer` computes it once.
 """

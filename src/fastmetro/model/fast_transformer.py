@@ -212,7 +212,8 @@ class FastTransformer(Transformer):
             tokens, cross = decoder_cross_and_feedforward(
                 layers[0], memo.tokens.expand(shape), query, memory, decoder_terms[0], need_weights
             )
-            self_maps.append(memo.self_weights.expand(batch_size, *memo.self_weights.shape[1:]) if need_weights else None)
+            weights = memo.self_weights
+            self_maps.append(weights.expand(batch_size, *weights.shape[1:]) if need_weights else None)
             cross_maps.append(cross)
             layers, decoder_terms = layers[1:], decoder_terms[1:]
         for layer, k_pos in zip(layers, decoder_terms):
