@@ -195,7 +195,7 @@ class VertexLinear(nn.Linear):
         return super().forward(vertices.transpose(1, 2)).transpose(1, 2)
 
 
-def _level_name(level: int, num_levels: int) -> str:
+def level_name(level: int, num_levels: int) -> str:
     if level == 0:
         return "fine"
     if level == num_levels - 1:
@@ -266,7 +266,7 @@ class FastMETRO(nn.Module):
         num_levels = topology.num_levels
         self.upsampling_steps: list[str] = []
         for level in range(num_levels - 2, -1, -1):
-            name = f"{_level_name(level + 1, num_levels)}2{_level_name(level, num_levels)}_upsample"
+            name = f"{level_name(level + 1, num_levels)}2{level_name(level, num_levels)}_upsample"
             learnable = config.upsampling == "learnable" or (
                 config.upsampling == "learnable_coarse" and level == num_levels - 2 and num_levels >= 3
             )

@@ -51,7 +51,7 @@ from torch import nn
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model.backbone import backbone_channels, build_backbone
-from fastmetro.model.fastmetro import VertexLinear, _level_name
+from fastmetro.model.fastmetro import VertexLinear, level_name
 
 #: Parameters of METRO's released encoder blocks that it never uses (445 tokens, legacy widths
 #: 1024/256/128): BERT word embeddings 30522 x (1024 + 256 + 128) = 42,974,976, BERT position
@@ -224,7 +224,7 @@ class METRO(nn.Module):
         num_levels = topology.num_levels
         self.upsampling_steps: list[str] = []
         for level in range(num_levels - 2, -1, -1):
-            name = f"{_level_name(level + 1, num_levels)}2{_level_name(level, num_levels)}_upsample"
+            name = f"{level_name(level + 1, num_levels)}2{level_name(level, num_levels)}_upsample"
             self.add_module(name, VertexLinear(self.level_vertex_counts[level + 1], self.level_vertex_counts[level]))
             self.upsampling_steps.append(name)
         self.register_buffer("reference_points", torch.from_numpy(reference_points(topology)), persistent=False)
