@@ -33,22 +33,24 @@ def run(args: argparse.Namespace) -> dict:
     from fastmetro.engine.evaluate_checkpoint import evaluate_checkpoint
     from fastmetro.errors import FastMetroError
 
+    from fastmetro.model.checkpoint import read_spec
+    from fastmetro.weights import resolve_checkpoint
+
     sets = {"held-out (training distribution)": args.test, "generalisation": args.generalisation}
+    args.checkpoint = resolve_checkpoint(args.checkpoint)  # "default": the shipped model
     for path in [args.checkpoint, *sets.values()]:
         if not Path(path).is_file():
             raise FastMetroError(f"{path}: no such file")
     train_yaml = args.train or args.test.parent / "train.yaml"
     if not train_yaml.is_file():
         raise FastMetroError(f"{train_yaml}: no training set for the mean mesh (pass --train)")
-    mesh = topology_module.load(args.topology)
+    spec = read_spec(args.checkpoint)
+    mesh = topology_module.load(args.topology or (spec.topology.name if spec is not None else "anny"))
     torch.manual_seed(0)
     mean_vertices = mean_mesh(train_yaml, mesh, args.workers)
     results = {"checkpoint": str(args.checkpoint), "train": str(train_yaml), "sets": {}}
     for name, yaml_path in sets.items():
-        model = evaluate_checkpoint(
-            args.checkpoint, yaml_path, topology=args.topology, batch_size=args.batch_size,
-            num_workers=args.workers, max_samples=args.max_samples, device=args.device, progress=False,
-        )
+        model = evaluate_checkpoint(args.checkpoint, yaml_path, eval_overrides(args), progress=False)
         baseline = baseline_metrics(_limited(yaml_path, args.max_samples), mesh, mean_vertices, args.workers)
         results["sets"][name] = {
             "data": str(yaml_path),
@@ -56,6 +58,17 @@ def run(args: argparse.Namespace) -> dict:
             "baseline": {key: float(baseline[key]) for key, _ in METRICS if key in baseline},
         }
     return results
+
+
+def eval_overrides(args: argparse.Namespace) -> list[str]:
+    """``fastmetro eval``'s config overrides for these options (model and input size: the checkpoint's)."""
+    overrides = [f"data.val_batch_size={args.batch_size}", f"data.num_workers={args.workers}",
+                 f"train.device={args.device}"]
+    if args.max_samples:
+        overrides.append(f"data.max_val_samples={args.max_samples}")
+    if args.topology is not None:
+        overrides.append(f"model.topology={args.topology}")
+    return overrides
 
 
 def _limited(yaml_path: Path, max_samples: int | None):
@@ -89,11 +102,11 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", help='our .safetensors, or "default" (the shipped model)')
     parser.add_argument("--test", type=Path, required=True, help="held-out split of the training distribution")
     parser.add_argument("--generalisation", type=Path, required=True, help="fastmetro synth --split generalisation")
     parser.add_argument("--train", type=Path, default=None, help="training set for the mean mesh (default: beside --test)")
-    parser.add_argument("--topology", default="anny")
+    parser.add_argument("--topology", default=None, help="default: the checkpoint's")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N rows of each set")

@@ -41,9 +41,10 @@ def photo(tmp_path):
 
 
 # ----------------------------------------------------------------------------- default checkpoint
-def test_default_checkpoint_is_the_newest_demo_model(tmp_path):
+def test_default_checkpoint_is_the_newest_demo_model(tmp_path, monkeypatch):
     from fastmetro.inference.defaults import find_default_checkpoint
 
+    monkeypatch.setattr("fastmetro.weights.package_folder", lambda: tmp_path / "no_shipped_model")
     with pytest.raises(FastMetroError) as caught:
         find_default_checkpoint([tmp_path / "a", tmp_path / "b"])
     message = str(caught.value)
@@ -67,6 +68,7 @@ def test_default_checkpoint_from_the_current_folder(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FASTMETRO_DEMO_DIR", raising=False)
+    monkeypatch.setattr("fastmetro.weights.package_folder", lambda: tmp_path / "no_shipped_model")
     path = tmp_path / "demo_output" / "run" / "last.safetensors"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x")
@@ -81,6 +83,7 @@ def test_app_command_line(tmp_path, monkeypatch, capsys):
     assert args.host == "127.0.0.1" and args.port == 7860 and args.checkpoint is None
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FASTMETRO_DEMO_DIR", raising=False)
+    monkeypatch.setattr("fastmetro.weights.package_folder", lambda: tmp_path / "no_shipped_model")
     assert main(["app"]) == 2
     assert "no checkpoint given and none found" in capsys.readouterr().err
     for option, expected in ((["--port", "0"], "--port must be between 1 and 65535"),

@@ -36,7 +36,10 @@ def evaluate_checkpoint(
     from fastmetro.model.factory import load_model
     from fastmetro.model.fast import inference_view
 
+    from fastmetro.weights import resolve_checkpoint
+
     overrides = list(overrides)
+    checkpoint = resolve_checkpoint(checkpoint)  # "default": the shipped model
     run_config = find_run_config(checkpoint)
     config = load_config(run_config, overrides)
     topology = config.model.topology if run_config is not None or _given(overrides, "model.topology") else None

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         "Writes OUT/<image>/person_XX.{obj,ply,glb,json}, scene.glb and overlay.png.",
     )
     infer.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or video files")
-    infer.add_argument("--checkpoint", required=True, help="our .safetensors checkpoint (or an official .bin with --topology)")
+    infer.add_argument("--checkpoint", help="our .safetensors checkpoint (or an official .bin with --topology); "
+                       "default: the model shipped with fastmetro")
     infer.add_argument("--out", required=True, help="output folder")
     boxes = infer.add_mutually_exclusive_group()
     boxes.add_argument("--bbox", action="append", metavar="X,Y,W,H",
@@ -114,7 +115,14 @@ def run_infer(args) -> int:
     check_infer_options(args)
     boxes = box_source_from_args(args)
     paths = image_io.expand_inputs(args.inputs)
-    predictor = Predictor(checkpoint=args.checkpoint, topology=args.topology, device=args.device,
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from fastmetro.inference.defaults import find_default_checkpoint
+
+        default = find_default_checkpoint()
+        print(f"no --checkpoint given: using {default.origin}", file=sys.stderr, flush=True)
+        checkpoint = default.path
+    predictor = Predictor(checkpoint=checkpoint, topology=args.topology, device=args.device,
                           image_size=args.image_size, batch_size=args.batch_size, box_expand=args.box_expand,
                           focal_length=args.focal_length, data_dir=args.data_dir,
                           body_model=args.body_model)

@@ -14,6 +14,7 @@ vertex and joint identities are kept.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 from fastmetro.inference.boxes import SIDES, PersonBox, person_boxes
 from fastmetro.model.fast import inference_view
+
+logger = logging.getLogger("fastmetro.inference")
 
 
 @dataclass
@@ -106,7 +109,9 @@ class Predictor:
 
     Args:
         checkpoint: our ``.safetensors`` checkpoint (with its JSON) or an official ``.bin``
-            (loaded with :func:`fastmetro.load_model`).
+            (loaded with :func:`fastmetro.load_model`). With neither ``checkpoint`` nor ``model``:
+            the default model (:func:`fastmetro.inference.defaults.find_default_checkpoint`, the
+            one shipped with fastmetro), said once in a log message.
         model: an already built network (instead of ``checkpoint``).
         topology: name / path / Topology; defaults to the checkpoint's or the model's.
         device: torch device for the network.
@@ -138,8 +143,14 @@ class Predictor:
         detector=None,
         body_model=None,
     ):
-        if (checkpoint is None) == (model is None):
-            raise FastMetroError("Predictor needs exactly one of checkpoint= or model=")
+        if checkpoint is not None and model is not None:
+            raise FastMetroError("Predictor takes checkpoint= or model=, not both")
+        if checkpoint is None and model is None:
+            from fastmetro.inference.defaults import find_default_checkpoint
+
+            default = find_default_checkpoint()
+            logger.info("no checkpoint given: using %s", default.origin)
+            checkpoint = default.path
         if checkpoint is not None:
             from fastmetro.model.factory import load_model
 

@@ -74,7 +74,8 @@ def load_model(
     """Build the network stored in ``checkpoint`` and load its weights (strictly).
 
     Args:
-        checkpoint: our ``.safetensors`` (with its ``.json``) or an official ``*_state_dict.bin``.
+        checkpoint: our ``.safetensors`` (with its ``.json``), an official ``*_state_dict.bin``, or
+            ``"default"``.
         topology: defaults to the one the checkpoint's spec names (``anny``/``smpl``/``mano``
             need ``data_dir`` for SMPL/MANO); a topology whose sizes do not fit is an error.
         device: where the model goes.
@@ -82,9 +83,12 @@ def load_model(
             layers do not tell (flavor is always read from the layers).
         **overrides: architecture overrides that leave the weights' shapes unchanged (e.g.
             ``dropout=0.0`` for fine-tuning).
-    Every problem is a one-line :class:`FastMetroError` naming the file.
+    Every problem is a one-line :class:`FastMetroError` naming the file. ``"default"`` (when no
+    file has that name) is the model shipped with fastmetro (:mod:`fastmetro.weights`).
     """
-    path = Path(checkpoint)
+    from fastmetro.weights import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
     if not path.is_file():
         raise FastMetroError(f"{path}: checkpoint not found")
     try:
