@@ -36,7 +36,9 @@ def test_square_box_keeps_centre_and_uses_longer_side():
     "box", [(0, 0, 0, 10), (0, 0, 10, -1), (float("nan"), 0, 5, 5), (700, 10, 50, 50), (-80, 10, 50, 50), (1, 2, 3)]
 )
 def test_bad_boxes_are_refused(box):
-    with pytest.raises(cam.BoxError):
+    from fastmetro.errors import FastMetroError
+
+    with pytest.raises(FastMetroError):
         cam.square_box(box, image_size=(640, 480))
 
 

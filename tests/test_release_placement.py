@@ -62,4 +62,6 @@ def test_release_checkpoint_is_placed_like_the_released_demo(tmp_path, smpl_topo
     assert abs(person.translation[2] - 2 * person.intrinsics[0, 0] / (crop_box.side * s)) < 1e-9
     # Projecting the raw output instead would be off by s * root_xy of the crop: tens of pixels.
     raw_pixels = perspective_project(fine + person.translation, person.intrinsics)
-    assert np.linalg.norm(raw_pixels - released, axis=1).min() > 10
+    raw_error = np.linalg.norm(raw_pixels - released, axis=1)
+    print(f"projecting the raw output instead: mean {raw_error.mean():.1f} px, min {raw_error.min():.1f} px")
+    assert raw_error.min() > 10

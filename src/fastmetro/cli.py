@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fastmetro.engine.commands",  # train, eval
     "fastmetro.inference.commands",  # infer, export
     "fastmetro.app.commands",  # app
+    "fastmetro.bench.commands",  # bench
 )
 
 

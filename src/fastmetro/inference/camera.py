@@ -40,15 +40,12 @@ from fastmetro.conventions import (
     warp_crop,
     weak_perspective_project,
 )
+from fastmetro.errors import FastMetroError
 
 #: The released demo's perspective focal length for a 224-pixel crop (pixels).
 RELEASED_CROP_FOCAL = 1000.0
 #: The released crop size (pixels).
 CROP_SIZE = 224
-
-
-class BoxError(ValueError):
-    """A person box that cannot be used (zero size, not finite, outside the image)."""
 
 
 @dataclass(frozen=True)
@@ -104,22 +101,18 @@ def square_box(
         image_size: (W, H); when given, a box that does not overlap the image is refused.
 
     Raises:
-        BoxError: zero/negative size, non-finite numbers, or no overlap with the image.
+        FastMetroError: the numbers (:func:`fastmetro.inference.boxes.check_box`), the
+            expansion, or no overlap with the image.
     """
-    values = [float(v) for v in box_xywh]
-    if len(values) != 4:
-        raise BoxError(f"a box needs 4 numbers x,y,w,h, got {len(values)}")
-    x, y, w, h = values
-    if not all(math.isfinite(v) for v in values):
-        raise BoxError(f"box {values} has a non-finite number")
-    if w <= 0 or h <= 0:
-        raise BoxError(f"box {values} has zero or negative size")
+    from fastmetro.inference.boxes import check_box
+
+    x, y, w, h = check_box(box_xywh)
     if not (expand > 0 and math.isfinite(expand)):
-        raise BoxError(f"box expansion must be positive, got {expand}")
+        raise FastMetroError(f"box expansion must be positive, got {expand}")
     if image_size is not None:
         width, height = image_size
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            raise BoxError(f"box {values} lies outside the {width}x{height} image")
+            raise FastMetroError(f"box {[x, y, w, h]} lies outside the {width}x{height} image")
     return CropBox(center=(x + w / 2.0, y + h / 2.0), side=expand * max(w, h))
 
 
@@ -222,7 +215,6 @@ def _checked_camera(camera: Sequence[float]) -> tuple[float, float, float]:
 
 
 __all__ = [
-    "BoxError",
     "CropBox",
     "CROP_SIZE",
     "RELEASED_CROP_FOCAL",

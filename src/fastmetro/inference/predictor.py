@@ -26,6 +26,7 @@ from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, 
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 from fastmetro.inference.boxes import SIDES, PersonBox, person_boxes
+from fastmetro.model.fast import inference_view
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Predictor:
         if image_size < 32:
             raise FastMetroError(f"image_size must be >= 32, got {image_size}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = inference_view(model.to(self.device).eval())  # the fast path (same function)
         self.topology = model.topology
         self.image_size = int(image_size)
         self.normalisation = (spec.input.mean, spec.input.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
@@ -361,7 +362,7 @@ def _checked_image(image, source: str) -> np.ndarray:
 def _crop_box(person: PersonBox, expand: float, image_size, source: str) -> cam.CropBox:
     try:
         return cam.square_box(person.box, expand=expand, image_size=image_size)
-    except cam.BoxError as error:
+    except FastMetroError as error:
         raise FastMetroError(f"{source}: {error}") from None
 
 

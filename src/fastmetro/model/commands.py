@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         description="List every preset (both flavors, body and hand) and the Table 4 ablations of "
         "FastMETRO-S-R50, with parameter counts. Counts need no data files: the models are built "
         "on the meta device with the built-in mesh sizes (SMPL 6890/1723/431, 14 joints; "
-        "MANO 778/195, 21 joints).",
+        "MANO 778/195, 21 joints). METRO-<backbone> rows are the METRO-style baseline.",
     )
     models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     models.add_argument("--flavor", choices=("paper", "release"), help="only this flavor")
@@ -37,8 +37,11 @@ def register(subparsers) -> None:
     convert.set_defaults(func=_convert)
 
 
-def model_rows(flavors=("paper", "release"), tasks=("body", "hand"), ablations: bool = True) -> list[dict]:
-    """One dict per (preset, flavor, task): name, flavor, task and the three counts."""
+def model_rows(
+    flavors=("paper", "release"), tasks=("body", "hand"), ablations: bool = True, metro: bool = True
+) -> list[dict]:
+    """One dict per (preset, flavor, task): name, flavor, task and the three counts; then the
+    METRO-style baselines (flavor "-")."""
     from fastmetro.model.presets import ABLATIONS, count_parameters, preset_names
 
     rows = []
@@ -50,13 +53,19 @@ def model_rows(flavors=("paper", "release"), tasks=("body", "hand"), ablations: 
         for ablation in ABLATIONS:
             name = f"FastMETRO-S-R50+{ablation}"
             rows.append({"name": name, "flavor": "paper", "task": "body", **count_parameters(name, "paper", "body")})
+    if metro:  # the METRO-style baseline (no flavors)
+        from fastmetro.model.metro import metro_preset_names
+
+        for name in metro_preset_names():
+            for task in tasks:
+                rows.append({"name": name, "flavor": "-", "task": task, **count_parameters(name, "paper", task)})
     return rows
 
 
 def _models(args) -> int:
     flavors = (args.flavor,) if args.flavor else ("paper", "release")
     tasks = (args.task,) if args.task else ("body", "hand")
-    rows = model_rows(flavors, tasks, ablations=not args.no_ablations)
+    rows = model_rows(flavors, tasks, ablations=not args.no_ablations, metro=not args.flavor)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, parameter_counts
+from fastmetro.model.metro import METRO, METROConfig, canonical_metro_name, is_metro_name, metro_config
 from fastmetro.model.spec import FLAVOR_NAMES, ModelSpec
 
 VARIANT_LAYERS = {"S": 1, "M": 2, "L": 3}
@@ -94,6 +95,8 @@ def parse_name(name: str) -> PresetName:
 
 
 def canonical_name(name: str) -> str:
+    if is_metro_name(name):
+        return canonical_metro_name(name)
     return str(parse_name(name))
 
 
@@ -107,6 +110,8 @@ def preset_names(ablations: bool = False) -> list[str]:
 
 def model_config(name: str, flavor: str = "paper", **overrides) -> FastMETROConfig:
     """Config of a named preset in a flavor, with optional :class:`FastMETROConfig` field overrides."""
+    if is_metro_name(name):  # the METRO-style baseline (no flavors)
+        return metro_config(name, **overrides)
     parsed = parse_name(name)
     if flavor not in FLAVORS:
         raise FastMetroError(f"unknown flavor {flavor!r}: use one of {tuple(FLAVORS)}")
@@ -153,12 +158,17 @@ def sized_topology(task: str):
     )
 
 
+def network_class(config) -> type:
+    """The network class a config builds: METRO for :class:`METROConfig`, else FastMETRO."""
+    return METRO if isinstance(config, METROConfig) else FastMETRO
+
+
 def build_on_meta(config: FastMETROConfig, topology) -> FastMETRO:
     """Build without allocating weights (instant even for HRNet-W64); for shapes and counts."""
     import torch
 
     with torch.device("meta"):
-        return FastMETRO(config, topology)
+        return network_class(config)(config, topology)
 
 
 def count_parameters(name: str, flavor: str = "paper", task: str = "body", **overrides) -> dict[str, int]:
@@ -188,4 +198,4 @@ def build_model(spec: ModelSpec, topology, pretrained: bool = False) -> FastMETR
             f"{spec.topology.num_joints} joints, not '{topology.name}' {tuple(topology.level_vertex_counts)} "
             f"with {topology.num_joints}"
         )
-    return FastMETRO(config, topology, pretrained_backbone=pretrained, spec=spec)
+    return network_class(config)(config, topology, pretrained_backbone=pretrained, spec=spec)

@@ -17,10 +17,9 @@ point at the image centre, OpenCV camera axes). What changes:
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from fastmetro.data.synthetic.scene import (
-    MARGIN, ROLL_DEGREES, WIDE_ROLL_DEGREES, WIDE_ROLL_PROBABILITY, WORLD_TO_FRONT_CAMERA, Camera,
+    MARGIN, ROLL_DEGREES, WIDE_ROLL_DEGREES, WIDE_ROLL_PROBABILITY, Camera, View,
 )
 
 STEEP_PROBABILITY = 0.15
@@ -67,33 +66,16 @@ def sample_framed_camera(
 
     # Tilting the camera's x axis by +elevation turns its view down (version 1's sample_camera
     # turns it by -elevation: its "elevation" in fact looked up from below for positive values).
-    rotation = (
-        Rotation.from_euler("z", roll, degrees=True).as_matrix()
-        @ Rotation.from_euler("x", elevation, degrees=True).as_matrix()
-        @ WORLD_TO_FRONT_CAMERA
-        @ Rotation.from_euler("z", yaw, degrees=True).as_matrix()
-    )
-    points = vertices @ rotation.T
-    centre = (points.min(0) + points.max(0)) / 2.0
-    points = points - centre
-    tan_half = (size / 2.0 - 0.5) * (1.0 - 2.0 * margin) / focal
-    needed = np.max(np.abs(points[:, :2]).max(1) / tan_half - points[:, 2])
-    principal = (size - 1) / 2.0
-    intrinsics = np.array([[focal, 0.0, principal], [0.0, focal, principal], [0.0, 0.0, 1.0]])
+    view = View.of(vertices, yaw, elevation, roll, size, focal, margin)
+    rotation, intrinsics = view.rotation, view.intrinsics
     if cut:
-        distance = max(needed / zoom, NEAREST_DEPTH - points[:, 2].min())
-        target = joints[target_joint] @ rotation.T - centre
+        distance = max(view.needed / zoom, NEAREST_DEPTH - view.points[:, 2].min())
+        target = joints[target_joint] @ rotation.T - view.centre
         depth = target[2] + distance
         shift = target_spot / focal * depth - target[:2]
-        translation = np.array([shift[0], shift[1], distance]) - centre
+        translation = np.array([shift[0], shift[1], distance]) - view.centre
         camera = Camera(rotation, translation, intrinsics)
         if in_image(camera.project(camera.to_camera(joints)), size).sum() >= MIN_VISIBLE_JOINTS:
             return camera, True
     # The whole body in view, off-centre within the spare room (as generator version 1).
-    distance = needed * (1.0 + 0.15 * slack[0])
-    depth = points[:, 2] + distance
-    room_x = tan_half - np.max(np.abs(points[:, 0]) / depth)
-    room_y = tan_half - np.max(np.abs(points[:, 1]) / depth)
-    shift = np.array([(2 * slack[1] - 1) * room_x, (2 * slack[2] - 1) * room_y]) * depth.min() * 0.8
-    translation = np.array([shift[0], shift[1], distance]) - centre
-    return Camera(rotation, translation, intrinsics), False
+    return Camera(rotation, view.whole_body_translation(slack), intrinsics), False

@@ -83,30 +83,56 @@ def sample_camera(rng: np.random.Generator, vertices: np.ndarray, size: int) -> 
     margin = rng.uniform(*MARGIN)
     slack = rng.uniform(0.0, 1.0, size=3)
 
-    # Turn the body (about world up), view from above (about the camera's x), roll in-plane.
-    rotation = (
-        Rotation.from_euler("z", roll, degrees=True).as_matrix()
-        @ Rotation.from_euler("x", -elevation, degrees=True).as_matrix()
-        @ WORLD_TO_FRONT_CAMERA
-        @ Rotation.from_euler("z", yaw, degrees=True).as_matrix()
-    )
-    points = vertices @ rotation.T
-    centre = (points.min(0) + points.max(0)) / 2.0
-    points = points - centre
-    # Smallest distance d with |x| / (z + d) <= tan_half for every vertex and both image axes.
-    tan_half = (size / 2.0 - 0.5) * (1.0 - 2.0 * margin) / focal
-    needed = np.max(np.abs(points[:, :2]).max(1) / tan_half - points[:, 2])
-    distance = needed * (1.0 + 0.15 * slack[0])
-    # Use part of the spare room to move the body off-centre (still fully inside).
-    depth = points[:, 2] + distance
-    room_x = tan_half - np.max(np.abs(points[:, 0]) / depth)
-    room_y = tan_half - np.max(np.abs(points[:, 1]) / depth)
-    shift = np.array([(2 * slack[1] - 1) * room_x, (2 * slack[2] - 1) * room_y]) * depth.min() * 0.8
-    # camera point = rotated point - centre + (shift, distance)
-    translation = np.array([shift[0], shift[1], distance]) - centre
-    principal = (size - 1) / 2.0
-    intrinsics = np.array([[focal, 0.0, principal], [0.0, focal, principal], [0.0, 0.0, 1.0]])
-    return Camera(rotation, translation, intrinsics)
+    # This first sampler tilts by -elevation: positive values in fact look up from below.
+    view = View.of(vertices, yaw, -elevation, roll, size, focal, margin)
+    return Camera(view.rotation, view.whole_body_translation(slack), view.intrinsics)
+
+
+@dataclass(frozen=True)
+class View:
+    """A body seen from a direction, centred; what both camera samplers frame from.
+
+    ``rotation``: turn about world up (yaw), tilt about the camera's x (``tilt`` degrees, + = the
+    view turns down), roll in-plane. ``points``: rotated vertices minus their box ``centre``;
+    ``tan_half``: half the usable image (``margin`` left free) in tangent units; ``needed``: the
+    smallest distance d with |x| / (z + d) <= tan_half for every vertex and both image axes.
+    """
+
+    rotation: np.ndarray
+    points: np.ndarray
+    centre: np.ndarray
+    intrinsics: np.ndarray
+    tan_half: float
+    needed: float
+
+    @classmethod
+    def of(cls, vertices: np.ndarray, yaw: float, tilt: float, roll: float, size: int, focal: float,
+           margin: float) -> "View":
+        rotation = (
+            Rotation.from_euler("z", roll, degrees=True).as_matrix()
+            @ Rotation.from_euler("x", tilt, degrees=True).as_matrix()
+            @ WORLD_TO_FRONT_CAMERA
+            @ Rotation.from_euler("z", yaw, degrees=True).as_matrix()
+        )
+        points = vertices @ rotation.T
+        centre = (points.min(0) + points.max(0)) / 2.0
+        points = points - centre
+        tan_half = (size / 2.0 - 0.5) * (1.0 - 2.0 * margin) / focal
+        needed = float(np.max(np.abs(points[:, :2]).max(1) / tan_half - points[:, 2]))
+        principal = (size - 1) / 2.0
+        intrinsics = np.array([[focal, 0.0, principal], [0.0, focal, principal], [0.0, 0.0, 1.0]])
+        return cls(rotation, points, centre, intrinsics, tan_half, needed)
+
+    def whole_body_translation(self, slack: np.ndarray) -> np.ndarray:
+        """The body fully in view, a little further than needed and off-centre within the spare
+        room, by the three uniform draws ``slack``; camera point = rotated point + this."""
+        points, tan_half = self.points, self.tan_half
+        distance = self.needed * (1.0 + 0.15 * slack[0])
+        depth = points[:, 2] + distance
+        room_x = tan_half - np.max(np.abs(points[:, 0]) / depth)
+        room_y = tan_half - np.max(np.abs(points[:, 1]) / depth)
+        shift = np.array([(2 * slack[1] - 1) * room_x, (2 * slack[2] - 1) * room_y]) * depth.min() * 0.8
+        return np.array([shift[0], shift[1], distance]) - self.centre
 
 
 def sample_light(rng: np.random.Generator) -> Light:
