@@ -121,7 +121,7 @@ def test_trainer_trains_and_checkpoints_metro(tmp_path, smpl_topology):
     trainer.fit()
     assert sum(losses[-2:]) < sum(losses[:2])
     loaded = fastmetro.create_model(topology=smpl_topology, checkpoint=tmp_path / "run" / "last.safetensors").eval()
-    assert type(loaded).__name__ == "METRO" and loaded.preset_name == "METRO-R18"
+    assert type(loaded).__name__ == "METRO" and loaded.spec.name == "METRO-R18"
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images)["fine_vertices"], trainer.model.eval()(images)["fine_vertices"])

@@ -59,3 +59,15 @@ def test_demo_config_is_packaged_and_valid(tmp_path, monkeypatch):
     (tmp_path / "demo").write_text("train: {steps: 3}\n")
     assert config_path("demo") == Path("demo")
     assert load_config(config_path("demo")).train.steps == 3
+
+
+def test_metro_baseline_configs_take_metro_overrides():
+    config = load_config(None, ["model.name=metro-r18", "model.overrides.hidden_dims=[64, 16, 8]",
+                                "model.overrides.output_dims=[32, 8]", "model.overrides.intermediate_size=192"])
+    assert config.model.overrides == {"hidden_dims": [64, 16, 8], "output_dims": [32, 8], "intermediate_size": 192}
+    with pytest.raises(FastMetroError, match="unknown option.*model_dims"):  # a FastMETRO field
+        load_config(None, ["model.name=METRO-R18", "model.overrides.model_dims=[64, 16]"])
+    with pytest.raises(FastMetroError, match="hidden_dims must be >= 1"):
+        load_config(None, ["model.name=METRO-R18", "model.overrides.hidden_dims=[64, 0, 8]"])
+    with pytest.raises(FastMetroError, match="model.name"):
+        load_config(None, ["model.name=METRO-X9"])

@@ -337,24 +337,28 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
 
 
 def _check_model(config: ExperimentConfig) -> None:
-    """``model.name``/``flavor`` must be a preset and ``model.overrides`` typed FastMETROConfig fields."""
+    """``model.name``/``flavor`` must be a preset and ``model.overrides`` typed fields of its config
+    (:class:`FastMETROConfig`, or :class:`~fastmetro.model.metro.METROConfig` for ``METRO-*``)."""
     from fastmetro.model.fastmetro import FastMETROConfig
+    from fastmetro.model.metro import METROConfig, canonical_metro_name, is_metro_name
     from fastmetro.model.presets import FLAVORS, model_config, parse_name
 
+    metro = is_metro_name(config.model.name)
     try:
-        parse_name(config.model.name)
+        canonical_metro_name(config.model.name) if metro else parse_name(config.model.name)
     except FastMetroError as error:
         raise FastMetroError(f"model.name: {error}") from None
     if config.model.flavor not in FLAVORS:
         raise FastMetroError(f"model.flavor must be one of {', '.join(FLAVORS)} (got {_short(config.model.flavor)})")
-    hints = typing.get_type_hints(FastMETROConfig)
+    hints = typing.get_type_hints(METROConfig if metro else FastMETROConfig)
     unknown = sorted(set(config.model.overrides) - set(hints))
     if unknown:
         raise FastMetroError(f"model.overrides: unknown option(s) {unknown}; known: {sorted(hints)}")
     overrides = {key: _coerce(value, hints[key], f"model.overrides.{key}") for key, value in config.model.overrides.items()}
-    for key in ("num_heads", "num_encoder_layers", "num_decoder_layers", "model_dims", "feedforward_dims"):
-        values = overrides.get(key, 1)
-        if any(v < 1 for v in (values if isinstance(values, list) else [values])):
+    for key in ("num_heads", "num_encoder_layers", "num_decoder_layers", "model_dims", "feedforward_dims",
+                "hidden_dims", "output_dims", "num_layers", "intermediate_size", "camera_hidden"):
+        values = overrides.get(key)  # intermediate_size may be None (= 4 x hidden)
+        if values is not None and any(v < 1 for v in (values if isinstance(values, list) else [values])):
             raise FastMetroError(f"model.overrides.{key} must be >= 1 (got {values})")
     try:
         model_config(config.model.name, config.model.flavor, **overrides)
