@@ -43,8 +43,25 @@ UPSAMPLINGS = ("fixed", "learnable_coarse", "learnable")
 ATTENTION_MASKS = ("mesh", "none", "half_heads")
 
 
+class ArchitectureOptions:
+    """``replace`` (checked option names) and ``to_dict`` for the frozen architecture dataclasses."""
+
+    KIND = "FastMETRO"
+
+    def replace(self, **changes):
+        """A copy with ``changes``; an unknown option name is a one-line error listing the valid ones."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise FastMetroError(f"unknown {self.KIND} config option(s) {sorted(unknown)}; valid: {valid}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class FastMETROConfig:
+class FastMETROConfig(ArchitectureOptions):
     """Architecture of one FastMETRO network (everything except the mesh topology).
 
     Attributes:
@@ -113,15 +130,6 @@ class FastMETROConfig:
         if problems:
             raise FastMetroError("invalid FastMETRO config: " + "; ".join(problems))
 
-    def replace(self, **changes) -> "FastMETROConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            valid = ", ".join(f.name for f in dataclasses.fields(self))
-            raise FastMetroError(f"unknown FastMETRO config option(s) {sorted(unknown)}; valid: {valid}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 _INT_LIMITS = {"num_encoder_layers": 64, "num_decoder_layers": 64, "num_heads": 1024}

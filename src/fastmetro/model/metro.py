@@ -41,7 +41,6 @@ later released body variant that replaces the global feature by a Conv1d over th
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ from torch import nn
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model.backbone import backbone_channels, build_backbone
-from fastmetro.model.fastmetro import VertexLinear, level_name
+from fastmetro.model.fastmetro import ArchitectureOptions, VertexLinear, level_name
 
 #: Parameters of METRO's released encoder blocks that it never uses (445 tokens, legacy widths
 #: 1024/256/128): BERT word embeddings 30522 x (1024 + 256 + 128) = 42,974,976, BERT position
@@ -66,7 +65,7 @@ _NAME = re.compile(r"^metro-([a-z0-9]+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class METROConfig:
+class METROConfig(ArchitectureOptions):
     """Architecture of a METRO-style network (see the module docstring).
 
     Attributes:
@@ -79,6 +78,8 @@ class METROConfig:
         dropout: 0.1. activation: "gelu" (BERT).
         camera_hidden: hidden width of the camera head (250).
     """
+
+    KIND = "METRO"
 
     backbone: str = "resnet50"
     backbone_keeps_classifier: bool = False
@@ -109,15 +110,6 @@ class METROConfig:
         if problems:
             raise FastMetroError("invalid METRO config: " + "; ".join(problems))
 
-    def replace(self, **changes) -> "METROConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            valid = ", ".join(f.name for f in dataclasses.fields(self))
-            raise FastMetroError(f"unknown METRO config option(s) {sorted(unknown)}; valid: {valid}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def is_metro_name(name) -> bool:
