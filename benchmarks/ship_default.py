@@ -1,0 +1,93 @@
+"""Ship a two-stage training run as the package's default model, with its recipe (run by hand).
+
+Usage::
+
+    python benchmarks/ship_default.py --stage1 runs/default_stage1 --stage2 runs/default \\
+        --benchmark generalisation.json [--finetune finetune.json] [--folder src/fastmetro/weights]
+
+Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
+data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
+``default.safetensors`` (float16), ``default.json`` and ``default_recipe.json`` through
+:func:`fastmetro.weights.ship_checkpoint`. The recipe holds what is needed to make the model again:
+the data and training commands, both resolved configs (paths made relative to the working
+folder, as the commands write them), the seed, the commit, the evaluations during training and
+the benchmark figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+DATA_COMMANDS = {
+    "stage 1 data": "fastmetro synth --out data/synth_studio --num 10000 --size 128 --seed 5 --workers 2 "
+                    "--test-fraction 0.03 --backgrounds studio --no-occluders --generator-version 1 "
+                    "--vertices-dtype float16",
+    "stage 2 data": "fastmetro synth --out data/synth_default --num 30000 --size 128 --seed 0 --workers 2 "
+                    "--vertices-dtype float16 --test-fraction 0.02 --preview",
+    "generalisation set": "fastmetro synth --split generalisation --out data/synth_general --num 400 --size 128 "
+                          "--seed 0 --workers 2 --vertices-dtype float16 --preview",
+    "stage 1": "OMP_WAIT_POLICY=PASSIVE fastmetro train default_stage1",
+    "stage 2": "OMP_WAIT_POLICY=PASSIVE fastmetro train default",
+    "benchmark": "python benchmarks/generalisation.py default --test data/synth_default/test.yaml "
+                 "--generalisation data/synth_general/test.yaml",
+}
+
+
+def _portable(config: dict, data: str, output_dir: str, checkpoint: str | None) -> dict:
+    """The run's config with the paths the recipe's commands use (relative to the working folder)."""
+    config["data"]["train"] = f"{data}/train.yaml"
+    config["data"]["val"] = f"{data}/test.yaml"
+    config["train"]["output_dir"] = output_dir
+    config["model"]["checkpoint"] = checkpoint
+    return config
+
+
+def _stage(run: Path, data: str, output_dir: str, checkpoint: str | None) -> dict:
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    evaluations = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"config": _portable(config, data, output_dir, checkpoint), "evaluations": evaluations}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stage1", type=Path, required=True, help="stage 1's training folder")
+    parser.add_argument("--stage2", type=Path, required=True, help="stage 2's training folder (its last weights ship)")
+    parser.add_argument("--benchmark", type=Path, required=True, help="benchmarks/generalisation.py --json output")
+    parser.add_argument("--finetune", type=Path, help="JSON of the fine-tune comparison (README), if measured")
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
+    parser.add_argument("--folder", type=Path, default=Path("src/fastmetro/weights"))
+    args = parser.parse_args()
+
+    from fastmetro.weights import ship_checkpoint
+
+    stage2 = _stage(args.stage2, "data/synth_default", "runs/default", "runs/default_stage1/last.safetensors")
+    config = stage2["config"]
+    manifests = {name: json.loads((args.data_root / name / "synth.json").read_text())
+                 for name in ("synth_studio", "synth_default", "synth_general")}
+    recipe = {
+        "model": config["model"]["name"],
+        "flavor": config["model"].get("flavor"),
+        "overrides": config["model"]["overrides"],
+        "image_size": config["data"]["image_size"],
+        "topology": config["model"]["topology"],
+        "seed": config["train"]["seed"],
+        "commands": DATA_COMMANDS,
+        "data": manifests,
+        "stage1": _stage(args.stage1, "data/synth_studio", "runs/default_stage1", None),
+        "stage2": stage2,
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "benchmark": json.loads(args.benchmark.read_text()).get("sets"),
+    }
+    if args.finetune:
+        recipe["finetune"] = json.loads(args.finetune.read_text())
+    shipped = ship_checkpoint(args.stage2 / "last.safetensors", args.folder, recipe)
+    print(shipped.path, shipped.recipe["size_bytes"], shipped.recipe["sha256"])
+
+
+if __name__ == "__main__":
+    main()
