@@ -14,23 +14,23 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump({
         "model": {"name": "FastMETRO-S-R18", "topology": "anny", "overrides": TINY_MODEL_OVERRIDES},
-        # Fit 4 images (every batch = the whole set) and evaluate on them: what 24 steps guarantee
+        # Fit 4 images (every batch = the whole set) and evaluate on them: what 48 steps guarantee
         # on any CPU is a clear fit of the training data, not generalisation from 12 images.
         "data": {"train": str(synthetic_dataset.test_yaml), "val": str(synthetic_dataset.test_yaml),
                  "image_size": 64, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "augment": False},
         "optim": {"lr": 1e-3},
-        "train": {"steps": 24, "eval_every": 12, "log_every": 4, "progress": False, "tensorboard": False},
+        "train": {"steps": 48, "eval_every": 24, "log_every": 8, "progress": False, "tensorboard": False},
     }))
     run = tmp_path / "run"
     assert main(["train", str(config_path), f"train.output_dir={run}", "--skip-bad-rows"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["skip_bad_rows"] is True
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in logged] == [12, 24]
+    assert [entry["step"] for entry in logged] == [24, 48]
     out = capsys.readouterr().out
     losses = [float(line.split("loss ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("step ")
               and "loss" in line]
-    assert len(losses) == 6 and losses[-1] < 0.85 * losses[0]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]  # measured 0.43
 
     # The run's own starting point: the trainer seeds (train.seed, default 88) before building.
     import fastmetro
@@ -56,8 +56,8 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     # The CLI's numbers are the trainer's numbers for the same weights and data.
     assert abs(trained["pa_mpjpe"] - logged[-1]["pa_mpjpe"]) < 1e-3
     print({name: {key: round(value[key], 1) for key in ("pa_mpjpe", "mpvpe")} for name, value in results.items()})
-    assert trained["pa_mpjpe"] < 0.8 * untrained["pa_mpjpe"]  # measured 0.71 (generator v2 poses)
-    assert trained["mpvpe"] < 0.9 * untrained["mpvpe"]  # measured 0.78
+    assert trained["pa_mpjpe"] < 0.7 * untrained["pa_mpjpe"]  # measured 0.44
+    assert trained["mpvpe"] < 0.85 * untrained["mpvpe"]  # measured 0.65
 
 
 def test_eval_missing_checkpoint_is_one_line_error(tmp_path, capsys, synthetic_dataset):
