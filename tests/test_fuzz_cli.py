@@ -42,8 +42,8 @@ def shard(tmp_path):
 
 def eval_args(assets, data, workers: int = 1):
     _, topology_path, checkpoint = assets
-    return ["eval", "--checkpoint", checkpoint, "--data", data, "--topology", topology_path, "--image-size", "64",
-            "--batch-size", "2", "--workers", str(workers), "--json"]
+    return ["eval", "--checkpoint", checkpoint, "--data", data, f"model.topology={topology_path}",
+            "data.image_size=64", "data.val_batch_size=2", f"data.num_workers={workers}", "--json"]
 
 
 def train_args(assets, data, tmp_path, *overrides, workers: int = 0):
@@ -201,7 +201,7 @@ def test_train_on_an_empty_dataset_is_one_line(assets, shard, tmp_path, capsys):
 
 @pytest.mark.parametrize("device", ["bogus", "cuda:99" if not torch.cuda.is_available() else "cuda:4096"])
 def test_eval_with_a_bad_device_is_one_line(assets, shard, capsys, device):
-    expect_cli_error(eval_args(assets, shard) + ["--device", device], capsys, names=(device,))
+    expect_cli_error(eval_args(assets, shard) + [f"train.device={device}"], capsys, names=(device,))
 
 
 # ---------------------------------------------------------------------------- other readers

@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options too (`eval --data D --json data.num_workers=0`):
+    # argparse ends a `nargs="*"` positional at the first option, so collect the rest here.
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.parse_args(argv)  # the usual "unrecognized arguments" error and exit 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

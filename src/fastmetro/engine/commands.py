@@ -42,25 +42,11 @@ def _train(args) -> int:
     return 0
 
 
-#: ``fastmetro eval`` options that are shorthands for training-config overrides (option dest -> key).
-EVAL_SHORTCUTS = {
-    "topology": "model.topology",
-    "image_size": "data.image_size",
-    "batch_size": "data.val_batch_size",
-    "workers": "data.num_workers",
-    "max_samples": "data.max_val_samples",
-    "body_model": "data.body_model",
-    "device": "train.device",
-}
-
-
 def _eval(args) -> int:
     from fastmetro.engine.evaluate import format_metrics
     from fastmetro.engine.evaluate_checkpoint import evaluate_checkpoint
 
-    overrides = [f"{key}={getattr(args, dest)}" for dest, key in EVAL_SHORTCUTS.items()
-                 if getattr(args, dest) is not None] + list(args.overrides)
-    values = evaluate_checkpoint(args.checkpoint, args.data, overrides, progress=not args.json or args.progress)
+    values = evaluate_checkpoint(args.checkpoint, args.data, args.overrides, progress=not args.json or args.progress)
     if args.json:
         print(json.dumps(values))
     else:
@@ -101,13 +87,6 @@ def register(subparsers) -> None:
     evaluate.add_argument("--checkpoint", required=True, help="our .safetensors or an official *_state_dict.bin")
     evaluate.add_argument("--data", required=True, help="dataset yaml (METRO TSV format)")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training-config overrides")
-    evaluate.add_argument("--topology", help="topology name or .npz (default: the checkpoint's)")
-    evaluate.add_argument("--image-size", type=int, help="input crop size (default: the checkpoint's)")
-    evaluate.add_argument("--batch-size", type=int, help="same as data.val_batch_size=...")
-    evaluate.add_argument("--workers", type=int, help="same as data.num_workers=...")
-    evaluate.add_argument("--max-samples", type=int, help="same as data.max_val_samples=...")
-    evaluate.add_argument("--body-model", help="same as data.body_model=... (SMPL/MANO .pkl/.npz, or anny)")
-    evaluate.add_argument("--device", help="same as train.device=... (auto, cpu, cuda, cuda:N)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--progress", action="store_true", help="show the progress bar even with --json")
     evaluate.set_defaults(func=_eval)
