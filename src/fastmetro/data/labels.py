@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastmetro.conventions import SCALE_UNIT, side_from_scale
 from fastmetro.data.tsv.errors import BadRowError
 
 # The released 24-joint superset (R_Ankle .. L_Wrist, Neck, Top_of_Head, Pelvis, Thorax, Spine,
@@ -170,9 +171,9 @@ def _box(label: dict, image_hw, source, key) -> tuple[np.ndarray, float]:
         if center is None or center.shape != (2,):
             raise BadRowError(source, key, "'center' must be [x, y]")
         scale_array = _array(label, "scale", source, key) if "scale" in label else None
-        if scale_array is None or scale_array.size != 1 or not MIN_BOX_SIDE <= 200 * scale_array[0] <= LIMIT:
-            raise BadRowError(source, key, f"'scale' must be one number in [{MIN_BOX_SIDE / 200:g}, {LIMIT / 200:g}] "
-                                           "(box side / 200)")
+        if scale_array is None or scale_array.size != 1 or not MIN_BOX_SIDE <= side_from_scale(scale_array[0]) <= LIMIT:
+            low, high = MIN_BOX_SIDE / SCALE_UNIT, LIMIT / SCALE_UNIT
+            raise BadRowError(source, key, f"'scale' must be one number in [{low:g}, {high:g}] (box side / 200)")
         return center, float(scale_array[0])
     if image_hw is not None:
         height, width = image_hw
