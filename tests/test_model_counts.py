@@ -124,3 +124,14 @@ def test_models_command_table(capsys):
     line = next(line for line in out.splitlines() if line.startswith("FastMETRO-L-H64 "))
     assert line.split()[-3:] == ["128,059,944", "24,869,894", "152,929,838"]
     assert "FastMETRO-S-R50+graph-conv" in out
+
+
+def test_models_command_counts_the_smpl_parameter_regressor(capsys):
+    from fastmetro.cli import main
+
+    assert main(["models", "--json", "--flavor", "release", "--task", "body", "--no-ablations"]) == 0
+    by_name = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    with_regressor, without = by_name["FastMETRO-L-H64+smpl-regressor"], by_name["FastMETRO-L-H64"]
+    # the released *_smpl_h36m / *_smpl_3dpw checkpoints: the regressor's 9,734,370 parameters on top
+    assert with_regressor["total_params"] - without["total_params"] == 9_734_370
+    assert with_regressor["total_params"] == 163_474_208

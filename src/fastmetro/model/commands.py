@@ -53,6 +53,9 @@ def model_rows(
         for ablation in ABLATIONS:
             name = f"FastMETRO-S-R50+{ablation}"
             rows.append({"name": name, "flavor": "paper", "task": "body", **count_parameters(name, "paper", "body")})
+    if "release" in flavors and "body" in tasks:  # the released *_smpl_h36m / *_smpl_3dpw checkpoints
+        counts = count_parameters("FastMETRO-L-H64", "release", "body", smpl_parameter_regressor=True)
+        rows.append({"name": "FastMETRO-L-H64+smpl-regressor", "flavor": "release", "task": "body", **counts})
     if metro:  # the METRO-style baseline (no flavors)
         from fastmetro.model.metro import metro_preset_names
 
