@@ -28,7 +28,17 @@ for start in default scratch; do
       "train.eval_every=$((STEPS / 3))" train.progress=false train.tensorboard=false
   touch "$run/done"
 done
-for start in default scratch; do
-  echo "from $start:"
-  cat "$OUT/from_$start/metrics.jsonl"
-done
+# Both runs' held-out evaluations, printed and in OUT/finetune.json (ship_default.py --finetune).
+python3 - "$OUT" "$STEPS" <<'PY'
+import json, sys
+from pathlib import Path
+out, steps = Path(sys.argv[1]), int(sys.argv[2])
+result = {"steps": steps, "batch_size": 16, "train_images": 800, "test_images": 200}
+for start in ("default", "scratch"):
+    lines = (out / f"from_{start}" / "metrics.jsonl").read_text().splitlines()
+    result[f"from_{start}"] = [json.loads(line) for line in lines if line.strip()]
+    for entry in result[f"from_{start}"]:
+        print(f"from {start:7s} step {entry['step']:4d}: " + ", ".join(
+            f"{key} {entry[key]:.1f}" for key in ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe")))
+(out / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+PY

@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/ship_default.py --stage1 runs/default_stage1 --stage2 runs/default \\
-        --benchmark generalisation.json [--finetune finetune.json] [--folder src/fastmetro/weights]
+        [--benchmark generalisation.json] [--finetune finetune.json] [--folder src/fastmetro/weights]
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stage1", type=Path, required=True, help="stage 1's training folder")
     parser.add_argument("--stage2", type=Path, required=True, help="stage 2's training folder (its last weights ship)")
-    parser.add_argument("--benchmark", type=Path, required=True, help="benchmarks/generalisation.py --json output")
+    parser.add_argument("--benchmark", type=Path, help="benchmarks/generalisation.py --json output (of the shipped file)")
     parser.add_argument("--finetune", type=Path, help="JSON of the fine-tune comparison (README), if measured")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
     parser.add_argument("--folder", type=Path, default=Path("src/fastmetro/weights"))
@@ -81,8 +81,9 @@ def main() -> None:
         "stage1": _stage(args.stage1, "data/synth_studio", "runs/default_stage1", None),
         "stage2": stage2,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "benchmark": json.loads(args.benchmark.read_text()).get("sets"),
     }
+    if args.benchmark:
+        recipe["benchmark"] = json.loads(args.benchmark.read_text()).get("sets")
     if args.finetune:
         recipe["finetune"] = json.loads(args.finetune.read_text())
     shipped = ship_checkpoint(args.stage2 / "last.safetensors", args.folder, recipe)
