@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/ship_default.py --stage1 runs/default_stage1 --stage2 runs/default \\
-        [--benchmark generalisation.json] [--finetune finetune.json] [--folder src/fastmetro/weights]
+        [--benchmark generalisation.json] [--finetune finetune.json] [--set KEY=JSON ...]
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--finetune", type=Path, help="JSON of the fine-tune comparison (README), if measured")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
     parser.add_argument("--folder", type=Path, default=Path("src/fastmetro/weights"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="another recipe entry, e.g. stage1_wall_minutes=12.6 or training_commit='\"abc\"'")
     args = parser.parse_args()
 
     from fastmetro.weights import ship_checkpoint
@@ -84,6 +86,9 @@ def main() -> None:
     }
     if args.benchmark:
         recipe["benchmark"] = json.loads(args.benchmark.read_text()).get("sets")
+    for item in args.set:
+        key, _, value = item.partition("=")
+        recipe[key] = json.loads(value)
     if args.finetune:
         recipe["finetune"] = json.loads(args.finetune.read_text())
     shipped = ship_checkpoint(args.stage2 / "last.safetensors", args.folder, recipe)
