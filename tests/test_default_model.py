@@ -193,3 +193,24 @@ def test_train_starts_from_the_default(installed, tmp_path):
     with pytest.raises(FastMetroError) as error:  # another architecture cannot start from these weights
         build_model(config, topology_module.load("anny"))
     assert "default.safetensors" in one_line(error)
+
+
+# ----------------------------------------------------------------------------- the real shipped files
+def test_the_package_ships_a_checked_default_model_with_its_recipe():
+    import fastmetro
+    from fastmetro.weights import shipped_checkpoint
+
+    shipped = shipped_checkpoint()  # SHA-256 of the weights against the recipe, spec readable
+    recipe = shipped.recipe
+    assert shipped.path.stat().st_size < 50e6 and recipe["stored_dtype"] == "float16"
+    assert {"stage 1", "stage 2", "stage 1 data", "stage 2 data"} <= set(recipe["commands"])
+    assert recipe["stage2"]["config"]["model"]["checkpoint"] == "runs/default_stage1/last.safetensors"
+    held_out = recipe["benchmark"]["held-out (training distribution)"]
+    assert held_out["model"]["pa_mpjpe"] < held_out["baseline"]["pa_mpjpe"]
+    model = fastmetro.load_model("default").eval()
+    assert model.spec.input.image_size == recipe["image_size"] == 64 and model.spec.flavor == "release"
+    assert all(p.dtype == torch.float32 and bool(torch.isfinite(p).all()) for p in model.parameters())
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    assert out["fine_vertices"].shape[-2:] == (model.topology.level_vertex_counts[0], 3)
+    assert bool(torch.isfinite(out["fine_vertices"]).all())
