@@ -368,10 +368,14 @@ class Renderer:
                  _color_array(part.color, len(part_vertices), "renderer occluder"), 0.0, part.normals)
             )
         vertex_data, index_data = _pack(parts)
-        self._upload(vertex_data, index_data)
-        self._set_uniforms(intrinsics, near, far, lights)
-        self._draw(background, len(index_data))
-        return self._read(with_depth)
+        # Make this renderer's context current for the whole draw: creating or releasing another
+        # context (another Renderer, in a test or an app) changes EGL's current context, and
+        # drawing into a context that is not current crashed the process (segfault in llvmpipe).
+        with self.ctx:
+            self._upload(vertex_data, index_data)
+            self._set_uniforms(intrinsics, near, far, lights)
+            self._draw(background, len(index_data))
+            return self._read(with_depth)
 
     def _set_uniforms(self, intrinsics: np.ndarray, near: float, far: float, lights: tuple[Light, ...]) -> None:
         program = self._program
