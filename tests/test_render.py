@@ -164,3 +164,34 @@ def test_torch_compiler_stack_imports_after_a_gl_context():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("other", ["renderer", "released", "raw_context"])
+def test_a_renderer_draws_into_its_own_context_after_others_come_and_go(other):
+    """Another GL context created (or released) in between must not redirect the draw: before the
+    fix the first renderer drew into whichever context was current (silently wrong masks here,
+    a segfault in the test suite)."""
+    import gc
+
+    from fastmetro.render import create_context
+
+    vertices = np.array([[0.0, 0.0, 2.0], [0.4, 0.0, 2.0], [0.0, 0.4, 2.0]], np.float32)
+    faces = np.array([[0, 1, 2]])
+    camera = np.array([[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]])
+    first = Renderer(64, 64)
+    expected = first.render(vertices, faces, camera)
+    if other == "renderer":
+        second = Renderer(32, 32, samples=4)
+        second.render(vertices, faces, camera)
+        del second
+        gc.collect()
+    elif other == "released":
+        with Renderer(48, 48) as second:
+            second.render(vertices, faces, camera)
+    else:
+        create_context().release()
+    again = first.render(vertices, faces, camera)
+    assert expected.mask.sum() > 20  # the triangle: ~45 pixels
+    np.testing.assert_array_equal(again.mask, expected.mask)
+    np.testing.assert_array_equal(again.rgb, expected.rgb)
+    first.release()
