@@ -257,3 +257,18 @@ def label_row(key: str, label: dict | list | str) -> str:
     text = label if isinstance(label, str) else json.dumps(label if isinstance(label, list) else [label],
                                                           default=lambda a: a.tolist())
     return f"{key}\t{text}\n"
+
+
+def tiny_model_assets(directory: Path, model: str = "FastMETRO-S-R18") -> tuple[Path, Path]:
+    """A tiny topology file and a seeded tiny model's checkpoint on it, in ``directory``."""
+    import torch
+
+    import fastmetro
+    from data_helpers import tiny_topology
+    from fastmetro.model.checkpoint import save_checkpoint
+    from train_helpers import TINY_MODEL_OVERRIDES
+
+    topology_path = tiny_topology().save(directory / "tiny.npz")
+    torch.manual_seed(0)
+    network = fastmetro.create_model(model, topology=topology_path, **TINY_MODEL_OVERRIDES)
+    return topology_path, save_checkpoint(network, directory / "model.safetensors")

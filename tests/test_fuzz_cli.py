@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from data_helpers import replace_row, tiny_topology, write_shard
-from fuzz_helpers import expect_cli_error, npy_bytes, object_npy_payload, run_cli
+from data_helpers import replace_row, write_shard
+from fuzz_helpers import expect_cli_error, npy_bytes, object_npy_payload, run_cli, tiny_model_assets
 from train_helpers import TINY_MODEL_OVERRIDES
 
 MODEL = "FastMETRO-S-R18"
@@ -24,14 +24,8 @@ MODEL = "FastMETRO-S-R18"
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny topology file, a 4-row shard with vertices and a checkpoint of a tiny model on it."""
-    import fastmetro
-    from fastmetro.model.checkpoint import save_checkpoint
-
     directory = tmp_path_factory.mktemp("cli")
-    topology_path = tiny_topology().save(directory / "tiny.npz")
-    torch.manual_seed(0)
-    model = fastmetro.create_model(MODEL, topology=topology_path, **TINY_MODEL_OVERRIDES)
-    checkpoint = save_checkpoint(model, directory / "model.safetensors")
+    topology_path, checkpoint = tiny_model_assets(directory, MODEL)
     return directory, topology_path, checkpoint
 
 

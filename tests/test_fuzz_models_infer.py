@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from data_helpers import tiny_topology
-from fuzz_helpers import expect_cli_error, expect_error, png_bytes, run_cli
-from train_helpers import TINY_MODEL_OVERRIDES
+from fuzz_helpers import expect_cli_error, expect_error, png_bytes, run_cli, tiny_model_assets
 
 MODEL = "FastMETRO-S-R18"
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    import fastmetro
-    from fastmetro.model.checkpoint import save_checkpoint
-
     directory = tmp_path_factory.mktemp("pending")
-    topology_path = tiny_topology().save(directory / "tiny.npz")
-    torch.manual_seed(0)
-    model = fastmetro.create_model(MODEL, topology=topology_path, **TINY_MODEL_OVERRIDES)
-    checkpoint = save_checkpoint(model, directory / "model.safetensors")
+    topology_path, checkpoint = tiny_model_assets(directory, MODEL)
     images = directory / "images"
     images.mkdir()
     (images / "a.png").write_bytes(png_bytes(96, 96, seed=1))

@@ -211,6 +211,27 @@ def level_name(level: int, num_levels: int) -> str:
     return "intermediate" if num_levels == 3 else f"level{level}"
 
 
+def mesh_outputs(camera: torch.Tensor, joints: torch.Tensor, levels, joint_regressor: torch.Tensor) -> dict:
+    """The output dict of a mesh network (FastMETRO and the METRO-style baseline alike).
+
+    camera (B, 3); joints (B, K, 3); levels: vertices per level, fine (B, V0, 3) first and coarse
+    last; joint_regressor (K, V0). Adds ``mesh_joints`` (B, K, 3) regressed from the fine mesh and,
+    for three levels, ``intermediate_vertices`` (the level the SMPL parameter regressor reads).
+    """
+    fine = levels[0]
+    output = {
+        "camera": camera,
+        "joints": joints,
+        "coarse_vertices": levels[-1],
+        "fine_vertices": fine,
+        "vertices_by_level": levels,
+        "mesh_joints": torch.einsum("kv,bvc->bkc", joint_regressor.to(fine.dtype), fine),
+    }
+    if len(levels) == 3:
+        output["intermediate_vertices"] = levels[1]
+    return output
+
+
 class FastMETRO(nn.Module):
     """FastMETRO for a given :class:`~fastmetro.topology.Topology`.
 
@@ -369,17 +390,7 @@ class FastMETRO(nn.Module):
         coordinates = self.xyz_regressor(second.token_features)
         joints, coarse = coordinates.split([self.num_joints, coordinates.shape[1] - self.num_joints], dim=1)
         levels = self.upsample(coarse)
-        fine = levels[0]
-        output = {
-            "camera": camera,
-            "joints": joints,
-            "coarse_vertices": coarse,
-            "fine_vertices": fine,
-            "vertices_by_level": levels,
-            "mesh_joints": torch.einsum("kv,bvc->bkc", self.joint_regressor.to(fine.dtype), fine),
-        }
-        if len(levels) == 3:
-            output["intermediate_vertices"] = levels[1]
+        output = mesh_outputs(camera, joints, levels, self.joint_regressor)
         if self.config.smpl_parameter_regressor:
             output["smpl_rotmat"], output["smpl_betas"] = self.smpl_parameter_regressor(levels[1])
             if self._body_model is not None:

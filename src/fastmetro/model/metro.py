@@ -50,7 +50,7 @@ from torch import nn
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model.backbone import backbone_channels, build_backbone
-from fastmetro.model.fastmetro import ArchitectureOptions, VertexLinear, level_name
+from fastmetro.model.fastmetro import ArchitectureOptions, VertexLinear, level_name, mesh_outputs
 
 #: Parameters of METRO's released encoder blocks that it never uses (445 tokens, legacy widths
 #: 1024/256/128): BERT word embeddings 30522 x (1024 + 256 + 128) = 42,974,976, BERT position
@@ -251,19 +251,7 @@ class METRO(nn.Module):
             tokens = block(tokens)
         joints, coarse = tokens.split([self.num_joints, tokens.shape[1] - self.num_joints], dim=1)
         camera = self.cam_param_fc3(self.cam_param_fc2(self.cam_param_fc(coarse).transpose(1, 2)))
-        levels = self.upsample(coarse)
-        fine = levels[0]
-        output = {
-            "camera": camera.reshape(batch_size, 3),
-            "joints": joints,
-            "coarse_vertices": coarse,
-            "fine_vertices": fine,
-            "vertices_by_level": levels,
-            "mesh_joints": torch.einsum("kv,bvc->bkc", self.joint_regressor.to(fine.dtype), fine),
-        }
-        if len(levels) == 3:
-            output["intermediate_vertices"] = levels[1]
-        return output
+        return mesh_outputs(camera.reshape(batch_size, 3), joints, self.upsample(coarse), self.joint_regressor)
 
 
 def metro_parameter_counts(model: METRO) -> dict[str, int]:
