@@ -38,7 +38,6 @@ def register(subparsers) -> None:
 
 def run_build(args) -> int:
     from fastmetro import topology as topology_module
-    from fastmetro.errors import FastMetroError
     from fastmetro.topology.build import build_topology, read_mesh
 
     started = time.perf_counter()
