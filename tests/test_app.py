@@ -318,3 +318,9 @@ def test_detector_boxes_and_one_request_at_a_time(service, photo, tiny_checkpoin
     spans.sort()
     assert len(spans) == 4 and len({name for *_, name in spans}) == 1
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))  # no overlap
+
+
+def test_model_slot_says_what_it_holds(service):
+    slot = next(iter(service.slots.values()))
+    assert slot.is_hand is False  # the SMPL body checkpoint (the page offers the hand option only for hands)
+    assert "Head" in slot.joint_names

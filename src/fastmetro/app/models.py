@@ -114,9 +114,7 @@ class ModelSlot:
 
     @property
     def is_hand(self) -> bool:
-        from fastmetro.model.presets import task_of
-
-        return self.run(lambda predictor, pool: task_of(predictor.topology) == "hand")
+        return self.run(lambda predictor, pool: predictor.topology.is_hand)
 
     def close(self) -> None:
         def release():
