@@ -324,3 +324,12 @@ def test_model_slot_says_what_it_holds(service):
     slot = next(iter(service.slots.values()))
     assert slot.is_hand is False  # the SMPL body checkpoint (the page offers the hand option only for hands)
     assert "Head" in slot.joint_names
+
+
+def test_app_accepts_default_as_a_checkpoint_name():
+    from argparse import Namespace
+
+    from fastmetro.app.commands import checkpoints_from_args
+    from fastmetro.weights import shipped_checkpoint
+
+    assert checkpoints_from_args(Namespace(checkpoint=["default"])) == [shipped_checkpoint().path]

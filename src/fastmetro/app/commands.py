@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         "unless --host says otherwise.",
     )
     app.add_argument("--checkpoint", action="append", metavar="CK",
-                     help="model checkpoint (repeat to offer several); default: the newest `make demo` model")
+                     help="model checkpoint, or `default` for the shipped model (repeat to offer several); "
+                          "default: the shipped model, else the newest `make demo` model")
     app.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)")
     app.add_argument("--port", type=int, default=7860, help="port (7860)")
@@ -59,7 +60,9 @@ def check_app_options(args) -> None:
 def checkpoints_from_args(args) -> list[Path]:
     """The ``--checkpoint`` files, or the default one (and say which)."""
     if args.checkpoint:
-        return [Path(path) for path in args.checkpoint]
+        from fastmetro.weights import resolve_checkpoint
+
+        return [resolve_checkpoint(path) for path in args.checkpoint]  # "default": the shipped model
     from fastmetro.inference.defaults import find_default_checkpoint
 
     default = find_default_checkpoint()
