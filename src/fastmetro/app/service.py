@@ -113,6 +113,14 @@ class AppService:
         """A message with the machine's folders removed (see :meth:`_public`)."""
         return self._public(message)
 
+    def _failure(self, error: Exception, upload: str, name: str, what: str) -> str:
+        """The page's message for a failed request: a FastMetroError's own line (bad input), else
+        only the error's type (a bug: the app keeps serving, the traceback goes to the log)."""
+        if isinstance(error, FastMetroError):
+            return self._public(str(error), upload, name)
+        log.exception("%s on %s failed", what, name)
+        return f"Internal error while processing {name} ({type(error).__name__}); the server's log has the details."
+
     def analyse_image(self, model: str, upload: str | None, name: str | None, boxes_text: str = "",
                       joint: str | None = None, side: str = "right") -> ImageOutcome:
         """One image: meshes, overlay, 3D scene, attention maps for ``joint``, downloads."""
@@ -127,12 +135,8 @@ class AppService:
             out_dir = self._request_dir()
             result = slot.run(self._predict_image, image, boxes, side, joint, out_dir, safe_stem(name), name)
             seconds = time.perf_counter() - started
-        except FastMetroError as error:
-            return ImageOutcome(self._public(str(error), upload, name), ok=False)
-        except Exception as error:  # a bug, not bad input: keep serving, log the traceback
-            log.exception("request on %s failed", name)
-            return ImageOutcome(f"Internal error while processing {name} ({type(error).__name__}); "
-                                "the server's log has the details.", ok=False)
+        except Exception as error:
+            return ImageOutcome(self._failure(error, upload, name, "request"), ok=False)
         log.info("%s: %d person(s) in %.2f s with %s", name, len(result.prediction.people), seconds, slot.label)
         return self._image_outcome(result, slot, name, seconds, upload)
 
@@ -150,12 +154,8 @@ class AppService:
             out_dir = self._request_dir()
             summary = slot.run(self._predict_video, Path(upload), name, boxes, side, out_dir, progress)
             seconds = time.perf_counter() - started
-        except FastMetroError as error:
-            return VideoOutcome(self._public(str(error), upload, name), ok=False)
         except Exception as error:
-            log.exception("video request on %s failed", name)
-            return VideoOutcome(f"Internal error while processing {name} ({type(error).__name__}); "
-                                "the server's log has the details.", ok=False)
+            return VideoOutcome(self._failure(error, upload, name, "video request"), ok=False)
         log.info("%s: %d frame(s) in %.2f s with %s", name, summary.frames, seconds, model)
         return self._video_outcome(summary, name, seconds, upload)
 
