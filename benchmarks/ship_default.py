@@ -1,15 +1,15 @@
-"""Ship a two-stage training run as the package's default model, with its recipe (run by hand).
+"""Ship a staged training run as the package's default model, with its recipe (run by hand).
 
 Usage::
 
-    python benchmarks/ship_default.py --stage1 runs/default_stage1 --stage2 runs/default \\
+    python benchmarks/ship_default.py --stages runs/default_stage1 runs/default runs/default_stage3 \\
         [--benchmark generalisation.json] [--finetune finetune.json] [--set KEY=JSON ...]
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
 ``default.safetensors`` (float16), ``default.json`` and ``default_recipe.json`` through
 :func:`fastmetro.weights.ship_checkpoint`. The recipe holds what is needed to make the model again:
-the data and training commands, both resolved configs (paths made relative to the working
+the data and training commands, every stage's resolved config (paths made relative to the working
 folder, as the commands write them), the seed, the commit, the evaluations during training and
 the benchmark figures.
 """
@@ -31,9 +31,19 @@ DATA_COMMANDS = {
                           "--seed 0 --workers 2 --vertices-dtype float16 --preview",
     "stage 1": "OMP_WAIT_POLICY=PASSIVE fastmetro train default_stage1",
     "stage 2": "OMP_WAIT_POLICY=PASSIVE fastmetro train default",
+    "stage 3": "OMP_WAIT_POLICY=PASSIVE fastmetro train default_stage3",
     "benchmark": "python benchmarks/generalisation.py default --test data/synth_default/test.yaml "
                  "--generalisation data/synth_general/test.yaml",
 }
+
+
+# Each stage in order: its data folder, its output folder (as the packaged configs name them) and
+# the weights it starts from (the previous stage's last checkpoint).
+STAGES = (
+    ("data/synth_studio", "runs/default_stage1", None),
+    ("data/synth_default", "runs/default", "runs/default_stage1/last.safetensors"),
+    ("data/synth_default", "runs/default_stage3", "runs/default/last.safetensors"),
+)
 
 
 def _portable(config: dict, data: str, output_dir: str, checkpoint: str | None) -> dict:
@@ -55,8 +65,8 @@ def _stage(run: Path, data: str, output_dir: str, checkpoint: str | None) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage1", type=Path, required=True, help="stage 1's training folder")
-    parser.add_argument("--stage2", type=Path, required=True, help="stage 2's training folder (its last weights ship)")
+    parser.add_argument("--stages", type=Path, nargs="+", required=True,
+                        help="the training folders, stage 1 first (the last one's last weights ship)")
     parser.add_argument("--benchmark", type=Path, help="benchmarks/generalisation.py --json output (of the shipped file)")
     parser.add_argument("--finetune", type=Path, help="JSON of the fine-tune comparison (README), if measured")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
@@ -64,11 +74,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="another recipe entry, e.g. stage1_wall_minutes=12.6 or training_commit='\"abc\"'")
     args = parser.parse_args()
+    if len(args.stages) > len(STAGES):
+        parser.error(f"at most {len(STAGES)} stages are known to the recipe")
 
     from fastmetro.weights import ship_checkpoint
 
-    stage2 = _stage(args.stage2, "data/synth_default", "runs/default", "runs/default_stage1/last.safetensors")
-    config = stage2["config"]
+    stages = {f"stage{index + 1}": _stage(run, *STAGES[index]) for index, run in enumerate(args.stages)}
+    config = stages[f"stage{len(stages)}"]["config"]
     manifests = {name: json.loads((args.data_root / name / "synth.json").read_text())
                  for name in ("synth_studio", "synth_default", "synth_general")}
     recipe = {
@@ -78,10 +90,10 @@ def main() -> None:
         "image_size": config["data"]["image_size"],
         "topology": config["model"]["topology"],
         "seed": config["train"]["seed"],
-        "commands": DATA_COMMANDS,
+        "commands": {key: command for key, command in DATA_COMMANDS.items()
+                     if not key.startswith("stage ") or int(key.split()[1]) <= len(stages)},
         "data": manifests,
-        "stage1": _stage(args.stage1, "data/synth_studio", "runs/default_stage1", None),
-        "stage2": stage2,
+        **stages,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
     if args.benchmark:
@@ -91,7 +103,7 @@ def main() -> None:
         recipe[key] = json.loads(value)
     if args.finetune:
         recipe["finetune"] = json.loads(args.finetune.read_text())
-    shipped = ship_checkpoint(args.stage2 / "last.safetensors", args.folder, recipe)
+    shipped = ship_checkpoint(args.stages[-1] / "last.safetensors", args.folder, recipe)
     print(shipped.path, shipped.recipe["size_bytes"], shipped.recipe["sha256"])
 
 
