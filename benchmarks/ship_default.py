@@ -29,38 +29,29 @@ DATA_COMMANDS = {
                     "--vertices-dtype float16 --test-fraction 0.02 --preview",
     "generalisation set": "fastmetro synth --split generalisation --out data/synth_general --num 400 --size 128 "
                           "--seed 0 --workers 2 --vertices-dtype float16 --preview",
-    "stage 1": "OMP_WAIT_POLICY=PASSIVE fastmetro train default_stage1",
-    "stage 2": "OMP_WAIT_POLICY=PASSIVE fastmetro train default",
-    "stage 3": "OMP_WAIT_POLICY=PASSIVE fastmetro train default_stage3",
     "benchmark": "python benchmarks/generalisation.py default --test data/synth_default/test.yaml "
                  "--generalisation data/synth_general/test.yaml",
 }
 
 
-# Each stage in order: its data folder, its output folder (as the packaged configs name them) and
-# the weights it starts from (the previous stage's last checkpoint).
-STAGES = (
-    ("data/synth_studio", "runs/default_stage1", None),
-    ("data/synth_default", "runs/default", "runs/default_stage1/last.safetensors"),
-    ("data/synth_default", "runs/default_stage3", "runs/default/last.safetensors"),
-)
+# The packaged config of each stage, in order. Each config names the stage's data, its output
+# folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
+# records those paths, as the commands write them, in place of the folders the run really used.
+STAGE_CONFIGS = ("default_stage1", "default", "default_stage3")
 
 
-def _portable(config: dict, data: str, output_dir: str, checkpoint: str | None) -> dict:
-    """The run's config with the paths the recipe's commands use (relative to the working folder)."""
-    config["data"]["train"] = f"{data}/train.yaml"
-    config["data"]["val"] = f"{data}/test.yaml"
-    config["train"]["output_dir"] = output_dir
-    config["model"]["checkpoint"] = checkpoint
-    return config
-
-
-def _stage(run: Path, data: str, output_dir: str, checkpoint: str | None) -> dict:
+def _stage(run: Path, name: str) -> dict:
     import yaml
 
+    from fastmetro.engine.commands import config_path
+
+    packaged = yaml.safe_load(config_path(name).read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["train"], config["data"]["val"] = packaged["data"]["train"], packaged["data"]["val"]
+    config["train"]["output_dir"] = packaged["train"]["output_dir"]
+    config["model"]["checkpoint"] = packaged["model"].get("checkpoint")
     evaluations = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"config": _portable(config, data, output_dir, checkpoint), "evaluations": evaluations}
+    return {"config": config, "evaluations": evaluations}
 
 
 def main() -> None:
@@ -74,12 +65,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="another recipe entry, e.g. stage1_wall_minutes=12.6 or training_commit='\"abc\"'")
     args = parser.parse_args()
-    if len(args.stages) > len(STAGES):
-        parser.error(f"at most {len(STAGES)} stages are known to the recipe")
+    if len(args.stages) > len(STAGE_CONFIGS):
+        parser.error(f"at most {len(STAGE_CONFIGS)} stages are known to the recipe")
 
     from fastmetro.weights import ship_checkpoint
 
-    stages = {f"stage{index + 1}": _stage(run, *STAGES[index]) for index, run in enumerate(args.stages)}
+    stages = {f"stage{index + 1}": _stage(run, STAGE_CONFIGS[index]) for index, run in enumerate(args.stages)}
     config = stages[f"stage{len(stages)}"]["config"]
     manifests = {name: json.loads((args.data_root / name / "synth.json").read_text())
                  for name in ("synth_studio", "synth_default", "synth_general")}
@@ -90,8 +81,8 @@ def main() -> None:
         "image_size": config["data"]["image_size"],
         "topology": config["model"]["topology"],
         "seed": config["train"]["seed"],
-        "commands": {key: command for key, command in DATA_COMMANDS.items()
-                     if not key.startswith("stage ") or int(key.split()[1]) <= len(stages)},
+        "commands": {**DATA_COMMANDS, **{f"stage {index + 1}": f"OMP_WAIT_POLICY=PASSIVE fastmetro train {name}"
+                                         for index, name in enumerate(STAGE_CONFIGS[:len(stages)])}},
         "data": manifests,
         **stages,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
