@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/ship_default.py --stages runs/default_stage1 runs/default runs/default_stage3 \\
-        runs/default_stage4 runs/default_stage5 runs/default_stage6 [--benchmark generalisation.json] \\
-        [--finetune finetune.json] [--set KEY=JSON ...]
+        runs/default_stage4 runs/default_stage5 runs/default_stage6 runs/default_stage7 \\
+        [--benchmark generalisation.json] [--finetune finetune.json] [--set KEY=JSON ...]
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
@@ -39,7 +39,7 @@ DATA_COMMANDS = {
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
 STAGE_CONFIGS = ("default_stage1", "default", "default_stage3", "default_stage4", "default_stage5",
-                 "default_stage6")
+                 "default_stage6", "default_stage7")
 
 
 def _stage(run: Path, name: str) -> dict:
