@@ -56,6 +56,14 @@ def _stage(run: Path, name: str) -> dict:
     return {"config": config, "evaluations": evaluations}
 
 
+def _as_commands_path(path: Path, data_root: Path) -> str:
+    """``path`` under ``data_root`` as the recipe's commands name it (``data/...``); else unchanged."""
+    try:
+        return str(Path("data") / path.resolve().relative_to(data_root.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", type=Path, nargs="+", required=True,
@@ -91,6 +99,8 @@ def main() -> None:
     }
     if args.benchmark:
         recipe["benchmark"] = json.loads(args.benchmark.read_text()).get("sets")
+        for measured in recipe["benchmark"].values():  # this machine's data folders -> the commands' data/
+            measured["data"] = _as_commands_path(Path(measured["data"]), args.data_root)
     for item in args.set:
         key, _, value = item.partition("=")
         recipe[key] = json.loads(value)
