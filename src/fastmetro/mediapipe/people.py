@@ -1,0 +1,312 @@
+"""People (and hands) in photographs: MediaPipe's detector, its alignment region, the landmark network.
+
+The pipeline of BlazePose (and of MediaPipe Hands), batched over images and over people:
+
+1. the detector sees each whole image letterboxed to its input (224 px; palms 192 px) and gives
+   scored detections with keypoints; weighted NMS merges the anchors of one person;
+2. each detection's alignment keypoints fix a rotated square region (hip centre -> the point
+   above the head, x 1.25; palms: wrist -> middle-finger base, x 2.6, moved towards the fingers);
+3. the landmark network sees that region upright (256 px; hands 224 px): 33 body landmarks
+   (x, y in image pixels, z on the scale of x, visibility, presence), 33 world landmarks in
+   metres (hip-centred), and a presence score that rejects regions without a person;
+4. optionally a second landmark pass on the region the landmarks themselves give (MediaPipe's
+   tracking region), which re-centres people the detector framed poorly;
+5. the person's box is the landmarks' extent with the head's top and a margin added, clipped to
+   the image; people found twice (overlapping detections of one body) are merged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fastmetro.errors import FastMetroError
+from fastmetro.mediapipe import detection as det
+from fastmetro.mediapipe.networks import HAND_LANDMARK_VARIANTS, POSE_LANDMARK_VARIANTS, load_network
+from fastmetro.mediapipe.regions import Region
+
+#: BlazePose's 33 published landmarks, in the network's order (6 auxiliary ones follow, unnamed).
+POSE_LANDMARK_NAMES = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
+    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+)
+#: MediaPipe Hands' 21 landmarks.
+HAND_LANDMARK_NAMES = (
+    "wrist", "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip", "index_finger_mcp", "index_finger_pip",
+    "index_finger_dip", "index_finger_tip", "middle_finger_mcp", "middle_finger_pip", "middle_finger_dip",
+    "middle_finger_tip", "ring_finger_mcp", "ring_finger_pip", "ring_finger_dip", "ring_finger_tip",
+    "pinky_mcp", "pinky_pip", "pinky_dip", "pinky_tip",
+)
+POSE_CROP, HAND_CROP = 256, 224
+# Landmark rows 33 and 34: the hip centre and the point that fixes the body's size and direction
+# (what the detector's keypoints 0 and 1 are), from which MediaPipe tracks the next region.
+_BODY_CENTRE, _BODY_END = 33, 34
+_EYES, _MOUTH = (2, 5), (9, 10)
+
+
+@dataclass
+class FoundPerson:
+    """One person (or hand) found in an image.
+
+    Attributes:
+        box: (x, y, w, h) pixels, the body's (hand's) extent clipped to the image.
+        score: detector probability (0..1).
+        presence: the landmark network's probability that a person (hand) is in its region;
+            None without landmarks.
+        region: the rotated square the landmark network saw.
+        landmarks: (L, 5) x, y pixels, z (pixels, relative to the hips / wrist), visibility,
+            presence (both 0..1; hands: 0); None without landmarks.
+        world_landmarks: (L, 3) metres, hip-centred (hands: about the hand's centre), camera-aligned axes.
+        side: "left"/"right" for hands (as seen in an unmirrored photo), None for bodies.
+        handedness: probability of ``side`` (hands).
+        alignment: (2, 2) pixels, the landmarks' hip centre and the point fixing the body's size
+            and direction (bodies), from which MediaPipe makes the tracking region.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    region: Region
+    presence: float | None = None
+    landmarks: np.ndarray | None = None
+    world_landmarks: np.ndarray | None = None
+    side: str | None = None
+    handedness: float | None = None
+    alignment: np.ndarray | None = field(default=None, repr=False)
+    landmark_names: tuple[str, ...] = field(default=POSE_LANDMARK_NAMES, repr=False)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    detector: str
+    spec: det.DetectorSpec
+    landmark_prefix: str
+    variants: tuple[str, ...]
+    crop: int
+    align: tuple[int, int]  # detector keypoints: region centre, region direction
+    scale: float
+    shift_y: float
+    border: str
+    names: tuple[str, ...]
+
+
+_POSE = _Kind("pose_detection", det.POSE_DETECTOR, "pose_landmark", POSE_LANDMARK_VARIANTS, POSE_CROP, (0, 1),
+              1.25, 0.0, "replicate", POSE_LANDMARK_NAMES)
+_HAND = _Kind("palm_detection_full", det.PALM_DETECTOR, "hand_landmark", HAND_LANDMARK_VARIANTS, HAND_CROP, (0, 2),
+              2.6, -0.5, "replicate", HAND_LANDMARK_NAMES)
+
+
+class PeopleFinder:
+    """Find every person (``kind="body"``) or hand (``kind="hand"``) in RGB images.
+
+    Args:
+        kind: "body" (BlazePose) or "hand" (MediaPipe Hands).
+        landmarks: landmark network variant ("lite", "full", "heavy" for bodies; "lite", "full"
+            for hands), or None for detector-only boxes (the alignment region's extent).
+        threshold: detector probability kept (0..1).
+        presence_threshold: the landmark network's presence probability kept (0..1).
+        nms_iou: weighted-NMS overlap of one person's anchors.
+        refine: run the landmark network a second time on the region its own landmarks give.
+        flip: also run the detector on the mirrored image and merge both views' detections (people
+            seen from behind or side-on score higher in one of the two).
+        max_people: keep the most confident N.
+        device: torch device of the networks.
+    """
+
+    def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.5,
+                 presence_threshold: float = 0.5, nms_iou: float = 0.3, refine: bool = True,
+                 flip: bool = True, max_people: int = 20, device: str | torch.device = "cpu"):
+        if kind not in ("body", "hand"):
+            raise FastMetroError(f"kind must be 'body' or 'hand', got {kind!r}")
+        self.kind = _POSE if kind == "body" else _HAND
+        if landmarks is not None and landmarks not in self.kind.variants:
+            raise FastMetroError(f"{kind} landmarks must be one of {self.kind.variants} or None, got {landmarks!r}")
+        for name, value in (("threshold", threshold), ("presence_threshold", presence_threshold), ("nms_iou", nms_iou)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise FastMetroError(f"{name} must be within 0..1, got {value!r}")
+        self.landmarks = landmarks
+        self.threshold, self.presence_threshold, self.nms_iou = float(threshold), float(presence_threshold), float(nms_iou)
+        self.refine = bool(refine) and kind == "body"  # hands: MediaPipe's palm region is already tight
+        self.flip = bool(flip)
+        self.max_people = int(max_people)
+        self.device = torch.device(device)
+        self.anchors = det.ssd_anchor_centres(self.kind.spec)
+        self.detector = load_network(self.kind.detector, self.device)
+        self.landmark_net = None if landmarks is None else load_network(f"{self.kind.landmark_prefix}_{landmarks}",
+                                                                        self.device)
+
+    def __call__(self, image: np.ndarray) -> list[FoundPerson]:
+        """The people of one (H, W, 3) uint8 RGB image, most confident first."""
+        return self.find([image])[0]
+
+    @torch.inference_mode()
+    def find(self, images: Sequence[np.ndarray]) -> list[list[FoundPerson]]:
+        """The people of each (H, W, 3) uint8 RGB image; detector and landmarks batched across images."""
+        candidates = self._detect(images)
+        if self.landmark_net is None:
+            found_people = [[self._region_only(region, score, image) for region, score in found]
+                            for found, image in zip(candidates, images)]
+            return [[p for p in found if p.box is not None][: self.max_people] for found in found_people]
+        flat = [(i, region, score) for i, found in enumerate(candidates) for region, score in found]
+        people = self._landmarks(images, flat)
+        if self.refine:
+            people = self._refined(images, people)
+        result: list[list[FoundPerson]] = [[] for _ in images]
+        for i, person in people:
+            if person.box is not None and person.presence >= self.presence_threshold:
+                result[i].append(person)
+        return [_merge_duplicates(found)[: self.max_people] for found in result]
+
+    # ------------------------------------------------------------------ stages
+    def _detect(self, images: Sequence[np.ndarray]) -> list[list[tuple[Region, float]]]:
+        spec = self.kind.spec
+        letterboxes, inputs = [], []
+        for image in images:
+            _check_image(image)
+            letterbox = det.Letterbox.of((image.shape[1], image.shape[0]), spec.input_size)
+            letterboxes.append(letterbox)
+            inputs.append(det.normalise(letterbox.apply(image), spec.value_range))
+        if self.flip:  # each image and its mirror in one batch
+            inputs = [view for image in inputs for view in (image, image[:, ::-1])]
+        raw_boxes, raw_scores = self._run(self.detector, np.ascontiguousarray(np.stack(inputs)))
+        views = 2 if self.flip else 1
+        found = []
+        for n, letterbox in enumerate(letterboxes):
+            detections = []
+            for view in range(views):
+                decoded = det.decode(raw_boxes[n * views + view], raw_scores[n * views + view], self.anchors, spec,
+                                     self.threshold)
+                detections += [det.mirrored(d) for d in decoded] if view else decoded
+            merged = det.weighted_nms(detections, self.nms_iou)
+            regions = []
+            for detection in merged[: 2 * self.max_people]:
+                keypoints = letterbox.to_image(detection.keypoints)
+                start, end = keypoints[self.kind.align[0]], keypoints[self.kind.align[1]]
+                region = Region.from_alignment(start, end, self.kind.scale, self.kind.shift_y)
+                if region.size >= 1.0:
+                    regions.append((region, detection.score))
+            found.append(regions)
+        return found
+
+    def _landmarks(self, images, flat: list[tuple[int, Region, float]]) -> list[tuple[int, FoundPerson]]:
+        crop = self.kind.crop
+        people = []
+        for start in range(0, len(flat), 32):  # bounded memory for crowded batches
+            chunk = flat[start:start + 32]
+            crops = np.stack([region.crop(images[i], crop, self.kind.border) for i, region, _ in chunk])
+            outputs = self._run(self.landmark_net, det.normalise(crops, (0.0, 1.0)))
+            for n, (i, region, score) in enumerate(chunk):
+                decode = _decode_pose if self.kind is _POSE else _decode_hand
+                person = decode([o[n] for o in outputs], region, score)
+                person.box = _landmark_box(person, images[i].shape, self.kind is _POSE)
+                people.append((i, person))
+        return people
+
+    def _refined(self, images, people: list[tuple[int, FoundPerson]]) -> list[tuple[int, FoundPerson]]:
+        """A second landmark pass on each person's tracking region; the pass with the higher presence stays."""
+        again = [(n, i, _landmark_region(p), p.score) for n, (i, p) in enumerate(people)]
+        again = [item for item in again if item[2].size >= 1.0]
+        people = list(people)
+        for (n, *_), second in zip(again, self._landmarks(images, [item[1:] for item in again])):
+            if second[1].presence > people[n][1].presence or people[n][1].box is None:
+                people[n] = second
+        return people
+
+    def _region_only(self, region: Region, score: float, image: np.ndarray) -> FoundPerson:
+        corners = region.corners()
+        box = _clip_box(corners.min(axis=0), corners.max(axis=0), image.shape)
+        return FoundPerson(box, score, region, landmark_names=self.kind.names)
+
+    def _run(self, net, inputs: np.ndarray) -> list[np.ndarray]:
+        outputs = net(torch.from_numpy(inputs).to(self.device))
+        return [o.float().cpu().numpy() for o in outputs]
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def _decode_pose(outputs: list[np.ndarray], region: Region, score: float) -> FoundPerson:
+    """Outputs of the pose landmark network for one crop: (195,), (1,), mask, heat maps, (117,)."""
+    raw = outputs[0].reshape(39, 5).astype(np.float64)
+    xy = region.to_image(raw[:, :2], POSE_CROP)
+    z = raw[:, 2:3] * region.size / POSE_CROP
+    landmarks = np.concatenate([xy, z, _sigmoid(raw[:, 3:5])], axis=1)
+    world = region.rotate(outputs[4].reshape(39, 3))
+    named = len(POSE_LANDMARK_NAMES)
+    return FoundPerson((0, 0, 1, 1), score, region, float(outputs[1].reshape(-1)[0]), landmarks[:named],
+                       world[:named], alignment=landmarks[[_BODY_CENTRE, _BODY_END], :2])
+
+
+def _decode_hand(outputs: list[np.ndarray], region: Region, score: float) -> FoundPerson:
+    """Outputs of the hand landmark network for one crop: (63,), presence, handedness, world (63,)."""
+    raw = outputs[0].reshape(21, 3).astype(np.float64)
+    xy = region.to_image(raw[:, :2], HAND_CROP)
+    z = raw[:, 2:3] * region.size / HAND_CROP
+    landmarks = np.concatenate([xy, z, np.zeros((21, 2))], axis=1)
+    world = region.rotate(outputs[3].reshape(21, 3))
+    # The network labels hands as seen in a mirrored (selfie) image: its "right" is a left hand here.
+    right_if_mirrored = float(outputs[2].reshape(-1)[0])
+    side = "left" if right_if_mirrored >= 0.5 else "right"
+    return FoundPerson((0, 0, 1, 1), score, region, float(outputs[1].reshape(-1)[0]), landmarks, world,
+                       side=side, handedness=max(right_if_mirrored, 1.0 - right_if_mirrored),
+                       landmark_names=HAND_LANDMARK_NAMES)
+
+
+def _landmark_region(person: FoundPerson) -> Region:
+    """MediaPipe's tracking region from the landmarks' hip centre and size point (x 1.25)."""
+    return Region.from_alignment(person.alignment[0], person.alignment[1], _POSE.scale)
+
+
+def _landmark_box(person: FoundPerson, shape, body: bool) -> tuple[float, float, float, float] | None:
+    """The landmarks' extent plus what they do not reach: the top of the head and the skin around
+    the joints (bodies: the crown is about 1.3 eye-to-mouth distances above the eyes)."""
+    points = person.landmarks[:, :2]
+    if body:
+        eyes = points[list(_EYES)].mean(axis=0)
+        mouth = points[list(_MOUTH)].mean(axis=0)
+        points = np.vstack([points, eyes + 1.3 * (eyes - mouth)])
+    low, high = points.min(axis=0), points.max(axis=0)
+    margin = (0.04 if body else 0.08) * float(max(high - low))
+    return _clip_box(low - margin, high + margin, shape)
+
+
+def _clip_box(low, high, shape) -> tuple[float, float, float, float] | None:
+    """(x, y, w, h) of the part of the box inside the image; None when under a pixel is inside."""
+    height, width = shape[:2]
+    x0, y0 = max(0.0, float(low[0])), max(0.0, float(low[1]))
+    x1, y1 = min(float(width), float(high[0])), min(float(height), float(high[1]))
+    if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _merge_duplicates(people: list[FoundPerson]) -> list[FoundPerson]:
+    """One person found from two detections: their landmarks nearly coincide. Keep the more
+    confident (mean landmark distance under 10 % of the box's longer side)."""
+    kept: list[FoundPerson] = []
+    for person in sorted(people, key=lambda p: -p.score * (p.presence or 1.0)):
+        if person.landmarks is None:
+            kept.append(person)
+            continue
+        size = max(person.box[2], person.box[3])
+        if all(np.linalg.norm(person.landmarks[:, :2] - other.landmarks[:, :2], axis=1).mean() > 0.1 * size
+               for other in kept):
+            kept.append(person)
+    return kept
+
+
+def _check_image(image) -> None:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        raise FastMetroError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'shape', type(image))}")
+    if min(image.shape[:2]) < 1:
+        raise FastMetroError(f"empty image {image.shape}")
+
+
+__all__ = ["PeopleFinder", "FoundPerson", "POSE_LANDMARK_NAMES", "HAND_LANDMARK_NAMES"]
