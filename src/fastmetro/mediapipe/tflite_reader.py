@@ -120,6 +120,9 @@ def _read_tensor(path: Path, model, t, index: int, buf: bytes) -> Tensor:
     if raw is not None:
         data = np.frombuffer(raw, dtype=dtype).copy()
         if t.Sparsity() is not None:
+            if t.Sparsity().BlockMapLength():
+                raise FastMetroError(f"{path}: sparse tensor {name!r} uses block sparsity, "
+                                     "which is not supported")
             data = _densify(t.Sparsity(), data, shape)
         elif data.size != int(np.prod(shape)):
             raise FastMetroError(f"{path}: constant {name!r} holds {data.size} values for shape "
@@ -141,13 +144,12 @@ def _buffer_bytes(buffer, buf: bytes) -> bytes | None:
 
 
 def _densify(sparsity, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Expand TFLite's sparse format (dense/CSR levels in traversal order, optional blocks).
+    """Expand TFLite's sparse format: one level per dim, in traversal order, each dense or CSR.
 
-    Walks the levels as TFLite's FormatConverter does, but vectorised: ``rows`` holds, for each
-    stored value in order, its position at the current level and its coordinate on each level.
+    Walks the levels as TFLite's FormatConverter does, but vectorised over all stored values:
+    after the last level there is one path per value, in the order the values are stored.
     """
     order = [int(i) for i in sparsity.TraversalOrderAsNumpy()]
-    block_map = [int(i) for i in sparsity.BlockMapAsNumpy()] if sparsity.BlockMapLength() else []
     prev = np.zeros(1, dtype=np.int64)   # index into the previous level, per partial path
     coords: list[np.ndarray] = []         # coordinate on each level so far, per partial path
     for level in range(len(order)):
@@ -160,26 +162,20 @@ def _densify(sparsity, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
         else:                             # SPARSE_CSR
             segments = _index_vector(meta.ArraySegmentsType(), meta.ArraySegments())
             indices = _index_vector(meta.ArrayIndicesType(), meta.ArrayIndices())
-            counts = segments[prev + 1] - segments[prev]
-            starts = np.repeat(segments[prev] - np.cumsum(counts) + counts, counts)
-            prev = starts + np.arange(counts.sum())
+            counts = segments[prev + 1] - segments[prev]  # stored children of each path
+            first = np.repeat(segments[prev], counts)     # per new path: its parent's first child
+            nth = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            prev = first + nth
             coord = indices[prev]
             coords = [np.repeat(c, counts) for c in coords]
         coords.append(coord)
+    if sorted(order) != list(range(len(shape))):
+        raise ValueError(f"sparse traversal order {order} for a {len(shape)}-D tensor")
     if len(prev) != values.size:
         raise ValueError(f"sparse tensor lists {len(prev)} positions for {values.size} values")
-    rank = len(shape)
     by_dim = {order[level]: coords[level] for level in range(len(order))}
-    index = []
-    for dim in range(rank):
-        coord = by_dim[dim]
-        if dim in block_map:              # blocked dim: block index * block size + offset in block
-            block_dim = rank + block_map.index(dim)
-            block_size = sparsity.DimMetadata(order.index(block_dim)).DenseSize()
-            coord = coord * block_size + by_dim[block_dim]
-        index.append(coord)
     dense = np.zeros(shape, dtype=values.dtype)
-    dense[tuple(index)] = values
+    dense[tuple(by_dim[dim] for dim in range(len(shape)))] = values
     return dense
 
 
