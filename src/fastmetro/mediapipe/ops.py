@@ -24,7 +24,8 @@ from fastmetro.mediapipe.tflite_reader import Graph, Operator
 
 # NHWC axis -> NCHW axis, for 4-D tensors.
 NHWC_TO_NCHW_AXIS = (0, 2, 3, 1)
-SAME, VALID = 0, 1  # tflite.Padding
+SAME = 0  # tflite.Padding (VALID = 1: no padding)
+ACTIVATIONS = (0, 1, 2, 3, 4)  # the fused activations `activation` knows
 
 
 def to_nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -318,6 +319,9 @@ _ONE_ACTIVATION = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", 
 
 def build(op: Operator, graph: Graph) -> tuple[nn.Module, tuple[int, ...]]:
     """The module running ``op`` and the tensor indices of the activations its forward takes."""
+    if op.options.get("fused_activation_function", 0) not in ACTIVATIONS:
+        raise FastMetroError(f"{graph.path}: {op.op} with fused activation "
+                             f"{op.options['fused_activation_function']} is not supported")
     if op.op in _ONE_ACTIVATION:
         if any(graph.tensors[i].data is None for i in op.inputs[1:] if i >= 0):
             raise FastMetroError(f"{graph.path}: {op.op} with a computed (non-constant) weight "

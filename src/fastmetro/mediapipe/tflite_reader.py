@@ -102,10 +102,24 @@ def _parse(path: Path, buf: bytes) -> Graph:
             operators.append(op)
     inputs = tuple(int(i) for i in sub.InputsAsNumpy())
     outputs = tuple(int(i) for i in sub.OutputsAsNumpy())
-    if len(inputs) != 1 or len(tensors[inputs[0]].shape) != 4:
-        raise FastMetroError(f"{path}: expected one 4-D image input, found "
-                             f"{[tensors[i].shape for i in inputs]}")
+    _check_activations(path, tensors, operators, inputs)
     return Graph(path, tensors, operators, inputs, outputs)
+
+
+def _check_activations(path: Path, tensors: list[Tensor], operators: list[Operator],
+                       inputs: tuple[int, ...]) -> None:
+    """One 4-D float32 image input; every op computes one float32 tensor (no integer kernels)."""
+    if len(inputs) != 1 or len(tensors[inputs[0]].shape) != 4 \
+            or tensors[inputs[0]].dtype != np.float32:
+        raise FastMetroError(f"{path}: expected one 4-D float32 image input, found "
+                             f"{[(tensors[i].shape, str(tensors[i].dtype)) for i in inputs]}")
+    for op in operators:
+        if len(op.outputs) != 1:
+            raise FastMetroError(f"{path}: {op.op} with {len(op.outputs)} outputs is not supported")
+        if tensors[op.outputs[0]].dtype != np.float32:
+            raise FastMetroError(f"{path}: {op.op} computes a {tensors[op.outputs[0]].dtype} "
+                                 f"tensor ({tensors[op.outputs[0]].name!r}); only float32 "
+                                 "activations are supported")
 
 
 def _read_tensor(path: Path, model, t, index: int, buf: bytes) -> Tensor:
