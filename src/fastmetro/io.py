@@ -1,4 +1,4 @@
-"""Safe file I/O shared by every area: a restricted unpickler and atomic writes.
+"""Safe file I/O shared by every area: a restricted unpickler, atomic writes and the cache folder.
 
 Nothing in fastmetro calls plain ``pickle.load``/``torch.load`` on a file it did not write:
 legacy SMPL/MANO/GraphCMR files are read with :class:`RestrictedUnpickler`, which resolves only
@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 
 from fastmetro.errors import FastMetroError
+
+
+def cache_dir() -> Path:
+    """fastmetro's cache directory (``$FASTMETRO_CACHE`` or ``~/.cache/fastmetro``).
+
+    Built topologies and fetched MediaPipe networks live here, each area in its own sub-folder.
+    """
+    return Path(os.environ.get("FASTMETRO_CACHE") or Path.home() / ".cache" / "fastmetro")
 
 
 class PickledObject:

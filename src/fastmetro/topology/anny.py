@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from fastmetro.errors import FastMetroError
+from fastmetro.io import cache_dir  # re-exported: defined with the other shared I/O
 from fastmetro.topology.graphcmr import BODY_JOINT_FLIP, BODY_JOINT_NAMES, BODY_ROOT_JOINTS
 from fastmetro.topology.topology import Topology, adjacency_from_faces, mirror_permutation
 
@@ -80,11 +80,6 @@ class AnnyBuildConfig:
     seed: int = 0
     candidate_radius: float = 0.09  # metres around each joint in the template
     head_candidate_radius: float = 0.13
-
-
-def cache_dir() -> Path:
-    """fastmetro's cache directory (``$FASTMETRO_CACHE`` or ``~/.cache/fastmetro``)."""
-    return Path(os.environ.get("FASTMETRO_CACHE") or Path.home() / ".cache" / "fastmetro")
 
 
 def _anny_version() -> str:
