@@ -159,3 +159,45 @@ def test_labelled_set_reads_as_a_boxes_file(scenes, tmp_path):
         assert len(boxes[name]) == len(scene.boxes())
     people = json.loads((tmp_path / "people.json").read_text())
     assert [p["ignore"] for p in people[f"crowd_{scenes[0].index:05d}.png"]] == [p.ignore for p in scenes[0].people]
+
+
+def _benchmark():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "detection.py"
+    spec = importlib.util.spec_from_file_location("detection_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_matching_rules():
+    bench = _benchmark()
+    found = bench.Found
+    people = [((0, 0, 10, 20), False), ((100, 0, 10, 20), False), ((200, 0, 10, 20), True)]
+    result = bench.match([found((1, 0, 10, 20), 0.9), found((0, 1, 10, 20), 0.8), found((201, 0, 10, 20), 0.7),
+                          found((300, 0, 10, 20), 0.6), found((100, 0, 10, 20), 0.1)], people, threshold=0.5)
+    # One match for the first person (the second detection of it is a false positive), the ignored
+    # person's detection counts neither way, the lone box is a false positive, the 0.1 one is dropped.
+    assert (result["tp"], result["fp"], result["fn"]) == (1, 2, 1)
+    assert result["matched"] == [0] and result["ious"][0] == pytest.approx(180 / 220)
+    # Greedy by score: the best-scored detection takes the person even if a later one fits better.
+    result = bench.match([found((2, 0, 10, 20), 0.9), found((0, 0, 10, 20), 0.8)], people[:1], threshold=0.0)
+    assert result["ious"] == [pytest.approx(8 / 12)] and result["fp"] == 1
+
+
+def test_benchmark_runs_with_the_stand_in(tmp_path, capsys):
+    bench = _benchmark()
+    code = bench.main(["--detector", "standin", "--num", "3", "--size", "96x72", "--runs", "1",
+                       "--out", str(tmp_path / "photos"), "--write-scenes", str(tmp_path / "scenes"),
+                       "--json", str(tmp_path / "result.json")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| score >= | precision | recall |" in text and "| coffee |" in text
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["synthetic"]["scenes"] == 3
+    assert all(row["found"] == [] for row in result["photos"] if not row.get("missing"))  # it knows no photo
+    assert (tmp_path / "photos" / "coffee.png").is_file() and (tmp_path / "scenes" / "boxes.json").is_file()
