@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "fastmetro.inference.commands",  # infer, export
     "fastmetro.app.commands",  # app
     "fastmetro.bench.commands",  # bench
+    "fastmetro.mediapipe.commands",  # assets (MediaPipe networks)
 )
 
 

@@ -237,8 +237,8 @@ def fetch(names: Iterable[str] | None = None, source: str | os.PathLike | None =
     elif single is not None:
         others = [a.name for a in wanted if a.package != single]
         if others:
-            raise FastMetroError(f"{source} is {single.spec}'s tarball; {', '.join(others)} come(s) from another "
-                                 "package: pass the folder holding both tarballs to --from")
+            raise FastMetroError(f"{source} is {single.spec}'s tarball, which does not hold {', '.join(others)}: "
+                                 "pass the folder holding both tarballs to --from")
     missing = [a for a in wanted if _problem(a, asset_dir(a) / a.file) is not None]
     if not missing:
         say(f"MediaPipe networks: {len(wanted)} present and verified in {_folders(wanted)}")
