@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Never reach for a model hub at run time: a lookup fails fast instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install render-deps browser-deps render-check test test-app test-all demo clean
+.PHONY: install assets render-deps browser-deps render-check test test-app test-all demo clean
 
 # constraints.txt pins the exact tested package set (pyproject.toml only states compatible ranges).
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -13,7 +13,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test,app]"
 	touch $@
 
-install: render-deps browser-deps $(BIN)/.installed
+install: render-deps browser-deps $(BIN)/.installed assets
+
+# MediaPipe's person and hand networks (Apache-2.0) come from pinned npm packages, fetched by npm's
+# own client and checked against pinned hashes (docs/mediapipe.md). A no-op when they are already in
+# the cache and valid, so `install` (and with it `test`, `demo`) runs it every time.
+assets: $(BIN)/.installed
+	$(BIN)/python -m fastmetro assets fetch
 
 # Offscreen rendering (synthetic data, overlays) needs OpenGL through EGL. Without a GPU that is
 # Mesa's llvmpipe: libEGL/libGL (glvnd) + Mesa's EGL vendor + its software DRI driver. The check
