@@ -42,6 +42,7 @@ IOU_THRESHOLD = 0.5
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 HEIGHT_BINS = ((24, 48), (48, 96), (96, 192), (192, 10_000))
 VISIBLE_BINS = ((0.3, 0.6), (0.6, 0.9), (0.9, 1.01))
+FACING_BINS = ((0, 60, "towards the camera"), (60, 120, "sideways"), (120, 181, "back to the camera"))
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def match(found, people, threshold: float) -> dict:
 
 # ---------------------------------------------------------------------------------- synthetic
 def evaluate_scenes(scenes, detections, thresholds) -> dict:
-    """Precision / recall / mean IoU per threshold, and recall by height and visibility at the lowest."""
+    """Precision / recall / mean IoU per threshold; recall by height, visibility and facing at the lowest."""
     rows = []
     for threshold in thresholds:
         results = [match(found, [(p.box, p.ignore) for p in scene.people], threshold)
@@ -183,24 +184,29 @@ def evaluate_scenes(scenes, detections, thresholds) -> dict:
                      "precision": tp / (tp + fp) if tp + fp else float("nan"),
                      "recall": tp / (tp + fn) if tp + fn else float("nan"),
                      "mean_iou": float(np.mean(ious)) if ious else float("nan")})
-    groups = {f"height {low}-{high} px" if high < 10_000 else f"height >= {low} px": [] for low, high in HEIGHT_BINS}
-    groups.update({f"visible {low:.1f}-{min(high, 1.0):.1f}": [] for low, high in VISIBLE_BINS})
     lowest = min(thresholds)
-    for scene, found in zip(scenes, detections):
-        matched = set(match(found, [(p.box, p.ignore) for p in scene.people], lowest)["matched"])
-        for index, person in enumerate(scene.people):
-            if person.ignore:
-                continue
-            for (low, high), name in zip(HEIGHT_BINS, list(groups)[:len(HEIGHT_BINS)]):
-                if low <= person.box[3] < high:
-                    groups[name].append(index in matched)
-            for (low, high), name in zip(VISIBLE_BINS, list(groups)[len(HEIGHT_BINS):]):
-                if low <= person.visible_fraction < high:
-                    groups[name].append(index in matched)
     people = [p for scene in scenes for p in scene.people]
-    return {"rows": rows, "threshold_for_groups": lowest,
-            "groups": {name: {"people": len(hits), "found": int(sum(hits))} for name, hits in groups.items()},
+    return {"rows": rows, "threshold_for_groups": lowest, "groups": recall_by_group(scenes, detections, lowest),
             "people": len(people), "ignored": sum(p.ignore for p in people), "scenes": len(scenes)}
+
+
+def recall_by_group(scenes, detections, threshold: float) -> dict:
+    """{group: {people, found}} of the counted people by box height, visible fraction and facing."""
+    bins = [(f"height {low}-{high} px" if high < 10_000 else f"height >= {low} px", lambda p: p.box[3], low, high)
+            for low, high in HEIGHT_BINS]
+    bins += [(f"visible {low:.1f}-{min(high, 1.0):.1f}", lambda p: p.visible_fraction, low, high)
+             for low, high in VISIBLE_BINS]
+    bins += [(f"facing {name} ({low}-{min(high, 180)} deg)", lambda p: p.facing, low, high)
+             for low, high, name in FACING_BINS]
+    groups = {name: {"people": 0, "found": 0} for name, *_ in bins}
+    for scene, found in zip(scenes, detections):
+        matched = set(match(found, [(p.box, p.ignore) for p in scene.people], threshold)["matched"])
+        for index, person in enumerate(scene.people):
+            for name, value, low, high in bins:
+                if not person.ignore and low <= value(person) < high:
+                    groups[name]["people"] += 1
+                    groups[name]["found"] += index in matched
+    return groups
 
 
 # ---------------------------------------------------------------------------------- real photos

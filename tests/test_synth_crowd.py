@@ -115,6 +115,17 @@ def test_one_body_behind_another(maker):
     assert image.shape == (height, width, 3)
 
 
+def test_facing_is_measured_from_the_hips(maker):
+    from fastmetro.data.synthetic.crowd import _facing
+
+    body = maker.bodies.body
+    rest = body.forward(np.full((1, 11), 0.5), np.tile(np.eye(4), (1, len(body.bone_labels), 1, 1)))[0]
+    # Anny's front looks along -y: from (0, 5) the camera at (0, 0) is straight ahead.
+    assert _facing(body, rest, np.array([0.0, 5.0])) == pytest.approx(0.0, abs=5.0)
+    assert _facing(body, rest, np.array([0.0, -5.0])) == pytest.approx(180.0, abs=5.0)
+    assert _facing(body, rest, np.array([5.0, 0.0])) == pytest.approx(90.0, abs=5.0)
+
+
 def test_ignore_flags_follow_the_rules(scenes):
     from fastmetro.data.synthetic import crowd
 

@@ -62,7 +62,8 @@ class CrowdPerson:
     box: (x, y, w, h) pixels, the projected body clipped to the image; visible_fraction: visible
     pixels / pixels when alone (0..1); in_frame: fraction of its vertices inside the image;
     ignore: too hidden, cut or small to count; distance: metres along the ground from the camera;
-    family: its pose family.
+    family: its pose family; facing: degrees between the way its pelvis faces and the way to the
+    camera, on the ground (0 = facing the camera, 180 = its back to it).
     """
 
     box: tuple[float, float, float, float]
@@ -71,6 +72,7 @@ class CrowdPerson:
     ignore: bool
     distance: float
     family: str
+    facing: float
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,15 @@ class CrowdScene:
 @dataclass(frozen=True)
 class PersonMesh:
     """A posed, dressed body in camera coordinates: vertices and normals (V, 3) metres / unit,
-    colours (V, 3) in 0..1, its distance along the ground (metres) and pose family."""
+    colours (V, 3) in 0..1, its distance along the ground (metres), pose family and facing
+    (degrees, see :class:`CrowdPerson`)."""
 
     vertices: np.ndarray
     normals: np.ndarray
     colours: np.ndarray
     distance: float
     family: str
+    facing: float = 0.0
 
 
 class _CrowdBodies(ShardMaker):
@@ -227,10 +231,11 @@ class CrowdMaker:
         meshes = []
         for k, (spin, points) in enumerate(turned):
             offset = np.array([*(ground[k] - centres[k]), lifts[k] - low[k, 2]])
+            facing = _facing(self.bodies.body, points, ground[k])
             meshes.append(PersonMesh(
                 camera.to_camera(points + offset).astype(np.float32),
                 (normals[k] @ (camera.rotation @ spin).T).astype(np.float32),
-                colours[k], float(ground[k][1]), families[k],
+                colours[k], float(ground[k][1]), families[k], facing,
             ))
         return sorted(meshes, key=lambda mesh: mesh.distance)
 
@@ -279,7 +284,17 @@ class CrowdMaker:
         in_frame = float(inside.mean())
         ignore = visible_fraction < MIN_VISIBLE_FRACTION or in_frame < MIN_IN_FRAME or box[3] < MIN_BOX_HEIGHT
         return CrowdPerson(box, round(visible_fraction, 4), round(in_frame, 4), bool(ignore),
-                           round(mesh.distance, 3), mesh.family)
+                           round(mesh.distance, 3), mesh.family, round(mesh.facing, 1))
+
+
+def _facing(body, world_vertices: np.ndarray, ground: np.ndarray) -> float:
+    """Degrees between the way the pelvis faces (across the hips, LSP joints 2 = right and
+    3 = left, turned a quarter about up) and the way to the camera above (0, 0), on the ground."""
+    _, joints = body.labels(world_vertices.astype(np.float64))
+    front = np.cross(joints[3] - joints[2], [0.0, 0.0, 1.0])[:2]
+    towards = -np.asarray(ground, dtype=np.float64)
+    cosine = front @ towards / max(np.linalg.norm(front) * np.linalg.norm(towards), 1e-12)
+    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
 
 
 def check_people(people: tuple[int, int]) -> tuple[int, int]:
@@ -317,7 +332,7 @@ def render_crowd_scenes(num: int, seed: int = 0, size: tuple[int, int] = (640, 4
 def write_labelled_set(scenes, out_dir: str | Path, prefix: str = "crowd") -> Path:
     """Write scenes as ``<prefix>_<index>.png`` plus ``boxes.json`` (``{image name: [[x, y, w, h], ...]}``,
     the people that count: what ``fastmetro infer --boxes`` reads) and ``people.json`` (every
-    person with its visible fraction, in-frame fraction, ignore flag, distance and pose family).
+    person with its visible fraction, in-frame fraction, ignore flag, distance, pose family, facing).
     Returns the boxes file."""
     import json
 
