@@ -230,7 +230,9 @@ def fetch(names: Iterable[str] | None = None, source: str | os.PathLike | None =
     """
     say = progress or (lambda message: None)
     source = Path(source).expanduser() if source is not None else None
-    wanted = [_asset(name) for name in names] if names is not None else None
+    wanted = list(dict.fromkeys(_asset(name) for name in names)) if names is not None else None
+    if wanted == []:
+        return []
     single = _package_of_tarball(source) if source is not None and source.is_file() else None
     if wanted is None:
         wanted = [a for a in ASSETS.values() if single is None or a.package == single]
@@ -296,18 +298,24 @@ def _tarball(package: Package, source: Path | None, work: Path, say: Callable[[s
         raise FastMetroError(f"npm not found: install Node.js/npm to fetch {package.spec}, or copy its tarball "
                              "(`npm pack` elsewhere) and run `fastmetro assets fetch --from FOLDER`")
     say(f"downloading {package.spec} with npm pack")
-    command = [npm, "pack", package.spec, "--pack-destination", str(work), "--ignore-scripts", "--silent"]
+    command = [npm, "pack", package.spec, "--pack-destination", str(work), "--ignore-scripts", "--loglevel=error"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise FastMetroError(f"`npm pack {package.spec}` failed: {error}") from None
     tarball = work / package.tarball
     if done.returncode != 0 or not tarball.is_file():
-        lines = [line for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
-        reason = lines[-1].strip() if lines else f"exit status {done.returncode}, no {package.tarball}"
+        reason = _npm_reason(done.stderr or done.stdout or "") or f"exit status {done.returncode}, no {package.tarball}"
         raise FastMetroError(f"`npm pack {package.spec}` failed ({reason}); without internet access, copy the "
                              "tarball and run `fastmetro assets fetch --from FOLDER`")
     return tarball
+
+
+def _npm_reason(text: str) -> str:
+    """The telling line of npm's error output (not its "code E404" or "complete log" lines)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    telling = [line for line in lines if not re.match(r"npm (error|ERR!) (code |A complete log)", line)]
+    return (telling or lines or [""])[0]
 
 
 def _check_integrity(tarball: Path, package: Package) -> None:
