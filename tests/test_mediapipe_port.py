@@ -22,6 +22,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from fastmetro.errors import FastMetroError
+from fastmetro.mediapipe.assets import asset_path
 from fastmetro.mediapipe.graph import TFLiteNet
 
 ATOL = 1e-4
@@ -33,22 +34,13 @@ NETWORKS = {
 }
 
 
-def model_path(name: str):
-    try:
-        from fastmetro.mediapipe.assets import asset_path
-    except ImportError:  # TEMPORARY until assets.py lands
-        from pathlib import Path
-        return Path(f"/tmp/mp/{name}.tflite")
-    return asset_path(name)
-
-
 @pytest.fixture(scope="module")
 def nets():
     cache = {}
 
     def load(name: str) -> TFLiteNet:
         if name not in cache:
-            cache[name] = TFLiteNet.from_file(model_path(name))
+            cache[name] = TFLiteNet.from_file(asset_path(name))
         return cache[name]
 
     return load
@@ -102,7 +94,7 @@ def compare(net: TFLiteNet, path, images: np.ndarray, device: str = "cpu") -> di
 def test_matches_litert(nets, name):
     net = nets(name)
     images = sample_images(net.input_size, NETWORKS[name], signed=name == "pose_detection")
-    compare(net, model_path(name), images)
+    compare(net, net.path, images)
 
 
 def test_shapes_and_names(nets):
@@ -140,7 +132,7 @@ def test_features_are_nchw(nets):
 
 def test_trainable():
     """Weights are parameters: state_dict round trip and gradients through the whole graph."""
-    net = TFLiteNet.from_file(model_path("hand_landmark_lite")).train()
+    net = TFLiteNet.from_file(asset_path("hand_landmark_lite")).train()
     state = net.state_dict()
     assert state and all(v.dtype == torch.float32 for v in state.values())
     assert sum(p.numel() for p in net.parameters()) > 100_000
@@ -150,7 +142,7 @@ def test_trainable():
     first = net.layers[0].conv.weight
     assert first.grad is not None and torch.isfinite(first.grad).all()
     assert first.grad.abs().sum() > 0
-    copy = TFLiteNet.from_file(model_path("hand_landmark_lite"))
+    copy = TFLiteNet.from_file(asset_path("hand_landmark_lite"))
     copy.load_state_dict(state)
 
 
@@ -160,9 +152,9 @@ def test_cuda_matches_litert(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     for name in ("pose_detection", "pose_landmark_full", "hand_landmark_full"):
-        net = TFLiteNet.from_file(model_path(name)).to("cuda")
+        net = TFLiteNet.from_file(asset_path(name)).to("cuda")
         images = sample_images(net.input_size, 3, signed=name == "pose_detection")
-        compare(net, model_path(name), images, device="cuda")
+        compare(net, net.path, images, device="cuda")
 
 
 def tiny_tflite(op: int, subgraphs: int = 1) -> bytes:
@@ -241,7 +233,7 @@ def test_tiny_graph_matches_litert(tmp_path):
 ])
 def test_bad_files_one_line_errors(tmp_path, content, problem):
     if content == "truncated":
-        content = model_path("hand_landmark_lite").read_bytes()[:5000]
+        content = asset_path("hand_landmark_lite").read_bytes()[:5000]
     elif content == "softmax":
         content = tiny_tflite(tflite.BuiltinOperator.SOFTMAX)
     elif content == "two subgraphs":
