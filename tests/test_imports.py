@@ -1,5 +1,5 @@
 """Every module imports on its own (no import cycle hidden by import order), and the layers only
-import downwards: topology -> model / data -> inference -> engine -> app / bench / cli.
+import downwards: topology / mediapipe -> model / data -> inference -> engine -> app / bench / cli.
 
 Checked in a child interpreter, which imports each module with every ``fastmetro`` module
 forgotten first (third-party modules stay cached: this is about our own cycles), so the test
@@ -18,12 +18,13 @@ ALLOWED = {
     "topology": {"topology"},
     "render": {"render"},
     "metrics": {"metrics"},
-    "model": {"model", "topology"},
+    "mediapipe": {"mediapipe"},
+    "model": {"model", "topology", "mediapipe"},
     "data": {"data", "topology", "render", "metrics"},
-    "inference": {"inference", "model", "data", "topology", "render", "metrics"},
-    "engine": {"engine", "inference", "model", "data", "topology", "render", "metrics"},
-    "app": {"app", "inference", "model", "data", "topology", "render", "metrics", "engine"},
-    "bench": {"bench", "inference", "model", "data", "topology", "render", "metrics", "engine"},
+    "inference": {"inference", "model", "mediapipe", "data", "topology", "render", "metrics"},
+    "engine": {"engine", "inference", "model", "mediapipe", "data", "topology", "render", "metrics"},
+    "app": {"app", "inference", "model", "mediapipe", "data", "topology", "render", "metrics", "engine"},
+    "bench": {"bench", "inference", "model", "mediapipe", "data", "topology", "render", "metrics", "engine"},
 }
 
 CHILD = r"""

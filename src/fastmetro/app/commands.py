@@ -28,9 +28,11 @@ def register(subparsers) -> None:
                      help="address to listen on (127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)")
     app.add_argument("--port", type=int, default=7860, help="port (7860)")
     app.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
-    app.add_argument("--detector", metavar="WEIGHTS", help="torchvision person detector weights (local file), "
-                     "used when a request gives no box")
-    app.add_argument("--detector-threshold", type=float, default=0.7, help="detector score threshold (0.7)")
+    app.add_argument("--detector", default="mediapipe", metavar="mediapipe|none|WEIGHTS",
+                     help="how people are found when a request gives no box: `mediapipe` (default: BlazePose, hand "
+                     "models: MediaPipe Hands), `none` (the whole image), or a torchvision detector's weights file")
+    app.add_argument("--detector-threshold", type=float,
+                     help="detector score threshold (default: MediaPipe 0.3, torchvision 0.7)")
     app.add_argument("--max-people", type=int, default=20, help="detector: at most N people (20)")
     app.add_argument("--topology", help="topology of official .bin checkpoints (default: the checkpoint's)")
     app.add_argument("--data-dir", action="append", default=[],
@@ -47,7 +49,8 @@ def check_app_options(args) -> None:
 
     validate.integer("--port", args.port, 1, 65535)
     validate.device("--device", args.device)
-    validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
+    if args.detector_threshold is not None:
+        validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
     validate.integer("--max-people", args.max_people, 1)
     if args.image_size is not None:
         validate.image_size("--image-size", args.image_size)
@@ -79,12 +82,11 @@ def run_app(args) -> int:
     from fastmetro.app.server import create_app
 
     checkpoints = checkpoints_from_args(args)
-    detector = None
-    if args.detector:
-        from fastmetro.inference.detector import TorchvisionDetector
+    from fastmetro.inference.detector import make_detector
 
-        detector = TorchvisionDetector(args.detector, score_threshold=args.detector_threshold,
-                                       max_people=args.max_people, device=args.device)
+    # Body detector here; each hand model's runs switch it to the palm detector (detector_for).
+    detector = make_detector(args.detector, threshold=args.detector_threshold, max_people=args.max_people,
+                             device=args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks
     work_dir = Path(tempfile.mkdtemp(prefix="fastmetro-app-"))

@@ -40,13 +40,15 @@ MAX_BOX_COORDINATE = 1e7
 
 @dataclass
 class PersonBox:
-    """A person (or hand) to reconstruct: ``(x, y, w, h)`` pixels, the hand side, and the
-    square's expansion factor (None: the predictor's ``box_expand``)."""
+    """A person (or hand) to reconstruct: ``(x, y, w, h)`` pixels, the hand side, the
+    square's expansion factor (None: the predictor's ``box_expand``), and what a detector found
+    (``pose``: MediaPipe's landmarks, see :class:`~fastmetro.mediapipe.people.FoundPerson`)."""
 
     box: tuple[float, float, float, float]
     side: str = "right"
     score: float | None = None
     expand: float | None = None
+    pose: object | None = None
 
     def __post_init__(self):
         if self.side not in SIDES:
@@ -131,7 +133,9 @@ def person_boxes(
         detections = detector(image)
         if not detections:
             warnings.append(f"{source}: the detector found no person")
-        people = [PersonBox(tuple(float(v) for v in d.box), side=side, score=d.score) for d in detections]
+        # A hand detector's own side (MediaPipe's handedness) wins over the default side.
+        people = [PersonBox(tuple(float(v) for v in d.box), side=getattr(d, "side", None) or side, score=d.score,
+                            pose=getattr(d, "pose", None)) for d in detections]
     elif boxes is None:
         warnings.append(f"{source}: no person box given; using the whole image as the box")
         people = [whole_image_box((width, height), side)]

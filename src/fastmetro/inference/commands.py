@@ -29,8 +29,15 @@ def register(subparsers) -> None:
                        help='boxes per image: {"name.jpg": [[x, y, w, h], {"box": [x, y, w, h], "side": "left"}, '
                        '{"center": [x, y], "scale": s}]} (center/scale: the released label convention, '
                        'square side 200 * scale, not expanded)')
-    boxes.add_argument("--detector", metavar="WEIGHTS", help="torchvision person detector weights file (local)")
-    infer.add_argument("--detector-threshold", type=float, default=0.7, help="detector score threshold (0.7)")
+    boxes.add_argument("--detector", default="mediapipe", metavar="mediapipe|none|WEIGHTS",
+                       help="how people are found when no box is given: `mediapipe` (default: BlazePose, hands: "
+                       "MediaPipe Hands; `fastmetro assets fetch` fetches it), `none` (the whole image is the box), "
+                       "or a torchvision detector's weights file (local)")
+    infer.add_argument("--detector-threshold", type=float,
+                       help="detector score threshold (default: MediaPipe 0.3, torchvision 0.7)")
+    infer.add_argument("--landmarks", choices=("lite", "full", "heavy", "none"), default="full",
+                       help="MediaPipe's landmark network, which sets each box from the body's landmarks and "
+                       "writes them into the person JSON (full; hands: heavy means full; none: detector boxes)")
     infer.add_argument("--max-people", type=int, default=20, help="detector: keep the most confident N people (20)")
     infer.add_argument("--detector-arch", help="torchvision detector builder (default: recognised from the weights)")
     infer.add_argument("--attention", metavar="JOINT", help="also draw this joint's attention (name or index)")
@@ -76,7 +83,8 @@ def check_infer_options(args) -> None:
     validate.positive_number("--box-expand", args.box_expand, high=100.0)
     if args.focal_length is not None:
         validate.positive_number("--focal-length", args.focal_length)
-    validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
+    if args.detector_threshold is not None:
+        validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
     validate.integer("--max-people", args.max_people, 1)
     validate.device("--device", args.device)
     out = Path(args.out)
@@ -88,23 +96,21 @@ def check_infer_options(args) -> None:
         raise FastMetroError(f"--out {out}: cannot create the folder ({error.strerror})") from None
 
 
-def box_source_from_args(args):
-    """The boxes of ``fastmetro infer``: --bbox, --boxes, --detector, or the whole image."""
+def box_source_from_args(args, is_hand: bool = False):
+    """The boxes of ``fastmetro infer``: --bbox, --boxes, or a detector (MediaPipe unless
+    ``--detector none``, which leaves the whole image as the box)."""
     from fastmetro.inference import boxes
+    from fastmetro.inference.detector import make_detector
 
     if args.bbox:
         return boxes.GivenBoxes([boxes.parse_bbox(text) for text in args.bbox], side=args.hand)
     if args.boxes:
         return boxes.BoxesByImage(boxes.read_boxes_file(args.boxes, side=args.hand), label=args.boxes,
                                   side=args.hand)
-    if args.detector:
-        from fastmetro.inference.detector import TorchvisionDetector
-
-        detector = TorchvisionDetector(args.detector, score_threshold=args.detector_threshold,
-                                       max_people=args.max_people, architecture=args.detector_arch,
-                                       device=args.device)
-        return boxes.DetectorBoxes(detector, side=args.hand)
-    return None
+    detector = make_detector(args.detector, is_hand=is_hand, threshold=args.detector_threshold,
+                             max_people=args.max_people, landmarks=None if args.landmarks == "none" else args.landmarks,
+                             architecture=args.detector_arch, device=args.device)
+    return None if detector is None else boxes.DetectorBoxes(detector, side=args.hand)
 
 
 def run_infer(args) -> int:
@@ -113,7 +119,7 @@ def run_infer(args) -> int:
     from fastmetro.inference.runner import Failure, InferenceRunner
 
     check_infer_options(args)
-    boxes = box_source_from_args(args)
+    given = box_source_from_args(args) if args.bbox or args.boxes else None  # typos fail before loading
     paths = image_io.expand_inputs(args.inputs)
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -126,6 +132,7 @@ def run_infer(args) -> int:
                           image_size=args.image_size, batch_size=args.batch_size, box_expand=args.box_expand,
                           focal_length=args.focal_length, data_dir=args.data_dir,
                           body_model=args.body_model)
+    boxes = given or box_source_from_args(args, is_hand=predictor.topology.is_hand)
     out_dir = Path(args.out)
     failures: list[Failure] = []
     done = people = 0

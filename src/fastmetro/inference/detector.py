@@ -1,7 +1,9 @@
-"""Person detectors: a small interface, and torchvision's detectors from a local weights file.
+"""Person detectors: a small interface, MediaPipe's networks (the default), torchvision's from a file.
 
 A detector is any callable ``detector(image) -> list[Detection]`` for an (H, W, 3) uint8 RGB
-image. :class:`TorchvisionDetector` builds a torchvision Faster/Keypoint/Mask R-CNN (or
+image. :class:`MediaPipeDetector` finds people with BlazePose (hands with MediaPipe Hands), ported
+to PyTorch and fetched by ``make`` / ``fastmetro assets fetch``; its detections carry the
+landmarks. :class:`TorchvisionDetector` builds a torchvision Faster/Keypoint/Mask R-CNN (or
 RetinaNet/FCOS) *without* weights and loads the user's file with ``torch.load(weights_only=True)``
 (or safetensors); the architecture is recognised from the file's keys. Nothing is downloaded.
 """
@@ -9,6 +11,7 @@ RetinaNet/FCOS) *without* weights and loads the user's file with ``torch.load(we
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from fastmetro.errors import FastMetroError
+from fastmetro.mediapipe.people import FoundPerson, PeopleFinder
 
 #: COCO category id of "person" in torchvision's detection models.
 COCO_PERSON = 1
@@ -38,10 +42,13 @@ ARCHITECTURES = (
 
 @dataclass(frozen=True)
 class Detection:
-    """A detected person: ``box`` (x, y, w, h) pixels and a confidence ``score``."""
+    """A detected person: ``box`` (x, y, w, h) pixels and a confidence ``score``; hand detectors
+    may say the ``side``; MediaPipe's detections carry the ``pose`` found (landmarks and scores)."""
 
     box: tuple[float, float, float, float]
     score: float
+    side: str | None = None
+    pose: FoundPerson | None = None
 
 
 class PersonDetector(Protocol):
@@ -154,4 +161,90 @@ class TorchvisionDetector:
         return detections
 
 
-__all__ = ["Detection", "PersonDetector", "TorchvisionDetector", "read_weights", "ARCHITECTURES", "COCO_PERSON"]
+class MediaPipeDetector:
+    """People (or hands) found by MediaPipe's networks in PyTorch (:class:`~fastmetro.mediapipe.people.PeopleFinder`).
+
+    The networks load on the first call. The defaults were chosen on synthetic multi-person
+    scenes (``benchmarks/detection.py``): a detector probability of 0.3 with both the image and
+    its mirror seen, kept when the landmark network's presence is at least 0.8.
+
+    Args:
+        kind: "body" or "hand"; :func:`detector_for` switches it to the model's.
+        landmarks: landmark network variant ("lite", "full", "heavy"; hands "lite", "full"), or
+            None for boxes from the detector alone.
+        threshold: detector probability kept. presence_threshold: landmark presence kept.
+        max_people: at most N per image, most confident first.
+        device: torch device.
+    """
+
+    def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.3,
+                 presence_threshold: float = 0.8, max_people: int = 20, device: str | torch.device = "cpu",
+                 refine: bool = True, flip: bool = True):
+        if kind not in ("body", "hand"):
+            raise FastMetroError(f"detector kind must be 'body' or 'hand', got {kind!r}")
+        if kind == "hand" and landmarks == "heavy":
+            landmarks = "full"  # MediaPipe Hands has lite and full only
+        self.kind = kind
+        self.settings = dict(landmarks=landmarks, threshold=threshold, presence_threshold=presence_threshold,
+                             max_people=max_people, device=device, refine=refine, flip=flip)
+        self._finder = None
+        self._lock = threading.Lock()
+
+    def with_kind(self, kind: str) -> MediaPipeDetector:
+        """The same settings for bodies or hands."""
+        return self if kind == self.kind else MediaPipeDetector(kind, **self.settings)
+
+    @property
+    def finder(self):
+        with self._lock:
+            if self._finder is None:
+                self._finder = PeopleFinder(self.kind, **self.settings)
+            return self._finder
+
+    def load(self) -> MediaPipeDetector:
+        """Load the networks now (a missing asset fails here, not on the first image)."""
+        _ = self.finder
+        return self
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        return self.detect_many([image])[0]
+
+    def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        """The detections of several images, the networks batched across them."""
+        found = self.finder.find(images)
+        return [[Detection(tuple(person.box), float(person.score), person.side, person) for person in people]
+                for people in found]
+
+    def describe(self) -> str:
+        landmarks = self.settings["landmarks"]
+        model = "BlazePose" if self.kind == "body" else "MediaPipe Hands"
+        return f"{model} ({landmarks or 'detector only'})"
+
+
+def detector_for(detector, is_hand: bool):
+    """The detector to use with a body or hand model: a :class:`MediaPipeDetector` switches to
+    the palm detector for hand models; any other callable is used as it is."""
+    if isinstance(detector, MediaPipeDetector):
+        return detector.with_kind("hand" if is_hand else "body")
+    return detector
+
+
+def make_detector(choice: str | None, is_hand: bool = False, threshold: float | None = None, max_people: int = 20,
+                  landmarks: str | None = "full", architecture: str | None = None, device: str = "cpu"):
+    """The detector a command line asks for: ``"mediapipe"`` (the default), ``"none"`` (no
+    detector: the whole image is the box) or a torchvision weights file.
+
+    ``threshold`` None: each detector's own default (MediaPipe 0.3, torchvision 0.7).
+    """
+    if choice is None or choice == "none":
+        return None
+    if choice == "mediapipe":
+        detector = MediaPipeDetector("hand" if is_hand else "body", landmarks=landmarks, max_people=max_people,
+                                     device=device, **({} if threshold is None else {"threshold": threshold}))
+        return detector.load()
+    return TorchvisionDetector(choice, score_threshold=0.7 if threshold is None else threshold,
+                               max_people=max_people, architecture=architecture, device=device)
+
+
+__all__ = ["Detection", "PersonDetector", "TorchvisionDetector", "MediaPipeDetector", "detector_for", "make_detector",
+           "read_weights", "ARCHITECTURES", "COCO_PERSON"]

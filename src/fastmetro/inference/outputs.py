@@ -115,7 +115,29 @@ def person_record(person: PersonPrediction, joint_names, image_source: str, imag
         "units": {"joints_3d": "metres (root-centred model space, the camera's frame; add translation for "
                                "camera space)", "joints_2d": "pixels"},
         **smpl_record(person),
+        **detection_record(person),
     }
+
+
+def detection_record(person: PersonPrediction) -> dict:
+    """The detector's score, and MediaPipe's landmarks where it found them ({} for given boxes)."""
+    record = {} if person.score is None else {"detector_score": round(float(person.score), 6)}
+    pose = person.pose
+    if pose is None or getattr(pose, "landmarks", None) is None:
+        return record
+    landmarks = {
+        "names": list(pose.landmark_names),
+        "image": np.asarray(pose.landmarks).round(4).tolist(),
+        "world": np.asarray(pose.world_landmarks).round(5).tolist(),
+        "presence": round(float(pose.presence), 6),
+        "units": {"image": "x, y pixels; z pixels relative to the hips (hands: the wrist), smaller is nearer; "
+                           "visibility, presence 0..1 (hands: 0)",
+                  "world": "metres, hip-centred (hands: the hand's centre), x right, y down, z forward"},
+        "model": "MediaPipe BlazePose GHUM 3D" if pose.side is None else "MediaPipe Hands",
+    }
+    if pose.handedness is not None:
+        landmarks["handedness"] = {"side": pose.side, "probability": round(float(pose.handedness), 6)}
+    return {**record, "landmarks": landmarks}
 
 
 def smpl_record(person: PersonPrediction) -> dict:

@@ -26,6 +26,7 @@ from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, 
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 from fastmetro.inference.boxes import SIDES, PersonBox, person_boxes
+from fastmetro.inference.detector import detector_for, make_detector
 from fastmetro.model.fast import inference_view
 
 logger = logging.getLogger("fastmetro.inference")
@@ -62,6 +63,9 @@ class PersonPrediction:
             vertices, mean over heads and layers of both transformers (when requested).
         joint_cross_attention: (K, h, w) decoder cross-attention of every joint to the image
             tokens, same averaging, in the un-mirrored crop's orientation (when requested).
+        score: the detector's confidence (None for given boxes).
+        pose: what the detector found (MediaPipe: landmarks, world landmarks and their scores,
+            a :class:`~fastmetro.mediapipe.people.FoundPerson`), else None.
     """
 
     box: tuple[float, float, float, float]
@@ -82,6 +86,8 @@ class PersonPrediction:
     smpl_faces: np.ndarray | None = None
     joint_self_attention: np.ndarray | None = None
     joint_cross_attention: np.ndarray | None = None
+    score: float | None = None
+    pose: object | None = None
 
     @property
     def vertices_camera(self) -> np.ndarray:
@@ -122,8 +128,10 @@ class Predictor:
         focal_length: full-image focal length in pixels; default
             :func:`fastmetro.inference.camera.default_focal_length`.
         data_dir: folder of the SMPL/MANO files when the topology is ``smpl``/``mano``.
-        detector: optional person detector (``detector(image) -> [Detection]``, e.g.
-            :class:`fastmetro.inference.detector.TorchvisionDetector`) used when no boxes are given.
+        detector: used when no boxes are given: ``"mediapipe"`` (people found by BlazePose; hand
+            models: MediaPipe Hands), any callable ``detector(image) -> [Detection]`` (e.g.
+            :class:`fastmetro.inference.detector.TorchvisionDetector`), or None / ``"none"``: the
+            whole image is the box.
         body_model: an SMPL model file (or a loaded layer) for models with the SMPL parameter
             regressor: each person then also gets ``smpl_vertices``.
     """
@@ -182,7 +190,7 @@ class Predictor:
         self.focal_length = focal_length
         self.faces = np.asarray(self.topology.faces[0], dtype=np.int64)
         self._root_regressor = np.asarray(self.topology.root_regressor, dtype=np.float64)
-        self.detector = detector
+        self.detector = _detector(detector, self.topology.is_hand, self.device)
         self.smpl_faces = None
         if body_model is not None:
             self._attach_body_model(body_model)
@@ -342,6 +350,8 @@ class Predictor:
             **smpl,
             joint_self_attention=self_attention,
             joint_cross_attention=cross_attention,
+            score=person.score,
+            pose=person.pose,
         )
 
 
@@ -358,6 +368,15 @@ class Predictor:
             smpl["smpl_vertices"] = mesh - root
             smpl["smpl_faces"] = self.smpl_faces if self.smpl_faces is not None else self.faces
         return smpl
+
+
+def _detector(detector, is_hand: bool, device):
+    """A detector choice (see :class:`Predictor`) as a callable for this body or hand model."""
+    if isinstance(detector, str):
+        if detector not in ("mediapipe", "none"):
+            raise FastMetroError(f"detector must be 'mediapipe', 'none' or a callable, got {detector!r}")
+        return make_detector(detector, is_hand=is_hand, device=str(device))
+    return detector_for(detector, is_hand)
 
 
 def _checked_image(image, source: str) -> np.ndarray:

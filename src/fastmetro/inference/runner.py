@@ -38,6 +38,7 @@ from fastmetro.errors import FastMetroError
 from fastmetro.inference import boxes as box_sources
 from fastmetro.inference import images as image_io
 from fastmetro.inference import validate
+from fastmetro.inference.detector import detector_for
 from fastmetro.inference.images import Frame
 from fastmetro.inference.predictor import ImagePrediction, Predictor
 
@@ -147,6 +148,8 @@ class InferenceRunner:
         self.boxes = box_source(boxes, side)
         if boxes is None and predictor.detector is not None:
             self.boxes = box_sources.DetectorBoxes(predictor.detector, side=side)
+        if isinstance(self.boxes, box_sources.DetectorBoxes):  # MediaPipe: the palm detector for hand models
+            self.boxes.detector = detector_for(self.boxes.detector, predictor.topology.is_hand)
         self.out_dir = None if out_dir is None else Path(out_dir)
         if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
             raise FastMetroError(f"{self.out_dir}: exists and is not a folder")

@@ -6,6 +6,9 @@ import threading
 
 import torch
 
+from fastmetro.mediapipe.assets import asset_path
+from fastmetro.mediapipe.graph import TFLiteNet
+
 #: Landmark network variants (BlazePose GHUM 3D: lite / full / heavy; hands: lite / full).
 POSE_LANDMARK_VARIANTS = ("lite", "full", "heavy")
 HAND_LANDMARK_VARIANTS = ("lite", "full")
@@ -21,9 +24,6 @@ def load_network(name: str, device: str | torch.device = "cpu"):
     Raises:
         FastMetroError: the file is missing or damaged (one line naming ``fastmetro assets fetch``).
     """
-    from fastmetro.mediapipe.assets import asset_path
-    from fastmetro.mediapipe.graph import TFLiteNet
-
     key = (name, str(torch.device(device)))
     with _lock:
         if key not in _cache:

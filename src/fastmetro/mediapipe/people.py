@@ -209,12 +209,15 @@ class PeopleFinder:
         return people
 
     def _refined(self, images, people: list[tuple[int, FoundPerson]]) -> list[tuple[int, FoundPerson]]:
-        """A second landmark pass on each person's tracking region; the pass with the higher presence stays."""
+        """A second landmark pass on each person's tracking region (MediaPipe's region from the
+        landmarks), kept unless it loses the person the first pass saw."""
         again = [(n, i, _landmark_region(p), p.score) for n, (i, p) in enumerate(people)]
         again = [item for item in again if item[2].size >= 1.0]
         people = list(people)
         for (n, *_), second in zip(again, self._landmarks(images, [item[1:] for item in again])):
-            if second[1].presence > people[n][1].presence or people[n][1].box is None:
+            first = people[n][1]
+            lost = second[1].box is None or second[1].presence < min(self.presence_threshold, first.presence)
+            if not lost:
                 people[n] = second
         return people
 
