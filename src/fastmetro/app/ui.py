@@ -21,8 +21,8 @@ TITLE = "FastMETRO: 3D human mesh from one image"
 INTRO = (
     "Upload a photo (or take a webcam snapshot, or pick a sample), give the person's box, and get a "
     "3D mesh placed over the person. **Boxes**: type `x, y, w, h` in pixels (several people: separate "
-    "them with `;`) or click two opposite corners on the image. Without a box the person detector is "
-    "used when the app has one, else the whole image is the box."
+    "them with `;`) or click two opposite corners on the image. Without a box the app finds the people "
+    "itself (MediaPipe's BlazePose; hands for hand models) unless it was started with `--detector none`."
 )
 NO_JOINT = "(none)"
 
