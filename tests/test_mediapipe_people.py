@@ -103,6 +103,11 @@ def test_palm_region_moves_towards_the_fingers():
     wrist, knuckle = np.array([100.0, 200.0]), np.array([100.0, 160.0])
     region = Region.from_alignment(wrist, knuckle, scale=2.6, shift_y=-0.5)
     assert region.center == pytest.approx((100.0, 160.0)) and region.size == pytest.approx(208.0)
+    # A palm box 40 x 30 px around (100, 180), fingers pointing right: moved 15 px to the right.
+    palm = Region.from_box(np.array([80.0, 165.0, 120.0, 195.0]), np.array([90.0, 180.0]), np.array([120.0, 180.0]),
+                           scale=2.6, shift_y=-0.5)
+    assert palm.rotation == pytest.approx(math.pi / 2) and palm.size == pytest.approx(104.0)
+    assert palm.center == pytest.approx((115.0, 180.0))
 
 
 # ----------------------------------------------------------------------------- the networks on photos

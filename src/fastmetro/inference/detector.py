@@ -175,18 +175,19 @@ class MediaPipeDetector:
         threshold: detector probability kept. presence_threshold: landmark presence kept.
         max_people: at most N per image, most confident first.
         device: torch device.
+        refine, flip, tiles: see :class:`~fastmetro.mediapipe.people.PeopleFinder`.
     """
 
     def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.3,
                  presence_threshold: float = 0.8, max_people: int = 20, device: str | torch.device = "cpu",
-                 refine: bool = True, flip: bool = True):
+                 refine: bool = True, flip: bool = True, tiles: int = 0):
         if kind not in ("body", "hand"):
             raise FastMetroError(f"detector kind must be 'body' or 'hand', got {kind!r}")
         if kind == "hand" and landmarks == "heavy":
             landmarks = "full"  # MediaPipe Hands has lite and full only
         self.kind = kind
         self.settings = dict(landmarks=landmarks, threshold=threshold, presence_threshold=presence_threshold,
-                             max_people=max_people, device=device, refine=refine, flip=flip)
+                             max_people=max_people, device=device, refine=refine, flip=flip, tiles=tiles)
         self._finder = None
         self._lock = threading.Lock()
 

@@ -159,6 +159,28 @@ def mirrored(detection: RawDetection) -> RawDetection:
     return RawDetection(detection.score, box, keypoints)
 
 
+def in_image(detection: RawDetection, letterbox: Letterbox, offset: tuple[int, int] = (0, 0)) -> RawDetection:
+    """A detection of a letterboxed window whose corner is at ``offset`` -> full-image pixels."""
+    shift = np.asarray(offset, dtype=np.float64)
+    box = letterbox.to_image(detection.box.reshape(2, 2)).reshape(4) + np.tile(shift, 2)
+    return RawDetection(detection.score, box, letterbox.to_image(detection.keypoints) + shift)
+
+
+def tile_grid(width: int, height: int, tiles: int) -> list[tuple[int, int, int, int]]:
+    """Overlapping square windows (x, y, w, h) for finding small people: ``tiles`` windows across
+    the shorter side, each ``2 / (tiles + 1)`` of it (half a window apart), as many along the
+    longer side as cover it. ``tiles`` 0: none (the whole image alone)."""
+    if tiles <= 0:
+        return []
+    side = max(1, round(min(width, height) * 2 / (tiles + 1)))
+
+    def starts(length: int) -> list[int]:
+        count = max(1, math.ceil((length - side) / (side / 2)) + 1)
+        return sorted({round(i * (length - side) / max(1, count - 1)) for i in range(count)})
+
+    return [(x, y, side, side) for y in starts(height) for x in starts(width)]
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (x_min, y_min, x_max, y_max) boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
@@ -193,4 +215,4 @@ def weighted_nms(detections: list[RawDetection], iou_threshold: float = 0.3) -> 
 
 
 __all__ = ["DetectorSpec", "POSE_DETECTOR", "PALM_DETECTOR", "ssd_anchor_centres", "Letterbox", "normalise",
-           "RawDetection", "decode", "mirrored", "box_iou", "weighted_nms"]
+           "RawDetection", "decode", "mirrored", "in_image", "tile_grid", "box_iou", "weighted_nms"]

@@ -4,8 +4,9 @@ The pipeline of BlazePose (and of MediaPipe Hands), batched over images and over
 
 1. the detector sees each whole image letterboxed to its input (224 px; palms 192 px) and gives
    scored detections with keypoints; weighted NMS merges the anchors of one person;
-2. each detection's alignment keypoints fix a rotated square region (hip centre -> the point
-   above the head, x 1.25; palms: wrist -> middle-finger base, x 2.6, moved towards the fingers);
+2. each detection fixes a rotated square region: bodies from the alignment keypoints (hip centre
+   -> the point above the head: twice their distance, x 1.25); palms from the palm's box (x 2.6,
+   moved half a box towards the fingers), turned by wrist -> middle-finger base;
 3. the landmark network sees that region upright (256 px; hands 224 px): 33 body landmarks
    (x, y in image pixels, z on the scale of x, visibility, presence), 33 world landmarks in
    metres (hip-centred), and a presence score that rejects regions without a person;
@@ -94,12 +95,13 @@ class _Kind:
     shift_y: float
     border: str
     names: tuple[str, ...]
+    sized_by_box: bool  # the region's size from the detection box (palms), else from the keypoints (bodies)
 
 
 _POSE = _Kind("pose_detection", det.POSE_DETECTOR, "pose_landmark", POSE_LANDMARK_VARIANTS, POSE_CROP, (0, 1),
-              1.25, 0.0, "replicate", POSE_LANDMARK_NAMES)
+              1.25, 0.0, "replicate", POSE_LANDMARK_NAMES, False)
 _HAND = _Kind("palm_detection_full", det.PALM_DETECTOR, "hand_landmark", HAND_LANDMARK_VARIANTS, HAND_CROP, (0, 2),
-              2.6, -0.5, "replicate", HAND_LANDMARK_NAMES)
+              2.6, -0.5, "replicate", HAND_LANDMARK_NAMES, True)
 
 
 class PeopleFinder:
@@ -115,13 +117,17 @@ class PeopleFinder:
         refine: run the landmark network a second time on the region its own landmarks give.
         flip: also run the detector on the mirrored image and merge both views' detections (people
             seen from behind or side-on score higher in one of the two).
+        hands_from_bodies: hands: also look where BlazePose puts each person's wrists (the palm
+            detector sees hands that fill much of the image, not the hands of a whole body).
+        tiles: also run the detector on overlapping square tiles, this many across the image's
+            shorter side (0: the whole image only); finds people too small for one pass at 224 px.
         max_people: keep the most confident N.
         device: torch device of the networks.
     """
 
     def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.5,
                  presence_threshold: float = 0.5, nms_iou: float = 0.3, refine: bool = True,
-                 flip: bool = True, max_people: int = 20, device: str | torch.device = "cpu"):
+                 flip: bool = True, tiles: int = 0, hands_from_bodies: bool = True, max_people: int = 20, device: str | torch.device = "cpu"):
         if kind not in ("body", "hand"):
             raise FastMetroError(f"kind must be 'body' or 'hand', got {kind!r}")
         self.kind = _POSE if kind == "body" else _HAND
@@ -134,10 +140,16 @@ class PeopleFinder:
         self.threshold, self.presence_threshold, self.nms_iou = float(threshold), float(presence_threshold), float(nms_iou)
         self.refine = bool(refine) and kind == "body"  # hands: MediaPipe's palm region is already tight
         self.flip = bool(flip)
+        if int(tiles) != tiles or not 0 <= tiles <= 8:
+            raise FastMetroError(f"tiles must be an integer within 0..8, got {tiles!r}")
+        self.tiles = int(tiles)
         self.max_people = int(max_people)
         self.device = torch.device(device)
         self.anchors = det.ssd_anchor_centres(self.kind.spec)
         self.detector = load_network(self.kind.detector, self.device)
+        self.body_finder = None
+        if kind == "hand" and hands_from_bodies and landmarks is not None:
+            self.body_finder = PeopleFinder("body", "lite", refine=False, flip=flip, tiles=tiles, device=device)
         self.landmark_net = None if landmarks is None else load_network(f"{self.kind.landmark_prefix}_{landmarks}",
                                                                         self.device)
 
@@ -154,7 +166,15 @@ class PeopleFinder:
                             for found, image in zip(candidates, images)]
             return [[p for p in found if p.box is not None][: self.max_people] for found in found_people]
         flat = [(i, region, score) for i, found in enumerate(candidates) for region, score in found]
+        sides: list[str | None] = [None] * len(flat)
+        if self.body_finder is not None:  # hands too small for the palm detector: from the bodies' wrists
+            from_bodies = _hands_of_bodies(self.body_finder.find(images))
+            flat += [item[:3] for item in from_bodies]
+            sides += [item[3] for item in from_bodies]
         people = self._landmarks(images, flat)
+        for (_, person), side in zip(people, sides):
+            if side is not None:  # the body's own left or right wrist: surer than the handedness guess
+                person.side, person.handedness = side, 1.0
         if self.refine:
             people = self._refined(images, people)
         result: list[list[FoundPerson]] = [[] for _ in images]
@@ -165,30 +185,34 @@ class PeopleFinder:
 
     # ------------------------------------------------------------------ stages
     def _detect(self, images: Sequence[np.ndarray]) -> list[list[tuple[Region, float]]]:
+        """Detector on every view (the whole image, its tiles, their mirrors), one batch; the
+        detections of all views of an image merged by weighted NMS in image pixels."""
         spec = self.kind.spec
-        letterboxes, inputs = [], []
-        for image in images:
+        views, inputs = [], []
+        for index, image in enumerate(images):
             _check_image(image)
-            letterbox = det.Letterbox.of((image.shape[1], image.shape[0]), spec.input_size)
-            letterboxes.append(letterbox)
-            inputs.append(det.normalise(letterbox.apply(image), spec.value_range))
-        if self.flip:  # each image and its mirror in one batch
-            inputs = [view for image in inputs for view in (image, image[:, ::-1])]
-        raw_boxes, raw_scores = self._run(self.detector, np.ascontiguousarray(np.stack(inputs)))
-        views = 2 if self.flip else 1
+            height, width = image.shape[:2]
+            for x, y, w, h in [(0, 0, width, height), *det.tile_grid(width, height, self.tiles)]:
+                letterbox = det.Letterbox.of((w, h), spec.input_size)
+                boxed = det.normalise(letterbox.apply(image[y:y + h, x:x + w]), spec.value_range)
+                for mirrored in (False, True) if self.flip else (False,):
+                    views.append((index, (x, y), letterbox, mirrored))
+                    inputs.append(boxed[:, ::-1] if mirrored else boxed)
+        raw_boxes, raw_scores = self._run(self.detector, inputs)
+        detections: list[list[det.RawDetection]] = [[] for _ in images]
+        for (index, offset, letterbox, mirrored), boxes, scores in zip(views, raw_boxes, raw_scores):
+            for detection in det.decode(boxes, scores, self.anchors, spec, self.threshold):
+                detection = det.mirrored(detection) if mirrored else detection
+                detections[index].append(det.in_image(detection, letterbox, offset))
         found = []
-        for n, letterbox in enumerate(letterboxes):
-            detections = []
-            for view in range(views):
-                decoded = det.decode(raw_boxes[n * views + view], raw_scores[n * views + view], self.anchors, spec,
-                                     self.threshold)
-                detections += [det.mirrored(d) for d in decoded] if view else decoded
-            merged = det.weighted_nms(detections, self.nms_iou)
+        for candidates in detections:
             regions = []
-            for detection in merged[: 2 * self.max_people]:
-                keypoints = letterbox.to_image(detection.keypoints)
-                start, end = keypoints[self.kind.align[0]], keypoints[self.kind.align[1]]
-                region = Region.from_alignment(start, end, self.kind.scale, self.kind.shift_y)
+            for detection in det.weighted_nms(candidates, self.nms_iou)[: 2 * self.max_people]:
+                start, end = detection.keypoints[self.kind.align[0]], detection.keypoints[self.kind.align[1]]
+                if self.kind.sized_by_box:
+                    region = Region.from_box(detection.box, start, end, self.kind.scale, self.kind.shift_y)
+                else:
+                    region = Region.from_alignment(start, end, self.kind.scale, self.kind.shift_y)
                 if region.size >= 1.0:
                     regions.append((region, detection.score))
             found.append(regions)
@@ -197,15 +221,15 @@ class PeopleFinder:
     def _landmarks(self, images, flat: list[tuple[int, Region, float]]) -> list[tuple[int, FoundPerson]]:
         crop = self.kind.crop
         people = []
-        for start in range(0, len(flat), 32):  # bounded memory for crowded batches
-            chunk = flat[start:start + 32]
-            crops = np.stack([region.crop(images[i], crop, self.kind.border) for i, region, _ in chunk])
-            outputs = self._run(self.landmark_net, det.normalise(crops, (0.0, 1.0)))
-            for n, (i, region, score) in enumerate(chunk):
-                decode = _decode_pose if self.kind is _POSE else _decode_hand
-                person = decode([o[n] for o in outputs], region, score)
-                person.box = _landmark_box(person, images[i].shape, self.kind is _POSE)
-                people.append((i, person))
+        if not flat:
+            return people
+        crops = [det.normalise(region.crop(images[i], crop, self.kind.border), (0.0, 1.0)) for i, region, _ in flat]
+        outputs = self._run(self.landmark_net, crops)
+        decode = _decode_pose if self.kind is _POSE else _decode_hand
+        for n, (i, region, score) in enumerate(flat):
+            person = decode([o[n] for o in outputs], region, score)
+            person.box = _landmark_box(person, images[i].shape, self.kind is _POSE)
+            people.append((i, person))
         return people
 
     def _refined(self, images, people: list[tuple[int, FoundPerson]]) -> list[tuple[int, FoundPerson]]:
@@ -226,9 +250,13 @@ class PeopleFinder:
         box = _clip_box(corners.min(axis=0), corners.max(axis=0), image.shape)
         return FoundPerson(box, score, region, landmark_names=self.kind.names)
 
-    def _run(self, net, inputs: np.ndarray) -> list[np.ndarray]:
-        outputs = net(torch.from_numpy(inputs).to(self.device))
-        return [o.float().cpu().numpy() for o in outputs]
+    def _run(self, net, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The network on (H, W, 3) float32 inputs, 32 at a time (bounded memory); outputs stacked."""
+        chunks = []
+        for start in range(0, len(inputs), 32):
+            batch = torch.from_numpy(np.ascontiguousarray(np.stack(inputs[start:start + 32]))).to(self.device)
+            chunks.append([o.float().cpu().numpy() for o in net(batch)])
+        return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
 def _sigmoid(x):
@@ -265,6 +293,31 @@ def _decode_hand(outputs: list[np.ndarray], region: Region, score: float) -> Fou
 def _landmark_region(person: FoundPerson) -> Region:
     """MediaPipe's tracking region from the landmarks' hip centre and size point (x 1.25)."""
     return Region.from_alignment(person.alignment[0], person.alignment[1], _POSE.scale)
+
+
+#: BlazePose landmarks of each hand: wrist, pinky knuckle, index knuckle.
+_BODY_HANDS = {"left": (15, 17, 19), "right": (16, 18, 20)}
+
+
+def _hands_of_bodies(bodies: list[list[FoundPerson]]) -> list[tuple[int, Region, float, str]]:
+    """(image index, hand region, score, side) for every visible wrist of the bodies found.
+
+    The region is what the palm detector's would be: the wrist -> knuckles direction upright,
+    centred about one palm length from the wrist towards the fingers, 3.2 palm lengths wide.
+    """
+    hands = []
+    for index, people in enumerate(bodies):
+        for person in people:
+            for side, (wrist, pinky, finger) in _BODY_HANDS.items():
+                points = person.landmarks[[wrist, pinky, finger]]
+                visibility = float(points[:, 3].min())
+                knuckles = points[1:, :2].mean(axis=0)
+                palm = float(np.linalg.norm(knuckles - points[0, :2]))
+                if visibility < 0.5 or palm < 2.0:
+                    continue
+                region = Region.from_alignment(points[0, :2], knuckles, scale=1.6, shift_y=-0.5)
+                hands.append((index, region, person.score * visibility, side))
+    return hands
 
 
 def _landmark_box(person: FoundPerson, shape, body: bool) -> tuple[float, float, float, float] | None:

@@ -40,6 +40,19 @@ class Region:
         center = (float(start[0] + shift[0]), float(start[1] + shift[1]))
         return cls(center, side * scale, rotation)
 
+    @classmethod
+    def from_box(cls, box: np.ndarray, start: np.ndarray, end: np.ndarray, scale: float, shift_y: float = 0.0,
+                 target_angle: float = math.pi / 2) -> Region:
+        """The region of a detection box (x_min, y_min, x_max, y_max) pixels turned by two keypoints,
+        as MediaPipe's detection rectangles (palms): centred on the box, its longer side, moved by
+        ``shift_y`` box heights along the region's own y axis, then scaled."""
+        dx, dy = float(end[0] - start[0]), float(end[1] - start[1])
+        rotation = _wrap(target_angle - math.atan2(-dy, dx))
+        width, height = float(box[2] - box[0]), float(box[3] - box[1])
+        shift = np.array([-math.sin(rotation), math.cos(rotation)]) * height * shift_y
+        center = ((box[0] + box[2]) / 2 + shift[0], (box[1] + box[3]) / 2 + shift[1])
+        return cls((float(center[0]), float(center[1])), max(width, height) * scale, rotation)
+
     def crop_to_image(self, crop_size: int) -> np.ndarray:
         """(2, 3) affine map from crop pixels (continuous, 0..crop_size) to image pixels."""
         cos, sin = math.cos(self.rotation), math.sin(self.rotation)
