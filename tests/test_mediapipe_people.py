@@ -77,6 +77,18 @@ def test_letterbox_of_a_large_image_averages_before_shrinking():
     assert abs(float(boxed[50:150, 50:150].mean()) - 127.5) < 10
 
 
+def test_tile_grid_covers_the_image_with_overlapping_squares():
+    assert det.tile_grid(640, 480, 0) == []
+    tiles = det.tile_grid(640, 480, 2)  # 320 px squares, half a square apart
+    assert {(w, h) for _, _, w, h in tiles} == {(320, 320)}
+    assert sorted({x for x, _, _, _ in tiles}) == [0, 160, 320] and sorted({y for _, y, _, _ in tiles}) == [0, 160]
+    covered = np.zeros((480, 640), bool)
+    for x, y, w, h in det.tile_grid(641, 479, 3):
+        assert x >= 0 and y >= 0 and x + w <= 641 and y + h <= 479
+        covered[y:y + h, x:x + w] = True
+    assert covered[:479, :640].all()
+
+
 # ----------------------------------------------------------------------------- regions
 def test_upright_region_from_alignment_points():
     region = Region.from_alignment(np.array([100.0, 200.0]), np.array([100.0, 150.0]), scale=1.25)
@@ -175,3 +187,19 @@ def test_hand_finder_runs_and_finds_no_hand_in_coffee():
     found = hands(_photo("astronaut"))  # her hands rest on the helmet: whatever is found is a checked hand
     for hand in found:
         assert hand.side in ("left", "right") and hand.landmarks.shape == (21, 5) and 0.5 <= hand.handedness <= 1
+
+
+def test_tiles_find_a_person_too_small_for_one_pass():
+    import cv2
+
+    from fastmetro.mediapipe.people import PeopleFinder
+
+    # The astronaut's portrait at 120 px in a 960 x 720 frame: her face is ~6 px in one 224 px pass.
+    small = cv2.resize(_photo("astronaut"), (120, 120), interpolation=cv2.INTER_AREA)
+    canvas = np.full((720, 960, 3), 120, np.uint8)
+    canvas[420:540, 560:680] = small
+    assert PeopleFinder(tiles=0)(canvas) == []
+    found = PeopleFinder(tiles=3)(canvas)
+    assert len(found) == 1
+    x, y, w, h = found[0].box
+    assert 550 < x < 600 and 400 < y < 445 and x + w < 700 and y + h > 520

@@ -202,8 +202,9 @@ class PeopleFinder:
         detections: list[list[det.RawDetection]] = [[] for _ in images]
         for (index, offset, letterbox, mirrored), boxes, scores in zip(views, raw_boxes, raw_scores):
             for detection in det.decode(boxes, scores, self.anchors, spec, self.threshold):
-                detection = det.mirrored(detection) if mirrored else detection
-                detections[index].append(det.in_image(detection, letterbox, offset))
+                detection = det.in_image(det.mirrored(detection) if mirrored else detection, letterbox, offset)
+                if not _cut_by_tile(detection.box, offset, letterbox, images[index].shape):
+                    detections[index].append(detection)
         found = []
         for candidates in detections:
             regions = []
@@ -343,17 +344,40 @@ def _clip_box(low, high, shape) -> tuple[float, float, float, float] | None:
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def _cut_by_tile(box: np.ndarray, offset: tuple[int, int], letterbox: det.Letterbox, shape) -> bool:
+    """A detection box (pixels) crossing an edge of its tile that lies inside the image: the tile
+    saw part of a face (or palm), which the view that holds all of it finds better."""
+    if letterbox.scale <= 0:
+        return False
+    side = letterbox.size / letterbox.scale
+    x0, y0 = offset
+    x1, y1 = x0 + side, y0 + side
+    height, width = shape[:2]
+    margin = 0.01 * side
+    return bool((x0 > 0 and box[0] < x0 + margin) or (y0 > 0 and box[1] < y0 + margin)
+                or (x1 < width and box[2] > x1 - margin) or (y1 < height and box[3] > y1 - margin))
+
+
+def _same_person(a: FoundPerson, b: FoundPerson) -> bool:
+    """Two findings of one body: landmarks nearly coincide (mean distance under 10 % of the box's
+    longer side), or one box lies mostly inside the other (a partial view of the same body; not
+    for hands, which often overlap each other)."""
+    size = max(a.box[2], a.box[3])
+    if np.linalg.norm(a.landmarks[:, :2] - b.landmarks[:, :2], axis=1).mean() < 0.1 * size:
+        return True
+    if a.side is not None:
+        return False
+    width = min(a.box[0] + a.box[2], b.box[0] + b.box[2]) - max(a.box[0], b.box[0])
+    height = min(a.box[1] + a.box[3], b.box[1] + b.box[3]) - max(a.box[1], b.box[1])
+    inside = max(width, 0.0) * max(height, 0.0) / min(a.box[2] * a.box[3], b.box[2] * b.box[3])
+    return inside > 0.7
+
+
 def _merge_duplicates(people: list[FoundPerson]) -> list[FoundPerson]:
-    """One person found from two detections: their landmarks nearly coincide. Keep the more
-    confident (mean landmark distance under 10 % of the box's longer side)."""
+    """One finding per person: the most confident of those :func:`_same_person` pairs up."""
     kept: list[FoundPerson] = []
     for person in sorted(people, key=lambda p: -p.score * (p.presence or 1.0)):
-        if person.landmarks is None:
-            kept.append(person)
-            continue
-        size = max(person.box[2], person.box[3])
-        if all(np.linalg.norm(person.landmarks[:, :2] - other.landmarks[:, :2], axis=1).mean() > 0.1 * size
-               for other in kept):
+        if person.landmarks is None or not any(_same_person(person, other) for other in kept):
             kept.append(person)
     return kept
 
