@@ -292,7 +292,9 @@ def report(results: dict) -> str:
     """The results as markdown: a header, then one table per part."""
     lines = list(results["header"]) + [""]
     synthetic = results["synthetic"]
+    near, far = results["distance"]
     lines += [f"**Synthetic crowd scenes**: {synthetic['scenes']} scenes {results['size']}, seed {results['seed']}, "
+              f"people {near:g}-{far:g} m away, "
               f"{synthetic['people']} people ({synthetic['ignored']} ignored: hidden, cut or under 24 px); IoU 0.5", "",
               "| score >= | precision | recall | true pos. | false pos. | missed | mean IoU of matches |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -343,7 +345,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     width, height = args.size
     started = time.perf_counter()
-    scenes = list(render_crowd_scenes(args.num, seed=args.seed, size=(width, height), people=tuple(args.people)))
+    scenes = list(render_crowd_scenes(args.num, seed=args.seed, size=(width, height), people=tuple(args.people),
+                                      depth_range=tuple(args.distance)))
     print(f"[detection] rendered {len(scenes)} scenes in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.write_scenes is not None:
         path = write_labelled_set(scenes[:args.write_count], args.write_scenes)
@@ -358,7 +361,7 @@ def run(args: argparse.Namespace) -> dict:
     if court is not None:
         timed["basketball1.png 640x480, 2 people"] = court
     return {
-        "header": header(args), "size": f"{width}x{height}", "seed": args.seed, "runs": args.runs,
+        "header": header(args), "size": f"{width}x{height}", "seed": args.seed, "distance": tuple(args.distance), "runs": args.runs,
         "threads": args.threads, "photo_threshold": threshold,
         "synthetic": evaluate_scenes(scenes, detections, sorted(set(args.thresholds))),
         "photos": evaluate_photos(detector, threshold, args.out),
@@ -398,6 +401,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=_size, default=(640, 480), help="WxH of the scenes")
     parser.add_argument("--people", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
+    parser.add_argument("--distance", type=float, nargs=2, default=(2.5, 30.0), metavar=("NEAR", "FAR"),
+                        help="people's distance from the camera, metres, log-uniform (2.5 30: crowds with people "
+                        "20-40 px tall far away; 2.5 8: group photos)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--threshold", type=float, default=None,
                         help="the detector's own threshold and the photos' (default: the lowest of --thresholds)")

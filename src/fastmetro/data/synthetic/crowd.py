@@ -131,7 +131,7 @@ def sample_street_camera(rng: np.random.Generator, width: int, height: int) -> C
 
 
 def place_people(rng: np.random.Generator, camera: Camera, radii: np.ndarray, heights: np.ndarray,
-                 size: tuple[int, int]) -> np.ndarray:
+                 size: tuple[int, int], depth_range: tuple[float, float] = DEPTH_RANGE) -> np.ndarray:
     """(N, 2) ground positions (x, y metres) for bodies of footprint radii (N,) and heights (N,).
 
     Each body's middle projects inside the image (so the border cuts some bodies, never more
@@ -145,7 +145,7 @@ def place_people(rng: np.random.Generator, camera: Camera, radii: np.ndarray, he
     for radius, body_height in zip(radii, heights):
         position, column = None, 0.0
         for _attempt in range(PLACEMENT_ATTEMPTS):
-            distance = float(np.exp(rng.uniform(*np.log(DEPTH_RANGE))))
+            distance = float(np.exp(rng.uniform(*np.log(depth_range))))
             column = rng.uniform(0.0, 1.0) * width
             if placed and rng.uniform() < OVERLAP_PROBABILITY:
                 partner = int(rng.integers(len(placed)))
@@ -163,7 +163,7 @@ def place_people(rng: np.random.Generator, camera: Camera, radii: np.ndarray, he
                 position = candidate
                 break
         if position is None:  # a crowded or odd view: far away, where there is always room
-            position = np.array([(rng.uniform() - 0.5) * 4.0 * len(placed), DEPTH_RANGE[1] + 2.0 * len(placed)])
+            position = np.array([(rng.uniform() - 0.5) * 4.0 * len(placed), depth_range[1] + 2.0 * len(placed)])
         placed.append(position)
         columns.append(column)
     return np.array(placed).reshape(-1, 2)
@@ -174,7 +174,7 @@ class CrowdMaker:
     (create one per process). ``samples``: MSAA of the colour image (the id render has none)."""
 
     def __init__(self, size: tuple[int, int] = (640, 480), split: str = "train", backgrounds: str = "mixed",
-                 samples: int = 4, poses: str = CROWD_POSES):
+                 samples: int = 4, poses: str = CROWD_POSES, depth_range: tuple[float, float] = DEPTH_RANGE):
         from fastmetro.data.synthetic.config import SynthConfig
         from fastmetro.render import Renderer
 
@@ -182,6 +182,10 @@ class CrowdMaker:
         if width < 32 or height < 32:
             raise FastMetroError(f"crowd scenes: image size must be at least 32x32 pixels, got {width}x{height}")
         self.size = (width, height)
+        near, far = (float(v) for v in depth_range)
+        if not 1.0 <= near <= far <= 200.0:
+            raise FastMetroError(f"crowd scenes: depth_range must satisfy 1 <= near <= far <= 200 m, got {depth_range!r}")
+        self.depth_range = (near, far)  # metres along the ground, log-uniform (2.5-8: group photos)
         self.bodies = _CrowdBodies(SynthConfig(out_dir=Path("."), num=1, size=16, poses=poses, split=split,
                                                backgrounds=backgrounds, occluders=False))
         self.bodies.renderer.release()  # its square renderer is never used: ours are W x H
@@ -227,7 +231,7 @@ class CrowdMaker:
         high = np.array([points.max(0) for _, points in turned])
         centres = (low[:, :2] + high[:, :2]) / 2.0
         radii = np.array([np.linalg.norm(points[:, :2] - c, axis=1).max() for (_, points), c in zip(turned, centres)])
-        ground = place_people(rng, camera, radii, high[:, 2] - low[:, 2], self.size)
+        ground = place_people(rng, camera, radii, high[:, 2] - low[:, 2], self.size, self.depth_range)
         meshes = []
         for k, (spin, points) in enumerate(turned):
             offset = np.array([*(ground[k] - centres[k]), lifts[k] - low[k, 2]])
