@@ -180,7 +180,7 @@ class MediaPipeDetector:
 
     def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.3,
                  presence_threshold: float = 0.8, max_people: int = 20, device: str | torch.device = "cpu",
-                 refine: bool = True, flip: bool = True, tiles: int = 0):
+                 refine: bool = False, flip: bool = True, tiles: int = 0):
         if kind not in ("body", "hand"):
             raise FastMetroError(f"detector kind must be 'body' or 'hand', got {kind!r}")
         if kind == "hand" and landmarks == "heavy":

@@ -126,7 +126,7 @@ class PeopleFinder:
     """
 
     def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.5,
-                 presence_threshold: float = 0.5, nms_iou: float = 0.3, refine: bool = True,
+                 presence_threshold: float = 0.5, nms_iou: float = 0.3, refine: bool = False,
                  flip: bool = True, tiles: int = 0, hands_from_bodies: bool = True, max_people: int = 20, device: str | torch.device = "cpu"):
         if kind not in ("body", "hand"):
             raise FastMetroError(f"kind must be 'body' or 'hand', got {kind!r}")
