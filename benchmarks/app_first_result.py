@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from app_browser import AppProcess, Page, find_browser, quit_browser, start_browser  # noqa: E402
-
 from fastmetro.app.samples import BUNDLED, bundled_samples  # noqa: E402
 
 
@@ -35,8 +34,13 @@ def tiny_checkpoint(folder: Path, data_dir: Path) -> Path:
     from fastmetro.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = fastmetro.create_model("FastMETRO-S-R18", topology=topology.load("smpl", data_dir), model_dims=(64, 32),
-                                   feedforward_dims=(128, 64), num_heads=2)
+    model = fastmetro.create_model(
+        "FastMETRO-S-R18",
+        topology=topology.load("smpl", data_dir),
+        model_dims=(64, 32),
+        feedforward_dims=(128, 64),
+        num_heads=2,
+    )
     return save_checkpoint(model, folder / "tiny.safetensors")
 
 

@@ -32,13 +32,18 @@ def _topology() -> Topology:
     faces = rng.integers(0, NUM_VERTICES, (100, 3))
     kept = np.arange(0, NUM_VERTICES, 16)
     return Topology(
-        name="bench", level_vertex_counts=(NUM_VERTICES, len(kept)),
-        faces=(faces, np.array([[0, 1, 2]])), kept_indices=(kept,),
+        name="bench",
+        level_vertex_counts=(NUM_VERTICES, len(kept)),
+        faces=(faces, np.array([[0, 1, 2]])),
+        kept_indices=(kept,),
         upsample=(sp.csr_matrix(np.eye(NUM_VERTICES, dtype=np.float32)[:, kept]),),
         coarse_adjacency=adjacency_from_faces(np.array([[0, 1, 2]]), len(kept)),
-        joint_regressor=np.full((14, NUM_VERTICES), 1 / NUM_VERTICES), joint_names=tuple(map(str, range(14))),
-        joint_flip=(5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 12, 13), root_joints=(2, 3),
-        root_regressor=np.full(NUM_VERTICES, 1 / NUM_VERTICES), vertex_flip=np.arange(NUM_VERTICES),
+        joint_regressor=np.full((14, NUM_VERTICES), 1 / NUM_VERTICES),
+        joint_names=tuple(map(str, range(14))),
+        joint_flip=(5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 12, 13),
+        root_joints=(2, 3),
+        root_regressor=np.full(NUM_VERTICES, 1 / NUM_VERTICES),
+        vertex_flip=np.arange(NUM_VERTICES),
     )
 
 
@@ -49,9 +54,12 @@ def _write(directory: Path, count: int) -> Path:
         for i in range(count):
             picture = np.stack([(xx + 7 * i) % 256, (yy * 2) % 256, (xx + yy) % 256], -1).astype(np.uint8)
             label = {
-                "center": [320.0 + rng.normal() * 20, 240.0], "scale": 2.0,
-                "2d_joints": rng.uniform(100, 500, (24, 3)), "has_2d_joints": 1,
-                "3d_joints": rng.normal(size=(24, 4)), "has_3d_joints": 1,
+                "center": [320.0 + rng.normal() * 20, 240.0],
+                "scale": 2.0,
+                "2d_joints": rng.uniform(100, 500, (24, 3)),
+                "has_2d_joints": 1,
+                "3d_joints": rng.normal(size=(24, 4)),
+                "has_3d_joints": 1,
             }
             writer.add(f"{i:06d}", picture, label, vertices=rng.normal(size=(NUM_VERTICES, 3)))
     return directory / "bench.yaml"

@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +60,19 @@ class Photo:
 
 
 PHOTOS = (
-    Photo("messi5.jpg", "opencv", ((68, 60, 390, 277),), crowd=True,
-          note="a footballer; blurred spectators behind"),
-    Photo("basketball1.png", "opencv", ((35, 80, 130, 400), (435, 22, 205, 458)),
-          note="two men, the right one cut by the border"),
-    Photo("basketball2.png", "opencv", ((35, 80, 135, 400), (428, 20, 212, 460)),
-          note="two men, the right one cut by the border"),
+    Photo("messi5.jpg", "opencv", ((68, 60, 390, 277),), crowd=True, note="a footballer; blurred spectators behind"),
+    Photo(
+        "basketball1.png",
+        "opencv",
+        ((35, 80, 130, 400), (435, 22, 205, 458)),
+        note="two men, the right one cut by the border",
+    ),
+    Photo(
+        "basketball2.png",
+        "opencv",
+        ((35, 80, 135, 400), (428, 20, 212, 460)),
+        note="two men, the right one cut by the border",
+    ),
     Photo("astronaut", "skimage", ((20, 14, 345, 498),), note="a portrait to the waist"),
     Photo("camera", "skimage", ((0, 62, 335, 450),), note="a cameraman, cut at the thighs"),
     Photo("coffee", "skimage", (), note="nobody"),
@@ -107,13 +114,21 @@ class StandIn:
             chance = min(1.0, 1.3 * person.visible_fraction) * min(1.0, h / 48.0)
             if rng.uniform() < chance:
                 jitter = rng.normal(0.0, 0.05, 4) * [w, h, w, h]
-                found.append(Found((x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]),
-                                   float(np.clip(chance * rng.uniform(0.6, 1.0), 0.05, 1.0))))
+                found.append(
+                    Found(
+                        (x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]),
+                        float(np.clip(chance * rng.uniform(0.6, 1.0), 0.05, 1.0)),
+                    )
+                )
         if rng.uniform() < 0.2:  # a false alarm somewhere
             height, width = image.shape[:2]
             size = rng.uniform(30, 150)
-            found.append(Found((rng.uniform(0, width - size), rng.uniform(0, height - size), size / 2, size),
-                               float(rng.uniform(0.05, 0.6))))
+            found.append(
+                Found(
+                    (rng.uniform(0, width - size), rng.uniform(0, height - size), size / 2, size),
+                    float(rng.uniform(0.05, 0.6)),
+                )
+            )
         return found
 
 
@@ -134,8 +149,7 @@ def load_detector(name: str, threshold: float, landmarks: str, device: str, trut
 
     if name == "mediapipe":
         kind = getattr(detectors, "MediaPipePersonDetector", None) or detectors.MediaPipeDetector
-        made = kind(threshold=threshold, landmarks=None if landmarks == "none" else landmarks, device=device,
-                    **options)
+        made = kind(threshold=threshold, landmarks=None if landmarks == "none" else landmarks, device=device, **options)
         return made.load() if hasattr(made, "load") else made
     return detectors.make_detector(name, threshold=threshold, device=device)
 
@@ -179,28 +193,49 @@ def evaluate_scenes(scenes, detections, thresholds) -> dict:
     """Precision / recall / mean IoU per threshold; recall by height, visibility and facing at the lowest."""
     rows = []
     for threshold in thresholds:
-        results = [match(found, [(p.box, p.ignore) for p in scene.people], threshold)
-                   for scene, found in zip(scenes, detections)]
+        results = [
+            match(found, [(p.box, p.ignore) for p in scene.people], threshold)
+            for scene, found in zip(scenes, detections)
+        ]
         tp, fp, fn = (sum(r[k] for r in results) for k in ("tp", "fp", "fn"))
         ious = [value for r in results for value in r["ious"]]
-        rows.append({"threshold": threshold, "tp": tp, "fp": fp, "fn": fn,
-                     "precision": tp / (tp + fp) if tp + fp else float("nan"),
-                     "recall": tp / (tp + fn) if tp + fn else float("nan"),
-                     "mean_iou": float(np.mean(ious)) if ious else float("nan")})
+        rows.append(
+            {
+                "threshold": threshold,
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+            }
+        )
     lowest = min(thresholds)
     people = [p for scene in scenes for p in scene.people]
-    return {"rows": rows, "threshold_for_groups": lowest, "groups": recall_by_group(scenes, detections, lowest),
-            "people": len(people), "ignored": sum(p.ignore for p in people), "scenes": len(scenes)}
+    return {
+        "rows": rows,
+        "threshold_for_groups": lowest,
+        "groups": recall_by_group(scenes, detections, lowest),
+        "people": len(people),
+        "ignored": sum(p.ignore for p in people),
+        "scenes": len(scenes),
+    }
 
 
 def recall_by_group(scenes, detections, threshold: float) -> dict:
     """{group: {people, found}} of the counted people by box height, visible fraction and facing."""
-    bins = [(f"height {low}-{high} px" if high < 10_000 else f"height >= {low} px", lambda p: p.box[3], low, high)
-            for low, high in HEIGHT_BINS]
-    bins += [(f"visible {low:.1f}-{min(high, 1.0):.1f}", lambda p: p.visible_fraction, low, high)
-             for low, high in VISIBLE_BINS]
-    bins += [(f"facing {name} ({low}-{min(high, 180)} deg)", lambda p: p.facing, low, high)
-             for low, high, name in FACING_BINS]
+    bins = [
+        (f"height {low}-{high} px" if high < 10_000 else f"height >= {low} px", lambda p: p.box[3], low, high)
+        for low, high in HEIGHT_BINS
+    ]
+    bins += [
+        (f"visible {low:.1f}-{min(high, 1.0):.1f}", lambda p: p.visible_fraction, low, high)
+        for low, high in VISIBLE_BINS
+    ]
+    bins += [
+        (f"facing {name} ({low}-{min(high, 180)} deg)", lambda p: p.facing, low, high)
+        for low, high, name in FACING_BINS
+    ]
     groups = {name: {"people": 0, "found": 0} for name, *_ in bins}
     for scene, found in zip(scenes, detections):
         matched = set(match(found, [(p.box, p.ignore) for p in scene.people], threshold)["matched"])
@@ -237,12 +272,18 @@ def evaluate_photos(detector, threshold: float, out: Path | None) -> list[dict]:
         found = sorted((d for d in detector(image) if d.score >= threshold), key=lambda d: -d.score)
         result = match(found, [(box, False) for box in photo.people], threshold)
         extra = len(found) - result["tp"]
-        rows.append({
-            "photo": photo.name, "expected": len(photo.people), "crowd": photo.crowd, "note": photo.note,
-            "found": [{"box": [round(v, 1) for v in d.box], "score": round(d.score, 3)} for d in found],
-            "matched": result["tp"], "extra": extra,
-            "ok": result["fn"] == 0 and (photo.crowd or extra == 0),
-        })
+        rows.append(
+            {
+                "photo": photo.name,
+                "expected": len(photo.people),
+                "crowd": photo.crowd,
+                "note": photo.note,
+                "found": [{"box": [round(v, 1) for v in d.box], "score": round(d.score, 3)} for d in found],
+                "matched": result["tp"],
+                "extra": extra,
+                "ok": result["fn"] == 0 and (photo.crowd or extra == 0),
+            }
+        )
         if out is not None:
             save_drawing(image, photo, found, out / f"{Path(photo.name).stem}.png")
     return rows
@@ -293,33 +334,53 @@ def report(results: dict) -> str:
     lines = list(results["header"]) + [""]
     synthetic = results["synthetic"]
     near, far = results["distance"]
-    lines += [f"**Synthetic crowd scenes**: {synthetic['scenes']} scenes {results['size']}, seed {results['seed']}, "
-              f"people {near:g}-{far:g} m away, "
-              f"{synthetic['people']} people ({synthetic['ignored']} ignored: hidden, cut or under 24 px); IoU 0.5", "",
-              "| score >= | precision | recall | true pos. | false pos. | missed | mean IoU of matches |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        f"**Synthetic crowd scenes**: {synthetic['scenes']} scenes {results['size']}, seed {results['seed']}, "
+        f"people {near:g}-{far:g} m away, "
+        f"{synthetic['people']} people ({synthetic['ignored']} ignored: hidden, cut or under 24 px); IoU 0.5",
+        "",
+        "| score >= | precision | recall | true pos. | false pos. | missed | mean IoU of matches |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in synthetic["rows"]:
-        lines.append(f"| {row['threshold']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} | {row['tp']} | "
-                     f"{row['fp']} | {row['fn']} | {row['mean_iou']:.3f} |")
-    lines += ["", f"Recall by group (score >= {synthetic['threshold_for_groups']:.2f}):", "",
-              "| people | counted | found | recall |", "| --- | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {row['threshold']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} | {row['tp']} | "
+            f"{row['fp']} | {row['fn']} | {row['mean_iou']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Recall by group (score >= {synthetic['threshold_for_groups']:.2f}):",
+        "",
+        "| people | counted | found | recall |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for name, group in synthetic["groups"].items():
         recall = f"{group['found'] / group['people']:.3f}" if group["people"] else "-"
         lines.append(f"| {name} | {group['people']} | {group['found']} | {recall} |")
-    lines += ["", f"**Real photos** (score >= {results['photo_threshold']:.2f}; a labelled person is found "
-              "at IoU 0.5):", "",
-              "| photo | a viewer sees | found | matched | as a viewer? | boxes (x, y, w, h) score |",
-              "| --- | --- | ---: | ---: | --- | --- |"]
+    lines += [
+        "",
+        f"**Real photos** (score >= {results['photo_threshold']:.2f}; a labelled person is found at IoU 0.5):",
+        "",
+        "| photo | a viewer sees | found | matched | as a viewer? | boxes (x, y, w, h) score |",
+        "| --- | --- | ---: | ---: | --- | --- |",
+    ]
     for row in results["photos"]:
         if row.get("missing"):
             lines.append(f"| {row['photo']} | - | - | - | skipped: not installed (apt install opencv-doc) | |")
             continue
         sees = f"{row['expected']}{'+ (crowd behind)' if row['crowd'] else ''}: {row['note']}"
         boxes = "; ".join(f"({', '.join(f'{v:.0f}' for v in d['box'])}) {d['score']:.2f}" for d in row["found"])
-        lines.append(f"| {row['photo']} | {sees} | {len(row['found'])} | {row['matched']}/{row['expected']} | "
-                     f"{'yes' if row['ok'] else 'no'} | {boxes or '-'} |")
-    lines += ["", f"**Time per image** (median of {results['runs']} runs, {results['threads']} torch threads):", "",
-              "| image | ms |", "| --- | ---: |"]
+        lines.append(
+            f"| {row['photo']} | {sees} | {len(row['found'])} | {row['matched']}/{row['expected']} | "
+            f"{'yes' if row['ok'] else 'no'} | {boxes or '-'} |"
+        )
+    lines += [
+        "",
+        f"**Time per image** (median of {results['runs']} runs, {results['threads']} torch threads):",
+        "",
+        "| image | ms |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in results["times"].items()]
     return "\n".join(lines)
 
@@ -331,10 +392,12 @@ def header(args: argparse.Namespace) -> list[str]:
 
     machine = describe_machine(torch.device("cpu"))
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
-    return [f"# Person detection: {args.detector}",
-            f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine['processor']} "
-            f"({machine.get('cpu_capability', '?')}), torch {machine['torch']}, {args.threads} threads",
-            f"# command: {command}"]
+    return [
+        f"# Person detection: {args.detector}",
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine['processor']} "
+        f"({machine.get('cpu_capability', '?')}), torch {machine['torch']}, {args.threads} threads",
+        f"# command: {command}",
+    ]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -345,11 +408,14 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     width, height = args.size
     started = time.perf_counter()
-    scenes = list(render_crowd_scenes(args.num, seed=args.seed, size=(width, height), people=tuple(args.people),
-                                      depth_range=tuple(args.distance)))
+    scenes = list(
+        render_crowd_scenes(
+            args.num, seed=args.seed, size=(width, height), people=tuple(args.people), depth_range=tuple(args.distance)
+        )
+    )
     print(f"[detection] rendered {len(scenes)} scenes in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.write_scenes is not None:
-        path = write_labelled_set(scenes[:args.write_count], args.write_scenes)
+        path = write_labelled_set(scenes[: args.write_count], args.write_scenes)
         print(f"[detection] wrote {min(args.write_count, len(scenes))} scenes and {path}", file=sys.stderr)
     truth = {_key(scene.image): scene.people for scene in scenes}
     threshold = args.threshold if args.threshold is not None else min(args.thresholds)
@@ -361,8 +427,13 @@ def run(args: argparse.Namespace) -> dict:
     if court is not None:
         timed["basketball1.png 640x480, 2 people"] = court
     return {
-        "header": header(args), "size": f"{width}x{height}", "seed": args.seed, "distance": tuple(args.distance), "runs": args.runs,
-        "threads": args.threads, "photo_threshold": threshold,
+        "header": header(args),
+        "size": f"{width}x{height}",
+        "seed": args.seed,
+        "distance": tuple(args.distance),
+        "runs": args.runs,
+        "threads": args.threads,
+        "photo_threshold": threshold,
         "synthetic": evaluate_scenes(scenes, detections, sorted(set(args.thresholds))),
         "photos": evaluate_photos(detector, threshold, args.out),
         "times": time_detector(detector, timed, args.runs),
@@ -395,21 +466,39 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detector", default="mediapipe",
-                        help="mediapipe (default), standin (fake: jittered truth), none (whole image), or weights")
+    parser.add_argument(
+        "--detector",
+        default="mediapipe",
+        help="mediapipe (default), standin (fake: jittered truth), none (whole image), or weights",
+    )
     parser.add_argument("--num", type=int, default=200, help="synthetic scenes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=_size, default=(640, 480), help="WxH of the scenes")
     parser.add_argument("--people", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
-    parser.add_argument("--distance", type=float, nargs=2, default=(2.5, 30.0), metavar=("NEAR", "FAR"),
-                        help="people's distance from the camera, metres, log-uniform (2.5 30: crowds with people "
-                        "20-40 px tall far away; 2.5 8: group photos)")
+    parser.add_argument(
+        "--distance",
+        type=float,
+        nargs=2,
+        default=(2.5, 30.0),
+        metavar=("NEAR", "FAR"),
+        help="people's distance from the camera, metres, log-uniform (2.5 30: crowds with people "
+        "20-40 px tall far away; 2.5 8: group photos)",
+    )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="the detector's own threshold and the photos' (default: the lowest of --thresholds)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the detector's own threshold and the photos' (default: the lowest of --thresholds)",
+    )
     parser.add_argument("--landmarks", default="full", help="MediaPipe landmark network: lite, full, heavy, none")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="another MediaPipe detector argument, e.g. presence_threshold=0.5 (repeatable)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another MediaPipe detector argument, e.g. presence_threshold=0.5 (repeatable)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--runs", type=int, default=10, help="timed calls per image")

@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> dict:
     from fastmetro.engine.demo import baseline_metrics, mean_mesh
     from fastmetro.engine.evaluate_checkpoint import evaluate_checkpoint
     from fastmetro.errors import FastMetroError
-
     from fastmetro.model.checkpoint import read_spec
     from fastmetro.weights import resolve_checkpoint
 
@@ -62,8 +61,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def eval_overrides(args: argparse.Namespace) -> list[str]:
     """``fastmetro eval``'s config overrides for these options (model and input size: the checkpoint's)."""
-    overrides = [f"data.val_batch_size={args.batch_size}", f"data.num_workers={args.workers}",
-                 f"train.device={args.device}"]
+    overrides = [
+        f"data.val_batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+        f"train.device={args.device}",
+    ]
     if args.max_samples:
         overrides.append(f"data.max_val_samples={args.max_samples}")
     if args.topology is not None:
@@ -90,8 +92,10 @@ def _limited(yaml_path: Path, max_samples: int | None):
 
 def table(results: dict) -> str:
     """The results as a markdown table."""
-    lines = ["| set | metric (mm) | model | mean-mesh baseline | model / baseline |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| set | metric (mm) | model | mean-mesh baseline | model / baseline |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for name, values in results["sets"].items():
         for key, label in METRICS:
             if key in values["model"] and key in values["baseline"]:
@@ -105,7 +109,9 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", help='our .safetensors, or "default" (the shipped model)')
     parser.add_argument("--test", type=Path, required=True, help="held-out split of the training distribution")
     parser.add_argument("--generalisation", type=Path, required=True, help="fastmetro synth --split generalisation")
-    parser.add_argument("--train", type=Path, default=None, help="training set for the mean mesh (default: beside --test)")
+    parser.add_argument(
+        "--train", type=Path, default=None, help="training set for the mean mesh (default: beside --test)"
+    )
     parser.add_argument("--topology", default=None, help="default: the checkpoint's")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)

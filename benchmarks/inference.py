@@ -55,13 +55,24 @@ def main() -> None:
     boxes = [(100 + 250 * i, 100, 200, 500) for i in range(args.people)]
     rows = []
     prediction = predictor.predict(image, boxes)
-    rows.append((f"Predictor.predict ({args.people} people)", timed(lambda: predictor.predict(image, boxes), args.runs)))
-    rows.append(("  + attention maps", timed(lambda: predictor.predict(image, boxes, return_attention=True), args.runs)))
+    rows.append(
+        (f"Predictor.predict ({args.people} people)", timed(lambda: predictor.predict(image, boxes), args.runs))
+    )
+    rows.append(
+        ("  + attention maps", timed(lambda: predictor.predict(image, boxes, return_attention=True), args.runs))
+    )
     pool = outputs.RendererPool()
     rows.append(("overlay panel (1024 px)", timed(lambda: outputs.overlay_panel(image, prediction, pool), args.runs)))
     with tempfile.TemporaryDirectory() as folder:
-        rows.append(("obj/ply/glb/json files", timed(lambda: outputs.write_image_outputs(
-            Path(folder), prediction, predictor.joint_names, "bench"), args.runs)))
+        rows.append(
+            (
+                "obj/ply/glb/json files",
+                timed(
+                    lambda: outputs.write_image_outputs(Path(folder), prediction, predictor.joint_names, "bench"),
+                    args.runs,
+                ),
+            )
+        )
         if not args.no_onnx:
             from fastmetro.inference import export as exporter
 
@@ -73,7 +84,9 @@ def main() -> None:
             with torch.no_grad():
                 rows.append((f"PyTorch network, batch {args.people}", timed(lambda: model(batch), args.runs)))
             feed = {"images": batch.numpy()}
-            rows.append((f"ONNX Runtime network, batch {args.people}", timed(lambda: session.run(None, feed), args.runs)))
+            rows.append(
+                (f"ONNX Runtime network, batch {args.people}", timed(lambda: session.run(None, feed), args.runs))
+            )
     pool.release()
 
     print(f"{args.model} on {args.topology}, {torch.get_num_threads()} threads, median of {args.runs} runs")

@@ -80,13 +80,17 @@ class Settings:
         if d1 % self.heads or d2 % self.heads or d2 % 2:
             problems.append(f"widths {self.widths} must be even and divisible by heads={self.heads}")
         if d1 % 16:  # METRO's narrowest block is D1 / 4 wide with 4 heads
-            problems.append(f"widths[0] = {d1} must be a multiple of 16 (the METRO-style encoder's D1 / 4 over 4 heads)")
+            problems.append(
+                f"widths[0] = {d1} must be a multiple of 16 (the METRO-style encoder's D1 / 4 over 4 heads)"
+            )
         if not self.seeds:
             problems.append("seeds must not be empty")
         if self.images % self.batch_size or self.steps % self.evaluations or not self.steps:
             step = self.batch_size * self.evaluations
-            problems.append(f"images must be a positive multiple of batch_size x evaluations = {step} "
-                            f"(evaluations evenly spaced; got {self.images})")
+            problems.append(
+                f"images must be a positive multiple of batch_size x evaluations = {step} "
+                f"(evaluations evenly spaced; got {self.images})"
+            )
         if problems:
             from fastmetro.errors import FastMetroError
 
@@ -104,8 +108,19 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-QUICK = dict(image_size=32, widths=(32, 8), heads=4, batch_size=2, images=8, evaluations=2, lr=1e-3,
-             warmup_images=0, val_samples=4, val_batch_size=4, num_workers=0)
+QUICK = dict(
+    image_size=32,
+    widths=(32, 8),
+    heads=4,
+    batch_size=2,
+    images=8,
+    evaluations=2,
+    lr=1e-3,
+    warmup_images=0,
+    val_samples=4,
+    val_batch_size=4,
+    num_workers=0,
+)
 
 
 @dataclass(frozen=True)
@@ -129,11 +144,19 @@ class Configuration:
     def overrides(self, settings: Settings) -> dict:
         d1, d2 = settings.widths
         if self.kind == "metro":
-            return {"hidden_dims": [2 * d1, d1 // 2, d1 // 4], "output_dims": [d1, d1 // 4],
-                    "intermediate_size": 6 * d1, "dropout": settings.dropout}
+            return {
+                "hidden_dims": [2 * d1, d1 // 2, d1 // 4],
+                "output_dims": [d1, d1 // 4],
+                "intermediate_size": 6 * d1,
+                "dropout": settings.dropout,
+            }
         dims = [d1, d1] if self.kind == "no-dim-reduction" else [d1, d2]
-        return {"model_dims": dims, "feedforward_dims": [4 * d for d in dims], "num_heads": settings.heads,
-                "dropout": settings.dropout}
+        return {
+            "model_dims": dims,
+            "feedforward_dims": [4 * d for d in dims],
+            "num_heads": settings.heads,
+            "dropout": settings.dropout,
+        }
 
 
 # Paper numbers: Table 4 (FastMETRO-S-R50 and its ablations) and Table 2 (METRO-R50), Human3.6M.
@@ -142,8 +165,9 @@ CONFIGURATIONS = (
     Configuration("+no-mask", "no-mask", True, {"params_m": 32.7, "mpjpe": 58.0, "pa_mpjpe": 40.7}),
     Configuration("+half-head-mask", "half-head-mask", False, {"params_m": 32.7, "mpjpe": 55.8, "pa_mpjpe": 39.4}),
     Configuration("+graph-conv", "graph-conv", False, {"params_m": 33.1, "mpjpe": 56.6, "pa_mpjpe": 39.4}),
-    Configuration("+learnable-upsampling", "learnable-upsampling", False,
-                  {"params_m": 45.4, "mpjpe": 58.1, "pa_mpjpe": 41.1}),
+    Configuration(
+        "+learnable-upsampling", "learnable-upsampling", False, {"params_m": 45.4, "mpjpe": 58.1, "pa_mpjpe": 41.1}
+    ),
     Configuration("+no-dim-reduction", "no-dim-reduction", False, {"params_m": 39.5, "mpjpe": 55.5, "pa_mpjpe": 39.6}),
     Configuration("METRO", "metro", True, {"params_m": 125.8, "transformer_m": 102.3, "pa_mpjpe": 40.6}),
 )
@@ -159,16 +183,32 @@ def experiment_config(configuration: Configuration, seed: int, settings: Setting
     from fastmetro.engine.config import ExperimentConfig, from_dict, to_dict, validate
 
     values = to_dict(ExperimentConfig())
-    values["model"].update(name=configuration.preset(settings.backbone), topology="anny",
-                           overrides=configuration.overrides(settings))
-    values["data"].update(train=str(data["train"]), val=str(data["test"]), image_size=settings.image_size,
-                          augment=False, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
-                          num_workers=settings.num_workers, max_val_samples=settings.val_samples or None)
-    values["optim"].update(lr=settings.lr, schedule=settings.schedule,
-                           warmup_steps=settings.warmup_images // settings.batch_size)
-    values["train"].update(output_dir=str(run_dir), steps=settings.steps, seed=seed, device=settings.device,
-                           eval_every=settings.eval_every, log_every=max(settings.eval_every // 4, 1),
-                           progress=False, tensorboard=False)
+    values["model"].update(
+        name=configuration.preset(settings.backbone), topology="anny", overrides=configuration.overrides(settings)
+    )
+    values["data"].update(
+        train=str(data["train"]),
+        val=str(data["test"]),
+        image_size=settings.image_size,
+        augment=False,
+        batch_size=settings.batch_size,
+        val_batch_size=settings.val_batch_size,
+        num_workers=settings.num_workers,
+        max_val_samples=settings.val_samples or None,
+    )
+    values["optim"].update(
+        lr=settings.lr, schedule=settings.schedule, warmup_steps=settings.warmup_images // settings.batch_size
+    )
+    values["train"].update(
+        output_dir=str(run_dir),
+        steps=settings.steps,
+        seed=seed,
+        device=settings.device,
+        eval_every=settings.eval_every,
+        log_every=max(settings.eval_every // 4, 1),
+        progress=False,
+        tensorboard=False,
+    )
     config = from_dict(ExperimentConfig, values)
     validate(config, f"{configuration.label} seed {seed}")
     return config
@@ -230,8 +270,14 @@ def run_one(configuration: Configuration, seed: int, settings: Settings, data: d
         return json.loads(result_path.read_text())
     config = experiment_config(configuration, seed, settings, data, run_dir)
     resume = (run_dir / "last.state.pt").is_file()
-    logging.info("%s seed %d: %s %s in %s", configuration.label, seed,
-                 "resuming" if resume else "training", config.model.name, run_dir)
+    logging.info(
+        "%s seed %d: %s %s in %s",
+        configuration.label,
+        seed,
+        "resuming" if resume else "training",
+        config.model.name,
+        run_dir,
+    )
     trainer = _trainer_class()(config, topology=topology, resume=resume)
     counts = parameter_counts(trainer.model)
     trainer.fit()
@@ -239,8 +285,13 @@ def run_one(configuration: Configuration, seed: int, settings: Settings, data: d
     if not curve or curve[-1]["step"] != settings.steps:
         raise FastMetroError(f"{run_dir / 'metrics.jsonl'}: no evaluation at the last step {settings.steps}")
     result = {
-        "label": configuration.label, "slug": configuration.slug, "seed": seed, "model": config.model.name,
-        "overrides": config.model.overrides, **counts, "final": curve[-1],
+        "label": configuration.label,
+        "slug": configuration.slug,
+        "seed": seed,
+        "model": config.model.name,
+        "overrides": config.model.overrides,
+        **counts,
+        "final": curve[-1],
         "train_seconds": curve[-1]["wall_seconds"] - curve[-1]["eval_seconds"],
     }
     if data.get("generalisation"):
@@ -250,8 +301,13 @@ def run_one(configuration: Configuration, seed: int, settings: Settings, data: d
     with atomic_write(result_path, "w") as handle:
         json.dump(result, handle, indent=1)
     (run_dir / "last.state.pt").unlink(missing_ok=True)  # finished: the optimizer state is not needed
-    logging.info("%s seed %d: done, held-out PA-MPJPE %.1f mm, MPVPE %.1f mm", configuration.label, seed,
-                 curve[-1]["pa_mpjpe"], curve[-1]["mpvpe"])
+    logging.info(
+        "%s seed %d: done, held-out PA-MPJPE %.1f mm, MPVPE %.1f mm",
+        configuration.label,
+        seed,
+        curve[-1]["pa_mpjpe"],
+        curve[-1]["mpvpe"],
+    )
     return result
 
 
@@ -272,8 +328,11 @@ def check_study_file(out: Path, settings: Settings, data: dict) -> None:
     from fastmetro.errors import FastMetroError
     from fastmetro.io import atomic_write
 
-    wanted = {"format": STUDY_FORMAT, "settings": settings.to_dict(),
-              "data": {key: str(value) if value else None for key, value in data.items()}}
+    wanted = {
+        "format": STUDY_FORMAT,
+        "settings": settings.to_dict(),
+        "data": {key: str(value) if value else None for key, value in data.items()},
+    }
     wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
     path = out / "study.json"
     if path.is_file():
@@ -282,11 +341,18 @@ def check_study_file(out: Path, settings: Settings, data: dict) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise FastMetroError(f"{path}: not a study file ({error})") from None
         if found != wanted:
-            changed = sorted(key for key in set(found.get("settings", {})) | set(wanted["settings"])
-                             if found.get("settings", {}).get(key) != wanted["settings"].get(key))
-            changed += [f"data.{key}" for key in wanted["data"] if found.get("data", {}).get(key) != wanted["data"][key]]
-            raise FastMetroError(f"{out}: made with other settings ({', '.join(changed) or 'format'}); "
-                                 "use another --out, or the same settings to resume")
+            changed = sorted(
+                key
+                for key in set(found.get("settings", {})) | set(wanted["settings"])
+                if found.get("settings", {}).get(key) != wanted["settings"].get(key)
+            )
+            changed += [
+                f"data.{key}" for key in wanted["data"] if found.get("data", {}).get(key) != wanted["data"][key]
+            ]
+            raise FastMetroError(
+                f"{out}: made with other settings ({', '.join(changed) or 'format'}); "
+                "use another --out, or the same settings to resume"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as handle:
@@ -326,8 +392,7 @@ def baseline(out: Path, data: dict, topology, num_workers: int) -> dict:
     mean_vertices = mean_mesh(Path(data["train"]), topology)
     values = {"test": baseline_metrics(Path(data["test"]), topology, mean_vertices, num_workers)}
     if data.get("generalisation"):
-        values["generalisation"] = baseline_metrics(Path(data["generalisation"]), topology, mean_vertices,
-                                                    num_workers)
+        values["generalisation"] = baseline_metrics(Path(data["generalisation"]), topology, mean_vertices, num_workers)
     values = json.loads(json.dumps(values, default=float))
     with atomic_write(path, "w") as handle:
         json.dump(values, handle, indent=1)
@@ -342,8 +407,9 @@ def selected(only: list[str] | None) -> tuple[Configuration, ...]:
     known = {c.label.lower(): c for c in CONFIGURATIONS} | {c.slug: c for c in CONFIGURATIONS}
     unknown = [name for name in only if name.lower() not in known]
     if unknown:
-        raise FastMetroError(f"--only: unknown configuration(s) {unknown}; known: "
-                             f"{', '.join(c.label for c in CONFIGURATIONS)}")
+        raise FastMetroError(
+            f"--only: unknown configuration(s) {unknown}; known: {', '.join(c.label for c in CONFIGURATIONS)}"
+        )
     wanted = {known[name.lower()].label for name in only}
     return tuple(c for c in CONFIGURATIONS if c.label in wanted)
 
@@ -401,10 +467,12 @@ def run_all(tasks, settings: Settings, data: dict, out: Path, jobs: int, threads
         for configuration, seed in tasks:
             run_one(configuration, seed, settings, data, out, topology)
         return failures
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_in_worker, c.label, seed, settings, data, out): (c.label, seed)
-                   for c, seed in tasks}
+    with ProcessPoolExecutor(
+        jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,)
+    ) as pool:
+        futures = {
+            pool.submit(_run_in_worker, c.label, seed, settings, data, out): (c.label, seed) for c, seed in tasks
+        }
         while_running()
         for future in as_completed(futures):
             label, seed = futures[future]
@@ -416,8 +484,15 @@ def run_all(tasks, settings: Settings, data: dict, out: Path, jobs: int, threads
     return failures
 
 
-def run_study(settings: Settings, data: dict, out: Path, only: list[str] | None = None,
-              report_only: bool = False, jobs: int = 1, threads: int = 1) -> dict:
+def run_study(
+    settings: Settings,
+    data: dict,
+    out: Path,
+    only: list[str] | None = None,
+    report_only: bool = False,
+    jobs: int = 1,
+    threads: int = 1,
+) -> dict:
     """Run (or reuse) every selected run, then write the table and the plot from all finished runs.
 
     Runs that are not finished yet go to ``jobs`` processes of ``threads`` torch threads each
@@ -464,20 +539,28 @@ def parse_settings(quick: bool, assignments: list[str]) -> Settings:
         if len(path) != 1 or path[0] not in values:
             raise FastMetroError(f"--set {text}: unknown setting; known: {', '.join(values)}")
         values[path[0]] = value
-    return from_dict(Settings, {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()},
-                     where="settings")
+    return from_dict(
+        Settings, {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}, where="settings"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train", type=Path, required=True, help="training set yaml")
     parser.add_argument("--test", type=Path, required=True, help="held-out set yaml (evaluated during training)")
     parser.add_argument("--generalisation", type=Path, help="generalisation set yaml (final weights only)")
     parser.add_argument("--out", type=Path, required=True, help="study folder (resumable)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for the test suite")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
-                        help="change a setting (see Settings), e.g. --set images=20000")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="assignments",
+        help="change a setting (see Settings), e.g. --set images=20000",
+    )
     parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these configurations")
     parser.add_argument("--report-only", action="store_true", help="write table and plot from finished runs")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (processes)")

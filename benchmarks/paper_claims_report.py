@@ -83,9 +83,15 @@ def summarise(configurations, results: dict, paper_scale: dict) -> list[dict]:
         runs = results.get(configuration.label)
         if not runs:
             continue
-        row = {"label": configuration.label, "model": runs[0]["model"], "seeds": [r["seed"] for r in runs],
-               "transformer_params": runs[0]["transformer_params"], "total_params": runs[0]["total_params"],
-               "paper": configuration.paper, "paper_scale": paper_scale.get(configuration.label)}
+        row = {
+            "label": configuration.label,
+            "model": runs[0]["model"],
+            "seeds": [r["seed"] for r in runs],
+            "transformer_params": runs[0]["transformer_params"],
+            "total_params": runs[0]["total_params"],
+            "paper": configuration.paper,
+            "paper_scale": paper_scale.get(configuration.label),
+        }
         for key in METRICS:
             row[key] = _spread([r["final"].get(key) for r in runs])
             row[f"gen_{key}"] = _spread([r.get("generalisation", {}).get(key) for r in runs])
@@ -144,8 +150,18 @@ def markdown_table(rows: list[dict], reference: dict, settings) -> str:
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ["label", "model", "runs", "seeds", "transformer_params", "total_params",
-               "paper_scale_total_params", "paper_total_params_m", "paper_pa_mpjpe", "paper_mpjpe"]
+CSV_COLUMNS = [
+    "label",
+    "model",
+    "runs",
+    "seeds",
+    "transformer_params",
+    "total_params",
+    "paper_scale_total_params",
+    "paper_total_params_m",
+    "paper_pa_mpjpe",
+    "paper_mpjpe",
+]
 
 
 def csv_table(rows: list[dict]) -> str:
@@ -157,11 +173,20 @@ def csv_table(rows: list[dict]) -> str:
     for row in rows:
         paper = row["paper"]
         writer.writerow(
-            [row["label"], row["model"], len(row["seeds"]), " ".join(map(str, row["seeds"])),
-             row["transformer_params"], row["total_params"],
-             row["paper_scale"]["total_params"] if row["paper_scale"] else "",
-             paper.get("params_m", ""), paper.get("pa_mpjpe", ""), paper.get("mpjpe", "")]
-            + [_csv_number(row[key][stat]) for key in metric_keys for stat in ("mean", "min", "max")])
+            [
+                row["label"],
+                row["model"],
+                len(row["seeds"]),
+                " ".join(map(str, row["seeds"])),
+                row["transformer_params"],
+                row["total_params"],
+                row["paper_scale"]["total_params"] if row["paper_scale"] else "",
+                paper.get("params_m", ""),
+                paper.get("pa_mpjpe", ""),
+                paper.get("mpjpe", ""),
+            ]
+            + [_csv_number(row[key][stat]) for key in metric_keys for stat in ("mean", "min", "max")]
+        )
     return buffer.getvalue()
 
 
@@ -172,14 +197,26 @@ def _csv_number(value) -> str:
 def runs_csv(results: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", "seed", "model", "total_params", "train_seconds", "images_seen"]
-                    + list(METRICS) + [f"gen_{key}" for key in METRICS])
+    writer.writerow(
+        ["label", "seed", "model", "total_params", "train_seconds", "images_seen"]
+        + list(METRICS)
+        + [f"gen_{key}" for key in METRICS]
+    )
     for label, runs in results.items():
         for run in runs:
             general = run.get("generalisation", {})
-            writer.writerow([label, run["seed"], run["model"], run["total_params"], f"{run['train_seconds']:.1f}",
-                             run["final"]["images_seen"]] + [_csv_number(run["final"].get(k)) for k in METRICS]
-                            + [_csv_number(general.get(k)) for k in METRICS])
+            writer.writerow(
+                [
+                    label,
+                    run["seed"],
+                    run["model"],
+                    run["total_params"],
+                    f"{run['train_seconds']:.1f}",
+                    run["final"]["images_seen"],
+                ]
+                + [_csv_number(run["final"].get(k)) for k in METRICS]
+                + [_csv_number(general.get(k)) for k in METRICS]
+            )
     return buffer.getvalue()
 
 
@@ -190,9 +227,16 @@ def curves_csv(results: dict) -> str:
     for label, runs in results.items():
         for run in runs:
             for entry in run["curve"]:
-                writer.writerow([label, run["seed"], entry["step"], entry.get("images_seen", ""),
-                                 f"{entry.get('wall_seconds', float('nan')):.1f}"]
-                                + [_csv_number(entry.get(k)) for k in METRICS])
+                writer.writerow(
+                    [
+                        label,
+                        run["seed"],
+                        entry["step"],
+                        entry.get("images_seen", ""),
+                        f"{entry.get('wall_seconds', float('nan')):.1f}",
+                    ]
+                    + [_csv_number(entry.get(k)) for k in METRICS]
+                )
     return buffer.getvalue()
 
 
@@ -231,8 +275,13 @@ def plot(path: Path, results: dict, reference: dict, title: str) -> None:
             name = label + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
             axis.plot(x, mean, marker="o", markersize=3, label=name, **STYLES.get(label, {}))
             if len(runs) > 1:
-                axis.fill_between(x, [min(v) for v in values], [max(v) for v in values], alpha=0.15,
-                                  color=STYLES.get(label, {}).get("color"))
+                axis.fill_between(
+                    x,
+                    [min(v) for v in values],
+                    [max(v) for v in values],
+                    alpha=0.15,
+                    color=STYLES.get(label, {}).get("color"),
+                )
         if key in reference.get("test", {}):
             axis.axhline(reference["test"][key], color="grey", linestyle=":", label="mean-mesh baseline")
         axis.set_xlabel("images seen (thousands)")
@@ -251,15 +300,21 @@ def write_all(out: Path, configurations, results: dict, reference: dict, paper_s
     out = Path(out)
     rows = summarise(configurations, results, paper_scale)
     markdown = markdown_table(rows, reference, settings)
-    files = {"table.md": markdown + "\n", "table.csv": csv_table(rows), "runs.csv": runs_csv(results),
-             "curves.csv": curves_csv(results)}
+    files = {
+        "table.md": markdown + "\n",
+        "table.csv": csv_table(rows),
+        "runs.csv": runs_csv(results),
+        "curves.csv": curves_csv(results),
+    }
     for name, text in files.items():
         with atomic_write(out / name, "w") as handle:
             handle.write(text)
     d1, d2 = settings.widths
-    title = (f"Anny synthetic data, {settings.image_size} px, {settings.backbone} from scratch, widths {d1}/{d2}, "
-             f"batch {settings.batch_size}, lr {settings.lr:g} ({settings.schedule}), "
-             f"{settings.images:,} images per run")
+    title = (
+        f"Anny synthetic data, {settings.image_size} px, {settings.backbone} from scratch, widths {d1}/{d2}, "
+        f"batch {settings.batch_size}, lr {settings.lr:g} ({settings.schedule}), "
+        f"{settings.images:,} images per run"
+    )
     written = [out / name for name in files]
     if results:
         plot(out / "convergence.png", results, reference, title)

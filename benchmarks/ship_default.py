@@ -24,22 +24,29 @@ from pathlib import Path
 
 DATA_COMMANDS = {
     "stage 1 data": "fastmetro synth --out data/synth_studio --num 10000 --size 128 --seed 5 --workers 2 "
-                    "--test-fraction 0.03 --backgrounds studio --no-occluders --generator-version 1 "
-                    "--vertices-dtype float16",
+    "--test-fraction 0.03 --backgrounds studio --no-occluders --generator-version 1 "
+    "--vertices-dtype float16",
     "stage 2 data": "fastmetro synth --out data/synth_default --num 30000 --size 128 --seed 0 --workers 2 "
-                    "--vertices-dtype float16 --test-fraction 0.02 --preview",
+    "--vertices-dtype float16 --test-fraction 0.02 --preview",
     "generalisation set": "fastmetro synth --split generalisation --out data/synth_general --num 400 --size 128 "
-                          "--seed 0 --workers 2 --vertices-dtype float16 --preview",
+    "--seed 0 --workers 2 --vertices-dtype float16 --preview",
     "benchmark": "python benchmarks/generalisation.py default --test data/synth_default/test.yaml "
-                 "--generalisation data/synth_general/test.yaml",
+    "--generalisation data/synth_general/test.yaml",
 }
 
 
 # The packaged config of each stage, in order. Each config names the stage's data, its output
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
-STAGE_CONFIGS = ("default_stage1", "default", "default_stage3", "default_stage4", "default_stage5",
-                 "default_stage6", "default_stage7")
+STAGE_CONFIGS = (
+    "default_stage1",
+    "default",
+    "default_stage3",
+    "default_stage4",
+    "default_stage5",
+    "default_stage6",
+    "default_stage7",
+)
 
 
 def _stage(run: Path, name: str) -> dict:
@@ -66,14 +73,26 @@ def _as_commands_path(path: Path, data_root: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stages", type=Path, nargs="+", required=True,
-                        help="the training folders, stage 1 first (the last one's last weights ship)")
-    parser.add_argument("--benchmark", type=Path, help="benchmarks/generalisation.py --json output (of the shipped file)")
+    parser.add_argument(
+        "--stages",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the training folders, stage 1 first (the last one's last weights ship)",
+    )
+    parser.add_argument(
+        "--benchmark", type=Path, help="benchmarks/generalisation.py --json output (of the shipped file)"
+    )
     parser.add_argument("--finetune", type=Path, help="JSON of the fine-tune comparison (README), if measured")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
     parser.add_argument("--folder", type=Path, default=Path("src/fastmetro/weights"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="another recipe entry, e.g. stage1_wall_minutes=12.6 or training_commit='\"abc\"'")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="another recipe entry, e.g. stage1_wall_minutes=12.6 or training_commit='\"abc\"'",
+    )
     args = parser.parse_args()
     if len(args.stages) > len(STAGE_CONFIGS):
         parser.error(f"at most {len(STAGE_CONFIGS)} stages are known to the recipe")
@@ -82,8 +101,10 @@ def main() -> None:
 
     stages = {f"stage{index + 1}": _stage(run, STAGE_CONFIGS[index]) for index, run in enumerate(args.stages)}
     config = stages[f"stage{len(stages)}"]["config"]
-    manifests = {name: json.loads((args.data_root / name / "synth.json").read_text())
-                 for name in ("synth_studio", "synth_default", "synth_general")}
+    manifests = {
+        name: json.loads((args.data_root / name / "synth.json").read_text())
+        for name in ("synth_studio", "synth_default", "synth_general")
+    }
     recipe = {
         "model": config["model"]["name"],
         "flavor": config["model"].get("flavor"),
@@ -91,8 +112,13 @@ def main() -> None:
         "image_size": config["data"]["image_size"],
         "topology": config["model"]["topology"],
         "seed": config["train"]["seed"],
-        "commands": {**DATA_COMMANDS, **{f"stage {index + 1}": f"OMP_WAIT_POLICY=PASSIVE fastmetro train {name}"
-                                         for index, name in enumerate(STAGE_CONFIGS[:len(stages)])}},
+        "commands": {
+            **DATA_COMMANDS,
+            **{
+                f"stage {index + 1}": f"OMP_WAIT_POLICY=PASSIVE fastmetro train {name}"
+                for index, name in enumerate(STAGE_CONFIGS[: len(stages)])
+            },
+        },
         "data": manifests,
         **stages,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),

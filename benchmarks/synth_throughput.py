@@ -84,8 +84,13 @@ def main() -> None:
             out_dir = Path(tempfile.mkdtemp(prefix="synth_bench_"))
             try:
                 config = SynthConfig(
-                    out_dir=out_dir, num=args.num, seed=0, size=args.size, workers=workers,
-                    shard_size=args.shard_size, **version_settings(version),
+                    out_dir=out_dir,
+                    num=args.num,
+                    seed=0,
+                    size=args.size,
+                    workers=workers,
+                    shard_size=args.shard_size,
+                    **version_settings(version),
                 )
                 load_before = os.getloadavg()[0]
                 if workers == 1:  # in this process: also measure the CPU time of the whole pipeline
@@ -99,21 +104,39 @@ def main() -> None:
                     cpu_per_image = float("nan")
                 load_after = os.getloadavg()[0]
                 megabytes = folder_bytes(out_dir) / 1e6 * 1000 / args.num
-                rows.append((version, workers, report.images, report.startup_seconds, report.seconds,
-                             report.images_per_second, cpu_per_image, megabytes, load_before, load_after))
+                rows.append(
+                    (
+                        version,
+                        workers,
+                        report.images,
+                        report.startup_seconds,
+                        report.seconds,
+                        report.images_per_second,
+                        cpu_per_image,
+                        megabytes,
+                        load_before,
+                        load_after,
+                    )
+                )
             finally:
                 shutil.rmtree(out_dir, ignore_errors=True)
 
     print(f"\nfastmetro synth throughput, {args.size}x{args.size}, {os.cpu_count()} CPUs")
-    print(f"{'version':>7} {'workers':>7} {'images':>6} {'startup s':>9} {'render s':>8} {'images/s':>8} "
-          f"{'CPU ms/img':>10} {'MB/1000 img':>11} {'load before/after':>17}")
+    print(
+        f"{'version':>7} {'workers':>7} {'images':>6} {'startup s':>9} {'render s':>8} {'images/s':>8} "
+        f"{'CPU ms/img':>10} {'MB/1000 img':>11} {'load before/after':>17}"
+    )
     for version, workers, images, startup, seconds, rate, cpu, megabytes, before, after in rows:
-        print(f"{version:>7} {workers:>7} {images:>6} {startup:>9.1f} {seconds:>8.1f} {rate:>8.1f} {cpu:>10.1f} "
-              f"{megabytes:>11.0f} {before:>8.2f}/{after:<8.2f}")
+        print(
+            f"{version:>7} {workers:>7} {images:>6} {startup:>9.1f} {seconds:>8.1f} {rate:>8.1f} {cpu:>10.1f} "
+            f"{megabytes:>11.0f} {before:>8.2f}/{after:<8.2f}"
+        )
     for version, workers, *rest in rows:
         if workers == 1 and np.isfinite(rest[4]):
-            print(f"-> version {version}: whole pipeline (with writing) {rest[4]:.1f} CPU ms per image: about "
-                  f"{2000.0 / rest[4]:.0f} images/s with 2 workers on 2 idle cores")
+            print(
+                f"-> version {version}: whole pipeline (with writing) {rest[4]:.1f} CPU ms per image: about "
+                f"{2000.0 / rest[4]:.0f} images/s with 2 workers on 2 idle cores"
+            )
     for version in args.versions:
         print(f"\nper-stage cost in one process, version {version} (ms per image):")
         print(f"  {'stage':<40} {'wall':>7} {'CPU':>7}")

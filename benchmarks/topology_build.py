@@ -53,9 +53,13 @@ def main() -> None:
         topology, wall, cpu = _timed(build_anny_topology, AnnyBuildConfig())
         for level in (1, 2):
             mean, worst = reconstruction_error(topology.template, topology.kept_indices, topology.upsample, level)
-            rows.append(("Anny, ours (whole build)", topology.level_vertex_counts[level], wall, cpu, mean * 1000, worst * 1000))
-        print(f"Anny sampling alone: {topology.metadata['sampling_seconds']:.1f} s wall; joint regressor "
-              f"held-out error {topology.metadata['regressor_test_mean_error_mm']:.2f} mm")
+            rows.append(
+                ("Anny, ours (whole build)", topology.level_vertex_counts[level], wall, cpu, mean * 1000, worst * 1000)
+            )
+        print(
+            f"Anny sampling alone: {topology.metadata['sampling_seconds']:.1f} s wall; joint regressor "
+            f"held-out error {topology.metadata['regressor_test_mean_error_mm']:.2f} mm"
+        )
 
     print(f"{'mesh':<26} {'vertices':>8} {'wall s':>8} {'cpu s':>8} {'mean mm':>8} {'max mm':>8}")
     for name, count, wall, cpu, mean, worst in rows:

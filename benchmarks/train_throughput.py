@@ -34,7 +34,9 @@ class RandomSamples(torch.utils.data.Dataset):
             "joints_2d": torch.cat([torch.rand(joints, 2, generator=generator) * 2 - 1, torch.ones(joints, 1)], 1),
             "joints_3d": torch.cat([torch.randn(joints, 3, generator=generator) * 0.3, torch.ones(joints, 1)], 1),
             "vertices": torch.randn(vertices, 3, generator=generator) * 0.3,
-            "has_joints_2d": torch.tensor(1.0), "has_joints_3d": torch.tensor(1.0), "has_vertices": torch.tensor(1.0),
+            "has_joints_2d": torch.tensor(1.0),
+            "has_joints_3d": torch.tensor(1.0),
+            "has_vertices": torch.tensor(1.0),
             "key": str(index),
         }
 
@@ -43,12 +45,23 @@ def measure(args, batch_size: int) -> tuple[float, float]:
     from fastmetro.engine.config import load_config
     from fastmetro.engine.train import Trainer, load_topology, to_device
 
-    config = load_config(None, [
-        f"model.name={args.model}", f"model.topology={args.topology}", f"train.device={args.device}",
-        f"train.precision={args.precision}", f"data.batch_size={batch_size}", "data.num_workers=0",
-        f"data.image_size={args.image_size}", "train.tensorboard=false", "train.progress=false",
-        "train.output_dir=/tmp/fastmetro-throughput", "train.deterministic=false",
-    ] + ([f"model.data_dir={args.data_dir}"] if args.data_dir else []))
+    config = load_config(
+        None,
+        [
+            f"model.name={args.model}",
+            f"model.topology={args.topology}",
+            f"train.device={args.device}",
+            f"train.precision={args.precision}",
+            f"data.batch_size={batch_size}",
+            "data.num_workers=0",
+            f"data.image_size={args.image_size}",
+            "train.tensorboard=false",
+            "train.progress=false",
+            "train.output_dir=/tmp/fastmetro-throughput",
+            "train.deterministic=false",
+        ]
+        + ([f"model.data_dir={args.data_dir}"] if args.data_dir else []),
+    )
     topology = load_topology(config)
     data = RandomSamples(topology, batch_size, args.image_size)
     trainer = Trainer(config, topology=topology, train_dataset=data)
@@ -83,8 +96,10 @@ def main() -> None:
         load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         load = "n/a"
-    print(f"{args.model} training throughput, {args.image_size} px, {args.topology} topology, {args.precision}, "
-          f"{where}, load average {load}")
+    print(
+        f"{args.model} training throughput, {args.image_size} px, {args.topology} topology, {args.precision}, "
+        f"{where}, load average {load}"
+    )
     print(f"{'batch':>6s} {'s/step':>8s} {'images/s':>9s}")
     for batch_size in args.batch_sizes:
         images_per_second, seconds = measure(args, batch_size)

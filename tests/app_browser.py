@@ -17,12 +17,20 @@ from pathlib import Path
 
 CHROMIUM = ("chromium", "chromium-browser")
 CHROMEDRIVER = ("chromedriver",)
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  # The 3D viewer needs WebGL; without a GPU that is Chromium's software renderer.
-                  "--enable-unsafe-swiftshader",
-                  # A fake camera (a test pattern), allowed without a prompt, for the webcam snapshot.
-                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # The 3D viewer needs WebGL; without a GPU that is Chromium's software renderer.
+    "--enable-unsafe-swiftshader",
+    # A fake camera (a test pattern), allowed without a prompt, for the webcam snapshot.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+)
 
 
 def find_browser() -> tuple[str | None, str | None]:
@@ -47,8 +55,12 @@ class AppProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "w")
         self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "fastmetro", "app", *args, "--port", str(self.port)],
-                                        stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fastmetro", "app", *args, "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     @property
     def log(self) -> str:
@@ -114,7 +126,9 @@ class Page:
         self.session = session
         self.timeout = timeout
         session.get(url)
-        WebDriverWait(session, timeout).until(lambda s: s.find_elements("css selector", "#input-image input[type=file]"))
+        WebDriverWait(session, timeout).until(
+            lambda s: s.find_elements("css selector", "#input-image input[type=file]")
+        )
         self._requests = 0
 
     def find(self, selector: str):
@@ -137,12 +151,16 @@ class Page:
             remove.click()
         self.find("#input-image button[aria-label='Capture from camera']")[0].click()
         WebDriverWait(self.session, self.timeout).until(
-            lambda s: [b for b in self.find("#input-image button") if b.text == "Click to Access Webcam"]
-            or self.find("#input-image button[aria-label='capture photo']"))
+            lambda s: (
+                [b for b in self.find("#input-image button") if b.text == "Click to Access Webcam"]
+                or self.find("#input-image button[aria-label='capture photo']")
+            )
+        )
         for button in [b for b in self.find("#input-image button") if b.text == "Click to Access Webcam"]:
             button.click()
         WebDriverWait(self.session, self.timeout).until(
-            lambda s: self.find("#input-image button[aria-label='capture photo']"))
+            lambda s: self.find("#input-image button[aria-label='capture photo']")
+        )
         time.sleep(1.0)  # the first frames of the stream
         self.find("#input-image button[aria-label='capture photo']")[0].click()
 
@@ -154,7 +172,8 @@ class Page:
         width, height = image.size["width"], image.size["height"]
         # Offsets are from the element's centre.
         ActionChains(self.session).move_to_element_with_offset(
-            image, int((fraction_x - 0.5) * width), int((fraction_y - 0.5) * height)).click().perform()
+            image, int((fraction_x - 0.5) * width), int((fraction_y - 0.5) * height)
+        ).click().perform()
 
     def draw_box(self, first: tuple[float, float], second: tuple[float, float]) -> str:
         """Click two opposite corners (fractions of the image); the box text the page made."""
@@ -193,8 +212,9 @@ class Page:
 
         def finished(_):
             nonlocal seen_pending
-            if self.find("#status [data-testid=status-tracker]:not(.hide), "
-                         "#overlay [data-testid=status-tracker]:not(.hide)"):
+            if self.find(
+                "#status [data-testid=status-tracker]:not(.hide), #overlay [data-testid=status-tracker]:not(.hide)"
+            ):
                 seen_pending = True
                 return False
             changed = (self.text("#status"), self.overlay_sources()) != before

@@ -67,6 +67,9 @@ def synthetic_dataset(tmp_path_factory):
     maker = ShardMaker(config)
     report = generate(config, progress=False, maker=maker)
     return SimpleNamespace(
-        config=config, report=report, maker=maker,
-        train_yaml=report.yamls["train"], test_yaml=report.yamls["test"],
+        config=config,
+        report=report,
+        maker=maker,
+        train_yaml=report.yamls["train"],
+        test_yaml=report.yamls["test"],
     )

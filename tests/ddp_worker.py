@@ -29,13 +29,22 @@ def main(out: str, smpl_dir: str) -> None:
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     topology = topology_module.load("smpl", smpl_dir)
-    config = tiny_config(Path(out) / "run", steps=STEPS, batch_size=GLOBAL_BATCH // world_size, extra=[
-        "optim.eps=1e-6",
-        "train.freeze_batchnorm=true",  # BatchNorm batch statistics would depend on the per-process batch
-        "data.val_batch_size=2",
-    ])
-    trainer = Trainer(config, topology=topology, train_dataset=TemplateDataset(topology, size=7),
-                      val_dataset=TemplateDataset(topology, size=5, seed=1))
+    config = tiny_config(
+        Path(out) / "run",
+        steps=STEPS,
+        batch_size=GLOBAL_BATCH // world_size,
+        extra=[
+            "optim.eps=1e-6",
+            "train.freeze_batchnorm=true",  # BatchNorm batch statistics would depend on the per-process batch
+            "data.val_batch_size=2",
+        ],
+    )
+    trainer = Trainer(
+        config,
+        topology=topology,
+        train_dataset=TemplateDataset(topology, size=7),
+        val_dataset=TemplateDataset(topology, size=5, seed=1),
+    )
     result = trainer.fit()
     if trainer.dist.is_main:
         torch.save(state_vector(trainer.model), Path(out) / "weights.pt")

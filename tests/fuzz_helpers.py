@@ -34,19 +34,37 @@ from hypothesis import HealthCheck, settings
 from fastmetro.errors import FastMetroError
 
 settings.register_profile(
-    "fast", derandomize=True, max_examples=12, deadline=None, database=None, print_blob=True,
+    "fast",
+    derandomize=True,
+    max_examples=12,
+    deadline=None,
+    database=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "thorough", derandomize=False, max_examples=300, deadline=None, database=None, print_blob=True,
+    "thorough",
+    derandomize=False,
+    max_examples=300,
+    deadline=None,
+    database=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("FASTMETRO_FUZZ_PROFILE", "fast"))
 
 # Words that must never reach a user in an error about a file: the worker wrapper of DataLoader,
 # a traceback, or advice to turn off the pickle protections.
-FORBIDDEN = ("Traceback", "Original", "DataLoader worker", "allow_pickle", "weights_only", "pickle.load",
-             "trust the", "unsafely")
+FORBIDDEN = (
+    "Traceback",
+    "Original",
+    "DataLoader worker",
+    "allow_pickle",
+    "weights_only",
+    "pickle.load",
+    "trust the",
+    "unsafely",
+)
 
 
 class Hang(BaseException):
@@ -254,8 +272,11 @@ def base64_text(data: bytes) -> str:
 
 
 def label_row(key: str, label: dict | list | str) -> str:
-    text = label if isinstance(label, str) else json.dumps(label if isinstance(label, list) else [label],
-                                                          default=lambda a: a.tolist())
+    text = (
+        label
+        if isinstance(label, str)
+        else json.dumps(label if isinstance(label, list) else [label], default=lambda a: a.tolist())
+    )
     return f"{key}\t{text}\n"
 
 

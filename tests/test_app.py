@@ -25,8 +25,9 @@ def tiny_checkpoint(tmp_path_factory, smpl_topology):
     from fastmetro.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, model_dims=(64, 32),
-                                   feedforward_dims=(128, 64), num_heads=2)
+    model = fastmetro.create_model(
+        "FastMETRO-S-R18", topology=smpl_topology, model_dims=(64, 32), feedforward_dims=(128, 64), num_heads=2
+    )
     return save_checkpoint(model, tmp_path_factory.mktemp("models") / "tiny.safetensors")
 
 
@@ -86,11 +87,13 @@ def test_app_command_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("fastmetro.weights.package_folder", lambda: tmp_path / "no_shipped_model")
     assert main(["app"]) == 2
     assert "no checkpoint given and none found" in capsys.readouterr().err
-    for option, expected in ((["--port", "0"], "--port must be between 1 and 65535"),
-                             (["--device", "bogus"], "not a torch device"),
-                             (["--max-megapixels", "nan"], "--max-megapixels must be a finite number"),
-                             (["--max-video-frames", "0"], "--max-video-frames must be between"),
-                             (["--checkpoint", "missing.safetensors"], "missing.safetensors: checkpoint not found")):
+    for option, expected in (
+        (["--port", "0"], "--port must be between 1 and 65535"),
+        (["--device", "bogus"], "not a torch device"),
+        (["--max-megapixels", "nan"], "--max-megapixels must be a finite number"),
+        (["--max-video-frames", "0"], "--max-video-frames must be between"),
+        (["--checkpoint", "missing.safetensors"], "missing.safetensors: checkpoint not found"),
+    ):
         assert main(["app", *option]) == 2
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, err
@@ -101,8 +104,11 @@ def test_labels_and_boxes_text():
     from fastmetro.app.models import checkpoint_labels
     from fastmetro.app.service import parse_boxes
 
-    paths = [Path("/home/u/runs/a/last.safetensors"), Path("/home/u/runs/b/last.safetensors"),
-             Path("/home/u/best.safetensors")]
+    paths = [
+        Path("/home/u/runs/a/last.safetensors"),
+        Path("/home/u/runs/b/last.safetensors"),
+        Path("/home/u/best.safetensors"),
+    ]
     assert checkpoint_labels(paths) == ["a/last.safetensors", "b/last.safetensors", "best.safetensors"]
     assert parse_boxes("  ") is None
     assert parse_boxes("1, 2, 30, 40; 5,6,70,80\n") == [(1.0, 2.0, 30.0, 40.0), (5.0, 6.0, 70.0, 80.0)]
@@ -135,13 +141,20 @@ def test_service_image_outputs_and_bad_inputs(service, photo, tmp_path):
     assert good.message.startswith("**astronaut.png**: 1 person in ")
     assert good.overlay.name == "overlay.png" and good.scene.name == "scene.glb"
     assert Image.open(good.overlay).size == (3 * 512, 512)
-    assert [caption for _, caption in good.attention] == ["person 0, Head: cross-attention to the image",
-                                                          "person 0, Head: self-attention to the mesh"]
+    assert [caption for _, caption in good.attention] == [
+        "person 0, Head: cross-attention to the image",
+        "person 0, Head: self-attention to the mesh",
+    ]
     archive = next(path for path in good.downloads if path.suffix == ".zip")
     with zipfile.ZipFile(archive) as bundle:
         names = set(bundle.namelist())
-    assert {"astronaut/person_00.obj", "astronaut/person_00.glb", "astronaut/scene.glb", "astronaut/overlay.png",
-            "astronaut/person_00.json"} <= names
+    assert {
+        "astronaut/person_00.obj",
+        "astronaut/person_00.glb",
+        "astronaut/scene.glb",
+        "astronaut/overlay.png",
+        "astronaut/person_00.json",
+    } <= names
     record = json.loads((good.overlay.parent / "person_00.json").read_text())
     assert record["box_xywh"] == [120.0, 20.0, 300.0, 490.0] and record["image"] == "astronaut.png"
     assert_private(good.message, tmp_path, service.work_dir)
@@ -175,8 +188,13 @@ def test_service_video(service, tmp_path):
     clip = tmp_path / "clip.mp4"
     iio.imwrite(clip, frames, plugin="pyav", codec="libx264", fps=5)
     seen = []
-    outcome = service.analyse_video(next(iter(service.slots)), str(clip), "clip.mp4", "10, 10, 60, 70",
-                                    progress=lambda done, total: seen.append((done, total)))
+    outcome = service.analyse_video(
+        next(iter(service.slots)),
+        str(clip),
+        "clip.mp4",
+        "10, 10, 60, 70",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert outcome.ok, outcome.message
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the service's limit is 4 frames
     assert "only the first 4 of 6 frames" in outcome.message
@@ -201,18 +219,21 @@ def browser_or_skip():
 
     browser, driver = find_browser()
     if browser is None or driver is None:
-        pytest.skip("chromium / chromedriver not found: `make browser-deps` installs Debian's chromium "
-                    "and chromium-driver")
+        pytest.skip(
+            "chromium / chromedriver not found: `make browser-deps` installs Debian's chromium and chromium-driver"
+        )
 
 
 @pytest.mark.slow
 def test_page_in_a_real_browser(tiny_checkpoint, smpl_dir, photo, tmp_path):
     browser_or_skip()
     import skimage.data
+
     from app_browser import AppProcess, Page, quit_browser, start_browser
 
-    app = AppProcess(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(smpl_dir), "--image-size", "64"],
-                     tmp_path / "app.log")
+    app = AppProcess(
+        ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(smpl_dir), "--image-size", "64"], tmp_path / "app.log"
+    )
     session = None
     try:
         app.wait_ready()
@@ -289,8 +310,13 @@ def test_detector_boxes_and_one_request_at_a_time(service, photo, tiny_checkpoin
 
     calls = []
     slots = build_slots([tiny_checkpoint], ModelSettings(image_size=64, data_dirs=(str(smpl_dir),)))
-    with_detector = AppService(slots, tmp_path / "work", detector=lambda image: calls.append(image.shape) or [
-        Detection((100, 30, 280, 470), 0.9), Detection((10, 10, 50, 60), 0.8)])
+    with_detector = AppService(
+        slots,
+        tmp_path / "work",
+        detector=lambda image: (
+            calls.append(image.shape) or [Detection((100, 30, 280, 470), 0.9), Detection((10, 10, 50, 60), 0.8)]
+        ),
+    )
     try:
         outcome = with_detector.analyse_image(slots[0].label, str(photo), "astronaut.png", "")
         assert outcome.ok and outcome.message.startswith("**astronaut.png**: 2 people"), outcome.message

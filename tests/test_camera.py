@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 # Before any EGL context: torchvision's extension loaded after Mesa's llvmpipe segfaults.
 import torchvision.ops  # noqa: F401
 
@@ -127,8 +128,11 @@ def test_paste_back_lands_ground_truth_vertices_on_their_pixels(smpl_topology, t
     # Independent of F: points on the model's z = 0 plane match the weak-perspective mapping exactly.
     flat = model_vertices.copy()
     flat[:, 2] = 0.0
-    assert np.allclose(cam.perspective_project(flat, intrinsics, translation),
-                       box.normalised_to_image(cam.weak_perspective_project(flat, weak)), atol=1e-6)
+    assert np.allclose(
+        cam.perspective_project(flat, intrinsics, translation),
+        box.normalised_to_image(cam.weak_perspective_project(flat, weak)),
+        atol=1e-6,
+    )
 
 
 def test_default_focal_length_scales_released_focal_to_the_image():
@@ -164,10 +168,11 @@ def test_paste_back_with_the_renderer(smpl_topology):
     with Renderer(width, height) as renderer:
         truth = renderer.render(vertices_camera, faces, true_k)
     rows, cols = np.nonzero(truth.mask)
-    box = cam.square_box((cols.min(), rows.min(), np.ptp(cols), np.ptp(rows)), expand=1.2,
-                         image_size=(width, height))
+    box = cam.square_box((cols.min(), rows.min(), np.ptp(cols), np.ptp(rows)), expand=1.2, image_size=(width, height))
     model_vertices = vertices_camera - vertices_camera.mean(0)
-    weak = cam.fit_weak_perspective(model_vertices, box.image_to_normalised(cam.perspective_project(vertices_camera, true_k)))
+    weak = cam.fit_weak_perspective(
+        model_vertices, box.image_to_normalised(cam.perspective_project(vertices_camera, true_k))
+    )
 
     crop_mask = cam.crop_image(np.repeat(truth.mask[..., None].astype(np.uint8) * 255, 3, axis=2), box)[..., 0] > 127
     crop_k, crop_t = cam.crop_perspective_camera(weak)

@@ -62,8 +62,9 @@ def test_flip_twice_is_identity():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(14, 4))
     params = AugmentParams(flip=True)
-    np.testing.assert_allclose(transform_points_3d(transform_points_3d(points, params, BODY_FLIP), params, BODY_FLIP),
-                               points)
+    np.testing.assert_allclose(
+        transform_points_3d(transform_points_3d(points, params, BODY_FLIP), params, BODY_FLIP), points
+    )
     joints_2d = np.concatenate([rng.uniform(0, 200, (14, 2)), np.ones((14, 1))], 1)
     once = transform_joints_2d(joints_2d, [100, 100], 1.0, params, BODY_FLIP)
     unflipped = transform_joints_2d(joints_2d, [100, 100], 1.0, AugmentParams(), None)
@@ -80,12 +81,15 @@ def test_flip_needs_permutation():
         transform_points_3d(np.zeros((3, 3)), AugmentParams(flip=True), None)
 
 
-@pytest.mark.parametrize("params", [
-    AugmentParams(),
-    AugmentParams(rotation=37.0, scale_factor=0.9),
-    AugmentParams(flip=True, rotation=-50.0, scale_factor=1.2),
-    AugmentParams(flip=True, rotation=120.0),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        AugmentParams(),
+        AugmentParams(rotation=37.0, scale_factor=0.9),
+        AugmentParams(flip=True, rotation=-50.0, scale_factor=1.2),
+        AugmentParams(flip=True, rotation=120.0),
+    ],
+)
 def test_image_content_moves_with_the_joints(params):
     image = np.zeros((300, 400, 3), np.uint8)
     dot = np.array([231.0, 118.0])
@@ -154,7 +158,9 @@ def test_training_crop_equals_inference_crop():
         np.testing.assert_array_equal(training, inference)
         # Flipped training crops are the mirrored inference crop (left hands run mirrored).
         flipped = crop_image(image, center, scale, Params(flip=True), size)
-        np.testing.assert_array_equal(flipped, inference_crop(image, CropBox(center, side_from_scale(scale)), size, True))
+        np.testing.assert_array_equal(
+            flipped, inference_crop(image, CropBox(center, side_from_scale(scale)), size, True)
+        )
     # The large box (420 px side -> 64 px) is area-averaged: a plain bilinear warp differs.
     import cv2
 

@@ -37,8 +37,11 @@ def _model_arrays(seed=0, one_hot=True, posedirs=True, hands_mean=False) -> dict
     arrays = {
         "v_template": template,
         "shapedirs": rng.normal(scale=0.1, size=(NUM_VERTICES, 3, NUM_BETAS)),
-        "posedirs": (rng.normal(scale=0.05, size=(NUM_VERTICES, 3, 9 * (num_joints - 1)))
-                     if posedirs else np.zeros((NUM_VERTICES, 3, 9 * (num_joints - 1)))),
+        "posedirs": (
+            rng.normal(scale=0.05, size=(NUM_VERTICES, 3, 9 * (num_joints - 1)))
+            if posedirs
+            else np.zeros((NUM_VERTICES, 3, 9 * (num_joints - 1)))
+        ),
         "J_regressor": sp.csc_matrix(regressor),
         "weights": weights,
         "kintree_table": np.array([[4294967295] + PARENTS[1:], list(range(num_joints))], dtype=np.int64),
@@ -89,8 +92,9 @@ def _write_chumpy_pkl(path, arrays, monkeypatch, protocol=2):
     shapedirs = arrays["shapedirs"]
     payload = dict(arrays)
     # shapedirs as a Select node over a flat terminal (as reordering graphs appear in model files)
-    payload["shapedirs"] = Select(Ch(shapedirs.ravel()[::-1].copy()), np.arange(shapedirs.size)[::-1].copy(),
-                                  shapedirs.shape)
+    payload["shapedirs"] = Select(
+        Ch(shapedirs.ravel()[::-1].copy()), np.arange(shapedirs.size)[::-1].copy(), shapedirs.shape
+    )
     payload["weights"] = Ch(arrays["weights"])
     payload["v_template"] = Ch(arrays["v_template"])
     path.write_bytes(pickle.dumps(payload, protocol=protocol))
@@ -102,7 +106,7 @@ def _reference_lbs(arrays, pose, betas):
     template = arrays["v_template"] + arrays["shapedirs"] @ betas
     regressor = arrays["J_regressor"].toarray()
     joints = regressor @ template
-    rotations = [_rodrigues(pose[3 * j: 3 * j + 3]) for j in range(len(PARENTS))]
+    rotations = [_rodrigues(pose[3 * j : 3 * j + 3]) for j in range(len(PARENTS))]
     feature = np.concatenate([(r - np.eye(3)).ravel() for r in rotations[1:]])
     posed = template + arrays["posedirs"] @ feature
     world = []
@@ -150,7 +154,7 @@ def test_single_joint_rotation_moves_only_its_subtree(tmp_path):
     arrays = _model_arrays(posedirs=False)
     model = load_body_model(_write_npz(tmp_path / "model.npz", arrays))
     pose = np.zeros(15)
-    pose[3 * 3: 3 * 3 + 3] = [0.0, 0.0, 0.8]  # joint 3, whose subtree is {3, 4}
+    pose[3 * 3 : 3 * 3 + 3] = [0.0, 0.0, 0.8]  # joint 3, whose subtree is {3, 4}
     rest, rest_joints = _run(model, np.zeros(15), np.zeros(NUM_BETAS))
     posed, posed_joints = _run(model, pose, np.zeros(NUM_BETAS))
     owner = np.arange(NUM_VERTICES) % len(PARENTS)

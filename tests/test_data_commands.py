@@ -7,8 +7,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-from data_helpers import CUBE, image, make_bad_shard, write_shard
 
+from data_helpers import CUBE, image, make_bad_shard, write_shard
 from fastmetro.cli import main
 from fastmetro.data.check import check_dataset
 from fastmetro.data.tsv import TSVDataset, write_composite_yaml
@@ -63,16 +63,38 @@ def test_convert_from_json(tmp_path, capsys):
     folder = _image_folder(tmp_path)
     joints_2d = np.random.default_rng(0).uniform(0, 60, (14, 2))
     records = [
-        {"file": "a.png", "center": [40, 30], "scale": 0.3, "joints_2d": joints_2d.tolist(),
-         "joints_3d": np.ones((14, 3)).tolist(), "vertices": CUBE.tolist(), "joints_format": "topology"},
+        {
+            "file": "a.png",
+            "center": [40, 30],
+            "scale": 0.3,
+            "joints_2d": joints_2d.tolist(),
+            "joints_3d": np.ones((14, 3)).tolist(),
+            "vertices": CUBE.tolist(),
+            "joints_format": "topology",
+        },
         {"file": "sub/b.jpg", "key": "bee", "bbox": [10, 5, 50, 40], "pose": [0.0] * 72, "betas": [0.1] * 10},
         {"file": "c.bmp"},
     ]
     annotations = tmp_path / "ann.json"
     annotations.write_text(json.dumps({"images": records}))
     out = tmp_path / "out"
-    assert main(["data", "convert", "--images", str(folder), "--annotations", str(annotations), "--out", str(out),
-                 "--name", "mine"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--images",
+                str(folder),
+                "--annotations",
+                str(annotations),
+                "--out",
+                str(out),
+                "--name",
+                "mine",
+            ]
+        )
+        == 0
+    )
     dataset = TSVDataset(out / "mine.yaml")
     assert [dataset[i].key for i in range(3)] == ["a.png", "bee", "c.bmp"]
     first = dataset[0]
@@ -93,22 +115,43 @@ def test_convert_from_json(tmp_path, capsys):
 def test_convert_from_npz_and_bad_annotations(tmp_path, capsys):
     folder = _image_folder(tmp_path)
     annotations = tmp_path / "ann.npz"
-    np.savez(annotations, image=np.array(["a.png", "sub/b.jpg"]), center=np.array([[40, 30], [40, 30]]),
-             scale=np.array([0.3, 0.3]), joints_2d=np.zeros((2, 24, 3)))
-    assert main(["data", "convert", "--images", str(folder), "--annotations", str(annotations),
-                 "--out", str(tmp_path / "o")]) == 0
+    np.savez(
+        annotations,
+        image=np.array(["a.png", "sub/b.jpg"]),
+        center=np.array([[40, 30], [40, 30]]),
+        scale=np.array([0.3, 0.3]),
+        joints_2d=np.zeros((2, 24, 3)),
+    )
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--images",
+                str(folder),
+                "--annotations",
+                str(annotations),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     dataset = TSVDataset(tmp_path / "o" / "train.yaml")
     assert len(dataset) == 2 and np.array(dataset[1].label["2d_joints"]).shape == (24, 3)
 
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps([{"file": "missing.png"}]))
-    assert main(["data", "convert", "--images", str(folder), "--annotations", str(broken),
-                 "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(["data", "convert", "--images", str(folder), "--annotations", str(broken), "--out", str(tmp_path / "p")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "record 0 (missing.png): image not found" in err and err.count("\n") == 1
     assert not (tmp_path / "p" / "train.yaml").exists()  # nothing half-written
     nan = tmp_path / "nan.json"
     nan.write_text('[{"file": "a.png", "joints_2d": [[NaN, 1.0]]}]')
-    assert main(["data", "convert", "--images", str(folder), "--annotations", str(nan),
-                 "--out", str(tmp_path / "q")]) == 2
+    assert (
+        main(["data", "convert", "--images", str(folder), "--annotations", str(nan), "--out", str(tmp_path / "q")]) == 2
+    )
     assert "NaN" in capsys.readouterr().err

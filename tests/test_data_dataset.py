@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from data_helpers import (
     CUBE,
     image,
@@ -16,7 +17,6 @@ from data_helpers import (
     tiny_topology,
     write_shard,
 )
-
 from fastmetro.data.augment import AugmentConfig, AugmentParams, transform_joints_2d
 from fastmetro.data.body_models import BodyModel
 from fastmetro.data.dataset import MeshDataset, MixedDataset
@@ -54,8 +54,19 @@ def test_eval_samples_shapes_centring_and_sources(tmp_path, topology, body_model
     yaml_path, j24, pose = _mixed_shard(tmp_path)
     dataset = MeshDataset(yaml_path, topology, train=False, image_size=SIZE, body_model=body_model)
     sample = dataset[0]
-    assert set(sample) == {"image", "joints_2d", "joints_3d", "vertices", "has_joints_2d", "has_joints_3d",
-                           "has_vertices", "key", "smpl_pose", "smpl_betas", "has_smpl"}  # with a body model
+    assert set(sample) == {
+        "image",
+        "joints_2d",
+        "joints_3d",
+        "vertices",
+        "has_joints_2d",
+        "has_joints_3d",
+        "has_vertices",
+        "key",
+        "smpl_pose",
+        "smpl_betas",
+        "has_smpl",
+    }  # with a body model
     assert sample["image"].shape == (3, SIZE, SIZE) and sample["image"].dtype == torch.float32
     assert sample["joints_2d"].shape == (14, 3) and sample["joints_3d"].shape == (14, 4)
     assert sample["vertices"].shape == (8, 3) and sample["key"] == "j24"
@@ -63,8 +74,9 @@ def test_eval_samples_shapes_centring_and_sources(tmp_path, topology, body_model
     expected_3d = j24["3d_joints"][list(J24_TO_J14)].copy()
     expected_3d[:, :3] -= expected_3d[[2, 3], :3].mean(0)
     np.testing.assert_allclose(sample["joints_3d"].numpy(), expected_3d, atol=1e-5)
-    expected_2d = transform_joints_2d(j24["2d_joints"][list(J24_TO_J14)], j24["center"], j24["scale"],
-                                      AugmentParams(), None)
+    expected_2d = transform_joints_2d(
+        j24["2d_joints"][list(J24_TO_J14)], j24["center"], j24["scale"], AugmentParams(), None
+    )
     np.testing.assert_allclose(sample["joints_2d"].numpy(), expected_2d, atol=1e-5)
     stored = CUBE * 1.5 + [0.2, 0.1, 3.0]
     np.testing.assert_allclose(sample["vertices"].numpy(), stored - stored.mean(0), atol=1e-5)
@@ -76,8 +88,9 @@ def test_eval_samples_shapes_centring_and_sources(tmp_path, topology, body_model
 
     smpl = dataset[2]
     assert [float(smpl[k]) for k in ("has_joints_2d", "has_joints_3d", "has_vertices")] == [0, 0, 1]
-    expected = body_model(torch.tensor(pose[None], dtype=torch.float32),
-                          torch.linspace(-1, 1, 10)[None]).vertices[0].numpy()
+    expected = (
+        body_model(torch.tensor(pose[None], dtype=torch.float32), torch.linspace(-1, 1, 10)[None]).vertices[0].numpy()
+    )
     np.testing.assert_allclose(smpl["vertices"].numpy(), expected - expected.mean(0), atol=1e-5)
     # the image is the crop of the stored picture: box side 60 px around (40, 30) = whole image
     crop = (smpl["image"].permute(1, 2, 0).numpy() * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255
@@ -153,14 +166,14 @@ def test_bad_row_in_a_worker_reaches_the_user_as_one_line(tmp_path, topology):
     message = str(info.value)
     assert "\n" not in message and "bad.label.tsv" in message and "bad_1" in message
     # a plain torch DataLoader (no SafeLoader) also surfaces the one-line message
-    plain = torch.utils.data.DataLoader(MeshDataset(yaml_path, topology, image_size=SIZE), batch_size=2,
-                                        num_workers=2)
+    plain = torch.utils.data.DataLoader(MeshDataset(yaml_path, topology, image_size=SIZE), batch_size=2, num_workers=2)
     with pytest.raises(FastMetroError) as info:
         for _ in plain:
             pass
     assert str(info.value) == message
-    lenient = create_loader(MeshDataset(yaml_path, topology, image_size=SIZE, skip_bad_rows=True),
-                            batch_size=4, num_workers=2)
+    lenient = create_loader(
+        MeshDataset(yaml_path, topology, image_size=SIZE, skip_bad_rows=True), batch_size=4, num_workers=2
+    )
     batches = list(lenient)
     assert sum(len(b["key"]) for b in batches) == 7
     assert batches[0]["image"].shape == (4, 3, SIZE, SIZE)
@@ -175,9 +188,14 @@ def test_wrong_vertex_count_is_a_bad_row(tmp_path, topology):
 
 def test_body_model_must_match_topology(tmp_path, topology):
     arrays = tiny_body_model_arrays()
-    arrays = {**arrays, "v_template": np.zeros((6, 3)), "shapedirs": arrays["shapedirs"][:6],
-              "posedirs": arrays["posedirs"][:6], "J_regressor": arrays["J_regressor"][:, :6],
-              "weights": arrays["weights"][:6]}
+    arrays = {
+        **arrays,
+        "v_template": np.zeros((6, 3)),
+        "shapedirs": arrays["shapedirs"][:6],
+        "posedirs": arrays["posedirs"][:6],
+        "J_regressor": arrays["J_regressor"][:, :6],
+        "weights": arrays["weights"][:6],
+    }
     with pytest.raises(FastMetroError, match="6 vertices"):
         MeshDataset(write_shard(tmp_path, "s", 1), topology, body_model=BodyModel(arrays))
 
@@ -243,8 +261,9 @@ def test_hand_dataset_without_vertex_flip(tmp_path, mano_topology, caplog):
     with caplog.at_level("WARNING", logger="fastmetro.data"):
         body_settings = MeshDataset(tmp_path / "hand.yaml", mano_topology, train=True, augment=AugmentConfig())
     assert body_settings.augment.flip_prob == 0 and "flip disabled" in caplog.text
-    dataset = MeshDataset(tmp_path / "hand.yaml", mano_topology, train=True, augment=hand_augment_config(),
-                          image_size=SIZE)
+    dataset = MeshDataset(
+        tmp_path / "hand.yaml", mano_topology, train=True, augment=hand_augment_config(), image_size=SIZE
+    )
     sample = dataset[0]
     assert sample["joints_3d"].shape == (21, 4) and sample["vertices"].shape == (778, 3)
     assert sample["joints_3d"][0, :3].abs().max() < 1e-6  # centred on the wrist
@@ -264,8 +283,14 @@ def test_hand_ground_truth_from_a_mano_file_is_centred_on_the_kinematic_wrist(tm
     assert np.linalg.norm(wrist - vertices.mean(0)) > 0.01  # the two roots differ here
     sample = MeshDataset(yaml_path, hand, train=False, image_size=SIZE, body_model=body_model)[2]
     np.testing.assert_allclose(sample["vertices"].numpy(), vertices - wrist, atol=1e-5)
-    rotated = MeshDataset(yaml_path, hand, train=True, augment=hand_augment_config(rotation_zero_prob=0.0),
-                          image_size=SIZE, body_model=body_model)[2]["vertices"].numpy()
+    rotated = MeshDataset(
+        yaml_path,
+        hand,
+        train=True,
+        augment=hand_augment_config(rotation_zero_prob=0.0),
+        image_size=SIZE,
+        body_model=body_model,
+    )[2]["vertices"].numpy()
     # A rotation about the camera axis keeps distances to the (rotated) wrist.
     np.testing.assert_allclose(np.linalg.norm(rotated, axis=1), np.linalg.norm(vertices - wrist, axis=1), atol=1e-5)
     assert np.abs(rotated - (vertices - wrist)).max() > 1e-3

@@ -182,7 +182,10 @@ def test_random_access_from_two_workers(tmp_path):
     dataset = TSVDataset(yaml_path)
     dataset[0]  # open handles in the parent first: workers must not share its file position
     loader = torch.utils.data.DataLoader(
-        _KeysAndPixels(dataset), batch_size=1, num_workers=2, shuffle=True,
+        _KeysAndPixels(dataset),
+        batch_size=1,
+        num_workers=2,
+        shuffle=True,
         generator=torch.Generator().manual_seed(0),
     )
     seen = {}

@@ -21,8 +21,16 @@ def _run(out: Path, smpl_dir: Path, processes: int) -> tuple[torch.Tensor, dict]
     if processes == 1:
         command = [sys.executable, str(WORKER), str(out), str(smpl_dir)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   str(WORKER), str(out), str(smpl_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            str(WORKER),
+            str(out),
+            str(smpl_dir),
+        ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return torch.load(out / "weights.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
@@ -33,8 +41,7 @@ def test_two_gloo_processes_match_one(tmp_path, smpl_dir):
     ddp_weights, ddp_metrics = _run(tmp_path / "two", smpl_dir, 2)
     # Weights after K AdamW steps (eps 1e-6: with 1e-8, Adam's first, sign-like step turns float
     # rounding in near-zero gradients into lr-sized differences; that is Adam, not DDP).
-    assert torch.allclose(single_weights, ddp_weights, atol=1e-5, rtol=0), (
-        (single_weights - ddp_weights).abs().max())
+    assert torch.allclose(single_weights, ddp_weights, atol=1e-5, rtol=0), (single_weights - ddp_weights).abs().max()
     # Adam and clipping hide a gradient scale error (a sum instead of a mean over processes), so
     # compare the all-reduced gradient norms (before clipping) too.
     assert len(ddp_metrics["grad_norms"]) == 3 and min(ddp_metrics["grad_norms"]) > 1.0

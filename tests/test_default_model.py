@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from fastmetro.errors import FastMetroError
-
 from train_helpers import TINY_MODEL_OVERRIDES
 
 
@@ -103,14 +102,29 @@ def _flip_a_byte(folder):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (_flip_a_byte, "weights are damaged (SHA-256 differs"),
-    (lambda folder: (folder / "default.safetensors").unlink(), "default.safetensors: the shipped default model's file is missing"),
-    (lambda folder: (folder / "default.json").unlink(), "default.json: the shipped default model's file is missing"),
-    (lambda folder: (folder / "default_recipe.json").write_text("{not json"), "default_recipe.json: the shipped default model's recipe is damaged"),
-    (lambda folder: (folder / "default_recipe.json").write_text("{}"), "has no 'sha256'"),
-    (lambda folder: (folder / "default.json").write_text('{"format": "fastmetro-checkpoint"}'), "default.json: missing field 'version'"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (_flip_a_byte, "weights are damaged (SHA-256 differs"),
+        (
+            lambda folder: (folder / "default.safetensors").unlink(),
+            "default.safetensors: the shipped default model's file is missing",
+        ),
+        (
+            lambda folder: (folder / "default.json").unlink(),
+            "default.json: the shipped default model's file is missing",
+        ),
+        (
+            lambda folder: (folder / "default_recipe.json").write_text("{not json"),
+            "default_recipe.json: the shipped default model's recipe is damaged",
+        ),
+        (lambda folder: (folder / "default_recipe.json").write_text("{}"), "has no 'sha256'"),
+        (
+            lambda folder: (folder / "default.json").write_text('{"format": "fastmetro-checkpoint"}'),
+            "default.json: missing field 'version'",
+        ),
+    ],
+)
 def test_a_damaged_shipped_model_is_a_one_line_error(installed, damage, expected):
     from fastmetro.inference.defaults import find_default_checkpoint
     from fastmetro.model.factory import load_model
@@ -156,7 +170,10 @@ def test_predictor_without_a_checkpoint_uses_the_default_and_says_so_once(instal
     said = [record.getMessage() for record in caplog.records if "no checkpoint given" in record.getMessage()]
     assert len(said) == 1 and str(installed / "default.safetensors") in said[0]
     assert predictor.image_size == 64  # the shipped spec's input size
-    assert torch.equal(predictor.model.state_dict()["cam_token_embed.weight"], tiny_model.state_dict()["cam_token_embed.weight"].half().float())
+    assert torch.equal(
+        predictor.model.state_dict()["cam_token_embed.weight"],
+        tiny_model.state_dict()["cam_token_embed.weight"].half().float(),
+    )
     with pytest.raises(FastMetroError, match="not both"):
         Predictor(checkpoint=installed / "default.safetensors", model=tiny_model)
 
@@ -181,7 +198,6 @@ def test_train_starts_from_the_default(installed, tmp_path):
     from fastmetro import topology as topology_module
     from fastmetro.engine.train import build_model
     from fastmetro.model.factory import load_model
-
     from train_helpers import tiny_config
 
     config = tiny_config(tmp_path / "run", extra=["model.checkpoint=default"])

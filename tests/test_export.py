@@ -10,7 +10,6 @@ import fastmetro
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import export as exporter
 
-
 _MODELS = {}
 
 
@@ -76,6 +75,7 @@ def test_torchscript_matches_pytorch(release_model, tmp_path):
 
 def test_failed_export_leaves_no_file(release_model, tmp_path, monkeypatch):
     model = release_model
+
     def broken(*args, **kwargs):
         raise RuntimeError("exporter broke")
 

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from data_helpers import replace_row, write_shard
 from fuzz_helpers import expect_cli_error, npy_bytes, object_npy_payload, run_cli, tiny_model_assets
 from train_helpers import TINY_MODEL_OVERRIDES
@@ -36,19 +37,44 @@ def shard(tmp_path):
 
 def eval_args(assets, data, workers: int = 1):
     _, topology_path, checkpoint = assets
-    return ["eval", "--checkpoint", checkpoint, "--data", data, f"model.topology={topology_path}",
-            "data.image_size=64", "data.val_batch_size=2", f"data.num_workers={workers}", "--json"]
+    return [
+        "eval",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        data,
+        f"model.topology={topology_path}",
+        "data.image_size=64",
+        "data.val_batch_size=2",
+        f"data.num_workers={workers}",
+        "--json",
+    ]
 
 
 def train_args(assets, data, tmp_path, *overrides, workers: int = 0):
     _, topology_path, _ = assets
     config = tmp_path / "config.yaml"
-    config.write_text(json.dumps({
-        "model": {"name": MODEL, "topology": str(topology_path), "overrides": TINY_MODEL_OVERRIDES},
-        "data": {"train": str(data), "batch_size": 2, "image_size": 64, "num_workers": workers, "augment": False},
-        "train": {"steps": 1, "output_dir": str(tmp_path / "run"), "progress": False, "tensorboard": False,
-                  "device": "cpu"},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"name": MODEL, "topology": str(topology_path), "overrides": TINY_MODEL_OVERRIDES},
+                "data": {
+                    "train": str(data),
+                    "batch_size": 2,
+                    "image_size": 64,
+                    "num_workers": workers,
+                    "augment": False,
+                },
+                "train": {
+                    "steps": 1,
+                    "output_dir": str(tmp_path / "run"),
+                    "progress": False,
+                    "tensorboard": False,
+                    "device": "cpu",
+                },
+            }
+        )
+    )
     return ["train", config, *overrides]
 
 
@@ -93,8 +119,14 @@ def damage_linelist(shard):
     return "s.linelist.tsv"
 
 
-DATASET_DAMAGE = [damage_vertices_shape, damage_vertices_pickle, damage_vertices_random, damage_lineidx, damage_yaml,
-                  damage_linelist]
+DATASET_DAMAGE = [
+    damage_vertices_shape,
+    damage_vertices_pickle,
+    damage_vertices_random,
+    damage_lineidx,
+    damage_yaml,
+    damage_linelist,
+]
 
 
 @pytest.mark.parametrize("damage", DATASET_DAMAGE)
@@ -116,12 +148,14 @@ def test_eval_on_a_damaged_dataset(assets, shard, capsys, damage):
     assert not (shard.parent / "PWNED").exists()
 
 
-@pytest.mark.parametrize("damage", [damage_vertices_shape, pytest.param(damage_vertices_pickle, marks=pytest.mark.slow),
-                                    damage_lineidx])
+@pytest.mark.parametrize(
+    "damage", [damage_vertices_shape, pytest.param(damage_vertices_pickle, marks=pytest.mark.slow), damage_lineidx]
+)
 def test_train_on_a_damaged_dataset(assets, shard, tmp_path, capsys, damage):
     name = damage(shard)
-    expect_cli_error(train_args(assets, shard, tmp_path, workers=1 if damage in IN_WORKER else 0), capsys,
-                     names=(name,))
+    expect_cli_error(
+        train_args(assets, shard, tmp_path, workers=1 if damage in IN_WORKER else 0), capsys, names=(name,)
+    )
 
 
 LABEL_DAMAGE = [
@@ -149,7 +183,9 @@ def test_data_check_lists_a_bad_label_row(shard, capsys, fields, word):
         assert code == 0, f"[refused] {out} {err}"
         return
     if code != 1 or "bad row 's_1'" not in out or word not in out or "Traceback" in err:
-        pytest.fail(f"[{'traceback' if 'Traceback' in err or code not in (0, 1) else 'silent'}] exit {code}: {out} {err}"[:600])
+        pytest.fail(
+            f"[{'traceback' if 'Traceback' in err or code not in (0, 1) else 'silent'}] exit {code}: {out} {err}"[:600]
+        )
 
 
 @pytest.mark.parametrize("fields, word", [item for item in LABEL_DAMAGE if item[1]])
@@ -160,16 +196,19 @@ def test_eval_stops_on_a_bad_label_row_with_one_line(assets, shard, capsys, fiel
 
 
 # ---------------------------------------------------------------------------- train config and overrides
-@pytest.mark.parametrize("override, word", [
-    ("model.overrides.num_heads=0", "num_heads"),
-    ("train.log_every=0", "log_every"),
-    ("data.augment_overrides.bogus=1", "bogus"),
-    ("loss.level_weights=[1.0]", "level_weights"),
-    ("loss.edge_level=5", "edge_level"),
-    ("optim.lr=.nan", "lr"),
-    ("data.num_workers=-1", "num_workers"),
-    ("train.device=bogus", "device"),
-])
+@pytest.mark.parametrize(
+    "override, word",
+    [
+        ("model.overrides.num_heads=0", "num_heads"),
+        ("train.log_every=0", "log_every"),
+        ("data.augment_overrides.bogus=1", "bogus"),
+        ("loss.level_weights=[1.0]", "level_weights"),
+        ("loss.edge_level=5", "edge_level"),
+        ("optim.lr=.nan", "lr"),
+        ("data.num_workers=-1", "num_workers"),
+        ("train.device=bogus", "device"),
+    ],
+)
 def test_train_refuses_a_bad_override_with_one_line(assets, shard, tmp_path, capsys, override, word):
     expect_cli_error(train_args(assets, shard, tmp_path, override), capsys, names=(word,))
     assert not (tmp_path / "run" / "last.safetensors").exists()
@@ -213,15 +252,22 @@ def test_data_convert_with_damaged_annotations(tmp_path, capsys):
 
     (images / "a.png").write_bytes(png_bytes(60, 80))
     annotations = tmp_path / "ann.json"
-    for text in ('[{"file": "a.png", "center": [1, 2, 3], "scale": 1}]', "[" * 100000,
-                 '[{"file": "a.png", "joints_2d": [[1, 2], [3]]}]'):
+    for text in (
+        '[{"file": "a.png", "center": [1, 2, 3], "scale": 1}]',
+        "[" * 100000,
+        '[{"file": "a.png", "joints_2d": [[1, 2], [3]]}]',
+    ):
         annotations.write_text(text)
-        expect_cli_error(["data", "convert", "--images", images, "--annotations", annotations, "--out",
-                          tmp_path / "out"], capsys, names=("ann.json",))
+        expect_cli_error(
+            ["data", "convert", "--images", images, "--annotations", annotations, "--out", tmp_path / "out"],
+            capsys,
+            names=("ann.json",),
+        )
 
 
-@pytest.mark.parametrize("option", [["--bbox-scale", "nan"], ["--bbox-scale", "-1"], ["--name", "a/b"], ["--name", ""],
-                                    ["--out", "FILE"]])
+@pytest.mark.parametrize(
+    "option", [["--bbox-scale", "nan"], ["--bbox-scale", "-1"], ["--name", "a/b"], ["--name", ""], ["--out", "FILE"]]
+)
 def test_data_convert_with_bad_options(tmp_path, capsys, option):
     from fuzz_helpers import png_bytes
 
@@ -237,8 +283,9 @@ def test_data_convert_with_bad_options(tmp_path, capsys, option):
 
 
 # ---------------------------------------------------------------------------- as a real process
-@pytest.mark.parametrize("case", ["binary-yaml", pytest.param("bad-override", marks=pytest.mark.slow),
-                                  "pickled-vertices"])
+@pytest.mark.parametrize(
+    "case", ["binary-yaml", pytest.param("bad-override", marks=pytest.mark.slow), "pickled-vertices"]
+)
 def test_real_process_prints_one_error_line_and_exits_2(assets, shard, tmp_path, case):
     if case == "binary-yaml":
         damage_yaml(shard)
@@ -249,8 +296,9 @@ def test_real_process_prints_one_error_line_and_exits_2(assets, shard, tmp_path,
         damage_vertices_pickle(shard)
         args = [str(a) for a in eval_args(assets, shard, workers=1)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "fastmetro", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "fastmetro", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     if "Traceback" in done.stderr:
         pytest.fail(f"[traceback] {done.stderr[-800:]}")

@@ -11,11 +11,11 @@ import dataclasses
 import math
 
 import pytest
-from fuzz_helpers import expect_clean, expect_error, expect_ok
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fastmetro.engine.config import ExperimentConfig, load_config, to_dict
+from fuzz_helpers import expect_clean, expect_error, expect_ok
 
 
 def invariants(config: ExperimentConfig) -> None:
@@ -41,8 +41,15 @@ def invariants(config: ExperimentConfig) -> None:
         problems.append("optim ranges")
     if optim.warmup_steps < 0 or not 0 <= optim.min_lr_ratio <= 1:
         problems.append("schedule")
-    for name in ("joints_3d_weight", "vertices_weight", "joints_2d_weight", "edge_normal_weight", "normal_weight",
-                 "edge_length_weight", "edge_self_weight"):
+    for name in (
+        "joints_3d_weight",
+        "vertices_weight",
+        "joints_2d_weight",
+        "edge_normal_weight",
+        "normal_weight",
+        "edge_length_weight",
+        "edge_self_weight",
+    ):
         value = getattr(loss, name)
         if value is not None and value < 0:
             problems.append(name)
@@ -72,10 +79,18 @@ def invariants(config: ExperimentConfig) -> None:
     except Exception as error:  # noqa: BLE001
         problems.append(f"model/augment overrides ({type(error).__name__}: {error})")
     else:
-        if not (0 <= augment.flip_prob <= 1 and 0 <= augment.rotation_zero_prob <= 1 and 0 <= augment.occlusion_prob <= 1
-                and augment.rotation_std >= 0 and augment.rotation_limit >= 0 and augment.scale_std >= 0
-                and 0 <= augment.scale_limit < 1 and 0 <= augment.noise <= 1 and augment.occlusion_max_patches >= 1
-                and 0 < augment.occlusion_size[0] <= augment.occlusion_size[1] <= 1):
+        if not (
+            0 <= augment.flip_prob <= 1
+            and 0 <= augment.rotation_zero_prob <= 1
+            and 0 <= augment.occlusion_prob <= 1
+            and augment.rotation_std >= 0
+            and augment.rotation_limit >= 0
+            and augment.scale_std >= 0
+            and 0 <= augment.scale_limit < 1
+            and 0 <= augment.noise <= 1
+            and augment.occlusion_max_patches >= 1
+            and 0 < augment.occlusion_size[0] <= augment.occlusion_size[1] <= 1
+        ):
             problems.append("augment ranges")
     if problems:
         pytest.fail(f"[silent] accepted a config the trainer cannot use: {problems}")
@@ -89,24 +104,29 @@ def load(path=None, overrides=()):
 
 
 def test_defaults_and_a_good_override_are_accepted():
-    config = expect_ok(load, None, ["optim.lr=2e-4", "model.overrides.num_heads=4", "data.augment_overrides.flip_prob=0"])
+    config = expect_ok(
+        load, None, ["optim.lr=2e-4", "model.overrides.num_heads=4", "data.augment_overrides.flip_prob=0"]
+    )
     assert config.optim.lr == 2e-4 and config.model.overrides == {"num_heads": 4}
 
 
 # ---------------------------------------------------------------------------- config files
-@pytest.mark.parametrize("content", [
-    b"\x00\x01\x02\xff\xfe binary",
-    b"optim:\n  lr: 1e-4\xff\n",
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
-    b"optim: 5\n",
-    b"optim: [1, 2]\n",
-    b"bogus_section: {a: 1}\n",
-    b"model: !!python/object/apply:os.system ['touch PWNED']\n",
-    b"optim:\n  lr: .nan\n",
-    b"train:\n  steps: 1e400\n",
-    b"model:\n  overrides: {num_heads: 0}\n",
-    b"data:\n  augment_overrides: {bogus: 1}\n",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x00\x01\x02\xff\xfe binary",
+        b"optim:\n  lr: 1e-4\xff\n",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        b"optim: 5\n",
+        b"optim: [1, 2]\n",
+        b"bogus_section: {a: 1}\n",
+        b"model: !!python/object/apply:os.system ['touch PWNED']\n",
+        b"optim:\n  lr: .nan\n",
+        b"train:\n  steps: 1e400\n",
+        b"model:\n  overrides: {num_heads: 0}\n",
+        b"data:\n  augment_overrides: {bogus: 1}\n",
+    ],
+)
 def test_bad_config_file(tmp_path, content, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "c.yaml"
@@ -133,27 +153,73 @@ def test_missing_and_empty_config(tmp_path):
 
 # ---------------------------------------------------------------------------- overrides
 BAD_OVERRIDES = [
-    "model.overrides.num_heads=0", "model.overrides.num_heads=-4", "model.overrides.num_heads=four",
-    "model.overrides.model_dims=[wide, narrow]", "model.overrides.model_dims=[64]", "model.overrides.bogus=1",
-    "model.overrides.dropout=2", "model.overrides.dropout=.nan", "model.overrides={num_heads: {a: 1}}",
-    "model.overrides.num_encoder_layers=0", "model.overrides.feedforward_dims=[0, 64]",
-    "model.name=FastMETRO-XXL", "model.flavor=bogus",
-    "train.log_every=0", "train.log_every=-1", "train.eval_every=-1", "train.checkpoint_every=-5",
-    "train.steps=-1", "train.seed=-1", "train.device=bogus", "train.device=cuda:x", "train.device=gpu",
-    "train.precision=fp8", "train.distributed_backend=mpi", "train.output_dir=",
-    "data.augment_overrides.bogus=1", "data.augment_overrides.flip_prob=2", "data.augment_overrides.flip_prob=x",
-    "data.augment_overrides.occlusion_size=[0.5, 0.1]", "data.augment_overrides.rotation_std=-1",
-    "data.augment_overrides.scale_limit=1.5", "data.augment_overrides.noise=.inf",
+    "model.overrides.num_heads=0",
+    "model.overrides.num_heads=-4",
+    "model.overrides.num_heads=four",
+    "model.overrides.model_dims=[wide, narrow]",
+    "model.overrides.model_dims=[64]",
+    "model.overrides.bogus=1",
+    "model.overrides.dropout=2",
+    "model.overrides.dropout=.nan",
+    "model.overrides={num_heads: {a: 1}}",
+    "model.overrides.num_encoder_layers=0",
+    "model.overrides.feedforward_dims=[0, 64]",
+    "model.name=FastMETRO-XXL",
+    "model.flavor=bogus",
+    "train.log_every=0",
+    "train.log_every=-1",
+    "train.eval_every=-1",
+    "train.checkpoint_every=-5",
+    "train.steps=-1",
+    "train.seed=-1",
+    "train.device=bogus",
+    "train.device=cuda:x",
+    "train.device=gpu",
+    "train.precision=fp8",
+    "train.distributed_backend=mpi",
+    "train.output_dir=",
+    "data.augment_overrides.bogus=1",
+    "data.augment_overrides.flip_prob=2",
+    "data.augment_overrides.flip_prob=x",
+    "data.augment_overrides.occlusion_size=[0.5, 0.1]",
+    "data.augment_overrides.rotation_std=-1",
+    "data.augment_overrides.scale_limit=1.5",
+    "data.augment_overrides.noise=.inf",
     "data.augment_overrides.occlusion_max_patches=0",
-    "optim.lr=.nan", "optim.lr=.inf", "optim.lr=-1", "optim.lr=0", "optim.weight_decay=.nan",
-    "optim.weight_decay=-1", "optim.eps=0", "optim.clip_grad_norm=-1", "optim.clip_grad_norm=.nan",
-    "optim.gamma=.nan", "optim.gamma=0", "optim.warmup_steps=-1", "optim.min_lr_ratio=2",
-    "data.num_workers=-1", "data.image_size=0", "data.image_size=-224", "data.max_val_samples=0",
+    "optim.lr=.nan",
+    "optim.lr=.inf",
+    "optim.lr=-1",
+    "optim.lr=0",
+    "optim.weight_decay=.nan",
+    "optim.weight_decay=-1",
+    "optim.eps=0",
+    "optim.clip_grad_norm=-1",
+    "optim.clip_grad_norm=.nan",
+    "optim.gamma=.nan",
+    "optim.gamma=0",
+    "optim.warmup_steps=-1",
+    "optim.min_lr_ratio=2",
+    "data.num_workers=-1",
+    "data.image_size=0",
+    "data.image_size=-224",
+    "data.max_val_samples=0",
     "data.batch_size=1e400",
-    "loss.joints_3d_weight=.nan", "loss.vertices_weight=-1", "loss.level_weights=[.nan, 1, 1]",
-    "loss.level_weights=[-1, 1, 1]", "loss.level_weights=[]", "loss.edge_level=-1", "loss.normal_weight=.inf",
+    "loss.joints_3d_weight=.nan",
+    "loss.vertices_weight=-1",
+    "loss.level_weights=[.nan, 1, 1]",
+    "loss.level_weights=[-1, 1, 1]",
+    "loss.level_weights=[]",
+    "loss.edge_level=-1",
+    "loss.normal_weight=.inf",
     "loss.edge_length_weight=-2",
-    "=1", "optim.=1", "optim..lr=1", ".lr=1", "optim=5", "optim.lr", "optim.lr.x=1", "model.name.x=1",
+    "=1",
+    "optim.=1",
+    "optim..lr=1",
+    ".lr=1",
+    "optim=5",
+    "optim.lr",
+    "optim.lr.x=1",
+    "model.name.x=1",
 ]
 
 
@@ -176,19 +242,55 @@ def section_fields() -> list[str]:
     for section in dataclasses.fields(ExperimentConfig):
         for field in dataclasses.fields(section.default_factory()):
             keys.append(f"{section.name}.{field.name}")
-    keys += [f"model.overrides.{name}" for name in ("num_heads", "model_dims", "dropout", "num_encoder_layers",
-                                                      "feedforward_dims", "activation", "bogus")]
-    keys += [f"data.augment_overrides.{name}" for name in ("flip_prob", "rotation_std", "occlusion_size",
-                                                           "scale_limit", "noise", "bogus")]
+    keys += [
+        f"model.overrides.{name}"
+        for name in (
+            "num_heads",
+            "model_dims",
+            "dropout",
+            "num_encoder_layers",
+            "feedforward_dims",
+            "activation",
+            "bogus",
+        )
+    ]
+    keys += [
+        f"data.augment_overrides.{name}"
+        for name in ("flip_prob", "rotation_std", "occlusion_size", "scale_limit", "noise", "bogus")
+    ]
     return keys
 
 
 YAML_VALUES = st.one_of(
     st.integers(-(2**65), 2**65).map(str),
-    st.floats(allow_nan=True, allow_infinity=True).map(lambda v: {math.inf: ".inf", -math.inf: "-.inf"}.get(v, repr(v))
-                                                       if not math.isnan(v) else ".nan"),
-    st.sampled_from(["true", "false", "null", "", "[]", "{}", "[1, 2]", "[64, 32]", "[0.1, 0.4]", "auto", "cpu",
-                     "cuda:0", "x", "'", "[", "{a: 1}", "!!binary aGk=", "&a [*a]", "1e-4", "0x10", "~"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(
+        lambda v: {math.inf: ".inf", -math.inf: "-.inf"}.get(v, repr(v)) if not math.isnan(v) else ".nan"
+    ),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "null",
+            "",
+            "[]",
+            "{}",
+            "[1, 2]",
+            "[64, 32]",
+            "[0.1, 0.4]",
+            "auto",
+            "cpu",
+            "cuda:0",
+            "x",
+            "'",
+            "[",
+            "{a: 1}",
+            "!!binary aGk=",
+            "&a [*a]",
+            "1e-4",
+            "0x10",
+            "~",
+        ]
+    ),
     st.text(max_size=8),
 )
 

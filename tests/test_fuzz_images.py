@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 import pytest
-from fuzz_helpers import expect_clean, expect_error, expect_ok, flip_bytes, jpeg_bytes, png_bomb, png_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -22,6 +21,7 @@ from PIL import Image
 from fastmetro.data.check import check_dataset
 from fastmetro.data.convert import convert, read_annotations
 from fastmetro.inference.images import iter_video, load_image
+from fuzz_helpers import expect_clean, expect_error, expect_ok, flip_bytes, jpeg_bytes, png_bomb, png_bytes
 
 
 def assert_rgb8(pixels) -> None:
@@ -41,17 +41,23 @@ def gradient(mode: str = "RGB", size=(40, 30)) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------- still images
-@pytest.mark.parametrize("name, data", [
-    ("empty.jpg", b""),
-    ("text.png", b"hello, not an image\n"),
-    ("random.jpg", np.random.default_rng(0).bytes(2000)),
-    ("truncated.jpg", jpeg_bytes()[:-200]),
-    ("half.jpg", jpeg_bytes()[: len(jpeg_bytes()) // 2]),
-    ("truncated.png", png_bytes()[:-30]),
-    ("bomb.png", png_bomb(20000, 20000)),
-    ("huge-header.png", png_bomb(1, 1).replace(b"\x00\x00\x00\x01\x00\x00\x00\x01", b"\x7f\xff\xff\xff\x7f\xff\xff\xff", 1)),
-    ("bad-crc.png", png_bytes()[:40] + bytes([png_bytes()[40] ^ 0xFF]) + png_bytes()[41:]),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("empty.jpg", b""),
+        ("text.png", b"hello, not an image\n"),
+        ("random.jpg", np.random.default_rng(0).bytes(2000)),
+        ("truncated.jpg", jpeg_bytes()[:-200]),
+        ("half.jpg", jpeg_bytes()[: len(jpeg_bytes()) // 2]),
+        ("truncated.png", png_bytes()[:-30]),
+        ("bomb.png", png_bomb(20000, 20000)),
+        (
+            "huge-header.png",
+            png_bomb(1, 1).replace(b"\x00\x00\x00\x01\x00\x00\x00\x01", b"\x7f\xff\xff\xff\x7f\xff\xff\xff", 1),
+        ),
+        ("bad-crc.png", png_bytes()[:40] + bytes([png_bytes()[40] ^ 0xFF]) + png_bytes()[41:]),
+    ],
+)
 def test_damaged_image_is_one_line(tmp_path, name, data):
     path = tmp_path / name
     path.write_bytes(data)
@@ -66,7 +72,13 @@ def test_missing_file_and_folder_are_one_line(tmp_path):
 
 def test_broken_exif_is_one_line_or_ignored(tmp_path):
     good = jpeg_bytes()
-    exif = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\xff\xff\xff\xff" + b"\xff" * 8
+    exif = (
+        b"Exif\x00\x00"
+        + b"MM\x00\x2a\x00\x00\x00\x08"
+        + b"\x00\x01"
+        + b"\x01\x12\x00\x03\xff\xff\xff\xff"
+        + b"\xff" * 8
+    )
     segment = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
     path = tmp_path / "exif.jpg"
     path.write_bytes(good[:2] + segment + good[2:])
@@ -75,13 +87,33 @@ def test_broken_exif_is_one_line_or_ignored(tmp_path):
         assert_rgb8(pixels)
 
 
-@pytest.mark.parametrize("mode, fmt", [
-    ("L", "PNG"), ("1", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("I", "TIFF"),
-    ("F", "TIFF"), ("CMYK", "JPEG"), ("LAB", "TIFF"), ("RGB", "GIF"), ("RGB", "BMP"), ("RGB", "WEBP"), ("YCbCr", "JPEG"),
-])
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [
+        ("L", "PNG"),
+        ("1", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("I;16", "PNG"),
+        ("I", "TIFF"),
+        ("F", "TIFF"),
+        ("CMYK", "JPEG"),
+        ("LAB", "TIFF"),
+        ("RGB", "GIF"),
+        ("RGB", "BMP"),
+        ("RGB", "WEBP"),
+        ("YCbCr", "JPEG"),
+    ],
+)
 def test_every_pixel_format_is_rgb8_or_one_line(tmp_path, mode, fmt):
-    image = gradient("RGB").convert(mode) if mode not in ("I;16", "I", "F") else Image.fromarray(
-        np.asarray(gradient("L"), dtype={"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]) * 3)
+    image = (
+        gradient("RGB").convert(mode)
+        if mode not in ("I;16", "I", "F")
+        else Image.fromarray(
+            np.asarray(gradient("L"), dtype={"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]) * 3
+        )
+    )
     path = tmp_path / f"x.{fmt.lower()}"
     path.write_bytes(pil_bytes(image, fmt))
     status, pixels = expect_clean(load_image, path, names=(path.name,))
@@ -100,8 +132,10 @@ def test_float_image_with_nan_and_inf(tmp_path):
         assert_rgb8(pixels)
 
 
-@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=6),
-       st.sampled_from(["png", "jpeg", "gif", "bmp", "tiff", "webp"]))
+@given(
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=6),
+    st.sampled_from(["png", "jpeg", "gif", "bmp", "tiff", "webp"]),
+)
 def test_flipped_bytes_in_an_image(tmp_path_factory, positions, fmt):
     data = png_bytes() if fmt == "png" else jpeg_bytes() if fmt == "jpeg" else pil_bytes(gradient(), fmt.upper())
     path = tmp_path_factory.mktemp("img") / f"x.{fmt}"
@@ -166,8 +200,13 @@ def make_audio_only(path) -> None:
 def test_damaged_video_is_one_line(tmp_path, kind):
     path = tmp_path / "v.mp4"
     good = make_video(tmp_path / "good.mp4")
-    data = {"empty": b"", "text": b"not a video\n" * 10, "random": np.random.default_rng(1).bytes(5000),
-            "truncated": good[: len(good) // 3], "header-only": good[:64]}.get(kind)
+    data = {
+        "empty": b"",
+        "text": b"not a video\n" * 10,
+        "random": np.random.default_rng(1).bytes(5000),
+        "truncated": good[: len(good) // 3],
+        "header-only": good[:64],
+    }.get(kind)
     if kind == "audio-only":
         make_audio_only(path)
     elif data is not None:
@@ -205,8 +244,12 @@ def convert_records(tmp_path, images, records) -> object:
     return report
 
 
-GOOD_RECORD = {"file": "a.png", "bbox": [10, 10, 40, 40], "joints_2d": [[20, 20]] * 14,
-               "joints_3d": [[0.1, 0.2, 3.0]] * 14}
+GOOD_RECORD = {
+    "file": "a.png",
+    "bbox": [10, 10, 40, 40],
+    "joints_2d": [[20, 20]] * 14,
+    "joints_3d": [[0.1, 0.2, 3.0]] * 14,
+}
 
 
 def test_good_records_convert_and_check(tmp_path, images):
@@ -214,31 +257,67 @@ def test_good_records_convert_and_check(tmp_path, images):
     assert report.num_rows == 2
 
 
-@pytest.mark.parametrize("changes", [
-    {"center": [1, 2, 3], "scale": 1.0}, {"center": ["a", "b"], "scale": 1.0}, {"center": [1, 2], "scale": [1, 2]},
-    {"center": [1, 2], "scale": "big"}, {"bbox": [1, 2, 3]}, {"bbox": ["x", 1, 2, 3]}, {"bbox": [0, 0, math.nan, 5]},
-    {"bbox": [0, 0, 1e-9, 1e-9]}, {"bbox": [0, 0, 1e308, 1e308]},
-    {"joints_2d": [[1, 2], [3]]}, {"joints_2d": "none"}, {"joints_2d": [[1, 2, 3, 4]]}, {"joints_2d": [[1e300, 2]] * 14},
-    {"joints_3d": [[0.1, 0.2]] * 14}, {"joints_3d": [[math.inf, 0, 0]] * 14},
-    {"pose": ["a"] * 72, "betas": [0] * 10}, {"pose": [0] * 72}, {"pose": [0] * 30, "betas": [0] * 10},
-    {"pose": [math.nan] * 72, "betas": [0] * 10},
-    {"vertices": "none"}, {"vertices": [[0, 0]]}, {"vertices": [[math.nan, 0, 0]]},
-    {"camera": "pinhole"}, {"camera": {"fx": -1, "fy": 1, "cx": 0, "cy": 0}}, {"joints_format": "j99"},
-    {"gender": {"x": 1}}, {"key": "a\tb"}, {"file": "missing.png"}, {"file": "bad.png"}, {"file": 5},
-    {"file": None}, {"file": ["a.png"]},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"center": [1, 2, 3], "scale": 1.0},
+        {"center": ["a", "b"], "scale": 1.0},
+        {"center": [1, 2], "scale": [1, 2]},
+        {"center": [1, 2], "scale": "big"},
+        {"bbox": [1, 2, 3]},
+        {"bbox": ["x", 1, 2, 3]},
+        {"bbox": [0, 0, math.nan, 5]},
+        {"bbox": [0, 0, 1e-9, 1e-9]},
+        {"bbox": [0, 0, 1e308, 1e308]},
+        {"joints_2d": [[1, 2], [3]]},
+        {"joints_2d": "none"},
+        {"joints_2d": [[1, 2, 3, 4]]},
+        {"joints_2d": [[1e300, 2]] * 14},
+        {"joints_3d": [[0.1, 0.2]] * 14},
+        {"joints_3d": [[math.inf, 0, 0]] * 14},
+        {"pose": ["a"] * 72, "betas": [0] * 10},
+        {"pose": [0] * 72},
+        {"pose": [0] * 30, "betas": [0] * 10},
+        {"pose": [math.nan] * 72, "betas": [0] * 10},
+        {"vertices": "none"},
+        {"vertices": [[0, 0]]},
+        {"vertices": [[math.nan, 0, 0]]},
+        {"camera": "pinhole"},
+        {"camera": {"fx": -1, "fy": 1, "cx": 0, "cy": 0}},
+        {"joints_format": "j99"},
+        {"gender": {"x": 1}},
+        {"key": "a\tb"},
+        {"file": "missing.png"},
+        {"file": "bad.png"},
+        {"file": 5},
+        {"file": None},
+        {"file": ["a.png"]},
+    ],
+)
 def test_bad_record_is_one_line_naming_the_record(tmp_path, images, changes):
     record = {**GOOD_RECORD, **changes}
     if changes.get("pose") is not None and "betas" not in changes:
         record.pop("betas", None)
-    expect_error(convert_records, tmp_path, images, [GOOD_RECORD, {**record, "key": record.get("key", "k1")}],
-                 names=("ann.json", "record 1"))
+    expect_error(
+        convert_records,
+        tmp_path,
+        images,
+        [GOOD_RECORD, {**record, "key": record.get("key", "k1")}],
+        names=("ann.json", "record 1"),
+    )
     assert not (tmp_path / "out" / "train.yaml").exists()
 
 
-@pytest.mark.parametrize("text", [
-    "[" * 100_000 + "]" * 100_000, '{"images": 5}', "[1, 2]", "null", '{"images": [{"file": "a.png"}], "x": NaN}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"images": 5}',
+        "[1, 2]",
+        "null",
+        '{"images": [{"file": "a.png"}], "x": NaN}',
+    ],
+)
 def test_bad_annotation_json(tmp_path, images, text):
     path = tmp_path / "ann.json"
     path.write_text(text)
@@ -255,13 +334,38 @@ def test_annotation_json_of_binary_bytes(tmp_path):
 
 def record_values():
     scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=4)
-    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=15) | st.dictionaries(
-        st.sampled_from(["fx", "fy", "cx", "cy"]), inner, max_size=4), max_leaves=40)
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=15) | st.dictionaries(st.sampled_from(["fx", "fy", "cx", "cy"]), inner, max_size=4)
+        ),
+        max_leaves=40,
+    )
 
 
-@given(st.dictionaries(st.sampled_from(["center", "scale", "bbox", "joints_2d", "joints_3d", "pose", "betas",
-                                        "vertices", "camera", "joints_format", "gender", "key"]),
-                       record_values(), min_size=1, max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "center",
+                "scale",
+                "bbox",
+                "joints_2d",
+                "joints_3d",
+                "pose",
+                "betas",
+                "vertices",
+                "camera",
+                "joints_format",
+                "gender",
+                "key",
+            ]
+        ),
+        record_values(),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_any_record_is_refused_or_checks_clean(tmp_path_factory, images_for_hypothesis, changes):
     directory = tmp_path_factory.mktemp("convert")
     record = {**GOOD_RECORD, **changes}

@@ -13,14 +13,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from data_helpers import label, replace_row, tiny_topology, write_shard
-from fuzz_helpers import expect_clean, expect_error, expect_ok
 from hypothesis import given
 from hypothesis import strategies as st
 
+from data_helpers import label, replace_row, tiny_topology, write_shard
 from fastmetro.data.check import check_dataset
 from fastmetro.data.dataset import MeshDataset
 from fastmetro.data.tsv import TSVDataset
+from fuzz_helpers import expect_clean, expect_error, expect_ok
 
 TOPOLOGY = tiny_topology()
 KEY = "s_0"
@@ -145,24 +145,27 @@ def test_vertices_row_of_wrong_type_or_range_is_a_bad_row(shard, value):
 
 
 # ---------------------------------------------------------------------------- box
-@pytest.mark.parametrize("fields, what", [
-    ({"center": ["a", 1]}, "center"),
-    ({"center": [1]}, "center"),
-    ({"center": "40 30"}, "center"),
-    ({"center": [math.nan, 1]}, "center"),
-    ({"center": [1e300, 1e300]}, "center"),
-    ({"center": [True, False]}, "center"),
-    ({"center": None}, "center"),
-    ({"scale": "0.3"}, "scale"),
-    ({"scale": 0}, "scale"),
-    ({"scale": -0.3}, "scale"),
-    ({"scale": math.inf}, "scale"),
-    ({"scale": 1e-12}, "scale"),
-    ({"scale": 1e300}, "scale"),
-    ({"scale": [0.3, 0.3]}, "scale"),
-    ({"scale": {"s": 1}}, "scale"),
-    ({"center": DROP}, "center"),
-])
+@pytest.mark.parametrize(
+    "fields, what",
+    [
+        ({"center": ["a", 1]}, "center"),
+        ({"center": [1]}, "center"),
+        ({"center": "40 30"}, "center"),
+        ({"center": [math.nan, 1]}, "center"),
+        ({"center": [1e300, 1e300]}, "center"),
+        ({"center": [True, False]}, "center"),
+        ({"center": None}, "center"),
+        ({"scale": "0.3"}, "scale"),
+        ({"scale": 0}, "scale"),
+        ({"scale": -0.3}, "scale"),
+        ({"scale": math.inf}, "scale"),
+        ({"scale": 1e-12}, "scale"),
+        ({"scale": 1e300}, "scale"),
+        ({"scale": [0.3, 0.3]}, "scale"),
+        ({"scale": {"s": 1}}, "scale"),
+        ({"center": DROP}, "center"),
+    ],
+)
 def test_bad_box_is_a_bad_row(shard, fields, what):
     shard.set_fields(**fields)
     assert_bad_row(shard, match=what)
@@ -174,23 +177,26 @@ def test_label_without_a_box_uses_the_whole_image(shard):
 
 
 # ---------------------------------------------------------------------------- joints
-@pytest.mark.parametrize("name, value", [
-    ("2d_joints", "joints"),
-    ("2d_joints", {"x": 1}),
-    ("2d_joints", [[1, 2, 1], [1, 2]]),
-    ("2d_joints", [[1, 2, 1]] * 13 + [["a", 2, 1]]),
-    ("2d_joints", [[1, 2]] * 14),
-    ("2d_joints", [[1e300, 2, 1]] * 14),
-    ("2d_joints", [[1, 2, -1]] * 14),
-    ("2d_joints", [[1, 2, 1]] * 9),
-    ("2d_joints", []),
-    ("3d_joints", [[0.1, 0.2, 0.3, math.inf]] * 14),
-    ("3d_joints", [[0.1, 0.2, 0.3]] * 14),
-    ("3d_joints", [[None, 0.2, 0.3, 1]] * 14),
-    ("3d_joints", [[1e200, 0.2, 0.3, 1]] * 14),
-    ("joints_format", "J24"),
-    ("joints_format", 24),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("2d_joints", "joints"),
+        ("2d_joints", {"x": 1}),
+        ("2d_joints", [[1, 2, 1], [1, 2]]),
+        ("2d_joints", [[1, 2, 1]] * 13 + [["a", 2, 1]]),
+        ("2d_joints", [[1, 2]] * 14),
+        ("2d_joints", [[1e300, 2, 1]] * 14),
+        ("2d_joints", [[1, 2, -1]] * 14),
+        ("2d_joints", [[1, 2, 1]] * 9),
+        ("2d_joints", []),
+        ("3d_joints", [[0.1, 0.2, 0.3, math.inf]] * 14),
+        ("3d_joints", [[0.1, 0.2, 0.3]] * 14),
+        ("3d_joints", [[None, 0.2, 0.3, 1]] * 14),
+        ("3d_joints", [[1e200, 0.2, 0.3, 1]] * 14),
+        ("joints_format", "J24"),
+        ("joints_format", 24),
+    ],
+)
 def test_bad_joints_are_a_bad_row(shard, name, value):
     shard.set_fields(**{name: value})
     assert_bad_row(shard)
@@ -204,21 +210,24 @@ def test_joints_nested_one_level_are_accepted(shard):
 
 
 # ---------------------------------------------------------------------------- pose / camera / misc
-@pytest.mark.parametrize("fields", [
-    {"has_smpl": 1, "pose": [0.0] * 72},
-    {"has_smpl": 1, "pose": "zero", "betas": [0.0] * 10},
-    {"has_smpl": 1, "pose": [0.0] * 72, "betas": []},
-    {"has_smpl": 1, "pose": [math.nan] * 72, "betas": [0.0] * 10},
-    {"has_smpl": 1, "pose": [0.0] * 72, "betas": [1e300] * 10},
-    {"camera": {"fx": "500", "fy": 500, "cx": 40, "cy": 30}},
-    {"camera": {"fx": 500, "fy": 500, "cx": 40}},
-    {"camera": [500, 500, 40, 30]},
-    {"camera": {"fx": -500, "fy": 500, "cx": 40, "cy": 30}},
-    {"camera": {"fx": math.inf, "fy": 500, "cx": 40, "cy": 30}},
-    {"camera": {"fx": True, "fy": 500, "cx": 40, "cy": 30}},
-    {"camera": {"fx": 500, "fy": 500, "cx": 1e300, "cy": 30}},
-    {"gender": {"m": 1}},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"has_smpl": 1, "pose": [0.0] * 72},
+        {"has_smpl": 1, "pose": "zero", "betas": [0.0] * 10},
+        {"has_smpl": 1, "pose": [0.0] * 72, "betas": []},
+        {"has_smpl": 1, "pose": [math.nan] * 72, "betas": [0.0] * 10},
+        {"has_smpl": 1, "pose": [0.0] * 72, "betas": [1e300] * 10},
+        {"camera": {"fx": "500", "fy": 500, "cx": 40, "cy": 30}},
+        {"camera": {"fx": 500, "fy": 500, "cx": 40}},
+        {"camera": [500, 500, 40, 30]},
+        {"camera": {"fx": -500, "fy": 500, "cx": 40, "cy": 30}},
+        {"camera": {"fx": math.inf, "fy": 500, "cx": 40, "cy": 30}},
+        {"camera": {"fx": True, "fy": 500, "cx": 40, "cy": 30}},
+        {"camera": {"fx": 500, "fy": 500, "cx": 1e300, "cy": 30}},
+        {"gender": {"m": 1}},
+    ],
+)
 def test_bad_parameters_are_a_bad_row(shard, fields):
     shard.set_fields(**fields)
     assert_bad_row(shard)
@@ -233,19 +242,22 @@ def test_pose_of_an_unknown_length_is_flagged_by_check_and_unused_in_training(sh
     assert_finite_sample(expect_ok(load_sample, shard))
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "[",
-    "[]",
-    "[{}, {}]",
-    "5",
-    '"text"',
-    "null",
-    "[null]",
-    "[" * 100_000 + "]" * 100_000,
-    '[{"scale": ' + "9" * 5000 + "}]",
-    '[{"center": [40, 30], "scale": 0.3, "extra": ' + "[" * 50_000 + "]" * 50_000 + "}]",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[",
+        "[]",
+        "[{}, {}]",
+        "5",
+        '"text"',
+        "null",
+        "[null]",
+        "[" * 100_000 + "]" * 100_000,
+        '[{"scale": ' + "9" * 5000 + "}]",
+        '[{"center": [40, 30], "scale": 0.3, "extra": ' + "[" * 50_000 + "]" * 50_000 + "}]",
+    ],
+)
 def test_label_column_that_is_not_a_label_dict_is_a_bad_row(shard, text):
     shard.set_label(text)
     assert_bad_row(shard)
@@ -263,19 +275,22 @@ def test_missing_label_column_is_a_bad_row(shard):
 
 
 # ---------------------------------------------------------------------------- hw column
-@pytest.mark.parametrize("text", [
-    '[{"height": Infinity, "width": 80}]',
-    '[{"height": NaN, "width": 80}]',
-    '[{"height": "60", "width": 80}]',
-    '[{"height": 60.5, "width": 80}]',
-    '[{"height": -60, "width": 80}]',
-    '[{"height": 60}]',
-    "[]",
-    "1e3 80",
-    "60 80 3",
-    "[" * 100_000,
-    '[{"height": 80, "width": 60}]',  # swapped: disagrees with the image
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"height": Infinity, "width": 80}]',
+        '[{"height": NaN, "width": 80}]',
+        '[{"height": "60", "width": 80}]',
+        '[{"height": 60.5, "width": 80}]',
+        '[{"height": -60, "width": 80}]',
+        '[{"height": 60}]',
+        "[]",
+        "1e3 80",
+        "60 80 3",
+        "[" * 100_000,
+        '[{"height": 80, "width": 60}]',  # swapped: disagrees with the image
+    ],
+)
 def test_bad_hw_is_a_bad_row(shard, text):
     shard.set_hw(text)
     assert_bad_row(shard, file="s.hw.tsv")
@@ -289,14 +304,39 @@ def test_hw_spellings_are_accepted(shard, text):
 
 # ---------------------------------------------------------------------------- property-based
 def json_values():
-    scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=4))
-    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
-        st.sampled_from(["height", "width", "fx", "fy", "cx", "cy", "x"]), inner, max_size=4), max_leaves=16)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=4)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=5)
+            | st.dictionaries(st.sampled_from(["height", "width", "fx", "fy", "cx", "cy", "x"]), inner, max_size=4)
+        ),
+        max_leaves=16,
+    )
 
 
-FIELDS = ["center", "scale", "2d_joints", "has_2d_joints", "3d_joints", "has_3d_joints", "pose", "betas", "has_smpl",
-          "has_vertices", "vertices_row", "joints_format", "camera", "gender"]
+FIELDS = [
+    "center",
+    "scale",
+    "2d_joints",
+    "has_2d_joints",
+    "3d_joints",
+    "has_3d_joints",
+    "pose",
+    "betas",
+    "has_smpl",
+    "has_vertices",
+    "vertices_row",
+    "joints_format",
+    "camera",
+    "gender",
+]
 
 
 @given(st.dictionaries(st.sampled_from(FIELDS), json_values(), min_size=1, max_size=4))

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+
 from fuzz_helpers import expect_cli_error, expect_error, png_bytes, run_cli, tiny_model_assets
 
 MODEL = "FastMETRO-S-R18"
@@ -45,6 +46,7 @@ def _set(path, value):
             node.pop(path[-1])
         else:
             node[path[-1]] = value
+
     return change
 
 
@@ -70,8 +72,21 @@ def test_damaged_checkpoint_json_in_eval_is_one_line(assets, tmp_path, capsys, p
     checkpoint = damaged_checkpoint(assets, tmp_path, _set(path, value))
     data = write_shard(tmp_path / "data", "s", 2)
     _, topology_path, _, _ = assets
-    expect_cli_error(["eval", "--checkpoint", checkpoint, "--data", data, f"model.topology={topology_path}",
-                      "data.image_size=64", "data.num_workers=0", "--json"], capsys, names=("model.json",))
+    expect_cli_error(
+        [
+            "eval",
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            data,
+            f"model.topology={topology_path}",
+            "data.image_size=64",
+            "data.num_workers=0",
+            "--json",
+        ],
+        capsys,
+        names=("model.json",),
+    )
 
 
 @pytest.mark.parametrize("path, value", CHECKPOINT_JSON)
@@ -87,48 +102,83 @@ def test_all_nan_weights_are_one_line_naming_the_tensor(assets, tmp_path, capsys
     from safetensors.torch import load_file, save_file
 
     _, topology_path, checkpoint, images = assets
-    state = {key: torch.full_like(value, float("nan")) if value.is_floating_point() else value
-             for key, value in load_file(str(checkpoint)).items()}
+    state = {
+        key: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+        for key, value in load_file(str(checkpoint)).items()
+    }
     copy = tmp_path / "model.safetensors"
     save_file(state, str(copy))
     copy.with_suffix(".json").write_text(checkpoint.with_suffix(".json").read_text())
-    expect_cli_error(["infer", images / "a.png", "--checkpoint", copy, "--out", tmp_path / "out", "--topology",
-                      topology_path, "--image-size", "64", "--no-overlay"], capsys, names=("model.safetensors",),
-                     match="NaN|non-finite")
+    expect_cli_error(
+        [
+            "infer",
+            images / "a.png",
+            "--checkpoint",
+            copy,
+            "--out",
+            tmp_path / "out",
+            "--topology",
+            topology_path,
+            "--image-size",
+            "64",
+            "--no-overlay",
+        ],
+        capsys,
+        names=("model.safetensors",),
+        match="NaN|non-finite",
+    )
 
 
 # ---------------------------------------------------------------------------- fastmetro infer options
 def infer_args(assets, tmp_path, *extra, inputs=None):
     _, topology_path, checkpoint, images = assets
-    return ["infer", *(inputs or [images / "a.png"]), "--checkpoint", checkpoint, "--out", tmp_path / "out",
-            "--topology", topology_path, "--image-size", "64", "--no-overlay", *extra]
+    return [
+        "infer",
+        *(inputs or [images / "a.png"]),
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "out",
+        "--topology",
+        topology_path,
+        "--image-size",
+        "64",
+        "--no-overlay",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("extra", [
-    pytest.param(["--focal-length", "nan"], id="focal-nan"),
-    pytest.param(["--focal-length", "-1000"], id="focal-negative"),
-    pytest.param(["--focal-length", "0"], id="focal-zero"),
-    pytest.param(["--bbox", "0,0,1e308,1e308"], id="bbox-huge"),
-    pytest.param(["--bbox", "0,0,1e-9,1e-9"], id="bbox-tiny"),
-    pytest.param(["--bbox", "0,0,nan,10"], id="bbox-nan"),  # today: exit 1, "1 input(s) failed"
-    pytest.param(["--bbox", "1,2,3"], id="bbox-three"),
-    pytest.param(["--device", "bogus"], id="device-bogus"),
-    pytest.param(["--batch-size", "0"], id="batch-0"),
-    pytest.param(["--image-size", "0"], id="image-size-0"),
-    pytest.param(["--box-expand", "-1"], id="box-expand-negative"),
-    pytest.param(["--box-expand", "nan"], id="box-expand-nan"),
-    pytest.param(["--max-side", "0"], id="max-side-0"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(["--focal-length", "nan"], id="focal-nan"),
+        pytest.param(["--focal-length", "-1000"], id="focal-negative"),
+        pytest.param(["--focal-length", "0"], id="focal-zero"),
+        pytest.param(["--bbox", "0,0,1e308,1e308"], id="bbox-huge"),
+        pytest.param(["--bbox", "0,0,1e-9,1e-9"], id="bbox-tiny"),
+        pytest.param(["--bbox", "0,0,nan,10"], id="bbox-nan"),  # today: exit 1, "1 input(s) failed"
+        pytest.param(["--bbox", "1,2,3"], id="bbox-three"),
+        pytest.param(["--device", "bogus"], id="device-bogus"),
+        pytest.param(["--batch-size", "0"], id="batch-0"),
+        pytest.param(["--image-size", "0"], id="image-size-0"),
+        pytest.param(["--box-expand", "-1"], id="box-expand-negative"),
+        pytest.param(["--box-expand", "nan"], id="box-expand-nan"),
+        pytest.param(["--max-side", "0"], id="max-side-0"),
+    ],
+)
 def test_bad_infer_option_is_one_line(assets, tmp_path, capsys, extra):
     expect_cli_error(infer_args(assets, tmp_path, *extra), capsys)
 
 
-@pytest.mark.parametrize("text", [
-    pytest.param("[" * 100000, id="deep"),
-    pytest.param('{"a.png": [[0, 0, "w", 10]]}', id="words"),
-    pytest.param('{"a.png": [[0, 0, NaN, 10]]}', id="nan"),
-    pytest.param(b"\xff\xfe".decode("latin-1"), id="binary"),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("[" * 100000, id="deep"),
+        pytest.param('{"a.png": [[0, 0, "w", 10]]}', id="words"),
+        pytest.param('{"a.png": [[0, 0, NaN, 10]]}', id="nan"),
+        pytest.param(b"\xff\xfe".decode("latin-1"), id="binary"),
+    ],
+)
 def test_damaged_boxes_json_is_one_line(assets, tmp_path, capsys, text):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(text)
@@ -146,4 +196,3 @@ def test_two_inputs_with_one_stem_get_distinct_output_folders(assets, tmp_path, 
     assert code == 0, err
     folders = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
     assert len(folders) == 2, f"[silent] one result replaced the other: {folders}"
-

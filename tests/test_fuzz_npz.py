@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
 from data_helpers import tiny_topology
+from fastmetro.data.convert import read_annotations
+from fastmetro.io import load_npz_restricted, restricted_loads
+from fastmetro.model.backbone import read_state_dict
+from fastmetro.topology import Topology
 from fuzz_helpers import (
     expect_clean,
     expect_error,
@@ -29,14 +37,6 @@ from fuzz_helpers import (
     pickle_payload,
     zip_members,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-
-from fastmetro.data.convert import read_annotations
-from fastmetro.io import load_npz_restricted, restricted_loads
-from fastmetro.model.backbone import read_state_dict
-from fastmetro.topology import Topology
 
 GOOD = tiny_topology().to_arrays()
 
@@ -71,13 +71,16 @@ def test_good_topology_file_loads(tmp_path):
     assert expect_ok(load_topology, path).level_vertex_counts == (8, 4)
 
 
-@pytest.mark.parametrize("data, what", [
-    (b"", "empty"),
-    (np.random.default_rng(0).bytes(400), "random bytes"),
-    (b"PK\x03\x04" + np.random.default_rng(1).bytes(100), "broken zip"),
-    (b"\x80\x04\x95" + b"\x00" * 20, "a pickle"),
-    (npy_bytes(np.zeros(3)), "an .npy, not an .npz"),
-])
+@pytest.mark.parametrize(
+    "data, what",
+    [
+        (b"", "empty"),
+        (np.random.default_rng(0).bytes(400), "random bytes"),
+        (b"PK\x03\x04" + np.random.default_rng(1).bytes(100), "broken zip"),
+        (b"\x80\x04\x95" + b"\x00" * 20, "a pickle"),
+        (npy_bytes(np.zeros(3)), "an .npy, not an .npz"),
+    ],
+)
 def test_unreadable_topology_file(tmp_path, data, what):
     path = tmp_path / "t.npz"
     path.write_bytes(data)
@@ -97,49 +100,52 @@ def test_pickled_member_is_refused_and_never_runs(tmp_path):
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.parametrize("changes, what", [
-    ({"level_vertex_counts": np.array([8.0, np.inf])}, "inf count"),
-    ({"level_vertex_counts": np.array([8.5, 4.0])}, "fractional count"),
-    ({"level_vertex_counts": np.array([8, -4])}, "negative count"),
-    ({"level_vertex_counts": np.array([8, 10**15])}, "huge count"),
-    ({"level_vertex_counts": np.array([], np.int64)}, "no levels"),
-    ({"level_vertex_counts": np.array(8)}, "0-d counts"),
-    ({"level_vertex_counts": np.array(["8", "4"])}, "string counts"),
-    ({"coarse_adjacency_shape": np.array([10**15, 10**15])}, "adjacency shape 1e15"),
-    ({"coarse_adjacency_shape": np.array([4.0, np.nan])}, "adjacency shape nan"),
-    ({"coarse_adjacency_shape": np.array([4, 4, 4])}, "3-D adjacency"),
-    ({"coarse_adjacency_row": np.array([0, 1, 10**12])}, "adjacency index beyond"),
-    ({"upsample_0_shape": np.array([10**15, 4])}, "upsample shape 1e15"),
-    ({"upsample_0_shape": np.array([-8, 4])}, "negative upsample shape"),
-    ({"upsample_0_row": np.array([0.5] * len(GOOD["upsample_0_row"]))}, "fractional indices"),
-    ({"upsample_0_data": np.full(len(GOOD["upsample_0_data"]), np.nan)}, "nan upsample"),
-    ({"upsample_0_data": GOOD["upsample_0_data"][:2]}, "ragged coo"),
-    ({"faces_0": GOOD["faces_0"].astype(np.float64) + 0.5}, "fractional faces"),
-    ({"faces_0": np.full((12, 3), np.nan)}, "nan faces"),
-    ({"faces_0": GOOD["faces_0"].reshape(-1, 4)}, "faces of 4 columns"),
-    ({"faces_0": GOOD["faces_0"] + 100}, "faces out of range"),
-    ({"kept_0": np.array([0.0, 2.0, 4.0, 6.5])}, "fractional kept"),
-    ({"kept_0": np.array([0, 2, 4, 10**12])}, "kept out of range"),
-    ({"joint_flip": GOOD["joint_flip"] + 0.5}, "fractional flip"),
-    ({"vertex_flip": np.array([10**15] * 8)}, "vertex flip 1e15"),
-    ({"vertex_flip": np.array([-1] * 8)}, "negative vertex flip"),
-    ({"root_joints": np.array([-1])}, "negative root joint"),
-    ({"root_joints": np.array([1.5])}, "fractional root joint"),
-    ({"template": np.full((8, 3), np.nan)}, "nan template"),
-    ({"template": np.zeros((8, 2))}, "template shape"),
-    ({"joint_regressor": np.full((14, 8), np.inf)}, "inf regressor"),
-    ({"joint_regressor": np.array([["a"] * 8] * 14)}, "string regressor"),
-    ({"root_regressor": np.zeros((8, 8))}, "2-D root regressor"),
-    ({"version": np.array("one")}, "string version"),
-    ({"version": np.array(np.nan)}, "nan version"),
-    ({"version": np.array(10**6)}, "future version"),
-    ({"format": np.array(7)}, "not the format"),
-    ({"metadata_json": np.array("{not json")}, "bad metadata"),
-    ({"metadata_json": np.array("[" * 100000 + "]" * 100000)}, "deep metadata"),
-    ({"name": np.array(["a", "b"])}, "name of two strings"),
-    ({"kept_0": None}, "missing kept"),
-    ({"source_vertex_indices": np.array([-1] * 8)}, "negative source indices"),
-])
+@pytest.mark.parametrize(
+    "changes, what",
+    [
+        ({"level_vertex_counts": np.array([8.0, np.inf])}, "inf count"),
+        ({"level_vertex_counts": np.array([8.5, 4.0])}, "fractional count"),
+        ({"level_vertex_counts": np.array([8, -4])}, "negative count"),
+        ({"level_vertex_counts": np.array([8, 10**15])}, "huge count"),
+        ({"level_vertex_counts": np.array([], np.int64)}, "no levels"),
+        ({"level_vertex_counts": np.array(8)}, "0-d counts"),
+        ({"level_vertex_counts": np.array(["8", "4"])}, "string counts"),
+        ({"coarse_adjacency_shape": np.array([10**15, 10**15])}, "adjacency shape 1e15"),
+        ({"coarse_adjacency_shape": np.array([4.0, np.nan])}, "adjacency shape nan"),
+        ({"coarse_adjacency_shape": np.array([4, 4, 4])}, "3-D adjacency"),
+        ({"coarse_adjacency_row": np.array([0, 1, 10**12])}, "adjacency index beyond"),
+        ({"upsample_0_shape": np.array([10**15, 4])}, "upsample shape 1e15"),
+        ({"upsample_0_shape": np.array([-8, 4])}, "negative upsample shape"),
+        ({"upsample_0_row": np.array([0.5] * len(GOOD["upsample_0_row"]))}, "fractional indices"),
+        ({"upsample_0_data": np.full(len(GOOD["upsample_0_data"]), np.nan)}, "nan upsample"),
+        ({"upsample_0_data": GOOD["upsample_0_data"][:2]}, "ragged coo"),
+        ({"faces_0": GOOD["faces_0"].astype(np.float64) + 0.5}, "fractional faces"),
+        ({"faces_0": np.full((12, 3), np.nan)}, "nan faces"),
+        ({"faces_0": GOOD["faces_0"].reshape(-1, 4)}, "faces of 4 columns"),
+        ({"faces_0": GOOD["faces_0"] + 100}, "faces out of range"),
+        ({"kept_0": np.array([0.0, 2.0, 4.0, 6.5])}, "fractional kept"),
+        ({"kept_0": np.array([0, 2, 4, 10**12])}, "kept out of range"),
+        ({"joint_flip": GOOD["joint_flip"] + 0.5}, "fractional flip"),
+        ({"vertex_flip": np.array([10**15] * 8)}, "vertex flip 1e15"),
+        ({"vertex_flip": np.array([-1] * 8)}, "negative vertex flip"),
+        ({"root_joints": np.array([-1])}, "negative root joint"),
+        ({"root_joints": np.array([1.5])}, "fractional root joint"),
+        ({"template": np.full((8, 3), np.nan)}, "nan template"),
+        ({"template": np.zeros((8, 2))}, "template shape"),
+        ({"joint_regressor": np.full((14, 8), np.inf)}, "inf regressor"),
+        ({"joint_regressor": np.array([["a"] * 8] * 14)}, "string regressor"),
+        ({"root_regressor": np.zeros((8, 8))}, "2-D root regressor"),
+        ({"version": np.array("one")}, "string version"),
+        ({"version": np.array(np.nan)}, "nan version"),
+        ({"version": np.array(10**6)}, "future version"),
+        ({"format": np.array(7)}, "not the format"),
+        ({"metadata_json": np.array("{not json")}, "bad metadata"),
+        ({"metadata_json": np.array("[" * 100000 + "]" * 100000)}, "deep metadata"),
+        ({"name": np.array(["a", "b"])}, "name of two strings"),
+        ({"kept_0": None}, "missing kept"),
+        ({"source_vertex_indices": np.array([-1] * 8)}, "negative source indices"),
+    ],
+)
 def test_damaged_topology_arrays(tmp_path, changes, what):
     path = tmp_path / "t.npz"
     path.write_bytes(topology_file(tmp_path, **changes))
@@ -181,15 +187,21 @@ def test_any_array_in_place_of_a_topology_member(tmp_path_factory, key, array):
 
 
 # ---------------------------------------------------------------------------- restricted .npz loads
-@pytest.mark.parametrize("data", [
-    np.random.default_rng(2).bytes(300),
-    b"",
-    b"\x80\x04\x95\x00",
-    zip_members({"A.npy": b"not an array"}),
-    zip_members({"A.npy": npy_with_header({"descr": "<f8", "fortran_order": False, "shape": (10**12,)})}),
-    zip_members({"A.npy": npy_with_header({"descr": "<f8", "fortran_order": False, "shape": (10, 10)}, b"\x00" * 7)}),
-    zip_members({"A.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x'}  \n"}),
-], ids=["random", "empty", "pickle", "not-npy", "huge-header", "short-data", "bad-header"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.random.default_rng(2).bytes(300),
+        b"",
+        b"\x80\x04\x95\x00",
+        zip_members({"A.npy": b"not an array"}),
+        zip_members({"A.npy": npy_with_header({"descr": "<f8", "fortran_order": False, "shape": (10**12,)})}),
+        zip_members(
+            {"A.npy": npy_with_header({"descr": "<f8", "fortran_order": False, "shape": (10, 10)}, b"\x00" * 7)}
+        ),
+        zip_members({"A.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x'}  \n"}),
+    ],
+    ids=["random", "empty", "pickle", "not-npy", "huge-header", "short-data", "bad-header"],
+)
 def test_restricted_npz_refuses_damaged_files(tmp_path, data):
     path = tmp_path / "model.npz"
     path.write_bytes(data)
@@ -231,7 +243,9 @@ def test_flipped_bytes_in_a_restricted_npz(tmp_path_factory, positions):
 # ---------------------------------------------------------------------------- plain pickles
 @pytest.mark.parametrize("protocol", [0, 2, 5])
 def test_restricted_unpickler_never_runs_a_payload(tmp_path, protocol):
-    error = expect_error(restricted_loads, pickle_payload(tmp_path / "PWNED", protocol), source="x.pkl", names=("x.pkl",))
+    error = expect_error(
+        restricted_loads, pickle_payload(tmp_path / "PWNED", protocol), source="x.pkl", names=("x.pkl",)
+    )
     assert "mkdir" in str(error), f"[message] the refused global is not named: {error}"
     assert not (tmp_path / "PWNED").exists()
 
@@ -242,13 +256,17 @@ def test_restricted_unpickler_on_random_bytes_is_clean(data):
 
 
 # ---------------------------------------------------------------------------- annotation .npz (data convert)
-@pytest.mark.parametrize("data", [
-    np.random.default_rng(3).bytes(300),
-    b"",
-    zip_members({"file.npy": object_npy_payload(__import__("pathlib").Path("/nonexistent/PWNED"))}),
-    npz_bytes({"image": np.array(["a.png"]), "center": np.zeros((2, 2))}),
-    npz_bytes({"image": np.array("a.png")}),
-], ids=["random", "empty", "pickled", "rows-differ", "0-d"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.random.default_rng(3).bytes(300),
+        b"",
+        zip_members({"file.npy": object_npy_payload(__import__("pathlib").Path("/nonexistent/PWNED"))}),
+        npz_bytes({"image": np.array(["a.png"]), "center": np.zeros((2, 2))}),
+        npz_bytes({"image": np.array("a.png")}),
+    ],
+    ids=["random", "empty", "pickled", "rows-differ", "0-d"],
+)
 def test_annotation_npz_refuses_damaged_files(tmp_path, data):
     path = tmp_path / "ann.npz"
     path.write_bytes(data)
@@ -290,21 +308,36 @@ def test_refused_pickle_in_weights_names_the_global_and_gives_no_unsafe_advice(t
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"hello world\n", np.random.default_rng(4).bytes(500), pickle.dumps([1, 2, 3]),
-    torch_file({"w": torch.zeros(3)})[:200], torch_file([torch.zeros(2)]), torch_file({"w": 3}),
-], ids=["empty", "text", "random", "list-pickle", "truncated", "list", "not-tensor"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello world\n",
+        np.random.default_rng(4).bytes(500),
+        pickle.dumps([1, 2, 3]),
+        torch_file({"w": torch.zeros(3)})[:200],
+        torch_file([torch.zeros(2)]),
+        torch_file({"w": 3}),
+    ],
+    ids=["empty", "text", "random", "list-pickle", "truncated", "list", "not-tensor"],
+)
 def test_damaged_torch_weights(tmp_path, data):
     path = tmp_path / "w.pth"
     path.write_bytes(data)
     expect_error(read_state_dict, path, names=("w.pth",))
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"\xff" * 8 + b"{}", np.random.default_rng(5).bytes(64),
-    (10**12).to_bytes(8, "little") + b"{}",
-    (30).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": [1000000000], "data_offsets": [0, 4000000000]}}',
-], ids=["empty", "huge-length", "random", "header-beyond-file", "data-beyond-file"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff" * 8 + b"{}",
+        np.random.default_rng(5).bytes(64),
+        (10**12).to_bytes(8, "little") + b"{}",
+        (30).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": [1000000000], "data_offsets": [0, 4000000000]}}',
+    ],
+    ids=["empty", "huge-length", "random", "header-beyond-file", "data-beyond-file"],
+)
 def test_damaged_safetensors(tmp_path, data):
     path = tmp_path / "w.safetensors"
     path.write_bytes(data)

@@ -13,7 +13,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
 from data_helpers import replace_row, tiny_topology, write_shard
+from fastmetro.data.check import check_dataset
+from fastmetro.data.dataset import MeshDataset
+from fastmetro.data.tsv import TSVDataset, TSVFile, lineidx_path, read_linelist, read_yaml
+from fastmetro.errors import FastMetroError
 from fuzz_helpers import (
     base64_text,
     expect_clean,
@@ -28,13 +35,6 @@ from fuzz_helpers import (
     png_bomb,
     png_bytes,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from fastmetro.data.check import check_dataset
-from fastmetro.data.dataset import MeshDataset
-from fastmetro.data.tsv import TSVDataset, TSVFile, lineidx_path, read_linelist, read_yaml
-from fastmetro.errors import FastMetroError
 
 TOPOLOGY = tiny_topology()
 
@@ -77,16 +77,19 @@ def assert_rows_bad(yaml_path, keys, names=()):
 
 # ---------------------------------------------------------------------------- .lineidx
 @pytest.mark.parametrize("which", ["img", "label"])
-@pytest.mark.parametrize("text", [
-    "0\n99999999999999999999\n",           # beyond int64
-    "0\n-5\n",                              # negative
-    "0\n1.5\n",                             # not an integer
-    "0\n0x10\n",
-    "0\n10\n20\n30\n40\n",                  # more rows than the tsv
-    "",                                     # empty while the tsv has rows
-    "0\n",                                  # stops before the end
-    "0\n0\n0\n",                            # duplicated offsets
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0\n99999999999999999999\n",  # beyond int64
+        "0\n-5\n",  # negative
+        "0\n1.5\n",  # not an integer
+        "0\n0x10\n",
+        "0\n10\n20\n30\n40\n",  # more rows than the tsv
+        "",  # empty while the tsv has rows
+        "0\n",  # stops before the end
+        "0\n0\n0\n",  # duplicated offsets
+    ],
+)
 def test_damaged_lineidx_is_an_error(shard, which, text):
     index = lineidx_path(shard.parent / f"s.{which}.tsv")
     index.write_text(text)
@@ -119,8 +122,10 @@ def test_lineidx_of_the_same_rows_reordered_is_refused(shard):
     assert_dataset_error(shard, names=("lineidx",))
 
 
-@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=5),
-       st.sampled_from(["img", "label", "hw"]))
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=5),
+    st.sampled_from(["img", "label", "hw"]),
+)
 def test_flipped_bytes_in_a_lineidx_are_clean(tmp_path_factory, flips, which):
     directory = tmp_path_factory.mktemp("lineidx")
     yaml_path = write_shard(directory, "s", 3, with_vertices=True)
@@ -142,8 +147,10 @@ def test_flipped_bytes_in_a_lineidx_are_clean(tmp_path_factory, flips, which):
 
 
 # ---------------------------------------------------------------------------- TSV rows
-@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 255)), min_size=1, max_size=8),
-       st.sampled_from(["img", "label", "hw"]))
+@given(
+    st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 255)), min_size=1, max_size=8),
+    st.sampled_from(["img", "label", "hw"]),
+)
 def test_flipped_bytes_in_a_tsv_are_clean(tmp_path_factory, flips, which):
     directory = tmp_path_factory.mktemp("tsvflip")
     yaml_path = write_shard(directory, "s", 3, with_vertices=True)
@@ -194,17 +201,20 @@ def test_label_tsv_shorter_than_image_tsv_is_an_error(shard):
 
 
 # ---------------------------------------------------------------------------- image column
-@pytest.mark.parametrize("payload, what", [
-    ("not base64 at all!", "base64"),
-    (base64_text(b"\x00" * 100), "image"),
-    (base64_text(b"GIF89a" + b"\x00" * 30), "image"),
-    ("", "image"),
-    (base64_text(jpeg_bytes()[:-300]), "truncated JPEG"),
-    (base64_text(jpeg_bytes()[: len(jpeg_bytes()) // 2]), "half a JPEG"),
-    (base64_text(png_bytes()[:-40]), "truncated PNG"),
-    (base64_text(png_bomb(20000, 20000)), "decompression bomb"),
-    (b"iVBOR\xff\xfe\x80", "invalid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "payload, what",
+    [
+        ("not base64 at all!", "base64"),
+        (base64_text(b"\x00" * 100), "image"),
+        (base64_text(b"GIF89a" + b"\x00" * 30), "image"),
+        ("", "image"),
+        (base64_text(jpeg_bytes()[:-300]), "truncated JPEG"),
+        (base64_text(jpeg_bytes()[: len(jpeg_bytes()) // 2]), "half a JPEG"),
+        (base64_text(png_bytes()[:-40]), "truncated PNG"),
+        (base64_text(png_bomb(20000, 20000)), "decompression bomb"),
+        (b"iVBOR\xff\xfe\x80", "invalid UTF-8"),
+    ],
+)
 def test_bad_image_column_is_a_bad_row(shard, payload, what):
     line = (b"s_1\t" + payload + b"\n") if isinstance(payload, bytes) else f"s_1\t{payload}\n"
     replace_row(shard.parent / "s.img.tsv", 1, line)
@@ -238,22 +248,28 @@ def set_vertices(shard, data: bytes):
     (shard.parent / "s.vertices.npy").write_bytes(data)
 
 
-@pytest.mark.parametrize("make, what", [
-    (lambda d: npy_bytes(np.zeros((3, 8), np.float32)), "2-D"),
-    (lambda d: npy_bytes(np.zeros((3, 8, 4), np.float32)), "(N, V, 4)"),
-    (lambda d: npy_bytes(np.zeros((3, 8, 3), np.int32)), "integers"),
-    (lambda d: npy_bytes(np.zeros((3, 8, 3), np.complex64)), "complex"),
-    (lambda d: npy_bytes(np.zeros((3, 8, 3), bool)), "bool"),
-    (lambda d: npy_bytes(np.zeros((3, 8, 3), [("a", "f4")])), "structured"),
-    (lambda d: npy_bytes(np.array(["a"] * 72).reshape(3, 8, 3)), "strings"),
-    (lambda d: object_npy_payload(d / "PWNED"), "pickled objects"),
-    (lambda d: b"", "empty file"),
-    (lambda d: np.random.default_rng(0).bytes(500), "random bytes"),
-    (lambda d: npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (10**15, 8, 3)}), "huge header"),
-    (lambda d: npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (3, 8, 3)}, b"\x00" * 50), "short data"),
-    (lambda d: npz_bytes({"vertices": np.zeros((3, 8, 3), np.float32)}), "an npz"),
-    (lambda d: b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100, "broken header"),
-])
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (lambda d: npy_bytes(np.zeros((3, 8), np.float32)), "2-D"),
+        (lambda d: npy_bytes(np.zeros((3, 8, 4), np.float32)), "(N, V, 4)"),
+        (lambda d: npy_bytes(np.zeros((3, 8, 3), np.int32)), "integers"),
+        (lambda d: npy_bytes(np.zeros((3, 8, 3), np.complex64)), "complex"),
+        (lambda d: npy_bytes(np.zeros((3, 8, 3), bool)), "bool"),
+        (lambda d: npy_bytes(np.zeros((3, 8, 3), [("a", "f4")])), "structured"),
+        (lambda d: npy_bytes(np.array(["a"] * 72).reshape(3, 8, 3)), "strings"),
+        (lambda d: object_npy_payload(d / "PWNED"), "pickled objects"),
+        (lambda d: b"", "empty file"),
+        (lambda d: np.random.default_rng(0).bytes(500), "random bytes"),
+        (lambda d: npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (10**15, 8, 3)}), "huge header"),
+        (
+            lambda d: npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (3, 8, 3)}, b"\x00" * 50),
+            "short data",
+        ),
+        (lambda d: npz_bytes({"vertices": np.zeros((3, 8, 3), np.float32)}), "an npz"),
+        (lambda d: b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100, "broken header"),
+    ],
+)
 def test_bad_vertices_file_is_one_clean_error(shard, make, what):
     set_vertices(shard, make(shard.parent))
     expect_error(read_everything, shard, names=("s.vertices.npy",))
@@ -282,9 +298,17 @@ def test_vertices_row_with_nan_is_a_bad_row(shard):
 
 
 # ---------------------------------------------------------------------------- linelist
-@pytest.mark.parametrize("text", [
-    "0\n99999999999999999999\n", "0\n-1\n", "0\n7\n", "0\nx\n", "1.0\n", "0\t1\t2\n\x00\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0\n99999999999999999999\n",
+        "0\n-1\n",
+        "0\n7\n",
+        "0\nx\n",
+        "1.0\n",
+        "0\t1\t2\n\x00\n",
+    ],
+)
 def test_bad_linelist_is_an_error(shard, text):
     (shard.parent / "s.linelist.tsv").write_text(text)
     with open(shard, "a") as handle:
@@ -310,28 +334,31 @@ def test_read_linelist_directly(tmp_path):
 
 
 # ---------------------------------------------------------------------------- dataset yaml
-@pytest.mark.parametrize("content", [
-    b"\xff\xfe\x00\x01binary\x80",
-    b"img: s.img.tsv\nlabel: s.label.tsv\xff\n",
-    b"img: [unclosed\n",
-    b"- a\n- list\n",
-    b"just text",
-    b"",
-    b"img: 5\nlabel: s.label.tsv\n",
-    b"img: [s.img.tsv]\nlabel: s.label.tsv\n",
-    b"img: {a: 1}\nlabel: s.label.tsv\n",
-    b"img: s.img.tsv\n",
-    b"img: missing.tsv\nlabel: s.label.tsv\n",
-    b"img: .\nlabel: s.label.tsv\n",
-    b"img: s.img.tsv\nlabel: s.label.tsv\nvertices: missing.npy\n",
-    b"img: s.img.tsv\nlabel: s.label.tsv\nlinelist: 3\n",
-    b"img: !!python/object/apply:os.system ['touch PWNED']\nlabel: s.label.tsv\n",
-    b"composite: true\nimg: [s.img.tsv, s.img.tsv]\nlabel: [s.label.tsv]\n",
-    b"composite: true\nimg: [[s.img.tsv]]\nlabel: [[s.label.tsv]]\n",
-    b"composite: true\nimg: [5]\nlabel: [6]\n",
-    b"composite: true\nimg: []\nlabel: []\n",
-    b"composite: true\nimg: missing_list.txt\nlabel: missing_list.txt\n",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\x00\x01binary\x80",
+        b"img: s.img.tsv\nlabel: s.label.tsv\xff\n",
+        b"img: [unclosed\n",
+        b"- a\n- list\n",
+        b"just text",
+        b"",
+        b"img: 5\nlabel: s.label.tsv\n",
+        b"img: [s.img.tsv]\nlabel: s.label.tsv\n",
+        b"img: {a: 1}\nlabel: s.label.tsv\n",
+        b"img: s.img.tsv\n",
+        b"img: missing.tsv\nlabel: s.label.tsv\n",
+        b"img: .\nlabel: s.label.tsv\n",
+        b"img: s.img.tsv\nlabel: s.label.tsv\nvertices: missing.npy\n",
+        b"img: s.img.tsv\nlabel: s.label.tsv\nlinelist: 3\n",
+        b"img: !!python/object/apply:os.system ['touch PWNED']\nlabel: s.label.tsv\n",
+        b"composite: true\nimg: [s.img.tsv, s.img.tsv]\nlabel: [s.label.tsv]\n",
+        b"composite: true\nimg: [[s.img.tsv]]\nlabel: [[s.label.tsv]]\n",
+        b"composite: true\nimg: [5]\nlabel: [6]\n",
+        b"composite: true\nimg: []\nlabel: []\n",
+        b"composite: true\nimg: missing_list.txt\nlabel: missing_list.txt\n",
+    ],
+)
 def test_bad_dataset_yaml_is_an_error(shard, content):
     shard.write_bytes(content)
     assert_dataset_error(shard, names=("s",))
@@ -394,7 +421,10 @@ def test_worker_errors_arrive_as_the_same_one_line(wrap):
     """The trainer and `eval` use plain DataLoaders; `create_loader` wraps one: both give one line."""
     from fastmetro.data.loader import create_loader
 
-    loader = (torch.utils.data.DataLoader(_Failing(), batch_size=1, num_workers=1) if wrap == "plain"
-              else create_loader(_Failing(), batch_size=1, num_workers=1))
+    loader = (
+        torch.utils.data.DataLoader(_Failing(), batch_size=1, num_workers=1)
+        if wrap == "plain"
+        else create_loader(_Failing(), batch_size=1, num_workers=1)
+    )
     error = expect_error(lambda: list(loader), names=("x.vertices.npy",))
     assert str(error) == "/data/x.vertices.npy: vertices must be a float (N, V, 3) array, got int32 (3, 8)"

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
+
 # Before any EGL context: torchvision's extension loaded after Mesa's llvmpipe segfaults.
 import torch
 from torch import nn
 
-from fastmetro.inference import attention
 from fastmetro.conventions import normalise_image
+from fastmetro.inference import attention, outputs
 from fastmetro.inference import camera as cam
-from fastmetro.inference import outputs
 from fastmetro.inference.predictor import PersonBox, Predictor
 
 
@@ -37,8 +37,12 @@ class OracleModel(nn.Module):
         batch = images.shape[0]
         fine = self.vertices.expand(batch, -1, -1)
         joints = torch.einsum("kv,bvc->bkc", self.regressor, fine)
-        return {"camera": self.weak_camera.expand(batch, -1), "joints": joints, "fine_vertices": fine,
-                "mesh_joints": joints}
+        return {
+            "camera": self.weak_camera.expand(batch, -1),
+            "joints": joints,
+            "fine_vertices": fine,
+            "mesh_joints": joints,
+        }
 
 
 # Rest-pose axes -> OpenCV camera axes, body facing the camera: SMPL is y-up, facing +z;
@@ -88,12 +92,24 @@ def body_case(request, smpl_topology):
     crop_box = cam.square_box(box, expand=1.2)
     # The weak-perspective camera applies to the root-centred mesh (fastmetro.conventions).
     model_vertices = vertices_camera - np.asarray(mesh.root_regressor) @ vertices_camera
-    weak = cam.fit_weak_perspective(model_vertices, crop_box.image_to_normalised(cam.perspective_project(vertices_camera, true_k)))
+    weak = cam.fit_weak_perspective(
+        model_vertices, crop_box.image_to_normalised(cam.perspective_project(vertices_camera, true_k))
+    )
     # The raw output sits 0.3 m off the origin (no released loss constrains it): the predictor
     # must centre it before using the camera.
     oracle = OracleModel(mesh, model_vertices + 0.3, weak)
-    return {"truth": truth, "true_k": true_k, "box": box, "vertices_camera": vertices_camera, "oracle": oracle,
-            "faces": faces, "image": truth.rgb, "weak": weak, "size": (width, height), "topology": mesh}
+    return {
+        "truth": truth,
+        "true_k": true_k,
+        "box": box,
+        "vertices_camera": vertices_camera,
+        "oracle": oracle,
+        "faces": faces,
+        "image": truth.rgb,
+        "weak": weak,
+        "size": (width, height),
+        "topology": mesh,
+    }
 
 
 def test_predictor_pastes_the_mesh_back_onto_the_person(body_case):
@@ -113,8 +129,9 @@ def test_predictor_pastes_the_mesh_back_onto_the_person(body_case):
     expected = normalise_image(cam.crop_image(body_case["image"], cam.square_box(body_case["box"], 1.2)))
     assert np.allclose(seen, expected, atol=1e-6)
     # 2D joints in full-image pixels = the true joints' projections.
-    true_joints_2d = cam.perspective_project(np.asarray(predictor.topology.joint_regressor) @ body_case["vertices_camera"],
-                                 body_case["true_k"])
+    true_joints_2d = cam.perspective_project(
+        np.asarray(predictor.topology.joint_regressor) @ body_case["vertices_camera"], body_case["true_k"]
+    )
     assert np.abs(person.joints_2d - true_joints_2d).max() < 0.02 * height_px
 
 
@@ -138,8 +155,10 @@ def test_overlay_of_a_large_image_is_scaled_consistently(body_case):
     width, height = 250, 200
     assert panel.shape == (height, 3 * width, 3)
     small_truth = np.asarray(
-        __import__("cv2").resize(body_case["truth"].mask.astype(np.uint8), (width, height),
-                                 interpolation=__import__("cv2").INTER_AREA) > 0
+        __import__("cv2").resize(
+            body_case["truth"].mask.astype(np.uint8), (width, height), interpolation=__import__("cv2").INTER_AREA
+        )
+        > 0
     )
     drawn = np.any(panel[:, width : 2 * width] != panel[:, :width], axis=2)
     assert mask_iou(drawn, small_truth) > 0.75
@@ -189,11 +208,19 @@ def test_outputs_load_in_trimesh(body_case, tmp_path):
 
     predictor = Predictor(model=body_case["oracle"])
     prediction = predictor.predict(body_case["image"], [body_case["box"], body_case["box"]])
-    written = outputs.write_image_outputs(tmp_path / "scene", prediction, predictor.joint_names, "scene.png",
-                                          image=body_case["image"])
+    written = outputs.write_image_outputs(
+        tmp_path / "scene", prediction, predictor.joint_names, "scene.png", image=body_case["image"]
+    )
     names = {path.name for path in written}
-    assert {"person_00.obj", "person_00.ply", "person_00.glb", "person_00.json", "person_01.obj", "scene.glb",
-            "overlay.png"} <= names
+    assert {
+        "person_00.obj",
+        "person_00.ply",
+        "person_00.glb",
+        "person_00.json",
+        "person_01.obj",
+        "scene.glb",
+        "overlay.png",
+    } <= names
     person = prediction.people[0]
     for suffix in ("obj", "ply"):
         mesh = trimesh.load(tmp_path / "scene" / f"person_00.{suffix}", process=False)
@@ -204,8 +231,9 @@ def test_outputs_load_in_trimesh(body_case, tmp_path):
     assert isinstance(scene, trimesh.Scene) and len(scene.geometry) == 2
     glb_vertices = scene.to_geometry().vertices
     # glTF axes: y up, z backwards.
-    assert np.allclose(np.sort(glb_vertices[:, 1]), np.sort(-np.concatenate([person.vertices_camera[:, 1]] * 2)),
-                       atol=1e-4)
+    assert np.allclose(
+        np.sort(glb_vertices[:, 1]), np.sort(-np.concatenate([person.vertices_camera[:, 1]] * 2)), atol=1e-4
+    )
     record = json.loads((tmp_path / "scene" / "person_00.json").read_text())
     assert record["joint_names"] == list(predictor.joint_names)
     assert np.allclose(record["joints_2d"], person.joints_2d, atol=1e-3)
@@ -239,8 +267,9 @@ def test_attention_comes_from_the_forward_pass(small_model):
     self_maps = torch.stack([a[0, :, :num_joints, num_joints:] for a in output["attention"]["self"]])
     cross_maps = torch.stack([a[0, :, :num_joints] for a in output["attention"]["cross"]])
     assert np.allclose(person.joint_self_attention, self_maps.mean(dim=(0, 1)).numpy(), atol=1e-5)
-    assert np.allclose(person.joint_cross_attention.reshape(num_joints, -1), cross_maps.mean(dim=(0, 1)).numpy(),
-                       atol=1e-5)
+    assert np.allclose(
+        person.joint_cross_attention.reshape(num_joints, -1), cross_maps.mean(dim=(0, 1)).numpy(), atol=1e-5
+    )
     # Cross-attention is a distribution over image tokens.
     assert np.allclose(person.joint_cross_attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
     # The mesh vertices follow the same forward pass (centred on the mesh root: the camera's frame).

@@ -37,15 +37,38 @@ def photos(tmp_path):
 
 def test_infer_folder_with_a_broken_image(checkpoint, photos, tmp_path, smpl_dir, capsys):
     out = tmp_path / "out"
-    code = main(["infer", str(photos), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                 "--out", str(out), "--bbox", "120,20,300,490", "--image-size", "96", "--max-side", "200"])
+    code = main(
+        [
+            "infer",
+            str(photos),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--bbox",
+            "120,20,300,490",
+            "--image-size",
+            "96",
+            "--max-side",
+            "200",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1  # one input failed
     assert "broken.jpg" in captured.err and "1 input(s) failed" in captured.err
     assert "done: 2 image(s), 2 person(s), 1 failed" in captured.out
     for name in ("astronaut", "gray"):
         files = {p.name for p in (out / name).iterdir()}
-        assert {"person_00.obj", "person_00.ply", "person_00.glb", "person_00.json", "overlay.png", "scene.glb"} <= files
+        assert {
+            "person_00.obj",
+            "person_00.ply",
+            "person_00.glb",
+            "person_00.json",
+            "overlay.png",
+            "scene.glb",
+        } <= files
     assert not (out / "broken").exists()
     record = json.loads((out / "astronaut" / "person_00.json").read_text())
     assert record["box_xywh"] == [120.0, 20.0, 300.0, 490.0] and len(record["joints_2d"]) == 14
@@ -55,12 +78,38 @@ def test_infer_folder_with_a_broken_image(checkpoint, photos, tmp_path, smpl_dir
 def test_infer_boxes_file_attention_and_whole_image_warning(checkpoint, photos, tmp_path, smpl_dir, capsys):
     (photos / "broken.jpg").unlink()
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({"astronaut.png": [[120, 20, 300, 490], {"box": [300, 300, 100, 150]},
-                                                   {"center": [250, 260], "scale": 2.5}]}))
+    boxes.write_text(
+        json.dumps(
+            {
+                "astronaut.png": [
+                    [120, 20, 300, 490],
+                    {"box": [300, 300, 100, 150]},
+                    {"center": [250, 260], "scale": 2.5},
+                ]
+            }
+        )
+    )
     out = tmp_path / "out"
-    code = main(["infer", str(photos), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                 "--out", str(out), "--boxes", str(boxes), "--attention", "Head", "--image-size", "96",
-                 "--max-side", "200"])
+    code = main(
+        [
+            "infer",
+            str(photos),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--boxes",
+            str(boxes),
+            "--attention",
+            "Head",
+            "--image-size",
+            "96",
+            "--max-side",
+            "200",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert (out / "astronaut" / "person_01.json").is_file()
@@ -78,8 +127,21 @@ def test_infer_video(checkpoint, tmp_path, smpl_dir):
     video = tmp_path / "clip.mp4"
     iio.imwrite(video, frames, plugin="pyav", codec="libx264", fps=5)
     out = tmp_path / "out"
-    code = main(["infer", str(video), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                 "--out", str(out), "--image-size", "64", "--no-overlay"])
+    code = main(
+        [
+            "infer",
+            str(video),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--no-overlay",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip_f000000", "clip_f000001", "clip_f000002"]
 
@@ -89,8 +151,21 @@ def test_infer_bad_arguments(checkpoint, photos, tmp_path, smpl_dir, capsys):
     assert main(["infer", str(photos / "astronaut.png"), *common, "--bbox", "1,2,3"]) == 2
     assert "--bbox '1,2,3': expected four numbers" in capsys.readouterr().err
     # A box outside the image fails that image only, with its name.
-    assert main(["infer", str(photos / "astronaut.png"), *common, "--bbox", "900,900,10,10",
-                 "--image-size", "64", "--no-overlay"]) == 1
+    assert (
+        main(
+            [
+                "infer",
+                str(photos / "astronaut.png"),
+                *common,
+                "--bbox",
+                "900,900,10,10",
+                "--image-size",
+                "64",
+                "--no-overlay",
+            ]
+        )
+        == 1
+    )
     assert "astronaut.png: box" in capsys.readouterr().err
     assert main(["infer", str(tmp_path / "missing.png"), *common]) == 2
     assert "missing.png: no such file or folder" in capsys.readouterr().err
@@ -99,8 +174,21 @@ def test_infer_bad_arguments(checkpoint, photos, tmp_path, smpl_dir, capsys):
 def test_export_cli_onnx(checkpoint, tmp_path, smpl_dir, capsys):
     pytest.importorskip("onnxruntime")
     target = tmp_path / "tiny.onnx"
-    code = main(["export", "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--format", "onnx",
-                 "--out", str(target), "--image-size", "64"])
+    code = main(
+        [
+            "export",
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--format",
+            "onnx",
+            "--out",
+            str(target),
+            "--image-size",
+            "64",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert target.stat().st_size > 1_000_000
@@ -119,10 +207,30 @@ def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
     weights = tmp_path / "detector.pth"
     torch.save(detector.state_dict(), weights)
     out = tmp_path / "out"
-    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                 "--out", str(out), "--detector", str(weights), "--detector-arch",
-                 "fasterrcnn_mobilenet_v3_large_320_fpn", "--detector-threshold", "0.5", "--max-people", "2", "--image-size", "64",
-                 "--max-side", "128"])
+    code = main(
+        [
+            "infer",
+            str(photos / "astronaut.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--detector",
+            str(weights),
+            "--detector-arch",
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            "--detector-threshold",
+            "0.5",
+            "--max-people",
+            "2",
+            "--image-size",
+            "64",
+            "--max-side",
+            "128",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     people = sorted((out / "astronaut").glob("person_*.json"))
@@ -140,14 +248,31 @@ def test_infer_left_hand(tmp_path, mano_dir, mano_topology, photos):
     from fastmetro.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    hand = save_checkpoint(fastmetro.create_model("FastMETRO-S-R18", topology=mano_topology),
-                           tmp_path / "hand.safetensors")
+    hand = save_checkpoint(
+        fastmetro.create_model("FastMETRO-S-R18", topology=mano_topology), tmp_path / "hand.safetensors"
+    )
     faces = {}
     for side in ("left", "right"):
         out = tmp_path / side
-        code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(hand), "--data-dir", str(mano_dir),
-                     "--out", str(out), "--bbox", "150,380,120,120", "--hand", side, "--image-size", "64",
-                     "--no-overlay"])
+        code = main(
+            [
+                "infer",
+                str(photos / "astronaut.png"),
+                "--checkpoint",
+                str(hand),
+                "--data-dir",
+                str(mano_dir),
+                "--out",
+                str(out),
+                "--bbox",
+                "150,380,120,120",
+                "--hand",
+                side,
+                "--image-size",
+                "64",
+                "--no-overlay",
+            ]
+        )
         assert code == 0
         mesh = trimesh.load(out / "astronaut" / "person_00.obj", process=False)
         assert len(mesh.vertices) == 778
@@ -160,8 +285,22 @@ def test_corrupt_video_does_not_stop_the_other_inputs(checkpoint, photos, tmp_pa
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
     out = tmp_path / "out"
-    code = main(["infer", str(video), str(photos / "astronaut.png"), "--checkpoint", str(checkpoint),
-                 "--data-dir", str(smpl_dir), "--out", str(out), "--image-size", "64", "--no-overlay"])
+    code = main(
+        [
+            "infer",
+            str(video),
+            str(photos / "astronaut.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--no-overlay",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "broken.mp4: cannot read video" in captured.err
@@ -169,31 +308,48 @@ def test_corrupt_video_does_not_stop_the_other_inputs(checkpoint, photos, tmp_pa
 
 
 # ----------------------------------------------------------------------------- bad options (issue 16)
-@pytest.mark.parametrize("option,expected", [
-    (["--focal-length", "nan"], "--focal-length must be a finite number"),
-    (["--focal-length", "-1000"], "--focal-length must be > 0"),
-    (["--focal-length", "0"], "--focal-length must be > 0"),
-    (["--focal-length", "inf"], "--focal-length must be a finite number"),
-    (["--bbox", "0,0,1e308,1e308"], "has a number beyond"),
-    (["--bbox", "0,0,1e-9,1e-9"], "is under 1 pixel wide or high"),
-    (["--bbox", "0,0,nan,10"], "non-finite"),
-    (["--bbox", "0,0,-5,10"], "zero or negative size"),
-    (["--device", "bogus"], "--device 'bogus': not a torch device"),
-    (["--device", "cuda:7"], "--device 'cuda:7'"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--image-size", "31"], "--image-size must be between 32 and 1024"),
-    (["--image-size", "100000"], "--image-size must be between 32 and 1024"),
-    (["--box-expand", "nan"], "--box-expand must be a finite number"),
-    (["--box-expand", "0"], "--box-expand must be > 0"),
-    (["--detector-threshold", "2"], "--detector-threshold must be <= 1"),
-    (["--detector-threshold", "nan"], "--detector-threshold must be a finite number"),
-    (["--max-people", "0"], "--max-people must be >= 1"),
-    (["--max-side", "0"], "--max-side must be >= 1"),
-    (["--attention", "tail"], "unknown joint 'tail'"),
-])
+@pytest.mark.parametrize(
+    "option,expected",
+    [
+        (["--focal-length", "nan"], "--focal-length must be a finite number"),
+        (["--focal-length", "-1000"], "--focal-length must be > 0"),
+        (["--focal-length", "0"], "--focal-length must be > 0"),
+        (["--focal-length", "inf"], "--focal-length must be a finite number"),
+        (["--bbox", "0,0,1e308,1e308"], "has a number beyond"),
+        (["--bbox", "0,0,1e-9,1e-9"], "is under 1 pixel wide or high"),
+        (["--bbox", "0,0,nan,10"], "non-finite"),
+        (["--bbox", "0,0,-5,10"], "zero or negative size"),
+        (["--device", "bogus"], "--device 'bogus': not a torch device"),
+        (["--device", "cuda:7"], "--device 'cuda:7'"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--image-size", "31"], "--image-size must be between 32 and 1024"),
+        (["--image-size", "100000"], "--image-size must be between 32 and 1024"),
+        (["--box-expand", "nan"], "--box-expand must be a finite number"),
+        (["--box-expand", "0"], "--box-expand must be > 0"),
+        (["--detector-threshold", "2"], "--detector-threshold must be <= 1"),
+        (["--detector-threshold", "nan"], "--detector-threshold must be a finite number"),
+        (["--max-people", "0"], "--max-people must be >= 1"),
+        (["--max-side", "0"], "--max-side must be >= 1"),
+        (["--attention", "tail"], "unknown joint 'tail'"),
+    ],
+)
 def test_bad_infer_options_are_one_line_errors(checkpoint, photos, tmp_path, smpl_dir, capsys, option, expected):
-    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                 "--out", str(tmp_path / "o"), "--image-size", "64", "--no-overlay", *option])
+    code = main(
+        [
+            "infer",
+            str(photos / "astronaut.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--image-size",
+            "64",
+            "--no-overlay",
+            *option,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2, captured
     lines = captured.err.strip().splitlines()
@@ -211,22 +367,55 @@ def test_out_folder_that_is_a_file(checkpoint, photos, tmp_path, capsys):
 
 def test_boxes_file_with_absurd_numbers(checkpoint, photos, tmp_path, smpl_dir, capsys):
     boxes = tmp_path / "boxes.json"
-    for entry, expected in (([0, 0, 1e300, 1e300], "beyond"), ([0, 0, 1e-9, 1e-9], "under 1 pixel"),
-                            ([0, 0, True, 5], "must be [x, y, w, h] numbers"),
-                            ({"center": [10, 10], "scale": -1}, "zero or negative size")):
+    for entry, expected in (
+        ([0, 0, 1e300, 1e300], "beyond"),
+        ([0, 0, 1e-9, 1e-9], "under 1 pixel"),
+        ([0, 0, True, 5], "must be [x, y, w, h] numbers"),
+        ({"center": [10, 10], "scale": -1}, "zero or negative size"),
+    ):
         boxes.write_text(json.dumps({"astronaut.png": [entry]}))
-        code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir",
-                     str(smpl_dir), "--out", str(tmp_path / "o"), "--boxes", str(boxes)])
+        code = main(
+            [
+                "infer",
+                str(photos / "astronaut.png"),
+                "--checkpoint",
+                str(checkpoint),
+                "--data-dir",
+                str(smpl_dir),
+                "--out",
+                str(tmp_path / "o"),
+                "--boxes",
+                str(boxes),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and expected in err and "boxes.json" in err and "Traceback" not in err, err
 
 
 def test_box_far_larger_than_the_image_fails_that_image(checkpoint, photos, tmp_path, smpl_dir, capsys):
     # Finite and under the absolute limit, but 1000x the 512-pixel image: refused for that image.
-    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                 "--out", str(tmp_path / "o"), "--bbox", "0,0,512000,512000", "--image-size", "64", "--no-overlay"])
+    code = main(
+        [
+            "infer",
+            str(photos / "astronaut.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--bbox",
+            "0,0,512000,512000",
+            "--image-size",
+            "64",
+            "--no-overlay",
+        ]
+    )
     assert code == 1
-    assert "astronaut.png: box [0.0, 0.0, 512000.0, 512000.0] is over 10 times the 512x512 image" in capsys.readouterr().err
+    assert (
+        "astronaut.png: box [0.0, 0.0, 512000.0, 512000.0] is over 10 times the 512x512 image"
+        in capsys.readouterr().err
+    )
 
 
 def test_inputs_sharing_a_stem_get_distinct_folders(checkpoint, tmp_path, smpl_dir, capsys):
@@ -240,8 +429,26 @@ def test_inputs_sharing_a_stem_get_distinct_folders(checkpoint, tmp_path, smpl_d
     outputs = {}
     for run, inputs in enumerate(([folder], [folder / "a.png", folder / "a.jpg"])):
         out = tmp_path / f"out{run}"
-        assert main(["infer", *map(str, inputs), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
-                     "--out", str(out), "--bbox", "120,20,300,490", "--image-size", "64", "--no-overlay"]) == 0
+        assert (
+            main(
+                [
+                    "infer",
+                    *map(str, inputs),
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data-dir",
+                    str(smpl_dir),
+                    "--out",
+                    str(out),
+                    "--bbox",
+                    "120,20,300,490",
+                    "--image-size",
+                    "64",
+                    "--no-overlay",
+                ]
+            )
+            == 0
+        )
         assert sorted(p.name for p in out.iterdir()) == ["a_jpg", "a_png"]
         outputs[run] = {name: json.loads((out / name / "person_00.json").read_text()) for name in ("a_jpg", "a_png")}
     for run in outputs.values():  # each folder holds its own image's person, whatever the input order
@@ -252,9 +459,11 @@ def test_inputs_sharing_a_stem_get_distinct_folders(checkpoint, tmp_path, smpl_d
 
 def test_export_bad_options(checkpoint, tmp_path, smpl_dir, capsys):
     common = ["export", "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--format", "torchscript"]
-    for extra, expected in ((["--out", str(tmp_path)], "exists and is not a regular file"),
-                            (["--out", str(tmp_path / "missing" / "m.pt")], "does not exist"),
-                            (["--out", str(tmp_path / "m.pt"), "--image-size", "100000"], "between 32 and 1024")):
+    for extra, expected in (
+        (["--out", str(tmp_path)], "exists and is not a regular file"),
+        (["--out", str(tmp_path / "missing" / "m.pt")], "does not exist"),
+        (["--out", str(tmp_path / "m.pt"), "--image-size", "100000"], "between 32 and 1024"),
+    ):
         assert main([*common, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1

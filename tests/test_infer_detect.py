@@ -25,8 +25,12 @@ def tiny_models(tmp_path_factory, smpl_topology, mano_topology):
     small = dict(model_dims=(64, 32), feedforward_dims=(128, 64), num_heads=2)
     body = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, **small)
     hand = fastmetro.create_model("FastMETRO-S-R18", topology=mano_topology, **small)
-    return {"body": save_checkpoint(body, folder / "body.safetensors"),
-            "hand": save_checkpoint(hand, folder / "hand.safetensors"), "body_model": body, "hand_model": hand}
+    return {
+        "body": save_checkpoint(body, folder / "body.safetensors"),
+        "hand": save_checkpoint(hand, folder / "hand.safetensors"),
+        "body_model": body,
+        "hand_model": hand,
+    }
 
 
 @pytest.fixture()
@@ -42,8 +46,21 @@ def photos(tmp_path):
 
 def test_infer_finds_the_person_and_writes_her_landmarks(tiny_models, photos, tmp_path, smpl_dir, capsys):
     out = tmp_path / "out"
-    code = main(["infer", str(photos), "--checkpoint", str(tiny_models["body"]), "--data-dir", str(smpl_dir),
-                 "--out", str(out), "--image-size", "64", "--no-overlay"])
+    code = main(
+        [
+            "infer",
+            str(photos),
+            "--checkpoint",
+            str(tiny_models["body"]),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--no-overlay",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "done: 2 image(s), 1 person(s), 0 failed" in captured.out
@@ -61,8 +78,23 @@ def test_infer_finds_the_person_and_writes_her_landmarks(tiny_models, photos, tm
 
 def test_detector_none_keeps_the_whole_image(tiny_models, photos, tmp_path, smpl_dir, capsys):
     out = tmp_path / "out"
-    code = main(["infer", str(photos / "coffee.png"), "--checkpoint", str(tiny_models["body"]), "--data-dir",
-                 str(smpl_dir), "--out", str(out), "--image-size", "64", "--no-overlay", "--detector", "none"])
+    code = main(
+        [
+            "infer",
+            str(photos / "coffee.png"),
+            "--checkpoint",
+            str(tiny_models["body"]),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--no-overlay",
+            "--detector",
+            "none",
+        ]
+    )
     assert code == 0
     assert "using the whole image as the box" in capsys.readouterr().err
     record = json.loads((out / "coffee" / "person_00.json").read_text())
@@ -79,8 +111,9 @@ def test_hand_models_get_the_palm_detector(tiny_models):
     assert isinstance(hand_detector, MediaPipeDetector) and hand_detector.kind == "hand"
     predictor = Predictor(model=tiny_models["hand_model"], image_size=64, detector="mediapipe")
     assert predictor.detector.kind == "hand"
-    runner = InferenceRunner(Predictor(model=tiny_models["hand_model"], image_size=64), boxes=body_detector,
-                             overlay=False)
+    runner = InferenceRunner(
+        Predictor(model=tiny_models["hand_model"], image_size=64), boxes=body_detector, overlay=False
+    )
     assert runner.boxes.detector.kind == "hand"
     with pytest.raises(FastMetroError, match="detector must be 'mediapipe', 'none' or a callable"):
         Predictor(model=tiny_models["body_model"], detector="yolo")
@@ -96,13 +129,26 @@ def test_a_hand_detectors_side_reaches_the_prediction(tiny_models):
     assert [p.score for p in prediction.people] == [0.9, 0.8]
 
 
-def test_missing_networks_fail_in_one_line_naming_the_command(tiny_models, photos, tmp_path, smpl_dir, capsys,
-                                                             monkeypatch):
+def test_missing_networks_fail_in_one_line_naming_the_command(
+    tiny_models, photos, tmp_path, smpl_dir, capsys, monkeypatch
+):
     from fastmetro.mediapipe import networks
 
     monkeypatch.setenv("FASTMETRO_MEDIAPIPE_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(networks, "_cache", {})
-    code = main(["infer", str(photos / "astronaut.png"), "--checkpoint", str(tiny_models["body"]), "--data-dir",
-                 str(smpl_dir), "--out", str(tmp_path / "out"), "--image-size", "64"])
+    code = main(
+        [
+            "infer",
+            str(photos / "astronaut.png"),
+            "--checkpoint",
+            str(tiny_models["body"]),
+            "--data-dir",
+            str(smpl_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--image-size",
+            "64",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "fastmetro assets fetch" in err and len(err.strip().splitlines()) == 1

@@ -17,8 +17,10 @@ def save(image: Image.Image, path, **kwargs):
 
 def test_truncated_jpeg_and_png_are_one_line_errors(tmp_path):
     for suffix in ("jpg", "png"):
-        full = save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)),
-                    tmp_path / f"full.{suffix}")
+        full = save(
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+            tmp_path / f"full.{suffix}",
+        )
         cut = tmp_path / f"cut.{suffix}"
         cut.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
         with pytest.raises(FastMetroError) as caught:
@@ -39,7 +41,7 @@ def test_grayscale_8_and_16_bit_become_rgb(tmp_path):
     gray = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
     out = load_image(save(Image.fromarray(gray), tmp_path / "g8.png"))
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and np.array_equal(out[..., 1], gray)
-    deep = (gray.astype(np.uint16) * 257)  # 16-bit full range
+    deep = gray.astype(np.uint16) * 257  # 16-bit full range
     out16 = load_image(save(Image.fromarray(deep), tmp_path / "g16.png"))
     assert out16.shape == (16, 16, 3) and np.abs(out16[..., 0].astype(int) - gray).max() <= 1
 
@@ -103,12 +105,15 @@ def tiny_predictor(smpl_topology):
     return Predictor(model=model, image_size=64)
 
 
-@pytest.mark.parametrize("box,problem", [
-    ((10, 10, 0, 20), "zero or negative size"),
-    ((500, 10, 20, 20), "outside"),
-    ((-100, -100, 50, 50), "outside"),
-    ((float("inf"), 1, 2, 2), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "box,problem",
+    [
+        ((10, 10, 0, 20), "zero or negative size"),
+        ((500, 10, 20, 20), "outside"),
+        ((-100, -100, 50, 50), "outside"),
+        ((float("inf"), 1, 2, 2), "non-finite"),
+    ],
+)
 def test_bad_boxes_name_the_image(tiny_predictor, box, problem):
     image = np.zeros((100, 120, 3), np.uint8)
     with pytest.raises(FastMetroError) as caught:
@@ -243,11 +248,14 @@ def test_too_many_pixels_is_refused_before_decoding(tmp_path):
         load_image(garbage, name="photo.png")
 
 
-@pytest.mark.parametrize("box,problem", [
-    ((0, 0, 1e-9, 1e-9), "under 1 pixel"),
-    ((0, 0, 1e308, 1e308), "beyond"),
-    ((0, 0, 5000, 5000), "over 10 times the 120x100 image"),
-])
+@pytest.mark.parametrize(
+    "box,problem",
+    [
+        ((0, 0, 1e-9, 1e-9), "under 1 pixel"),
+        ((0, 0, 1e308, 1e308), "beyond"),
+        ((0, 0, 5000, 5000), "over 10 times the 120x100 image"),
+    ],
+)
 def test_absurd_boxes_are_refused(tiny_predictor, box, problem):
     with pytest.raises(FastMetroError) as caught:
         tiny_predictor.predict(np.zeros((100, 120, 3), np.uint8), [box], source="photo.jpg")
@@ -258,7 +266,10 @@ def test_device_checks():
     from fastmetro.inference import validate
 
     assert str(validate.device("--device", "cpu")) == "cpu"
-    for value, problem in (("bogus", "not a torch device"), ("meta", "runs on cpu, cuda or mps"),
-                           ("cuda:99", "cuda:99")):
+    for value, problem in (
+        ("bogus", "not a torch device"),
+        ("meta", "runs on cpu, cuda or mps"),
+        ("cuda:99", "cuda:99"),
+    ):
         with pytest.raises(FastMetroError, match=problem):
             validate.device("--device", value)

@@ -19,8 +19,9 @@ def tiny_model(smpl_topology):
     import fastmetro
 
     torch.manual_seed(0)
-    return fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, model_dims=(64, 32),
-                                  feedforward_dims=(128, 64), num_heads=2).eval()
+    return fastmetro.create_model(
+        "FastMETRO-S-R18", topology=smpl_topology, model_dims=(64, 32), feedforward_dims=(128, 64), num_heads=2
+    ).eval()
 
 
 def predictor(model, **kwargs):
@@ -53,8 +54,9 @@ def test_batched_run_isolates_the_bad_image_and_matches_single_runs(tiny_model):
 def test_sources_given_mapping_detector_and_whole_image(tiny_model):
     picture = images(1)[0]
     frame = Frame(name="shot", source="shots/shot.jpg", pixels=picture)
-    given = InferenceRunner(predictor(tiny_model), boxes=[(5, 5, 40, 50), PersonBox((30, 20, 50, 60), side="left")],
-                            overlay=False).predict_one(picture)
+    given = InferenceRunner(
+        predictor(tiny_model), boxes=[(5, 5, 40, 50), PersonBox((30, 20, 50, 60), side="left")], overlay=False
+    ).predict_one(picture)
     assert [p.box for p in given.prediction.people] == [(5.0, 5.0, 40.0, 50.0), (30.0, 20.0, 50.0, 60.0)]
     assert [p.side for p in given.prediction.people] == ["right", "left"]
     # A mapping is looked up by the file name; an image not in it uses the whole image, with a warning.
@@ -64,8 +66,9 @@ def test_sources_given_mapping_detector_and_whole_image(tiny_model):
     assert missing.prediction.people[0].box == (0.0, 0.0, 110.0, 90.0)
     assert missing.warnings == ["other: not in the boxes file; using the whole image as the box"]
     # A detector (any callable) gives the boxes; finding nobody is a warning and no person.
-    detected = InferenceRunner(predictor(tiny_model), boxes=lambda image: [Detection((3, 4, 50, 60), 0.9)],
-                               overlay=False).predict_one(picture)
+    detected = InferenceRunner(
+        predictor(tiny_model), boxes=lambda image: [Detection((3, 4, 50, 60), 0.9)], overlay=False
+    ).predict_one(picture)
     assert detected.prediction.people[0].box == (3.0, 4.0, 50.0, 60.0)
     nobody = InferenceRunner(predictor(tiny_model), boxes=lambda image: [], overlay=False).predict_one(picture, "x")
     assert nobody.prediction.people == [] and nobody.warnings == ["x: the detector found no person"]
@@ -83,20 +86,30 @@ def test_paths_outputs_and_json_only_mode(tiny_model, tmp_path):
         Image.fromarray(picture).save(folder / f"p{i}.png")
     (folder / "bad.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    with InferenceRunner(predictor(tiny_model), boxes=[(10, 10, 60, 70)], out_dir=out, max_side=64,
-                         attention_joint="Head") as runner:
+    with InferenceRunner(
+        predictor(tiny_model), boxes=[(10, 10, 60, 70)], out_dir=out, max_side=64, attention_joint="Head"
+    ) as runner:
         items = list(runner.iter_results([folder]))
     assert [type(item) for item in items] == [Failure, ImageResult, ImageResult]  # bad.png sorts first
     assert items[0].message == f"{folder / 'bad.png'}: not a readable image"
     result = items[1]
     names = {path.name for path in result.files}
-    assert {"person_00.obj", "person_00.ply", "person_00.glb", "person_00.json", "scene.glb", "overlay.png",
-            "attention_cross_person_00_Head.png", "attention_self_person_00_Head.png"} == names
+    assert {
+        "person_00.obj",
+        "person_00.ply",
+        "person_00.glb",
+        "person_00.json",
+        "scene.glb",
+        "overlay.png",
+        "attention_cross_person_00_Head.png",
+        "attention_self_person_00_Head.png",
+    } == names
     assert all(path.parent == out / "p0" and path.is_file() for path in result.files)
     assert result.overlay.shape == (52, 3 * 64, 3)  # 90x110 scaled to a longer side of 64, three panels
     assert set(result.attention) == {"attention_cross_person_00_Head.png", "attention_self_person_00_Head.png"}
-    json_only = InferenceRunner(predictor(tiny_model), boxes=[(10, 10, 60, 70)], out_dir=tmp_path / "j",
-                                overlay=False, mesh_files=False).run([folder / "p1.png"])
+    json_only = InferenceRunner(
+        predictor(tiny_model), boxes=[(10, 10, 60, 70)], out_dir=tmp_path / "j", overlay=False, mesh_files=False
+    ).run([folder / "p1.png"])
     assert [p.name for p in json_only.results[0].files] == ["person_00.json"]
 
 

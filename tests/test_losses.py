@@ -79,8 +79,12 @@ def topology():
 def shifted(outputs: dict, shift) -> dict:
     """The prediction translated rigidly (joint tokens, mesh joints and every mesh level)."""
     shift = torch.as_tensor(shift, dtype=torch.float32)
-    return {**outputs, "joints": outputs["joints"] + shift, "mesh_joints": outputs["mesh_joints"] + shift,
-            "vertices_by_level": tuple(v + shift for v in outputs["vertices_by_level"])}
+    return {
+        **outputs,
+        "joints": outputs["joints"] + shift,
+        "mesh_joints": outputs["mesh_joints"] + shift,
+        "vertices_by_level": tuple(v + shift for v in outputs["vertices_by_level"]),
+    }
 
 
 def test_perfect_prediction_is_zero(topology):
@@ -119,11 +123,15 @@ def test_joints_3d_recentred_on_root_joints(topology):
 def test_every_term_is_invariant_to_a_rigid_translation(topology):
     outputs, batch = make_case(topology)
     generator = torch.Generator().manual_seed(3)
-    noisy = {**outputs, "camera": outputs["camera"] * 1.1,
-             "joints": outputs["joints"] + 0.02 * torch.randn(outputs["joints"].shape, generator=generator),
-             "mesh_joints": outputs["mesh_joints"] + 0.01,
-             "vertices_by_level": tuple(v + 0.02 * torch.randn(v.shape, generator=generator)
-                                        for v in outputs["vertices_by_level"])}
+    noisy = {
+        **outputs,
+        "camera": outputs["camera"] * 1.1,
+        "joints": outputs["joints"] + 0.02 * torch.randn(outputs["joints"].shape, generator=generator),
+        "mesh_joints": outputs["mesh_joints"] + 0.01,
+        "vertices_by_level": tuple(
+            v + 0.02 * torch.randn(v.shape, generator=generator) for v in outputs["vertices_by_level"]
+        ),
+    }
     batch["has_joints_2d"][1] = 0.0
     batch["joints_2d"][1, :, 2] = 0.0
     criterion = MeshCriterion(topology)

@@ -74,15 +74,21 @@ def released_step(pred, gt, data):
         "joints_2d": keypoint_2d_loss(orthographic_projection(joints, pred["camera"]), gt["joints_2d"]),
         "mesh_joints_2d": keypoint_2d_loss(orthographic_projection(mesh_joints, pred["camera"]), gt["joints_2d"]),
         "vertices": 0.25 * vertices_loss(coarse, gt_levels[2], has_smpl)
-        + 0.5 * vertices_loss(intermediate, gt_levels[1], has_smpl) + 0.25 * vertices_loss(fine, gt_levels[0], has_smpl),
-        "edge": torch.abs(edge_lengths(intermediate[smpl], data["edges"])
-                          - edge_lengths(gt_levels[1][smpl], data["edges"])).mean(),
+        + 0.5 * vertices_loss(intermediate, gt_levels[1], has_smpl)
+        + 0.25 * vertices_loss(fine, gt_levels[0], has_smpl),
+        "edge": torch.abs(
+            edge_lengths(intermediate[smpl], data["edges"]) - edge_lengths(gt_levels[1][smpl], data["edges"])
+        ).mean(),
         "edge_self": edge_lengths(intermediate[smpl], data["edges"]).mean(),
         "normal": normal_loss(intermediate[smpl], gt_levels[1][smpl], data["faces"]),
     }
     edge_normal = 5.0 * terms["edge"] + 1e-4 * terms["edge_self"] + 0.1 * terms["normal"]
-    terms["total"] = (1000 * (terms["joints_3d"] + terms["mesh_joints_3d"]) + 100 * terms["vertices"]
-                      + 100 * edge_normal + 100 * (terms["joints_2d"] + terms["mesh_joints_2d"]))
+    terms["total"] = (
+        1000 * (terms["joints_3d"] + terms["mesh_joints_3d"])
+        + 100 * terms["vertices"]
+        + 100 * edge_normal
+        + 100 * (terms["joints_2d"] + terms["mesh_joints_2d"])
+    )
     return terms
 
 
@@ -117,17 +123,30 @@ def case(smpl_topology, smpl_dir):
         "has_2d": torch.tensor([1.0, 1.0, 0.0]),
         "has_smpl": torch.tensor([1.0, 1.0, 0.0]),
     }
-    data = {"h36m": h36m, "level1": level1, "level2": level2,
-            "faces": torch.as_tensor(np.load(smpl_dir / "smpl_1723_faces.npy").astype(np.int64)),
-            "edges": torch.as_tensor(np.load(smpl_dir / "smpl_1723_edges.npy").astype(np.int64))}
+    data = {
+        "h36m": h36m,
+        "level1": level1,
+        "level2": level2,
+        "faces": torch.as_tensor(np.load(smpl_dir / "smpl_1723_faces.npy").astype(np.int64)),
+        "edges": torch.as_tensor(np.load(smpl_dir / "smpl_1723_edges.npy").astype(np.int64)),
+    }
     return pred, gt, data
 
 
 def ours(pred, gt, topology):
-    outputs = {"camera": pred["camera"], "joints": pred["joints"],
-               "vertices_by_level": (pred["fine"], pred["intermediate"], pred["coarse"])}
-    batch = {"joints_3d": gt["joints_3d"], "joints_2d": gt["joints_2d"], "vertices": gt["fine"],
-             "has_joints_3d": gt["has_3d"], "has_joints_2d": gt["has_2d"], "has_vertices": gt["has_smpl"]}
+    outputs = {
+        "camera": pred["camera"],
+        "joints": pred["joints"],
+        "vertices_by_level": (pred["fine"], pred["intermediate"], pred["coarse"]),
+    }
+    batch = {
+        "joints_3d": gt["joints_3d"],
+        "joints_2d": gt["joints_2d"],
+        "vertices": gt["fine"],
+        "has_joints_3d": gt["has_3d"],
+        "has_joints_2d": gt["has_2d"],
+        "has_vertices": gt["has_smpl"],
+    }
     return MeshCriterion(topology)(outputs, batch)
 
 
@@ -142,8 +161,10 @@ def test_every_term_equals_the_released_training_step(case, smpl_topology):
 
 def test_the_raw_offset_does_not_matter(case, smpl_topology):
     pred, gt, data = case
-    moved = {**pred, **{name: pred[name] + torch.tensor([-0.5, 0.2, 1.0])
-                        for name in ("joints", "fine", "intermediate", "coarse")}}
+    moved = {
+        **pred,
+        **{name: pred[name] + torch.tensor([-0.5, 0.2, 1.0]) for name in ("joints", "fine", "intermediate", "coarse")},
+    }
     released, terms = released_step(moved, gt, data), ours(moved, gt, smpl_topology)
     for name in ("joints_2d", "mesh_joints_2d", "total"):
         assert terms[name].item() == pytest.approx(released[name].item(), rel=1e-5), name

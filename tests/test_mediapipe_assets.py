@@ -21,8 +21,16 @@ from fastmetro.cli import main
 from fastmetro.errors import FastMetroError
 from fastmetro.mediapipe import assets
 
-NAMES = ("pose_detection", "pose_landmark_lite", "pose_landmark_full", "pose_landmark_heavy",
-         "palm_detection_lite", "palm_detection_full", "hand_landmark_lite", "hand_landmark_full")
+NAMES = (
+    "pose_detection",
+    "pose_landmark_lite",
+    "pose_landmark_full",
+    "pose_landmark_heavy",
+    "palm_detection_lite",
+    "palm_detection_full",
+    "hand_landmark_lite",
+    "hand_landmark_full",
+)
 HINT = "run `fastmetro assets fetch`"
 
 
@@ -49,11 +57,13 @@ def sha256(data: bytes) -> str:
 def test_pins_match_the_fetched_files(real_cache):
     assert tuple(assets.ASSETS) == NAMES  # the names other areas code against
     assert assets.POSE.spec == "@mediapipe/pose@0.5.1675469404"
-    assert assets.POSE.integrity == ("sha512-DFZsNWTsSphRIZppnUCuunzBiHP2FdJXR9ehc7mMi4KG+oPaOH0Em3d6kr7Py+TSyTXC1d"
-                                     "oH88KcF28k2sBxsQ==")
+    assert assets.POSE.integrity == (
+        "sha512-DFZsNWTsSphRIZppnUCuunzBiHP2FdJXR9ehc7mMi4KG+oPaOH0Em3d6kr7Py+TSyTXC1doH88KcF28k2sBxsQ=="
+    )
     assert assets.HANDS.spec == "@mediapipe/hands@0.4.1675469240"
-    assert assets.HANDS.integrity == ("sha512-GxoZvL1mmhJxFxjuyj7vnC++JIuInGznHBin5c7ZSq/RbcnGyfEcJrkM/bMu5K1Mz/2K"
-                                      "o+vEX6/+wewmEHPrHg==")
+    assert assets.HANDS.integrity == (
+        "sha512-GxoZvL1mmhJxFxjuyj7vnC++JIuInGznHBin5c7ZSq/RbcnGyfEcJrkM/bMu5K1Mz/2Ko+vEX6/+wewmEHPrHg=="
+    )
     for name, asset in assets.ASSETS.items():
         path = assets.asset_path(name)
         data = path.read_bytes()
@@ -177,8 +187,11 @@ class Fake:
         self.whole, self.det, self.palm = b"TFL3whole" * 700, b"TFL3det" * 500, b"TFL3palm" * 300
         labels = b"Left\nRight"  # a packed file we do not want, first, so ranges do not start at 0
         blob = labels + self.det + self.palm
-        ranges = [("/m/handedness.txt", 0, len(labels)), ("/m/det.tflite", len(labels), len(labels) + len(self.det)),
-                  ("/m/palm.tflite", len(labels) + len(self.det), len(blob))]
+        ranges = [
+            ("/m/handedness.txt", 0, len(labels)),
+            ("/m/det.tflite", len(labels), len(labels) + len(self.det)),
+            ("/m/palm.tflite", len(labels) + len(self.det), len(blob)),
+        ]
         files = ", ".join(json.dumps({"filename": f, "start": s, "end": e}) for f, s, e in ranges)
         loader = f'  var x = 1;\n    loadPackage({{"files": [{files}], "remote_package_size": {len(blob)}}});\n'
         members = {"package/README.md": b"fake", "package/loader.js": loader.encode(), "package/blob.data": blob}
@@ -191,12 +204,32 @@ class Fake:
         if bad_pin:
             pins[bad_pin] = pins[bad_pin][:-1] + b"!"  # same size, other bytes
         self.table = {
-            "fake_whole": assets.Asset("fake_whole", self.package, "whole.tflite", len(self.whole),
-                                       sha256(pins["fake_whole"]), "package/whole.tflite"),
-            "fake_det": assets.Asset("fake_det", self.package, "det.tflite", len(self.det), sha256(pins["fake_det"]),
-                                     "package/blob.data", "package/loader.js"),
-            "fake_palm": assets.Asset("fake_palm", self.package, "palm.tflite", len(self.palm),
-                                      sha256(pins["fake_palm"]), "package/blob.data", "package/loader.js"),
+            "fake_whole": assets.Asset(
+                "fake_whole",
+                self.package,
+                "whole.tflite",
+                len(self.whole),
+                sha256(pins["fake_whole"]),
+                "package/whole.tflite",
+            ),
+            "fake_det": assets.Asset(
+                "fake_det",
+                self.package,
+                "det.tflite",
+                len(self.det),
+                sha256(pins["fake_det"]),
+                "package/blob.data",
+                "package/loader.js",
+            ),
+            "fake_palm": assets.Asset(
+                "fake_palm",
+                self.package,
+                "palm.tflite",
+                len(self.palm),
+                sha256(pins["fake_palm"]),
+                "package/blob.data",
+                "package/loader.js",
+            ),
         }
         monkeypatch.setattr(assets, "ASSETS", self.table)
         self.folder = folder
@@ -296,8 +329,13 @@ def test_npm_missing_or_failing_is_one_line(empty_cache, tmp_path, monkeypatch):
     with pytest.raises(FastMetroError, match=r"npm not found: install Node.js/npm .*fetch --from FOLDER"):
         assets.fetch(progress=None)
     monkeypatch.setattr(assets.shutil, "which", lambda name: "/usr/bin/npm")
-    monkeypatch.setattr(assets.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
-        command, 1, "", "npm error code E404\nnpm error 404 Not Found - GET https://registry/@fake%2fpose\n"))
+    monkeypatch.setattr(
+        assets.subprocess,
+        "run",
+        lambda command, **kw: subprocess.CompletedProcess(
+            command, 1, "", "npm error code E404\nnpm error 404 Not Found - GET https://registry/@fake%2fpose\n"
+        ),
+    )
     with pytest.raises(FastMetroError) as error:
         assets.fetch(progress=None)
     assert "\n" not in str(error.value) and "404 Not Found" in str(error.value) and "--from" in str(error.value)

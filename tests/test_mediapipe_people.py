@@ -85,7 +85,7 @@ def test_tile_grid_covers_the_image_with_overlapping_squares():
     covered = np.zeros((480, 640), bool)
     for x, y, w, h in det.tile_grid(641, 479, 3):
         assert x >= 0 and y >= 0 and x + w <= 641 and y + h <= 479
-        covered[y:y + h, x:x + w] = True
+        covered[y : y + h, x : x + w] = True
     assert covered[:479, :640].all()
 
 
@@ -116,8 +116,13 @@ def test_palm_region_moves_towards_the_fingers():
     region = Region.from_alignment(wrist, knuckle, scale=2.6, shift_y=-0.5)
     assert region.center == pytest.approx((100.0, 160.0)) and region.size == pytest.approx(208.0)
     # A palm box 40 x 30 px around (100, 180), fingers pointing right: moved 15 px to the right.
-    palm = Region.from_box(np.array([80.0, 165.0, 120.0, 195.0]), np.array([90.0, 180.0]), np.array([120.0, 180.0]),
-                           scale=2.6, shift_y=-0.5)
+    palm = Region.from_box(
+        np.array([80.0, 165.0, 120.0, 195.0]),
+        np.array([90.0, 180.0]),
+        np.array([120.0, 180.0]),
+        scale=2.6,
+        shift_y=-0.5,
+    )
     assert palm.rotation == pytest.approx(math.pi / 2) and palm.size == pytest.approx(104.0)
     assert palm.center == pytest.approx((115.0, 180.0))
 

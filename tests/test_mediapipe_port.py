@@ -28,9 +28,14 @@ from fastmetro.mediapipe.graph import TFLiteNet
 ATOL = 1e-4
 # name -> how many of the test images it sees (the heavy network: two, to stay fast).
 NETWORKS = {
-    "pose_detection": 5, "pose_landmark_lite": 5, "pose_landmark_full": 5,
-    "pose_landmark_heavy": 2, "palm_detection_lite": 5, "palm_detection_full": 5,
-    "hand_landmark_lite": 5, "hand_landmark_full": 5,
+    "pose_detection": 5,
+    "pose_landmark_lite": 5,
+    "pose_landmark_full": 5,
+    "pose_landmark_heavy": 2,
+    "palm_detection_lite": 5,
+    "palm_detection_full": 5,
+    "hand_landmark_lite": 5,
+    "hand_landmark_full": 5,
 }
 
 
@@ -50,14 +55,15 @@ def sample_images(size: tuple[int, int], count: int, signed: bool) -> np.ndarray
     """(count, H, W, 3) float32: astronaut, noise, coffee, chelsea, a smooth gradient (in that
     order, so a short batch has a photo and noise), in [0, 1] or, ``signed``, [-1, 1]."""
     h, w = size
-    photos = [skimage.transform.resize(f(), size, anti_aliasing=True)
-              for f in (skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea)]
+    photos = [
+        skimage.transform.resize(f(), size, anti_aliasing=True)
+        for f in (skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea)
+    ]
     noise = np.random.default_rng(0).random((h, w, 3))
     y, x = np.mgrid[0:h, 0:w] / max(h, w)
     gradient = np.stack([y, x, 1 - (x + y) / 2], axis=-1)
     images = np.stack([photos[0], noise, photos[1], photos[2], gradient][:count]).astype(np.float32)
     return images * 2 - 1 if signed else images
-
 
 
 def litert(path, images: np.ndarray, kernels=OpResolverType.AUTO) -> dict[str, np.ndarray]:
@@ -69,8 +75,7 @@ def litert(path, images: np.ndarray, kernels=OpResolverType.AUTO) -> dict[str, n
     for image in images:
         interpreter.set_tensor(image_input["index"], image[None])
         interpreter.invoke()
-        results.append({o["name"]: interpreter.get_tensor(o["index"]).copy()
-                        for o in interpreter.get_output_details()})
+        results.append({o["name"]: interpreter.get_tensor(o["index"]).copy() for o in interpreter.get_output_details()})
     return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
 
 
@@ -102,8 +107,7 @@ def test_shapes_and_names(nets):
     assert net.input_size == (256, 256)
     assert net.output_names == ("Identity", "Identity_1", "Identity_2", "Identity_3", "Identity_4")
     outputs = net(torch.zeros(3, 256, 256, 3))
-    assert [tuple(o.shape) for o in outputs] == [(3, 195), (3, 1), (3, 256, 256, 1),
-                                                 (3, 64, 64, 39), (3, 117)]
+    assert [tuple(o.shape) for o in outputs] == [(3, 195), (3, 1), (3, 256, 256, 1), (3, 64, 64, 39), (3, 117)]
     assert nets("pose_detection").input_size == (224, 224)
     assert nets("palm_detection_lite").input_size == (192, 192)
 
@@ -168,8 +172,7 @@ def tiny_tflite(op: int, subgraphs: int = 1) -> bytes:
         return b.EndVector()
 
     def tensor(name):
-        name, shape = b.CreateString(name), vector(tflite.TensorStartShapeVector, [1, 4, 4, 3],
-                                                   b.PrependInt32)
+        name, shape = b.CreateString(name), vector(tflite.TensorStartShapeVector, [1, 4, 4, 3], b.PrependInt32)
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, shape)
         tflite.TensorAddName(b, name)
@@ -178,15 +181,13 @@ def tiny_tflite(op: int, subgraphs: int = 1) -> bytes:
 
     graphs = []
     for _ in range(subgraphs):
-        tensors = vector(tflite.SubGraphStartTensorsVector, [tensor("in"), tensor("out")],
-                         b.PrependUOffsetTRelative)
+        tensors = vector(tflite.SubGraphStartTensorsVector, [tensor("in"), tensor("out")], b.PrependUOffsetTRelative)
         ins = vector(tflite.OperatorStartInputsVector, [0], b.PrependInt32)
         outs = vector(tflite.OperatorStartOutputsVector, [1], b.PrependInt32)
         tflite.OperatorStart(b)
         tflite.OperatorAddInputs(b, ins)
         tflite.OperatorAddOutputs(b, outs)
-        operators = vector(tflite.SubGraphStartOperatorsVector, [tflite.OperatorEnd(b)],
-                           b.PrependUOffsetTRelative)
+        operators = vector(tflite.SubGraphStartOperatorsVector, [tflite.OperatorEnd(b)], b.PrependUOffsetTRelative)
         graph_in = vector(tflite.SubGraphStartInputsVector, [0], b.PrependInt32)
         graph_out = vector(tflite.SubGraphStartOutputsVector, [1], b.PrependInt32)
         tflite.SubGraphStart(b)
@@ -199,12 +200,10 @@ def tiny_tflite(op: int, subgraphs: int = 1) -> bytes:
     tflite.OperatorCodeAddBuiltinCode(b, op)
     tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(op, 127))
     tflite.OperatorCodeAddVersion(b, 1)
-    codes = vector(tflite.ModelStartOperatorCodesVector, [tflite.OperatorCodeEnd(b)],
-                   b.PrependUOffsetTRelative)
+    codes = vector(tflite.ModelStartOperatorCodesVector, [tflite.OperatorCodeEnd(b)], b.PrependUOffsetTRelative)
     subgraph_vector = vector(tflite.ModelStartSubgraphsVector, graphs, b.PrependUOffsetTRelative)
     tflite.BufferStart(b)
-    buffers = vector(tflite.ModelStartBuffersVector, [tflite.BufferEnd(b)],
-                     b.PrependUOffsetTRelative)
+    buffers = vector(tflite.ModelStartBuffersVector, [tflite.BufferEnd(b)], b.PrependUOffsetTRelative)
     tflite.ModelStart(b)
     tflite.ModelAddVersion(b, 3)
     tflite.ModelAddOperatorCodes(b, codes)
@@ -224,13 +223,16 @@ def test_tiny_graph_matches_litert(tmp_path):
     assert errors["out"] <= 1e-6
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"", "not a TFLite flatbuffer"),
-    (b"this is not a model at all", "not a TFLite flatbuffer"),
-    ("truncated", "truncated or corrupt TFLite file"),
-    ("softmax", "uses the TFLite op SOFTMAX, which fastmetro does not support"),
-    ("two subgraphs", "2 subgraphs; only single-subgraph networks are supported"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "not a TFLite flatbuffer"),
+        (b"this is not a model at all", "not a TFLite flatbuffer"),
+        ("truncated", "truncated or corrupt TFLite file"),
+        ("softmax", "uses the TFLite op SOFTMAX, which fastmetro does not support"),
+        ("two subgraphs", "2 subgraphs; only single-subgraph networks are supported"),
+    ],
+)
 def test_bad_files_one_line_errors(tmp_path, content, problem):
     if content == "truncated":
         content = asset_path("hand_landmark_lite").read_bytes()[:5000]

@@ -17,7 +17,6 @@ from fastmetro.model.metro import (
     reference_points,
 )
 from fastmetro.model.presets import build_on_meta, count_parameters, model_config, sized_topology
-
 from train_helpers import TemplateDataset, tiny_config
 
 # Narrow blocks (seconds on a CPU): METRO's structure, not its widths.

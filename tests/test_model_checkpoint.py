@@ -182,7 +182,7 @@ def reference_forward(state, images, topology, released_adjacency, layers=1):
 
     resnet = torchvision.models.resnet50()
     backbone = torch.nn.Sequential(*list(resnet.children())[:-2]).eval()
-    backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    backbone.load_state_dict({k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")})
     batch = images.shape[0]
     features = F.conv2d(backbone(images), state["conv_1x1.weight"], state["conv_1x1.bias"])
     height, width = features.shape[-2:]
@@ -196,7 +196,9 @@ def reference_forward(state, images, topology, released_adjacency, layers=1):
     camera = state["cam_token_embed.weight"][:, None].expand(-1, batch, -1)
     queries = torch.cat([state["joint_token_embed.weight"], state["vertex_token_embed.weight"]])
     queries = queries[:, None].expand(-1, batch, -1)
-    cam_1, image_1, tokens_1 = _reference_transformer(state, "transformer_1", layers, image, camera, queries, pos_1, mask)
+    cam_1, image_1, tokens_1 = _reference_transformer(
+        state, "transformer_1", layers, image, camera, queries, pos_1, mask
+    )
     linear = lambda x, name: F.linear(x, state[name + ".weight"], state[name + ".bias"])  # noqa: E731
     cam_2, _, tokens_2 = _reference_transformer(
         state, "transformer_2", layers, linear(image_1, "dim_reduce_enc_img"), linear(cam_1, "dim_reduce_enc_cam"),
@@ -270,7 +272,10 @@ def _save(path, state):
 def test_malformed_checkpoints_name_file_and_key(official_s_r50, tmp_path):
     path, state, _ = official_s_r50
     cases = {
-        "missing": ({k: v for k, v in state.items() if k != "dim_reduce_dec.bias"}, "missing key 'dim_reduce_dec.bias'"),
+        "missing": (
+            {k: v for k, v in state.items() if k != "dim_reduce_dec.bias"},
+            "missing key 'dim_reduce_dec.bias'",
+        ),
         "extra": ({**state, "extra_head.weight": torch.zeros(3)}, "unexpected key 'extra_head.weight'"),
         # A partial SMPL parameter regressor: recognised by its keys, then incomplete.
         "partial": ({**state, "smpl_parameter_regressor.regressor.3.weight": torch.zeros(226, 1024)},
@@ -298,8 +303,13 @@ def test_not_a_state_dict_and_corrupt_files(tmp_path, smpl_topology):
     corrupt.write_bytes(b"PK\x03\x04 this is not a zip archive" * 10)
     truncated_st = tmp_path / "bad.safetensors"
     truncated_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    for path, message in ((not_dict, "does not hold a state dict"), (corrupt, "not a readable weights-only torch file"),
-                          (truncated_st, "not a readable safetensors file"), (tmp_path / "absent.bin", "not found")):  # fmt: skip
+    cases = (
+        (not_dict, "does not hold a state dict"),
+        (corrupt, "not a readable weights-only torch file"),
+        (truncated_st, "not a readable safetensors file"),
+        (tmp_path / "absent.bin", "not found"),
+    )
+    for path, message in cases:
         with pytest.raises(FastMetroError, match=message) as error:
             create_model("FastMETRO-S-R18", topology=smpl_topology, checkpoint=path)
         assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
@@ -327,8 +337,12 @@ def test_save_and_reload_our_format(tmp_path, smpl_topology, mano_topology):
     config = json.loads((tmp_path / "model.json").read_text())
     assert config["name"] == "FastMETRO-S-R18+graph-conv" and config["overrides"] == {"dropout": 0.0}
     assert config["version"] == 2 and config["input"]["image_size"] == 224
-    assert config["topology"] == {"name": "smpl", "kind": "body", "level_vertex_counts": [6890, 1723, 431],
-                                  "num_joints": 14}
+    assert config["topology"] == {
+        "name": "smpl",
+        "kind": "body",
+        "level_vertex_counts": [6890, 1723, 431],
+        "num_joints": 14,
+    }
     reloaded = create_model(checkpoint=path, topology=smpl_topology).eval()
     assert reloaded.config == model.config and reloaded.spec == model.spec
     images = torch.randn(1, 3, 128, 128)

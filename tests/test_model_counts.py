@@ -65,9 +65,11 @@ def test_graph_conv_ablation_design_size():
     base = count_parameters("FastMETRO-S-R50")["total_params"]
     # GraphResidualBlock: 330,752 at D=512 and 21,248 at D=128 (one per decoder layer).
     assert count_parameters("FastMETRO-S-R50+graph-conv")["total_params"] - base == 352_000
-    assert count_parameters("FastMETRO-L-R50+graph-conv")["total_params"] - count_parameters("FastMETRO-L-R50")[
-        "total_params"
-    ] == 3 * 352_000
+    assert (
+        count_parameters("FastMETRO-L-R50+graph-conv")["total_params"]
+        - count_parameters("FastMETRO-L-R50")["total_params"]
+        == 3 * 352_000
+    )
 
 
 def test_overrides_are_ablation_switches_on_one_class():

@@ -21,8 +21,14 @@ from fastmetro.model.spec import ModelSpec
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, smpl_topology):
     torch.manual_seed(0)
-    model = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, image_size=64,
-                                   model_dims=(64, 32), feedforward_dims=(128, 64), num_heads=4)
+    model = fastmetro.create_model(
+        "FastMETRO-S-R18",
+        topology=smpl_topology,
+        image_size=64,
+        model_dims=(64, 32),
+        feedforward_dims=(128, 64),
+        num_heads=4,
+    )
     path = save_checkpoint(model, tmp_path_factory.mktemp("spec") / "model.safetensors")
     return path, json.loads(path.with_suffix(".json").read_text())
 
@@ -52,21 +58,27 @@ def test_predictor_uses_the_input_size_the_checkpoint_remembers(saved, smpl_topo
     assert fastmetro.Predictor(checkpoint=path, topology=smpl_topology, image_size=96).image_size == 96
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(topology="anny"), "field 'topology' must be dict"),
-    (lambda d: d.pop("flavor"), "missing field 'flavor'"),
-    (lambda d: d.update(flavor="fast"), "field 'flavor' must be one of"),
-    (lambda d: d["overrides"].update(num_heads=0), "num_heads must be an integer in 1..1024"),
-    (lambda d: d["overrides"].update(model_dims=["wide", "narrow"]), "model_dims must be a list of positive integers"),
-    (lambda d: d["overrides"].update(bogus=1), "unknown FastMETRO config option"),
-    (lambda d: d["topology"].update(level_vertex_counts=[6890, 1e15]), "level_vertex_counts"),
-    (lambda d: d["topology"].update(num_joints="14"), "'topology.num_joints' must be an integer"),
-    (lambda d: d["input"].update(image_size=-3), "input.image_size"),
-    (lambda d: d["input"].update(std=[0.2, 0.0, 0.2]), "input.std"),
-    (lambda d: d.update(version=1), "format 1 is too old: the weak-perspective camera then applied to the raw"),
-    (lambda d: d.update(version=99), "newer than this fastmetro reads"),
-    (lambda d: d.update(name="FastMETRO-X-R50"), "unknown model"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(topology="anny"), "field 'topology' must be dict"),
+        (lambda d: d.pop("flavor"), "missing field 'flavor'"),
+        (lambda d: d.update(flavor="fast"), "field 'flavor' must be one of"),
+        (lambda d: d["overrides"].update(num_heads=0), "num_heads must be an integer in 1..1024"),
+        (
+            lambda d: d["overrides"].update(model_dims=["wide", "narrow"]),
+            "model_dims must be a list of positive integers",
+        ),
+        (lambda d: d["overrides"].update(bogus=1), "unknown FastMETRO config option"),
+        (lambda d: d["topology"].update(level_vertex_counts=[6890, 1e15]), "level_vertex_counts"),
+        (lambda d: d["topology"].update(num_joints="14"), "'topology.num_joints' must be an integer"),
+        (lambda d: d["input"].update(image_size=-3), "input.image_size"),
+        (lambda d: d["input"].update(std=[0.2, 0.0, 0.2]), "input.std"),
+        (lambda d: d.update(version=1), "format 1 is too old: the weak-perspective camera then applied to the raw"),
+        (lambda d: d.update(version=99), "newer than this fastmetro reads"),
+        (lambda d: d.update(name="FastMETRO-X-R50"), "unknown model"),
+    ],
+)
 def test_damaged_checkpoint_json_is_one_line_naming_the_file(tmp_path, saved, smpl_topology, change, message):
     data = json.loads(json.dumps(saved[1]))
     change(data)
@@ -103,12 +115,14 @@ def test_non_finite_weights_name_the_file_and_tensor(tmp_path, saved, smpl_topol
 def test_official_weights_say_their_preset(tmp_path, smpl_topology):
     torch.manual_seed(1)
     for name in ("FastMETRO-M-R18", "FastMETRO-S-R34"):
-        model = fastmetro.create_model(name, topology=smpl_topology, flavor="release", model_dims=(64, 32),
-                                       feedforward_dims=(64, 64), num_heads=2)
+        model = fastmetro.create_model(
+            name, topology=smpl_topology, flavor="release", model_dims=(64, 32), feedforward_dims=(64, 64), num_heads=2
+        )
         path = tmp_path / f"{name}_state_dict.bin"
         torch.save(fastmetro_to_official(model.state_dict()), path)
-        loaded = fastmetro.load_model(path, topology=smpl_topology, model_dims=(64, 32),
-                                      feedforward_dims=(64, 64), num_heads=2)
+        loaded = fastmetro.load_model(
+            path, topology=smpl_topology, model_dims=(64, 32), feedforward_dims=(64, 64), num_heads=2
+        )
         assert loaded.spec.name == name and loaded.spec.flavor == "release"
         with pytest.raises(FastMetroError, match="does not say its topology"):
             fastmetro.load_model(path)
@@ -150,20 +164,25 @@ def smpl_like_body_model(template: np.ndarray, seed: int = 0):
     parents = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
     weights = rng.random((len(template), 24)) ** 8
     regressor = rng.random((24, len(template))) ** 8
-    return BodyModel({
-        "v_template": template, "shapedirs": rng.normal(scale=1e-3, size=(len(template), 3, 10)),
-        "posedirs": rng.normal(scale=1e-4, size=(len(template), 3, 207)),
-        "J_regressor": regressor / regressor.sum(1, keepdims=True),
-        "weights": weights / weights.sum(1, keepdims=True),
-        "kintree_table": np.array([parents, list(range(24))]),
-    }, name="smpl")
+    return BodyModel(
+        {
+            "v_template": template,
+            "shapedirs": rng.normal(scale=1e-3, size=(len(template), 3, 10)),
+            "posedirs": rng.normal(scale=1e-4, size=(len(template), 3, 207)),
+            "J_regressor": regressor / regressor.sum(1, keepdims=True),
+            "weights": weights / weights.sum(1, keepdims=True),
+            "kintree_table": np.array([parents, list(range(24))]),
+        },
+        name="smpl",
+    )
 
 
 def test_smpl_regressor_checkpoint_round_trip_and_outputs(tmp_path, smpl_topology):
     torch.manual_seed(3)
     small = dict(model_dims=(64, 32), feedforward_dims=(64, 64), num_heads=2)
-    model = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, flavor="release",
-                                   smpl_parameter_regressor=True, **small).eval()
+    model = fastmetro.create_model(
+        "FastMETRO-S-R18", topology=smpl_topology, flavor="release", smpl_parameter_regressor=True, **small
+    ).eval()
     official = fastmetro_to_official(model.state_dict())
     assert "smpl_parameter_regressor.regressor.1.fc_block.4.running_var" in official
     path = tmp_path / "FastMETRO-S-R18_smpl_h36m_state_dict.bin"

@@ -22,8 +22,20 @@ MULTI_SEED = {"FastMETRO", "+no-mask", "METRO"}
 
 
 def study(out: Path, data, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(BENCHMARKS / "paper_claims.py"), "--quick", "--train", str(data.train_yaml),
-               "--test", str(data.test_yaml), "--generalisation", str(data.test_yaml), "--out", str(out), *extra]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "paper_claims.py"),
+        "--quick",
+        "--train",
+        str(data.train_yaml),
+        "--test",
+        str(data.test_yaml),
+        "--generalisation",
+        str(data.test_yaml),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ})
 
 

@@ -15,7 +15,6 @@ def test_rotating_the_pose_rotates_the_mesh():
     """augment_pose's in-plane rotation of the global orientation = the rotation the dataset
     applies to the ground-truth vertices (up to the root, which the samples remove)."""
     from data_helpers import tiny_body_model_arrays
-
     from fastmetro.data.augment import transform_points_3d
 
     layer = BodyModel(tiny_body_model_arrays())
@@ -25,8 +24,9 @@ def test_rotating_the_pose_rotates_the_mesh():
     vertices = layer(torch.tensor(pose[None], dtype=torch.float32), betas).vertices[0].double().numpy()
     rotated = layer(torch.tensor(augment_pose(pose, params)[None], dtype=torch.float32), betas).vertices[0]
     expected = transform_points_3d(vertices, params, None)
-    np.testing.assert_allclose(rotated.double().numpy() - rotated.double().numpy().mean(0),
-                               expected - expected.mean(0), atol=1e-5)
+    np.testing.assert_allclose(
+        rotated.double().numpy() - rotated.double().numpy().mean(0), expected - expected.mean(0), atol=1e-5
+    )
 
 
 def test_flipping_a_pose_mirrors_rotations_and_swaps_sides():
@@ -54,13 +54,22 @@ def smpl_case(smpl_topology):
     batch = {
         "joints_3d": torch.cat([joints, torch.ones(2, 14, 1)], -1),
         "joints_2d": torch.cat([weak_perspective_project(joints, camera), torch.ones(2, 14, 1)], -1),
-        "vertices": mesh, "smpl_pose": pose.float(), "smpl_betas": betas.float(),
-        "has_joints_3d": torch.ones(2), "has_joints_2d": torch.ones(2), "has_vertices": torch.ones(2),
+        "vertices": mesh,
+        "smpl_pose": pose.float(),
+        "smpl_betas": betas.float(),
+        "has_joints_3d": torch.ones(2),
+        "has_joints_2d": torch.ones(2),
+        "has_vertices": torch.ones(2),
         "has_smpl": torch.ones(2),
     }
     levels = (mesh, mesh[:, smpl_topology.level_indices(1)], mesh[:, smpl_topology.level_indices(2)])
-    outputs = {"camera": camera, "joints": joints + 0.3, "vertices_by_level": tuple(v + 0.3 for v in levels),
-               "smpl_rotmat": axis_angle_to_matrix(pose.reshape(2, 24, 3)).float(), "smpl_betas": betas.float()}
+    outputs = {
+        "camera": camera,
+        "joints": joints + 0.3,
+        "vertices_by_level": tuple(v + 0.3 for v in levels),
+        "smpl_rotmat": axis_angle_to_matrix(pose.reshape(2, 24, 3)).float(),
+        "smpl_betas": betas.float(),
+    }
     return layer, outputs, batch
 
 

@@ -73,7 +73,7 @@ def test_cube_silhouette_and_depth_match_projection(renderer):
 def test_background_occluder_and_per_vertex_colour():
     background = np.zeros((SIZE, SIZE, 3), np.uint8)
     background[:, :, 1] = np.arange(SIZE, dtype=np.uint8)[None, :] * 3  # green ramp along x
-    background[:SIZE // 2, :, 2] = 200  # blue top half: catches a vertical flip
+    background[: SIZE // 2, :, 2] = 200  # blue top half: catches a vertical flip
     cube = trimesh.creation.box(extents=(0.5, 0.5, 0.5))
     body = np.asarray(cube.vertices) + np.array([0.0, 0.0, 3.0])
     occluder = trimesh.creation.box(extents=(0.2, 1.0, 0.05))
@@ -82,7 +82,11 @@ def test_background_occluder_and_per_vertex_colour():
     colors[:, 2] = 1.0
     with Renderer(SIZE, SIZE, samples=4) as renderer:
         result = renderer.render(
-            body, cube.faces, intrinsics(), color=colors, background=background,
+            body,
+            cube.faces,
+            intrinsics(),
+            color=colors,
+            background=background,
             extra_meshes=(MeshPart(occluder_vertices, occluder.faces, (1.0, 1.0, 0.0)),),
         )
     # Background pixels come through unchanged and the right way up.

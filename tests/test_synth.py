@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 
 from fastmetro.data.synthetic.generator import (
-    SynthConfig, generate, plan_shards, read_masks, write_preview,
+    SynthConfig,
+    generate,
+    plan_shards,
+    read_masks,
+    write_preview,
 )
 from fastmetro.data.tsv import TSVDataset, read_yaml
 from fastmetro.errors import FastMetroError
@@ -122,8 +126,16 @@ def test_cut_bodies_mark_the_joints_outside_the_image(synthetic_dataset, tmp_pat
     from fastmetro.data.synthetic import framing
 
     monkeypatch.setattr(framing, "CUT_PROBABILITY", 1.0)
-    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 6,
-                            "shard_size": 6, "test_fraction": 0.0, "occluders": False})
+    config = SynthConfig(
+        **{
+            **synthetic_dataset.config.__dict__,
+            "out_dir": tmp_path,
+            "num": 6,
+            "shard_size": 6,
+            "test_fraction": 0.0,
+            "occluders": False,
+        }
+    )
     report = generate(config, progress=False, maker=synthetic_dataset.maker)
     rows = TSVDataset(report.yamls["train"])
     masks = read_masks(tmp_path / "train_00000.yaml", config.size)
@@ -235,7 +247,7 @@ def test_preview_sheet(synthetic_dataset, tmp_path):
     assert sheet.shape == (288, 288, 3)
     for row in range(3):
         for col in range(3):
-            tile = sheet[row * 96:(row + 1) * 96, col * 96:(col + 1) * 96]
+            tile = sheet[row * 96 : (row + 1) * 96, col * 96 : (col + 1) * 96]
             assert tile.std() > 5  # every cell holds an image, none black
 
 
@@ -255,7 +267,9 @@ def test_two_workers_write_the_same_bytes_as_one(synthetic_dataset, tmp_path):
     original = synthetic_dataset.config.out_dir
     for shard in plan_shards(config):
         for suffix in ("img.tsv", "label.tsv", "vertices.npy"):
-            assert (tmp_path / f"{shard.name}.{suffix}").read_bytes() == (original / f"{shard.name}.{suffix}").read_bytes()
+            assert (tmp_path / f"{shard.name}.{suffix}").read_bytes() == (
+                original / f"{shard.name}.{suffix}"
+            ).read_bytes()
 
 
 def test_generation_leaves_autograd_enabled(synthetic_dataset):
@@ -273,16 +287,33 @@ def test_version_1_folders_resume_as_version_1(synthetic_dataset, tmp_path):
     from fastmetro.cli import main
     from fastmetro.data.synthetic.commands import resumed_settings
 
-    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 4, "shard_size": 2,
-                            "test_fraction": 0.0, "generator_version": 1, "poses": "standing"})
+    config = SynthConfig(
+        **{
+            **synthetic_dataset.config.__dict__,
+            "out_dir": tmp_path,
+            "num": 4,
+            "shard_size": 2,
+            "test_fraction": 0.0,
+            "generator_version": 1,
+            "poses": "standing",
+        }
+    )
     manifest = config.manifest()
     del manifest["poses"], manifest["split"]
     (tmp_path / "synth.json").write_text(json.dumps(manifest))
     assert resumed_settings(tmp_path, None, None) == {"poses": "standing", "split": "train", "generator_version": 1}
     generate(config, progress=False, max_shards=1, maker=synthetic_dataset.maker)
     # The rerun, as the CLI builds it (in-process with the loaded maker: one GL context per process).
-    resumed = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 4, "shard_size": 2,
-                             "test_fraction": 0.0, **resumed_settings(tmp_path, None, None)})
+    resumed = SynthConfig(
+        **{
+            **synthetic_dataset.config.__dict__,
+            "out_dir": tmp_path,
+            "num": 4,
+            "shard_size": 2,
+            "test_fraction": 0.0,
+            **resumed_settings(tmp_path, None, None),
+        }
+    )
     assert generate(resumed, progress=False, maker=synthetic_dataset.maker).written == ["train_00001"]
     rows = TSVDataset(tmp_path / "train.yaml")
     assert len(rows) == 4
@@ -291,20 +322,51 @@ def test_version_1_folders_resume_as_version_1(synthetic_dataset, tmp_path):
         assert "pose_family" not in label
         assert (np.asarray(label["2d_joints"])[:, 2] == 1).all()
     # Asking for version-2 settings in that folder is refused, naming the setting.
-    args = ["synth", "--out", str(tmp_path), "--num", "4", "--seed", "7", "--size", "64", "--shard-size", "2",
-            "--test-fraction", "0", "--quiet", "--poses", "mixed"]
+    args = [
+        "synth",
+        "--out",
+        str(tmp_path),
+        "--num",
+        "4",
+        "--seed",
+        "7",
+        "--size",
+        "64",
+        "--shard-size",
+        "2",
+        "--test-fraction",
+        "0",
+        "--quiet",
+        "--poses",
+        "mixed",
+    ]
     assert main(args) == 2
     # A fresh folder gets the current version and the mixed poses.
-    assert resumed_settings(tmp_path / "new", None, None) == {"poses": "mixed", "split": "train", "generator_version": 2}
+    assert resumed_settings(tmp_path / "new", None, None) == {
+        "poses": "mixed",
+        "split": "train",
+        "generator_version": 2,
+    }
     # Version 1 asked for explicitly (the demo's data): standing poses.
-    assert resumed_settings(tmp_path / "new", None, None, 1) == {"poses": "standing", "split": "train",
-                                                                 "generator_version": 1}
+    assert resumed_settings(tmp_path / "new", None, None, 1) == {
+        "poses": "standing",
+        "split": "train",
+        "generator_version": 1,
+    }
 
 
 def test_generalisation_split_is_a_disjoint_test_set(synthetic_dataset, tmp_path):
     maker = synthetic_dataset.maker
-    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path, "num": 8, "shard_size": 8,
-                            "split": "generalisation", "poses": "crawling=3,sitting=1"})
+    config = SynthConfig(
+        **{
+            **synthetic_dataset.config.__dict__,
+            "out_dir": tmp_path,
+            "num": 8,
+            "shard_size": 8,
+            "split": "generalisation",
+            "poses": "crawling=3,sitting=1",
+        }
+    )
     report = generate(config, progress=False, maker=maker)
     assert set(report.yamls) == {"test"}  # all of it is test data
     rows = TSVDataset(report.yamls["test"])

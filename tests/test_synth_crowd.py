@@ -104,8 +104,10 @@ def test_one_body_behind_another(maker):
     upright = rest @ np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]).T
     normals = body.normals(upright)
     colours = np.full_like(upright, 0.6)
-    meshes = [PersonMesh((upright + [0, 0, depth]).astype(np.float32), normals, colours, depth, "standing")
-              for depth in (4.0, 7.0)]
+    meshes = [
+        PersonMesh((upright + [0, 0, depth]).astype(np.float32), normals, colours, depth, "standing")
+        for depth in (4.0, 7.0)
+    ]
     width, height = maker.size
     intrinsics = np.array([[150.0, 0, (width - 1) / 2], [0, 150.0, (height - 1) / 2], [0, 0, 1]])
     camera = Camera(np.eye(3), np.zeros(3), intrinsics)
@@ -189,8 +191,17 @@ def test_benchmark_matching_rules():
     bench = _benchmark()
     found = bench.Found
     people = [((0, 0, 10, 20), False), ((100, 0, 10, 20), False), ((200, 0, 10, 20), True)]
-    result = bench.match([found((1, 0, 10, 20), 0.9), found((0, 1, 10, 20), 0.8), found((201, 0, 10, 20), 0.7),
-                          found((300, 0, 10, 20), 0.6), found((100, 0, 10, 20), 0.1)], people, threshold=0.5)
+    result = bench.match(
+        [
+            found((1, 0, 10, 20), 0.9),
+            found((0, 1, 10, 20), 0.8),
+            found((201, 0, 10, 20), 0.7),
+            found((300, 0, 10, 20), 0.6),
+            found((100, 0, 10, 20), 0.1),
+        ],
+        people,
+        threshold=0.5,
+    )
     # One match for the first person (the second detection of it is a false positive), the ignored
     # person's detection counts neither way, the lone box is a false positive, the 0.1 one is dropped.
     assert (result["tp"], result["fp"], result["fn"]) == (1, 2, 1)
@@ -202,9 +213,24 @@ def test_benchmark_matching_rules():
 
 def test_benchmark_runs_with_the_stand_in(tmp_path, capsys):
     bench = _benchmark()
-    code = bench.main(["--detector", "standin", "--num", "3", "--size", "96x72", "--runs", "1",
-                       "--out", str(tmp_path / "photos"), "--write-scenes", str(tmp_path / "scenes"),
-                       "--json", str(tmp_path / "result.json")])
+    code = bench.main(
+        [
+            "--detector",
+            "standin",
+            "--num",
+            "3",
+            "--size",
+            "96x72",
+            "--runs",
+            "1",
+            "--out",
+            str(tmp_path / "photos"),
+            "--write-scenes",
+            str(tmp_path / "scenes"),
+            "--json",
+            str(tmp_path / "result.json"),
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "| score >= | precision | recall |" in text and "| coffee |" in text

@@ -23,8 +23,14 @@ def benchmark():
 def generalisation_set(synthetic_dataset, tmp_path_factory):
     from fastmetro.data.synthetic.generator import SynthConfig, generate
 
-    config = SynthConfig(**{**synthetic_dataset.config.__dict__, "out_dir": tmp_path_factory.mktemp("general"),
-                            "num": 4, "split": "generalisation"})
+    config = SynthConfig(
+        **{
+            **synthetic_dataset.config.__dict__,
+            "out_dir": tmp_path_factory.mktemp("general"),
+            "num": 4,
+            "split": "generalisation",
+        }
+    )
     report = generate(config, progress=False, maker=synthetic_dataset.maker)
     synthetic_dataset.maker.reconfigure(synthetic_dataset.config)
     return report.yamls["test"]
@@ -38,17 +44,35 @@ def tiny_checkpoint(tmp_path_factory):
     from fastmetro.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = fastmetro.create_model("FastMETRO-S-R18", topology="anny", model_dims=[64, 32],
-                                   feedforward_dims=[128, 64], num_heads=2)
+    model = fastmetro.create_model(
+        "FastMETRO-S-R18", topology="anny", model_dims=[64, 32], feedforward_dims=[128, 64], num_heads=2
+    )
     return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "tiny.safetensors")
 
 
-def test_generalisation_benchmark_table(benchmark, synthetic_dataset, generalisation_set, tiny_checkpoint,
-                                        tmp_path, capsys):
+def test_generalisation_benchmark_table(
+    benchmark, synthetic_dataset, generalisation_set, tiny_checkpoint, tmp_path, capsys
+):
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-    code = benchmark.main([str(tiny_checkpoint), "--test", str(synthetic_dataset.test_yaml), "--generalisation",
-                           str(generalisation_set), "--json", str(out_json), "--markdown", str(out_md),
-                           "--workers", "0", "--device", "cpu", "--max-samples", "3"])
+    code = benchmark.main(
+        [
+            str(tiny_checkpoint),
+            "--test",
+            str(synthetic_dataset.test_yaml),
+            "--generalisation",
+            str(generalisation_set),
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--max-samples",
+            "3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     results = json.loads(out_json.read_text())
@@ -65,7 +89,14 @@ def test_generalisation_benchmark_table(benchmark, synthetic_dataset, generalisa
 
 
 def test_generalisation_benchmark_names_missing_files(benchmark, tmp_path, capsys):
-    code = benchmark.main([str(tmp_path / "none.safetensors"), "--test", str(tmp_path / "t.yaml"),
-                           "--generalisation", str(tmp_path / "g.yaml")])
+    code = benchmark.main(
+        [
+            str(tmp_path / "none.safetensors"),
+            "--test",
+            str(tmp_path / "t.yaml"),
+            "--generalisation",
+            str(tmp_path / "g.yaml"),
+        ]
+    )
     assert code == 2
     assert "none.safetensors: no such file" in capsys.readouterr().out

@@ -119,8 +119,12 @@ def test_pose_mix_parsing():
     assert parse_pose_mix("mixed") == MIXED_WEIGHTS
     assert parse_pose_mix("standing") == {"standing": 1.0}
     assert parse_pose_mix("lying=1, sitting=2") == {"sitting": 2.0, "lying": 1.0}  # FAMILIES order
-    for bad, message in (("flying", "unknown pose family"), ("sitting=x", "not a number"),
-                         ("sitting=-1", ">= 0"), ("sitting=0", "no family")):
+    for bad, message in (
+        ("flying", "unknown pose family"),
+        ("sitting=x", "not a number"),
+        ("sitting=-1", ">= 0"),
+        ("sitting=0", "no family"),
+    ):
         with pytest.raises(FastMetroError, match=message):
             parse_pose_mix(bad)
 

@@ -8,7 +8,13 @@ from scipy.spatial.transform import Rotation
 
 from fastmetro.data.synthetic.generator import SynthConfig, box_of, plan_shards, sample_generators
 from fastmetro.data.synthetic.poses import (
-    BALL_JOINTS, HINGES, IntersectionTest, PoseSampler, Skeleton, mirror_name, part_name,
+    BALL_JOINTS,
+    HINGES,
+    IntersectionTest,
+    PoseSampler,
+    Skeleton,
+    mirror_name,
+    part_name,
 )
 from fastmetro.data.synthetic.scene import Backgrounds, sample_camera, sample_phenotypes
 
@@ -25,7 +31,9 @@ def toy_skeleton() -> Skeleton:
         heads[name] = position
 
     previous = "root"
-    for level, name in enumerate(["spine05", "spine04", "spine03", "spine02", "spine01", "neck01", "neck02", "neck03", "head"]):
+    for level, name in enumerate(
+        ["spine05", "spine04", "spine03", "spine02", "spine01", "neck01", "neck02", "neck03", "head"]
+    ):
         add(name, previous, (0, 0, 1.1 + 0.08 * level))
         previous = name
     add("crown", "head", (0, 0, 1.9))
@@ -65,9 +73,13 @@ def test_sampled_ball_joints_stay_in_range_and_mirror():
     for _ in range(200):
         pose = sampler.sample(rng)
         assert pose.shape == (len(skeleton.bone_labels), 4, 4)
-        np.testing.assert_allclose(pose[:, :3, :3] @ pose[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (len(pose), 1, 1)), atol=1e-5)
+        np.testing.assert_allclose(
+            pose[:, :3, :3] @ pose[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (len(pose), 1, 1)), atol=1e-5
+        )
         for name, (*ranges, _neutral) in BALL_JOINTS.items():
-            for side_name, mirrored in ((name, False), (mirror_name(name), True)) if name.endswith(".L") else ((name, False),):
+            for side_name, mirrored in (
+                ((name, False), (mirror_name(name), True)) if name.endswith(".L") else ((name, False),)
+            ):
                 candidates = euler_candidates(pose[skeleton.index(side_name), :3, :3])
                 for angles in candidates:
                     if mirrored:
@@ -176,7 +188,9 @@ def test_box_and_shard_plan():
     assert center == [20.0, 40.0] and scale == pytest.approx(40 * 1.2 / 200)
     shards = plan_shards(SynthConfig(out_dir=".", num=10, shard_size=4, test_fraction=0.2))
     assert [(s.name, s.start, s.stop) for s in shards] == [
-        ("train_00000", 0, 4), ("train_00001", 4, 8), ("test_00000", 8, 10),
+        ("train_00000", 0, 4),
+        ("train_00001", 4, 8),
+        ("test_00000", 8, 10),
     ]
     streams = sample_generators(3, 5)
     again = sample_generators(3, 5)

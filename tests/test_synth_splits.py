@@ -51,11 +51,14 @@ def test_split_backgrounds_use_only_their_sources(monkeypatch):
     held_out = SplitBackgrounds(splits.SPLITS["generalisation"])
     train = SplitBackgrounds(splits.SPLITS["train"])
     assert {hashlib.sha256(p.tobytes()).hexdigest() for p in held_out.photos}.isdisjoint(
-        {hashlib.sha256(p.tobytes()).hexdigest() for p in train.photos})
+        {hashlib.sha256(p.tobytes()).hexdigest() for p in train.photos}
+    )
     used = []
     for name in textures.TEXTURES:  # record which texture functions each split calls
         original = textures.TEXTURES[name]
-        monkeypatch.setitem(textures.TEXTURES, name, lambda rng, size, _n=name, _f=original: used.append(_n) or _f(rng, size))
+        monkeypatch.setitem(
+            textures.TEXTURES, name, lambda rng, size, _n=name, _f=original: used.append(_n) or _f(rng, size)
+        )
     images = [train.sample(np.random.default_rng(i), 48) for i in range(40)]
     assert set(used) and set(used) <= set(splits.TRAIN_TEXTURES)
     used.clear()
@@ -105,12 +108,20 @@ def test_clothing_patterns(kind):
 def test_clothing_colours_regions():
     rng = np.random.default_rng(0)
     count = 3000
-    points = np.column_stack([rng.uniform(-0.2, 0.2, count), rng.uniform(-0.1, 0.1, count), np.linspace(-0.8, 0.7, count)])
+    points = np.column_stack(
+        [rng.uniform(-0.2, 0.2, count), rng.uniform(-0.1, 0.1, count), np.linspace(-0.8, 0.7, count)]
+    )
     bands = np.linspace(-0.8, 0.7, count)
     regions = {
-        "torso": (bands > 0.0) & (bands < 0.5), "hips": (bands > -0.1) & (bands <= 0.0), "upper_arm": np.zeros(count, bool),
-        "forearm": np.zeros(count, bool), "thigh": (bands > -0.4) & (bands <= -0.1), "shank": (bands > -0.7) & (bands <= -0.4),
-        "feet": bands <= -0.7, "head": bands >= 0.5, "skull": bands >= 0.6,
+        "torso": (bands > 0.0) & (bands < 0.5),
+        "hips": (bands > -0.1) & (bands <= 0.0),
+        "upper_arm": np.zeros(count, bool),
+        "forearm": np.zeros(count, bool),
+        "thigh": (bands > -0.4) & (bands <= -0.1),
+        "shank": (bands > -0.7) & (bands <= -0.4),
+        "feet": bands <= -0.7,
+        "head": bands >= 0.5,
+        "skull": bands >= 0.6,
     }
     patterned = 0
     for seed in range(20):
@@ -146,8 +157,9 @@ def test_steep_views_look_down():
     elevations = []
     vertices = np.random.default_rng(0).uniform(-1, 1, size=(500, 3)) * [0.25, 0.15, 0.85]
     for seed in range(200):
-        camera, _ = framing.sample_framed_camera(np.random.default_rng(seed), vertices, vertices[:14], 64,
-                                                 (20.0, 85.0), ((25.0, 65.0),))
+        camera, _ = framing.sample_framed_camera(
+            np.random.default_rng(seed), vertices, vertices[:14], 64, (20.0, 85.0), ((25.0, 65.0),)
+        )
         up_in_camera = camera.rotation @ np.array([0.0, 0.0, 1.0])  # world up, camera axes (y down)
         view = np.array([0.0, 0.0, 1.0])
         elevations.append(np.degrees(np.arcsin(np.clip(-up_in_camera @ view, -1, 1))))

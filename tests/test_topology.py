@@ -52,7 +52,7 @@ def test_smpl_builtin(smpl_topology):
     assert np.median(distance) < 0.005 and np.mean(distance < 0.02) > 0.97
     # Flipping the mesh and the joints commutes with regressing joints.
     joints = smpl_topology.joint_regressor @ template
-    flipped_joints = (smpl_topology.joint_regressor @ (template[smpl_topology.vertex_flip] * [-1, 1, 1]))
+    flipped_joints = smpl_topology.joint_regressor @ (template[smpl_topology.vertex_flip] * [-1, 1, 1])
     # (atol: the H36M regressor itself is up to 2 cm asymmetric; a wrong flip is off by ~30 cm)
     np.testing.assert_allclose(flipped_joints, (joints * [-1, 1, 1])[smpl_topology.joint_flip], atol=0.03)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
+from fastmetro.io import load_npz_restricted
 from fastmetro.topology.build import build_topology
 from fastmetro.topology.graphcmr import _mesh_classes
-from fastmetro.io import load_npz_restricted
 from fastmetro.topology.sampling import (
     closest_point_barycentric,
     reconstruction_error,

@@ -10,7 +10,6 @@ import torch
 from fastmetro.engine.config import load_config
 from fastmetro.engine.train import NonFiniteLossError, Trainer, lr_factor
 from fastmetro.errors import FastMetroError
-
 from train_helpers import TemplateDataset, state_vector, tiny_config
 
 
@@ -32,8 +31,12 @@ class CallHook(torch.nn.Module):
 
 
 def test_loss_falls_and_metric_improves(tmp_path, smpl_topology):
-    config = tiny_config(tmp_path / "run", steps=30, batch_size=4,
-                         extra=["optim.lr=1e-3", "train.eval_every=30", "train.log_every=5", "train.tensorboard=true"])
+    config = tiny_config(
+        tmp_path / "run",
+        steps=30,
+        batch_size=4,
+        extra=["optim.lr=1e-3", "train.eval_every=30", "train.log_every=5", "train.tensorboard=true"],
+    )
     data = TemplateDataset(smpl_topology, size=8)
     trainer = Trainer(config, topology=smpl_topology, train_dataset=data, val_dataset=data)
     before = trainer.run_evaluation()
@@ -56,10 +59,18 @@ def test_loss_falls_and_metric_improves(tmp_path, smpl_topology):
 
 
 def _resume_config(path, steps=6):
-    return tiny_config(path, steps=steps, batch_size=2, extra=[
-        "optim.schedule=cosine", "optim.warmup_steps=2", "optim.lr=5e-4", "train.checkpoint_every=3",
-        "model.overrides.dropout=0.1",  # exercises the RNG state
-    ])
+    return tiny_config(
+        path,
+        steps=steps,
+        batch_size=2,
+        extra=[
+            "optim.schedule=cosine",
+            "optim.warmup_steps=2",
+            "optim.lr=5e-4",
+            "train.checkpoint_every=3",
+            "model.overrides.dropout=0.1",  # exercises the RNG state
+        ],
+    )
 
 
 def test_resume_is_exact(tmp_path, smpl_topology):
@@ -137,5 +148,9 @@ def test_lr_schedules():
 
 def test_resume_without_state_is_a_clear_error(tmp_path, smpl_topology):
     with pytest.raises(FastMetroError, match="no training state"):
-        Trainer(tiny_config(tmp_path / "nothing"), topology=smpl_topology,
-                train_dataset=TemplateDataset(smpl_topology, size=2), resume=True)
+        Trainer(
+            tiny_config(tmp_path / "nothing"),
+            topology=smpl_topology,
+            train_dataset=TemplateDataset(smpl_topology, size=2),
+            resume=True,
+        )

@@ -9,8 +9,16 @@ from fastmetro.errors import FastMetroError
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  name: FastMETRO-L-H64\noptim:\n  lr: 1e-4\ndata:\n  train: a.yaml\n")
-    config = load_config(path, ["optim.lr=2e-4", "data.skip_bad_rows=true", "model.overrides.dropout=0.0",
-                                "loss.level_weights=[0.2, 0.6, 0.2]", "data.max_val_samples=null"])
+    config = load_config(
+        path,
+        [
+            "optim.lr=2e-4",
+            "data.skip_bad_rows=true",
+            "model.overrides.dropout=0.0",
+            "loss.level_weights=[0.2, 0.6, 0.2]",
+            "data.max_val_samples=null",
+        ],
+    )
     assert isinstance(config, ExperimentConfig)
     assert config.model.name == "FastMETRO-L-H64"
     assert config.optim.lr == 2e-4 and isinstance(config.optim.lr, float)
@@ -20,15 +28,18 @@ def test_yaml_and_overrides(tmp_path):
     assert config.optim.weight_decay == 1e-4 and config.optim.clip_grad_norm == 0.3  # released defaults
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", "unknown key"),
-    ("optim.lr=fast", "expected a number"),
-    ("data.batch_size=2.5", "expected an integer"),
-    ("data.augment=maybe", "expected true/false"),
-    ("optim.schedule=linear", "optim.schedule"),
-    ("nonsense", "expected key=value"),
-    ("train.steps=0", "train.steps"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown key"),
+        ("optim.lr=fast", "expected a number"),
+        ("data.batch_size=2.5", "expected an integer"),
+        ("data.augment=maybe", "expected true/false"),
+        ("optim.schedule=linear", "optim.schedule"),
+        ("nonsense", "expected key=value"),
+        ("train.steps=0", "train.steps"),
+    ],
+)
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(FastMetroError, match=message):
         load_config(None, [override])
@@ -62,8 +73,15 @@ def test_demo_config_is_packaged_and_valid(tmp_path, monkeypatch):
 
 
 def test_metro_baseline_configs_take_metro_overrides():
-    config = load_config(None, ["model.name=metro-r18", "model.overrides.hidden_dims=[64, 16, 8]",
-                                "model.overrides.output_dims=[32, 8]", "model.overrides.intermediate_size=192"])
+    config = load_config(
+        None,
+        [
+            "model.name=metro-r18",
+            "model.overrides.hidden_dims=[64, 16, 8]",
+            "model.overrides.output_dims=[32, 8]",
+            "model.overrides.intermediate_size=192",
+        ],
+    )
     assert config.model.overrides == {"hidden_dims": [64, 16, 8], "output_dims": [32, 8], "intermediate_size": 192}
     with pytest.raises(FastMetroError, match="unknown option.*model_dims"):  # a FastMETRO field
         load_config(None, ["model.name=METRO-R18", "model.overrides.model_dims=[64, 16]"])

@@ -12,15 +12,26 @@ from train_helpers import TINY_MODEL_OVERRIDES
 
 def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "model": {"name": "FastMETRO-S-R18", "topology": "anny", "overrides": TINY_MODEL_OVERRIDES},
-        # Fit 4 images (every batch = the whole set) and evaluate on them: what 48 steps guarantee
-        # on any CPU is a clear fit of the training data, not generalisation from 12 images.
-        "data": {"train": str(synthetic_dataset.test_yaml), "val": str(synthetic_dataset.test_yaml),
-                 "image_size": 64, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "augment": False},
-        "optim": {"lr": 1e-3},
-        "train": {"steps": 48, "eval_every": 24, "log_every": 8, "progress": False, "tensorboard": False},
-    }))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "FastMETRO-S-R18", "topology": "anny", "overrides": TINY_MODEL_OVERRIDES},
+                # Fit 4 images (every batch = the whole set) and evaluate on them: what 48 steps guarantee
+                # on any CPU is a clear fit of the training data, not generalisation from 12 images.
+                "data": {
+                    "train": str(synthetic_dataset.test_yaml),
+                    "val": str(synthetic_dataset.test_yaml),
+                    "image_size": 64,
+                    "batch_size": 4,
+                    "val_batch_size": 4,
+                    "num_workers": 0,
+                    "augment": False,
+                },
+                "optim": {"lr": 1e-3},
+                "train": {"steps": 48, "eval_every": 24, "log_every": 8, "progress": False, "tensorboard": False},
+            }
+        )
+    )
     run = tmp_path / "run"
     assert main(["train", str(config_path), f"train.output_dir={run}", "--skip-bad-rows"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -28,8 +39,11 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in logged] == [24, 48]
     out = capsys.readouterr().out
-    losses = [float(line.split("loss ")[1].split(",")[0]) for line in out.splitlines() if line.startswith("step ")
-              and "loss" in line]
+    losses = [
+        float(line.split("loss ")[1].split(",")[0])
+        for line in out.splitlines()
+        if line.startswith("step ") and "loss" in line
+    ]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]  # measured 0.43
 
     # The run's own starting point: the trainer seeds (train.seed, default 88) before building.
@@ -43,11 +57,25 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
     (tmp_path / "untrained" / "config.yaml").write_text((run / "config.yaml").read_text())
 
     results = {}
-    for name, checkpoint in (("trained", run / "last.safetensors"),
-                             ("untrained", tmp_path / "untrained" / "model.safetensors")):
+    for name, checkpoint in (
+        ("trained", run / "last.safetensors"),
+        ("untrained", tmp_path / "untrained" / "model.safetensors"),
+    ):
         capsys.readouterr()
-        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(synthetic_dataset.test_yaml), "--json",
-                     "data.num_workers=0"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    str(synthetic_dataset.test_yaml),
+                    "--json",
+                    "data.num_workers=0",
+                ]
+            )
+            == 0
+        )
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1
         results[name] = json.loads(lines[0])
@@ -61,8 +89,10 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
 
 
 def test_eval_missing_checkpoint_is_one_line_error(tmp_path, capsys, synthetic_dataset):
-    assert main(["eval", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data",
-                 str(synthetic_dataset.test_yaml)]) == 2
+    assert (
+        main(["eval", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(synthetic_dataset.test_yaml)])
+        == 2
+    )
     assert "error:" in capsys.readouterr().err
 
 

@@ -90,5 +90,6 @@ def build_tiny_model(config: ExperimentConfig, topology):
 
 
 def state_vector(model) -> torch.Tensor:
-    return torch.cat([value.detach().flatten().double() for value in model.state_dict().values()
-                      if value.is_floating_point()])
+    return torch.cat(
+        [value.detach().flatten().double() for value in model.state_dict().values() if value.is_floating_point()]
+    )

@@ -78,7 +78,9 @@ def normalised_matrix(center: Sequence[float], side: float, rotation: float = 0.
     return np.concatenate([linear, (-linear @ np.asarray(center, dtype=np.float64))[:, None]], axis=1)
 
 
-def crop_matrix(center: Sequence[float], side: float, size: int, rotation: float = 0.0, flip: bool = False) -> np.ndarray:
+def crop_matrix(
+    center: Sequence[float], side: float, size: int, rotation: float = 0.0, flip: bool = False
+) -> np.ndarray:
     """(2, 3) affine: full-image pixels -> crop pixels of an ``size`` x ``size`` crop (OpenCV
     pixel centres). ``flip`` mirrors the crop horizontally (after the rotation)."""
     matrix = normalised_matrix(center, side, rotation) * (size / 2.0)
@@ -113,8 +115,14 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
         matrix[:, 2] += matrix[:, :2] @ (0.5 * ratio - 0.5)
         matrix[:, :2] = matrix[:, :2] * ratio[None, :]
         image = small
-    crop = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    crop = cv2.warpAffine(
+        np.ascontiguousarray(image),
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     if crop.ndim < np.ndim(image):
         crop = crop[..., None]
     return crop
@@ -181,7 +189,9 @@ def weak_perspective_project(points, camera):
     return camera[..., None, 0:1] * (points[..., :2] + camera[..., None, 1:3])
 
 
-def perspective_project(points: np.ndarray, intrinsics: np.ndarray, translation: np.ndarray | None = None) -> np.ndarray:
+def perspective_project(
+    points: np.ndarray, intrinsics: np.ndarray, translation: np.ndarray | None = None
+) -> np.ndarray:
     """Pinhole projection of (..., 3) camera-space metres (after ``+ translation``) to pixels."""
     points = np.asarray(points, dtype=np.float64)
     if translation is not None:

@@ -156,12 +156,16 @@ def _npy_header(stream, source: str) -> tuple[tuple[int, ...], bool, np.dtype]:
 def _check_plain(shape, dtype: np.dtype, source: str, available: int) -> None:
     """Refuse object arrays (never unpickled) and headers declaring more bytes than ``available``."""
     if dtype.hasobject:
-        raise FastMetroError(f"{source}: holds pickled Python objects; only plain numeric arrays are read "
-                             "(fastmetro never unpickles arrays)")
+        raise FastMetroError(
+            f"{source}: holds pickled Python objects; only plain numeric arrays are read "
+            "(fastmetro never unpickles arrays)"
+        )
     needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if needed > available:
-        raise FastMetroError(f"{source}: header declares a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array "
-                             f"({needed} bytes) but the file holds {max(available, 0)} (truncated or damaged)")
+        raise FastMetroError(
+            f"{source}: header declares a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array "
+            f"({needed} bytes) but the file holds {max(available, 0)} (truncated or damaged)"
+        )
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False, what: str = "array") -> np.ndarray:
@@ -177,8 +181,13 @@ def load_npy(path: str | os.PathLike, mmap: bool = False, what: str = "array") -
         with open(path, "rb") as handle:
             magic = handle.read(len(NPY_MAGIC))
             if magic != NPY_MAGIC:
-                kind = ("is empty" if not magic else "is an .npz archive, not an .npy array" if magic.startswith(b"PK")
-                        else "has no NumPy .npy header")
+                kind = (
+                    "is empty"
+                    if not magic
+                    else "is an .npz archive, not an .npy array"
+                    if magic.startswith(b"PK")
+                    else "has no NumPy .npy header"
+                )
                 raise FastMetroError(f"{path}: {what} file {kind}")
             handle.seek(0)
             shape, _, dtype = _npy_header(handle, str(path))

@@ -51,7 +51,7 @@ MAX_LIGHTS = 4
 
 _FRAGMENT_SHADER = """
 #version 330
-#define MAX_LIGHTS %d
+#define MAX_LIGHTS @MAX_LIGHTS@
 uniform int num_lights;
 uniform vec3 light_directions[MAX_LIGHTS];  // unit vectors from each light towards the scene, camera coords
 uniform vec3 light_colors[MAX_LIGHTS];
@@ -81,7 +81,7 @@ void main() {
     out_color = vec4(clamp(color, 0.0, 1.0), v_label);  // alpha carries the subject mask
     out_depth_label = vec2(v_position.z, v_label);
 }
-""" % MAX_LIGHTS
+""".replace("@MAX_LIGHTS@", str(MAX_LIGHTS))
 
 _BACKGROUND_VERTEX_SHADER = """
 #version 330
@@ -364,8 +364,13 @@ class Renderer:
         for part in extra_meshes:
             part_vertices = np.asarray(part.vertices, dtype=np.float32)
             parts.append(
-                (part_vertices, np.asarray(part.faces),
-                 _color_array(part.color, len(part_vertices), "renderer occluder"), 0.0, part.normals)
+                (
+                    part_vertices,
+                    np.asarray(part.faces),
+                    _color_array(part.color, len(part_vertices), "renderer occluder"),
+                    0.0,
+                    part.normals,
+                )
             )
         vertex_data, index_data = _pack(parts)
         # Make this renderer's context current for the whole draw: creating or releasing another
@@ -380,7 +385,10 @@ class Renderer:
     def _set_uniforms(self, intrinsics: np.ndarray, near: float, far: float, lights: tuple[Light, ...]) -> None:
         program = self._program
         program["intrinsics"].value = (
-            float(intrinsics[0, 0]), float(intrinsics[1, 1]), float(intrinsics[0, 2]), float(intrinsics[1, 2])
+            float(intrinsics[0, 0]),
+            float(intrinsics[1, 1]),
+            float(intrinsics[0, 2]),
+            float(intrinsics[1, 2]),
         )
         program["image_size"].value = (float(self.width), float(self.height))
         program["clip_range"].value = (float(near), float(far))

@@ -21,24 +21,43 @@ def register(subparsers) -> None:
         "attention maps and downloads. Needs `pip install 'fastmetro[app]'`. Listens on 127.0.0.1 "
         "unless --host says otherwise.",
     )
-    app.add_argument("--checkpoint", action="append", metavar="CK",
-                     help="model checkpoint, or `default` for the shipped model (repeat to offer several); "
-                          "default: the shipped model, else the newest `make demo` model")
-    app.add_argument("--host", default="127.0.0.1",
-                     help="address to listen on (127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)")
+    app.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="CK",
+        help="model checkpoint, or `default` for the shipped model (repeat to offer several); "
+        "default: the shipped model, else the newest `make demo` model",
+    )
+    app.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)",
+    )
     app.add_argument("--port", type=int, default=7860, help="port (7860)")
     app.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
-    app.add_argument("--detector", default="mediapipe", metavar="mediapipe|none|WEIGHTS",
-                     help="how people are found when a request gives no box: `mediapipe` (default: BlazePose, hand "
-                     "models: MediaPipe Hands), `none` (the whole image), or a torchvision detector's weights file")
-    app.add_argument("--detector-threshold", type=float,
-                     help="detector score threshold (default: MediaPipe 0.3, torchvision 0.7)")
+    app.add_argument(
+        "--detector",
+        default="mediapipe",
+        metavar="mediapipe|none|WEIGHTS",
+        help="how people are found when a request gives no box: `mediapipe` (default: BlazePose, hand "
+        "models: MediaPipe Hands), `none` (the whole image), or a torchvision detector's weights file",
+    )
+    app.add_argument(
+        "--detector-threshold", type=float, help="detector score threshold (default: MediaPipe 0.3, torchvision 0.7)"
+    )
     app.add_argument("--max-people", type=int, default=20, help="detector: at most N people (20)")
     app.add_argument("--topology", help="topology of official .bin checkpoints (default: the checkpoint's)")
-    app.add_argument("--data-dir", action="append", default=[],
-                     help="folder with the SMPL/MANO files for the smpl/mano topologies (repeat for both)")
-    app.add_argument("--image-size", type=int,
-                     help="network input size (default: the model's; a training run's checkpoint: its crop size)")
+    app.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        help="folder with the SMPL/MANO files for the smpl/mano topologies (repeat for both)",
+    )
+    app.add_argument(
+        "--image-size",
+        type=int,
+        help="network input size (default: the model's; a training run's checkpoint: its crop size)",
+    )
     app.add_argument("--max-megapixels", type=float, default=40.0, help="refuse larger images (40)")
     app.add_argument("--max-video-frames", type=int, default=300, help="process at most N frames of a video (300)")
     app.set_defaults(func=run_app)
@@ -85,15 +104,24 @@ def run_app(args) -> int:
     from fastmetro.inference.detector import make_detector
 
     # Body detector here; each hand model's runs switch it to the palm detector (detector_for).
-    detector = make_detector(args.detector, threshold=args.detector_threshold, max_people=args.max_people,
-                             device=args.device)
+    detector = make_detector(
+        args.detector, threshold=args.detector_threshold, max_people=args.max_people, device=args.device
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks
     work_dir = Path(tempfile.mkdtemp(prefix="fastmetro-app-"))
     atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
-    app = create_app(checkpoints, work_dir, device=args.device, image_size=args.image_size, topology=args.topology,
-                     data_dirs=args.data_dir, detector=detector, max_megapixels=args.max_megapixels,
-                     max_video_frames=args.max_video_frames)
+    app = create_app(
+        checkpoints,
+        work_dir,
+        device=args.device,
+        image_size=args.image_size,
+        topology=args.topology,
+        data_dirs=args.data_dir,
+        detector=detector,
+        max_megapixels=args.max_megapixels,
+        max_video_frames=args.max_video_frames,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: other machines can reach the app", file=sys.stderr)
     # `kill` (SIGTERM) ends the app like Ctrl-C: models released, work folder removed.

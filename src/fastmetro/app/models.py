@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from fastmetro.errors import FastMetroError
 
 
@@ -82,9 +81,14 @@ class ModelSlot:
             errors = []
             for data_dir in self.settings.data_dirs or (None,):
                 try:
-                    self._predictor = Predictor(checkpoint=self.checkpoint, topology=self.settings.topology,
-                                                device=self.settings.device, batch_size=self.settings.batch_size,
-                                                data_dir=data_dir, **sized)
+                    self._predictor = Predictor(
+                        checkpoint=self.checkpoint,
+                        topology=self.settings.topology,
+                        device=self.settings.device,
+                        batch_size=self.settings.batch_size,
+                        data_dir=data_dir,
+                        **sized,
+                    )
                     break
                 except FastMetroError as error:  # e.g. the SMPL folder for a MANO model: try the next
                     errors.append(error)

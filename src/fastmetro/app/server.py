@@ -34,10 +34,20 @@ class FastMetroApp:
 
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
         self.page.queue(default_concurrency_limit=1)
-        self.page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=False,
-                         allowed_paths=[str(self.work_dir)], max_file_size=MAX_UPLOAD, theme=theme,
-                         prevent_thread_lock=not block, quiet=False, mcp_server=False,
-                         footer_links=["gradio"])
+        self.page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            ssr_mode=False,
+            show_error=False,
+            allowed_paths=[str(self.work_dir)],
+            max_file_size=MAX_UPLOAD,
+            theme=theme,
+            prevent_thread_lock=not block,
+            quiet=False,
+            mcp_server=False,
+            footer_links=["gradio"],
+        )
 
     def close(self) -> None:
         try:
@@ -47,9 +57,17 @@ class FastMetroApp:
                 slot.close()
 
 
-def create_app(checkpoints: list, work_dir: str | os.PathLike, device: str = "cpu", image_size: int | None = None,
-               topology: str | None = None, data_dirs: list | tuple = (), detector=None,
-               max_megapixels: float = MAX_MEGAPIXELS, max_video_frames: int = MAX_VIDEO_FRAMES) -> FastMetroApp:
+def create_app(
+    checkpoints: list,
+    work_dir: str | os.PathLike,
+    device: str = "cpu",
+    image_size: int | None = None,
+    topology: str | None = None,
+    data_dirs: list | tuple = (),
+    detector=None,
+    max_megapixels: float = MAX_MEGAPIXELS,
+    max_video_frames: int = MAX_VIDEO_FRAMES,
+) -> FastMetroApp:
     """Load the first model (the page lists its joints), make the samples and build the page."""
     work_dir = Path(work_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
@@ -57,12 +75,18 @@ def create_app(checkpoints: list, work_dir: str | os.PathLike, device: str = "cp
     os.environ.setdefault("GRADIO_TEMP_DIR", str(work_dir / "gradio"))
     from fastmetro.app.ui import build_page
 
-    settings = ModelSettings(device=device, image_size=image_size, topology=topology,
-                             data_dirs=tuple(str(d) for d in data_dirs))
+    settings = ModelSettings(
+        device=device, image_size=image_size, topology=topology, data_dirs=tuple(str(d) for d in data_dirs)
+    )
     slots = build_slots([Path(p) for p in checkpoints], settings, detector)
     slots[0].load().result()  # a bad first checkpoint fails here, with its one-line error
-    service = AppService(slots, work_dir / "requests", detector=detector, max_megapixels=max_megapixels,
-                         max_video_frames=max_video_frames)
+    service = AppService(
+        slots,
+        work_dir / "requests",
+        detector=detector,
+        max_megapixels=max_megapixels,
+        max_video_frames=max_video_frames,
+    )
     samples = bundled_samples(work_dir / "samples")
     for slot in slots[:1]:  # demo_output/run/last.safetensors -> demo_output/test_images
         samples += demo_samples(slot.checkpoint.parent.parent, work_dir / "samples")

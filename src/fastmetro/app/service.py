@@ -84,9 +84,15 @@ class AppService:
         max_video_frames: a video's frames after this many are not processed (the message says so).
     """
 
-    def __init__(self, slots: list[ModelSlot], work_dir: Path, detector=None,
-                 max_megapixels: float = MAX_MEGAPIXELS, max_video_frames: int = MAX_VIDEO_FRAMES,
-                 keep_requests: int = 32):
+    def __init__(
+        self,
+        slots: list[ModelSlot],
+        work_dir: Path,
+        detector=None,
+        max_megapixels: float = MAX_MEGAPIXELS,
+        max_video_frames: int = MAX_VIDEO_FRAMES,
+        keep_requests: int = 32,
+    ):
         if not slots:
             raise FastMetroError("the app needs at least one checkpoint")
         self.slots = {slot.label: slot for slot in slots}
@@ -121,8 +127,15 @@ class AppService:
         log.exception("%s on %s failed", what, name)
         return f"Internal error while processing {name} ({type(error).__name__}); the server's log has the details."
 
-    def analyse_image(self, model: str, upload: str | None, name: str | None, boxes_text: str = "",
-                      joint: str | None = None, side: str = "right") -> ImageOutcome:
+    def analyse_image(
+        self,
+        model: str,
+        upload: str | None,
+        name: str | None,
+        boxes_text: str = "",
+        joint: str | None = None,
+        side: str = "right",
+    ) -> ImageOutcome:
         """One image: meshes, overlay, 3D scene, attention maps for ``joint``, downloads."""
         if not upload:
             return ImageOutcome("Upload an image, take a webcam snapshot or pick a sample first.", ok=False)
@@ -140,9 +153,15 @@ class AppService:
         log.info("%s: %d person(s) in %.2f s with %s", name, len(result.prediction.people), seconds, slot.label)
         return self._image_outcome(result, slot, name, seconds, upload)
 
-    def analyse_video(self, model: str, upload: str | None, name: str | None, boxes_text: str = "",
-                      side: str = "right", progress: Callable[[int, int | None], None] | None = None
-                      ) -> VideoOutcome:
+    def analyse_video(
+        self,
+        model: str,
+        upload: str | None,
+        name: str | None,
+        boxes_text: str = "",
+        side: str = "right",
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> VideoOutcome:
         """A video: meshes drawn over each frame (up to ``max_video_frames``) as a new video."""
         if not upload:
             return VideoOutcome("Upload a video first.", ok=False)
@@ -162,12 +181,14 @@ class AppService:
     # ------------------------------------------------------------------ model thread
     def _runner(self, predictor, pool, boxes, side, **kwargs) -> InferenceRunner:
         source = boxes if boxes is not None else self.detector
-        return InferenceRunner(predictor, boxes=source, side=side, max_pixels=self.max_pixels,
-                               renderer_pool=pool, **kwargs)
+        return InferenceRunner(
+            predictor, boxes=source, side=side, max_pixels=self.max_pixels, renderer_pool=pool, **kwargs
+        )
 
     def _predict_image(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name):
-        runner = self._runner(predictor, pool, boxes, side, out_dir=out_dir, max_side=IMAGE_MAX_SIDE,
-                              attention_joint=joint or None)
+        runner = self._runner(
+            predictor, pool, boxes, side, out_dir=out_dir, max_side=IMAGE_MAX_SIDE, attention_joint=joint or None
+        )
         result = runner.predict_one(image, name=stem, source=name)
         archive = out_dir / f"fastmetro_{stem}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
@@ -180,8 +201,9 @@ class AppService:
         stem = safe_stem(name)
         total, fps = _video_properties(path)
         limit = self.max_video_frames if total is None else min(total, self.max_video_frames)
-        runner = self._runner(predictor, pool, boxes, side, out_dir=out_dir / stem, max_side=VIDEO_MAX_SIDE,
-                              mesh_files=False)
+        runner = self._runner(
+            predictor, pool, boxes, side, out_dir=out_dir / stem, max_side=VIDEO_MAX_SIDE, mesh_files=False
+        )
         frames = itertools.islice(iter_video(path, name=stem, label=name), self.max_video_frames)
         video = VideoSummary(out_dir / f"{stem}_meshes.mp4", total=total, limit=limit)
         writer = None
@@ -207,8 +229,10 @@ class AppService:
             if writer is not None:
                 writer.close()
         if video.frames == 0:
-            raise FastMetroError(f"{name}: no frame could be processed" +
-                                 (f" ({video.failures[0]})" if video.failures else " (empty video?)"))
+            raise FastMetroError(
+                f"{name}: no frame could be processed"
+                + (f" ({video.failures[0]})" if video.failures else " (empty video?)")
+            )
         archive = out_dir / f"fastmetro_{stem}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
             bundle.write(video.path, f"{stem}/{video.path.name}")
@@ -248,12 +272,20 @@ class AppService:
     def _image_outcome(self, result, slot: ModelSlot, name: str, seconds: float, upload: str) -> ImageOutcome:
         people = result.prediction.people
         by_name = {path.name: path for path in result.files}
-        lines = [f"**{name}**: {len(people)} {'person' if len(people) == 1 else 'people'} in {seconds:.1f} s "
-                 f"with {slot.label}."]
+        lines = [
+            f"**{name}**: {len(people)} {'person' if len(people) == 1 else 'people'} in {seconds:.1f} s "
+            f"with {slot.label}."
+        ]
         lines += [f"- warning: {self._public(message, upload, name)}" for message in result.warnings]
         attention = [(by_name[file], _attention_caption(file)) for file in result.attention]
-        return ImageOutcome("\n".join(lines), ok=True, overlay=by_name.get("overlay.png"),
-                            scene=by_name.get("scene.glb"), attention=attention, downloads=list(result.files))
+        return ImageOutcome(
+            "\n".join(lines),
+            ok=True,
+            overlay=by_name.get("overlay.png"),
+            scene=by_name.get("scene.glb"),
+            attention=attention,
+            downloads=list(result.files),
+        )
 
     def _video_outcome(self, video: VideoSummary, name: str, seconds: float, upload: str) -> VideoOutcome:
         lines = [f"**{name}**: {video.frames} frame(s), {video.people} person detection(s) in {seconds:.1f} s."]
@@ -267,8 +299,10 @@ class AppService:
             key = re.sub(r"[-+]?\d[\d.e+-]*", "#", warning)
             first, count = kinds.get(key, (warning, 0))
             kinds[key] = (first, count + 1)
-        lines += [f"- warning ({count} frame(s)), e.g.: {self._public(first, upload, name)}"
-                  for first, count in list(kinds.values())[:5]]
+        lines += [
+            f"- warning ({count} frame(s)), e.g.: {self._public(first, upload, name)}"
+            for first, count in list(kinds.values())[:5]
+        ]
         lines += [f"- failed: {self._public(f, upload, name)}" for f in video.failures[:5]]
         return VideoOutcome("\n".join(lines), ok=True, video=video.path, downloads=[video.path, video.archive])
 
@@ -336,5 +370,12 @@ class _VideoWriter:
         self._file.close()
 
 
-__all__ = ["AppService", "ImageOutcome", "VideoOutcome", "parse_boxes", "safe_stem",
-           "MAX_MEGAPIXELS", "MAX_VIDEO_FRAMES"]
+__all__ = [
+    "AppService",
+    "ImageOutcome",
+    "VideoOutcome",
+    "parse_boxes",
+    "safe_stem",
+    "MAX_MEGAPIXELS",
+    "MAX_VIDEO_FRAMES",
+]

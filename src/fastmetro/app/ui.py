@@ -57,62 +57,101 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
     # delete_cache: every hour, drop served copies older than an hour (long-running servers).
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1,
-                            elem_id="model")
-        side = gr.Radio(["right", "left"], value="right", label="Hand side (hand models)",
-                        visible=first_is_hand, elem_id="hand-side")
+        model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1, elem_id="model")
+        side = gr.Radio(
+            ["right", "left"],
+            value="right",
+            label="Hand side (hand models)",
+            visible=first_is_hand,
+            elem_id="hand-side",
+        )
         with gr.Tab("Image"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = ImageUpload(label="Image", sources=["upload", "webcam", "clipboard"],
-                                        type="filepath", elem_id="input-image")
-                    boxes = gr.Textbox(label="Boxes x, y, w, h (pixels)", placeholder="e.g. 120, 20, 300, 490",
-                                       elem_id="boxes")
+                    image = ImageUpload(
+                        label="Image", sources=["upload", "webcam", "clipboard"], type="filepath", elem_id="input-image"
+                    )
+                    boxes = gr.Textbox(
+                        label="Boxes x, y, w, h (pixels)", placeholder="e.g. 120, 20, 300, 490", elem_id="boxes"
+                    )
                     corner = gr.State(None)
                     hint = gr.Markdown("", elem_id="box-hint")
-                    joint = gr.Dropdown(joints, value=NO_JOINT, label="Attention maps for joint (paper Fig. 6)",
-                                        elem_id="joint")
+                    joint = gr.Dropdown(
+                        joints, value=NO_JOINT, label="Attention maps for joint (paper Fig. 6)", elem_id="joint"
+                    )
                     with gr.Row():
                         clear = gr.Button("Clear boxes")
                         run = gr.Button("Reconstruct", variant="primary", elem_id="run-image")
                     if samples:
-                        gr.Examples([[s.path, s.boxes] for s in samples], inputs=[image, boxes],
-                                    example_labels=[s.label for s in samples], label="Samples")
+                        gr.Examples(
+                            [[s.path, s.boxes] for s in samples],
+                            inputs=[image, boxes],
+                            example_labels=[s.label for s in samples],
+                            label="Samples",
+                        )
                 with gr.Column(scale=2):
                     status = gr.Markdown("", elem_id="status")
-                    overlay = gr.Image(label="Input | mesh over it | side view", type="filepath",
-                                       interactive=False, elem_id="overlay")
-                    scene = gr.Model3D(label="3D scene (drag to turn, scroll to zoom)", elem_id="scene",
-                                       clear_color=(1.0, 1.0, 1.0, 1.0), height=420)
-                    attention = gr.Gallery(label="Attention of the chosen joint", columns=2, height="auto",
-                                           elem_id="attention", visible=False)
-                    downloads = gr.File(label="Downloads (.obj, .ply, .glb, .json, all as .zip)",
-                                        file_count="multiple", interactive=False, elem_id="downloads")
+                    overlay = gr.Image(
+                        label="Input | mesh over it | side view", type="filepath", interactive=False, elem_id="overlay"
+                    )
+                    scene = gr.Model3D(
+                        label="3D scene (drag to turn, scroll to zoom)",
+                        elem_id="scene",
+                        clear_color=(1.0, 1.0, 1.0, 1.0),
+                        height=420,
+                    )
+                    attention = gr.Gallery(
+                        label="Attention of the chosen joint",
+                        columns=2,
+                        height="auto",
+                        elem_id="attention",
+                        visible=False,
+                    )
+                    downloads = gr.File(
+                        label="Downloads (.obj, .ply, .glb, .json, all as .zip)",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="downloads",
+                    )
         with gr.Tab("Video"):
             with gr.Row():
                 with gr.Column(scale=1):
                     video = gr.Video(label="Video", sources=["upload"], include_audio=True, elem_id="input-video")
-                    video_boxes = gr.Textbox(label="Boxes x, y, w, h for every frame (empty: "
-                                             + ("detector" if has_detector else "whole frame") + ")",
-                                             elem_id="video-boxes")
+                    video_boxes = gr.Textbox(
+                        label="Boxes x, y, w, h for every frame (empty: "
+                        + ("detector" if has_detector else "whole frame")
+                        + ")",
+                        elem_id="video-boxes",
+                    )
                     run_video = gr.Button("Reconstruct every frame", variant="primary", elem_id="run-video")
                 with gr.Column(scale=2):
                     video_status = gr.Markdown("", elem_id="video-status")
                     video_out = gr.Video(label="Meshes over the frames", interactive=False, elem_id="output-video")
-                    video_downloads = gr.File(label="Downloads (video, per-frame .json as .zip)",
-                                              file_count="multiple", interactive=False)
+                    video_downloads = gr.File(
+                        label="Downloads (video, per-frame .json as .zip)", file_count="multiple", interactive=False
+                    )
 
         def on_image(model_label, upload, box_text, joint_name, hand_side):
             upload = upload or Upload("", "")
-            outcome = service.analyse_image(model_label, upload.path, upload.name, box_text,
-                                            None if joint_name in (None, NO_JOINT) else joint_name, hand_side)
+            outcome = service.analyse_image(
+                model_label,
+                upload.path,
+                upload.name,
+                box_text,
+                None if joint_name in (None, NO_JOINT) else joint_name,
+                hand_side,
+            )
             status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
             maps = [(str(path), caption) for path, caption in outcome.attention]
-            return (status_text, _str(outcome.overlay), _str(outcome.scene),
-                    gr.update(value=maps or None, visible=bool(maps)),
-                    [str(path) for path in outcome.downloads] or None)
+            return (
+                status_text,
+                _str(outcome.overlay),
+                _str(outcome.scene),
+                gr.update(value=maps or None, visible=bool(maps)),
+                [str(path) for path in outcome.downloads] or None,
+            )
 
-        def on_video(model_label, path, box_text, hand_side, progress=gr.Progress()):
+        def on_video(model_label, path, box_text, hand_side, progress=gr.Progress()):  # noqa: B008 (Gradio reads the default)
             name = Path(path).name if path else None
             # The frames run on the model's thread; Gradio finds the request's progress bar
             # through context variables, so the report runs in a copy of this thread's context.
@@ -143,10 +182,12 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
             return gr.update(choices=[NO_JOINT, *names], value=NO_JOINT), gr.update(visible=hand), ""
 
         inference = {"concurrency_limit": 1, "concurrency_id": "inference"}
-        run.click(on_image, [model, image, boxes, joint, side], [status, overlay, scene, attention, downloads],
-                  **inference)
-        run_video.click(on_video, [model, video, video_boxes, side], [video_status, video_out, video_downloads],
-                        **inference)
+        run.click(
+            on_image, [model, image, boxes, joint, side], [status, overlay, scene, attention, downloads], **inference
+        )
+        run_video.click(
+            on_video, [model, video, video_boxes, side], [video_status, video_out, video_downloads], **inference
+        )
         image.select(on_click, [boxes, corner], [boxes, corner, hint])
         clear.click(lambda: ("", None, ""), None, [boxes, corner, hint])
         model.change(on_model, [model], [joint, side, status], **inference)

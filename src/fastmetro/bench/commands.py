@@ -32,17 +32,27 @@ def register(subparsers) -> None:
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    bench.add_argument("--clock", choices=("wall", "process"), default="wall",
-                       help="wall time, or this process's CPU time (a proxy on a busy machine; with --threads 1)")
+    bench.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="wall time, or this process's CPU time (a proxy on a busy machine; with --threads 1)",
+    )
     bench.add_argument("--compile", action="store_true", help="fast path: torch.compile the backbone")
     bench.add_argument("--cuda-graphs", action="store_true", help="fast path on CUDA: replay captured CUDA graphs")
     bench.add_argument("--gemm-size", type=int, default=2048, help="side of the square torch.mm giving the GEMM rate")
     bench.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     bench.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
-    bench.add_argument("--profile", action="store_true",
-                       help="also list the operators taking the time (self time, FLOPs, bytes) per path/part")
-    bench.add_argument("--lossy", action="store_true",
-                       help="also measure int8 dynamic quantisation, int8 ONNX Runtime, bf16 against fp32 fast")
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="also list the operators taking the time (self time, FLOPs, bytes) per path/part",
+    )
+    bench.add_argument(
+        "--lossy",
+        action="store_true",
+        help="also measure int8 dynamic quantisation, int8 ONNX Runtime, bf16 against fp32 fast",
+    )
     bench.add_argument("--lossy-images", type=int, default=8, help="seeded inputs for the --lossy differences")
     bench.add_argument("--json", action="store_true", help="print JSON instead of tables")
     bench.add_argument("--out", help="also write the JSON result to this file")

@@ -108,7 +108,7 @@ def run_lossy(config: BenchConfig, num_images: int = 8, progress=None) -> dict:
                 differences = {path: _differences(reference, call(fixed)) for path, call in paths.items()}
                 for batch in config.batches:
                     images = torch.randn(batch, 3, config.image_size, config.image_size, generator=generator).to(device)
-                    calls = {path: (lambda c=call: c(images)) for path, call in paths.items()}
+                    calls = {path: (lambda c=call, x=images: c(x)) for path, call in paths.items()}
                     timings = measure.time_interleaved(calls, device, config.warmup, config.repeats, config.clock)
                     for path, timing in timings.items():
                         rows.append({

@@ -62,8 +62,16 @@ def table2(rows: list[dict]) -> str:
 
 def throughput(rows: list[dict]) -> str:
     body = [
-        [r["model"], r["task"], r["path"], str(r["batch"]), _number(r["images_per_s"]),
-         _number(r["images_per_s_best"]), _ratio(r.get("whole_speedup")), _number(r.get("peak_mb_per_image"))]
+        [
+            r["model"],
+            r["task"],
+            r["path"],
+            str(r["batch"]),
+            _number(r["images_per_s"]),
+            _number(r["images_per_s_best"]),
+            _ratio(r.get("whole_speedup")),
+            _number(r.get("peak_mb_per_image")),
+        ]
         for r in rows
     ]
     header = ["model", "task", "path", "batch", "images/s", "best", "x plain", "peak MB/image"]
@@ -105,6 +113,9 @@ def profile_table(profiles: dict) -> str:
     for title, rows in profiles.items():
         body = [[r["operator"], f"{r['calls']:.0f}", f"{r['self_ms']:.2f}", f"{100 * r['share']:.0f}%",
                  f"{r['gflop']:.3f}" if r["gflop"] else "-", f"{r['mb_allocated']:.1f}"] for r in rows]  # fmt: skip
-        parts += [f"Profile: {title} (per forward; self time of the top operators)",
-                  table(["operator", "calls", "self ms", "share", "GFLOP", "MB allocated"], body), ""]
+        parts += [
+            f"Profile: {title} (per forward; self time of the top operators)",
+            table(["operator", "calls", "self ms", "share", "GFLOP", "MB allocated"], body),
+            "",
+        ]
     return "\n".join(parts)

@@ -45,7 +45,7 @@ class AugmentConfig:
     occlusion_max_patches: int = 3
     occlusion_size: tuple[float, float] = (0.1, 0.4)  # patch side range, fraction of the crop side
 
-    def without_flip(self) -> "AugmentConfig":
+    def without_flip(self) -> AugmentConfig:
         return replace(self, flip_prob=0.0)
 
 
@@ -77,7 +77,9 @@ def sample_params(config: AugmentConfig | None, rng: np.random.Generator) -> Aug
     flip = bool(rng.uniform() < config.flip_prob)
     gain = tuple(float(g) for g in rng.uniform(1.0 - config.noise, 1.0 + config.noise, 3))
     rotation = float(np.clip(rng.normal() * config.rotation_std, -config.rotation_limit, config.rotation_limit))
-    scale_factor = float(np.clip(rng.normal() * config.scale_std + 1.0, 1.0 - config.scale_limit, 1.0 + config.scale_limit))
+    scale_factor = float(
+        np.clip(rng.normal() * config.scale_std + 1.0, 1.0 - config.scale_limit, 1.0 + config.scale_limit)
+    )
     if rng.uniform() <= config.rotation_zero_prob:
         rotation = 0.0
     occlusion_seed = int(rng.integers(2**31)) if rng.uniform() < config.occlusion_prob else None
@@ -126,14 +128,15 @@ def apply_occlusion(crop: np.ndarray, params: AugmentParams, config: AugmentConf
         height, width = (int(rng.uniform(*config.occlusion_size) * size) + 1 for _ in range(2))
         top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
         if rng.uniform() < 0.5:
-            out[top:top + height, left:left + width] = rng.uniform(0, 255, 3).astype(np.float32)
+            out[top : top + height, left : left + width] = rng.uniform(0, 255, 3).astype(np.float32)
         else:
-            out[top:top + height, left:left + width] = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
+            out[top : top + height, left : left + width] = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
     return out
 
 
-def transform_joints_2d(joints_2d: np.ndarray, center, scale: float, params: AugmentParams,
-                        joint_flip: np.ndarray | None) -> np.ndarray:
+def transform_joints_2d(
+    joints_2d: np.ndarray, center, scale: float, params: AugmentParams, joint_flip: np.ndarray | None
+) -> np.ndarray:
     """(K, 3) px + visibility -> (K, 3) crop-normalised [-1, 1] + visibility."""
     affine = crop_to_normalised(center, scale, params)
     out = np.array(joints_2d, dtype=np.float64, copy=True)

@@ -278,7 +278,9 @@ class BodyModel(nn.Module):
             raise ValueError(f"{count} betas for a model with {self.num_betas} shape components")
         return self.v_template + torch.einsum("vck,bk->bvc", self.shapedirs[:, :, :count], betas)
 
-    def forward(self, pose: torch.Tensor, betas: torch.Tensor, translation: torch.Tensor | None = None) -> BodyModelOutput:
+    def forward(
+        self, pose: torch.Tensor, betas: torch.Tensor, translation: torch.Tensor | None = None
+    ) -> BodyModelOutput:
         batch = pose.shape[0]
         dtype = self.v_template.dtype
         pose, betas = pose.to(dtype), betas.to(dtype)
@@ -335,5 +337,12 @@ def load_body_model(path: str | os.PathLike, flat_hand_mean: bool = False) -> Bo
     return BodyModel(arrays, name=name, pose_mean=pose_mean)
 
 
-__all__ = ["BodyModel", "BodyModelOutput", "axis_angle_to_matrix", "chumpy_classes", "load_body_model",
-           "read_model_arrays", "to_numpy"]
+__all__ = [
+    "BodyModel",
+    "BodyModelOutput",
+    "axis_angle_to_matrix",
+    "chumpy_classes",
+    "load_body_model",
+    "read_model_arrays",
+    "to_numpy",
+]

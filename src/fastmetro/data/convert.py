@@ -55,13 +55,16 @@ def read_annotations(path: str | os.PathLike) -> list[dict[str, Any]]:
         count = len(arrays["file"]) if arrays["file"].ndim else 0
         for name, array in arrays.items():
             if array.ndim == 0 or len(array) != count:
-                raise FastMetroError(f"{path}: array '{name}' has shape {array.shape}, one row per image "
-                                     f"('file' has {count})")
+                raise FastMetroError(
+                    f"{path}: array '{name}' has shape {array.shape}, one row per image ('file' has {count})"
+                )
         return [{name: array[i] for name, array in arrays.items()} for i in range(count)]
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, deep nesting
-        raise FastMetroError(f"{path}: not valid JSON ({getattr(error, 'msg', None) or type(error).__name__})") from None
+        raise FastMetroError(
+            f"{path}: not valid JSON ({getattr(error, 'msg', None) or type(error).__name__})"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         data = data["images"]
     if not isinstance(data, list) or not all(isinstance(record, dict) for record in data):
@@ -168,10 +171,15 @@ def convert(
                 record = {**record, "file": record["image"]}
             if "file" not in record:
                 raise FastMetroError(f"{annotations}: record {number} has no 'file'")
-            relative = record["file"].item() if isinstance(record["file"], np.ndarray) and record["file"].ndim == 0 \
+            relative = (
+                record["file"].item()
+                if isinstance(record["file"], np.ndarray) and record["file"].ndim == 0
                 else record["file"]
+            )
             if not isinstance(relative, str) or not relative:
-                raise FastMetroError(f"{annotations}: record {number}: 'file' must be an image path, got {relative!r:.40}")
+                raise FastMetroError(
+                    f"{annotations}: record {number}: 'file' must be an image path, got {relative!r:.40}"
+                )
             where = f"{annotations}: record {number} ({relative})"
             image_path = images_dir / relative
             if not image_path.is_file():

@@ -38,8 +38,8 @@ from fastmetro.conventions import centre_joints, centre_mesh
 from fastmetro.data.augment import (
     AugmentConfig,
     apply_occlusion,
-    augment_pose,
     apply_pixel_noise,
+    augment_pose,
     crop_image,
     normalise_image,
     sample_params,
@@ -87,8 +87,11 @@ class MeshDataset(torch.utils.data.Dataset):
         self.train = train
         self.augment = augment if train else None
         if self.augment is not None and self.augment.flip_prob > 0 and topology.vertex_flip is None:
-            logger.warning("%s: topology %r has no vertex flip permutation; horizontal flip disabled",
-                           self.yaml_path, topology.name)
+            logger.warning(
+                "%s: topology %r has no vertex flip permutation; horizontal flip disabled",
+                self.yaml_path,
+                topology.name,
+            )
             self.augment = self.augment.without_flip()
         self.image_size = int(image_size)
         self.body_model = body_model
@@ -125,7 +128,10 @@ class MeshDataset(torch.utils.data.Dataset):
 
     def annotation(self, row: RawRow) -> Annotation:
         return parse_annotation(
-            row.label, row.key, self.rows.source_name_of(row), num_joints=self.topology.num_joints,
+            row.label,
+            row.key,
+            self.rows.source_name_of(row),
+            num_joints=self.topology.num_joints,
             image_hw=row.image.shape[:2],
             pose_sizes=(self.body_model.num_pose_parameters,) if self.body_model is not None else None,
         )
@@ -137,8 +143,11 @@ class MeshDataset(torch.utils.data.Dataset):
         vertices, kinematic_root = self._ground_truth_vertices(row, annotation)
         # torch.initial_seed() differs per DataLoader worker and follows torch.manual_seed: draws are
         # reproducible and never repeated across workers or epochs.
-        rng = (np.random.default_rng([self.seed, index, torch.initial_seed() % 2**63, self._draws])
-               if self.augment else None)
+        rng = (
+            np.random.default_rng([self.seed, index, torch.initial_seed() % 2**63, self._draws])
+            if self.augment
+            else None
+        )
         self._draws += 1
         params = sample_params(self.augment, rng) if self.augment else sample_params(None, None)
 
@@ -150,8 +159,9 @@ class MeshDataset(torch.utils.data.Dataset):
 
         joints_2d = np.zeros((num_joints, 3))
         if annotation.joints_2d is not None:
-            joints_2d = transform_joints_2d(annotation.joints_2d, annotation.center, annotation.scale, params,
-                                            self.topology.joint_flip)
+            joints_2d = transform_joints_2d(
+                annotation.joints_2d, annotation.center, annotation.scale, params, self.topology.joint_flip
+            )
         joints_3d = np.zeros((num_joints, 4))
         if annotation.joints_3d is not None:
             joints_3d = transform_points_3d(annotation.joints_3d, params, self.topology.joint_flip)
@@ -186,14 +196,18 @@ class MeshDataset(torch.utils.data.Dataset):
             pose = augment_pose(annotation.pose.reshape(-1)[:size], params)
             count = min(10, annotation.betas.size)
             betas[:count] = annotation.betas.reshape(-1)[:count]
-        return {"smpl_pose": torch.from_numpy(pose.astype(np.float32)),
-                "smpl_betas": torch.from_numpy(betas.astype(np.float32)),
-                "has_smpl": torch.tensor(float(annotation.has_smpl))}
+        return {
+            "smpl_pose": torch.from_numpy(pose.astype(np.float32)),
+            "smpl_betas": torch.from_numpy(betas.astype(np.float32)),
+            "has_smpl": torch.tensor(float(annotation.has_smpl)),
+        }
 
     def _has_vertices(self, row: RawRow, annotation: Annotation) -> bool:
         return (annotation.has_smpl and self.body_model is not None) or row.vertices is not None
 
-    def _ground_truth_vertices(self, row: RawRow, annotation: Annotation) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _ground_truth_vertices(
+        self, row: RawRow, annotation: Annotation
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Full-resolution ground-truth vertices (V0, 3) or None, and the root point to centre
         them on when it is not the topology's root regressor (hands from a MANO model file: the
         kinematic wrist joint, as the released hand training) or None."""
@@ -211,8 +225,12 @@ class MeshDataset(torch.utils.data.Dataset):
             return vertices, wrist
         if row.vertices is not None:
             if row.vertices.shape != (self.topology.num_vertices, 3):
-                raise BadRowError(source, row.key, f"vertices have shape {row.vertices.shape}, topology "
-                                  f"{self.topology.name!r} needs ({self.topology.num_vertices}, 3)")
+                raise BadRowError(
+                    source,
+                    row.key,
+                    f"vertices have shape {row.vertices.shape}, topology "
+                    f"{self.topology.name!r} needs ({self.topology.num_vertices}, 3)",
+                )
             return row.vertices.astype(np.float64), None
         return None, None
 
@@ -241,10 +259,12 @@ class MixedDataset(torch.utils.data.ConcatDataset):
         sizes = [len(d) for d in self.datasets]
         shares = self.weights if self.weights is not None else sizes
         total = float(sum(shares))
-        return torch.cat([
-            torch.full((size,), share / total / max(size, 1), dtype=torch.float64)
-            for size, share in zip(sizes, shares)
-        ])
+        return torch.cat(
+            [
+                torch.full((size,), share / total / max(size, 1), dtype=torch.float64)
+                for size, share in zip(sizes, shares)
+            ]
+        )
 
     def sampler(self, num_samples: int | None = None, generator: torch.Generator | None = None):
         """A sampler drawing with the mixing weights (random permutation when weights is None)."""

@@ -114,7 +114,9 @@ def vertex_fields(label: dict, source, key) -> tuple[bool, int]:
     if isinstance(value, float) and value.is_integer() and abs(value) <= LIMIT:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-        raise BadRowError(source, key, f"'vertices_row' must be an integer row (>= 0, or -1 for none), got {_short(value)}")
+        raise BadRowError(
+            source, key, f"'vertices_row' must be an integer row (>= 0, or -1 for none), got {_short(value)}"
+        )
     if has_vertices and value < 0:
         raise BadRowError(source, key, "has_vertices=1 but 'vertices_row' is missing or negative")
     return has_vertices, value
@@ -228,8 +230,9 @@ def _camera(label: dict, source, key) -> np.ndarray | None:
         raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy} numbers")
     fx, fy, cx, cy = (float(v) for v in values)
     if not np.isfinite(values).all() or fx <= 0 or fy <= 0 or max(map(abs, values)) > LIMIT:
-        raise BadRowError(source, key, f"'camera' intrinsics must be finite, within +-{LIMIT:g}, with positive focal "
-                                       "lengths")
+        raise BadRowError(
+            source, key, f"'camera' intrinsics must be finite, within +-{LIMIT:g}, with positive focal lengths"
+        )
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
 
 

@@ -37,8 +37,10 @@ def _train(args) -> int:
     result = train(config, resume=args.resume)
     if result.last_metrics:
         print(f"step {result.step}: {format_metrics(result.last_metrics)}")
-    print(f"done: {result.step} steps, {result.images_per_second:.1f} images/s; "
-          f"weights in {config.train.output_dir}/last.safetensors")
+    print(
+        f"done: {result.step} steps, {result.images_per_second:.1f} images/s; "
+        f"weights in {config.train.output_dir}/last.safetensors"
+    )
     return 0
 
 
@@ -64,10 +66,11 @@ def _demo(args) -> int:
 def register(subparsers) -> None:
     """Add this area's sub-commands to the `fastmetro` parser."""
     train = subparsers.add_parser(
-        "train", help="train a model (single process, or under torchrun for DDP)",
+        "train",
+        help="train a model (single process, or under torchrun for DDP)",
         description="Train FastMETRO. CONFIG is a YAML file (see configs/); any key can be overridden as "
-                    "section.key=value, e.g. optim.lr=2e-4 data.batch_size=32. For several GPUs/nodes run "
-                    "the same command under `torchrun --nproc_per_node N -m fastmetro train ...`.",
+        "section.key=value, e.g. optim.lr=2e-4 data.batch_size=32. For several GPUs/nodes run "
+        "the same command under `torchrun --nproc_per_node N -m fastmetro train ...`.",
     )
     train.add_argument("config", help="YAML config file, or the name of a packaged config (e.g. demo)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (nested keys with dots)")
@@ -77,12 +80,13 @@ def register(subparsers) -> None:
     train.set_defaults(func=_train)
 
     evaluate = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint: MPJPE / PA-MPJPE / MPVPE (mm)",
+        "eval",
+        help="evaluate a checkpoint: MPJPE / PA-MPJPE / MPVPE (mm)",
         description="Evaluate a checkpoint on a dataset. The model, topology and input size come from the "
-                    "checkpoint; data options from the training config saved beside it, then KEY=VALUE "
-                    "overrides of that config, e.g. data.num_workers=0 data.val_batch_size=32 "
-                    "data.max_val_samples=500 data.body_model=SMPL_NEUTRAL.pkl model.topology=smpl "
-                    "model.data_dir=DIR model.name=FastMETRO-L-H64 train.device=cuda train.hand_metrics=true.",
+        "checkpoint; data options from the training config saved beside it, then KEY=VALUE "
+        "overrides of that config, e.g. data.num_workers=0 data.val_batch_size=32 "
+        "data.max_val_samples=500 data.body_model=SMPL_NEUTRAL.pkl model.topology=smpl "
+        "model.data_dir=DIR model.name=FastMETRO-L-H64 train.device=cuda train.hand_metrics=true.",
     )
     evaluate.add_argument("--checkpoint", required=True, help="our .safetensors or an official *_state_dict.bin")
     evaluate.add_argument("--data", required=True, help="dataset yaml (METRO TSV format)")

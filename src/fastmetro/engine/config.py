@@ -252,17 +252,33 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 # (section.field, lowest allowed value, "what it is"): counts and rates the trainer divides by,
 # indexes with or hands to PyTorch. Every float must also be finite (checked for all fields).
 _MINIMUMS = (
-    ("train.steps", 1), ("train.log_every", 1), ("train.eval_every", 0), ("train.checkpoint_every", 0),
-    ("train.seed", 0), ("data.image_size", 32), ("data.batch_size", 1), ("data.val_batch_size", 1),
-    ("data.num_workers", 0), ("data.max_val_samples", 1), ("optim.weight_decay", 0.0), ("optim.clip_grad_norm", 0.0),
-    ("optim.warmup_steps", 0), ("optim.min_lr_ratio", 0.0), ("loss.joints_3d_weight", 0.0),
-    ("loss.vertices_weight", 0.0), ("loss.joints_2d_weight", 0.0), ("loss.edge_normal_weight", 0.0),
-    ("loss.edge_level", 0), ("loss.edge_length_weight", 0.0), ("loss.edge_self_weight", 0.0),
+    ("train.steps", 1),
+    ("train.log_every", 1),
+    ("train.eval_every", 0),
+    ("train.checkpoint_every", 0),
+    ("train.seed", 0),
+    ("data.image_size", 32),
+    ("data.batch_size", 1),
+    ("data.val_batch_size", 1),
+    ("data.num_workers", 0),
+    ("data.max_val_samples", 1),
+    ("optim.weight_decay", 0.0),
+    ("optim.clip_grad_norm", 0.0),
+    ("optim.warmup_steps", 0),
+    ("optim.min_lr_ratio", 0.0),
+    ("loss.joints_3d_weight", 0.0),
+    ("loss.vertices_weight", 0.0),
+    ("loss.joints_2d_weight", 0.0),
+    ("loss.edge_normal_weight", 0.0),
+    ("loss.edge_level", 0),
+    ("loss.edge_length_weight", 0.0),
+    ("loss.edge_self_weight", 0.0),
     ("loss.normal_weight", 0.0),
 )
 _POSITIVE = ("optim.lr", "optim.eps", "optim.gamma")
 _CHOICES = (
-    ("optim.schedule", ("constant", "step", "cosine")), ("train.precision", ("auto", "fp32", "bf16", "fp16")),
+    ("optim.schedule", ("constant", "step", "cosine")),
+    ("train.precision", ("auto", "fp32", "bf16", "fp16")),
     ("train.distributed_backend", ("auto", "nccl", "gloo")),
 )
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -310,8 +326,11 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         value = _value(config, name)
         if name not in non_finite and value is not None and isinstance(value, (int, float)) and value < minimum:
             problems.append(f"{name} must be >= {minimum} (got {value})")
-    problems += [f"{name} must be > 0 (got {_value(config, name)})" for name in _POSITIVE
-                 if name not in non_finite and not _value(config, name) > 0]
+    problems += [
+        f"{name} must be > 0 (got {_value(config, name)})"
+        for name in _POSITIVE
+        if name not in non_finite and not _value(config, name) > 0
+    ]
     for name, choices in _CHOICES:
         if _value(config, name) not in choices:
             problems.append(f"{name} must be one of {', '.join(choices)} (got {_short(_value(config, name))})")
@@ -321,13 +340,17 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         problems.append("optim.step_size must be >= 1 for the step schedule")
     if config.optim.min_lr_ratio > 1:
         problems.append("optim.min_lr_ratio must be <= 1")
-    if config.loss.level_weights is not None and (not config.loss.level_weights or sum(config.loss.level_weights) <= 0
-                                                  or min(config.loss.level_weights) < 0):
+    if config.loss.level_weights is not None and (
+        not config.loss.level_weights or sum(config.loss.level_weights) <= 0 or min(config.loss.level_weights) < 0
+    ):
         problems.append("loss.level_weights must be non-negative with a positive sum")
     if not config.train.output_dir.strip():
         problems.append("train.output_dir must not be empty")
-    for check in (lambda: check_device(config.train.device, "train.device"), lambda: _check_model(config),
-                  lambda: _check_augment(config)):
+    for check in (
+        lambda: check_device(config.train.device, "train.device"),
+        lambda: _check_model(config),
+        lambda: _check_augment(config),
+    ):
         try:
             check()
         except FastMetroError as error:
@@ -354,9 +377,21 @@ def _check_model(config: ExperimentConfig) -> None:
     unknown = sorted(set(config.model.overrides) - set(hints))
     if unknown:
         raise FastMetroError(f"model.overrides: unknown option(s) {unknown}; known: {sorted(hints)}")
-    overrides = {key: _coerce(value, hints[key], f"model.overrides.{key}") for key, value in config.model.overrides.items()}
-    for key in ("num_heads", "num_encoder_layers", "num_decoder_layers", "model_dims", "feedforward_dims",
-                "hidden_dims", "output_dims", "num_layers", "intermediate_size", "camera_hidden"):
+    overrides = {
+        key: _coerce(value, hints[key], f"model.overrides.{key}") for key, value in config.model.overrides.items()
+    }
+    for key in (
+        "num_heads",
+        "num_encoder_layers",
+        "num_decoder_layers",
+        "model_dims",
+        "feedforward_dims",
+        "hidden_dims",
+        "output_dims",
+        "num_layers",
+        "intermediate_size",
+        "camera_hidden",
+    ):
         values = overrides.get(key)  # intermediate_size may be None (= 4 x hidden)
         if values is not None and any(v < 1 for v in (values if isinstance(values, list) else [values])):
             raise FastMetroError(f"model.overrides.{key} must be >= 1 (got {values})")
@@ -374,16 +409,27 @@ def _check_augment(config: ExperimentConfig) -> None:
     overrides = config.data.augment_overrides
     augment = from_dict(AugmentConfig, overrides, "data.augment_overrides")  # typed, unknown keys refused
     coerced = {key: getattr(augment, key) for key in overrides}
-    problems = [f"data.augment_overrides.{key} must be finite" for key, value in coerced.items()
-                if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, (list, tuple))
-                                                                            else [value]))]
+    problems = [
+        f"data.augment_overrides.{key} must be finite"
+        for key, value in coerced.items()
+        if any(
+            isinstance(v, float) and not math.isfinite(v)
+            for v in (value if isinstance(value, (list, tuple)) else [value])
+        )
+    ]
     low, high = augment.occlusion_size
-    for key, ok in (("flip_prob", 0 <= augment.flip_prob <= 1), ("rotation_zero_prob", 0 <= augment.rotation_zero_prob <= 1),
-                    ("occlusion_prob", 0 <= augment.occlusion_prob <= 1), ("rotation_std", augment.rotation_std >= 0),
-                    ("rotation_limit", augment.rotation_limit >= 0), ("scale_std", augment.scale_std >= 0),
-                    ("scale_limit", 0 <= augment.scale_limit < 1), ("noise", 0 <= augment.noise <= 1),
-                    ("occlusion_max_patches", augment.occlusion_max_patches >= 1),
-                    ("occlusion_size", 0 < low <= high <= 1)):
+    for key, ok in (
+        ("flip_prob", 0 <= augment.flip_prob <= 1),
+        ("rotation_zero_prob", 0 <= augment.rotation_zero_prob <= 1),
+        ("occlusion_prob", 0 <= augment.occlusion_prob <= 1),
+        ("rotation_std", augment.rotation_std >= 0),
+        ("rotation_limit", augment.rotation_limit >= 0),
+        ("scale_std", augment.scale_std >= 0),
+        ("scale_limit", 0 <= augment.scale_limit < 1),
+        ("noise", 0 <= augment.noise <= 1),
+        ("occlusion_max_patches", augment.occlusion_max_patches >= 1),
+        ("occlusion_size", 0 < low <= high <= 1),
+    ):
         if key in coerced and not ok:
             problems.append(f"data.augment_overrides.{key} is out of range (got {_short(coerced[key])})")
     if problems:
@@ -396,10 +442,13 @@ def check_topology(config: ExperimentConfig, topology) -> None:
     problems = []
     levels = topology.num_levels
     if config.loss.level_weights is not None and len(config.loss.level_weights) != levels:
-        problems.append(f"loss.level_weights has {len(config.loss.level_weights)} entries, topology "
-                        f"'{topology.name}' has {levels} levels")
+        problems.append(
+            f"loss.level_weights has {len(config.loss.level_weights)} entries, topology "
+            f"'{topology.name}' has {levels} levels"
+        )
     if config.loss.edge_level is not None and config.loss.edge_level >= levels:
-        problems.append(f"loss.edge_level {config.loss.edge_level} is not a level of topology '{topology.name}' "
-                        f"(0..{levels - 1})")
+        problems.append(
+            f"loss.edge_level {config.loss.edge_level} is not a level of topology '{topology.name}' (0..{levels - 1})"
+        )
     if problems:
         raise FastMetroError("config: " + "; ".join(problems))

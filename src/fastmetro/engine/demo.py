@@ -57,10 +57,27 @@ def _run(command: list[str]) -> None:
 
 def synthesize(out_dir: Path, num: int, workers: int) -> Path:
     """Render the dataset (resumable: a finished one is reused)."""
-    command = [sys.executable, "-m", "fastmetro", "synth", "--out", str(out_dir), "--num", str(num),
-               "--seed", str(DEMO_SEED), "--size", str(DEMO_IMAGE_SIZE), "--workers", str(workers),
-               "--test-fraction", str(DEMO_TEST_FRACTION),
-               "--vertices-dtype", "float16", *DEMO_SCENE_ARGS]
+    command = [
+        sys.executable,
+        "-m",
+        "fastmetro",
+        "synth",
+        "--out",
+        str(out_dir),
+        "--num",
+        str(num),
+        "--seed",
+        str(DEMO_SEED),
+        "--size",
+        str(DEMO_IMAGE_SIZE),
+        "--workers",
+        str(workers),
+        "--test-fraction",
+        str(DEMO_TEST_FRACTION),
+        "--vertices-dtype",
+        "float16",
+        *DEMO_SCENE_ARGS,
+    ]
     if not sys.stderr.isatty():
         command.append("--quiet")
     _run(command)
@@ -96,11 +113,19 @@ def baseline_metrics(test_yaml: Path, topology, mean_vertices: torch.Tensor, num
     for batch in loader:
         size = batch["vertices"].shape[0]
         per_sample = metrics.per_sample_metrics(
-            mean_vertices.expand(size, -1, -1), batch["joints_3d"][..., :3], batch["vertices"],
-            topology.joint_regressor, topology.root_regressor, topology.root_joints)
+            mean_vertices.expand(size, -1, -1),
+            batch["joints_3d"][..., :3],
+            batch["vertices"],
+            topology.joint_regressor,
+            topology.root_regressor,
+            topology.root_joints,
+        )
         names = list(per_sample)
-        rows.append(torch.stack([batch["has_joints_3d"].float(), batch["has_vertices"].float()]
-                                + [per_sample[n] for n in names], dim=1).double())
+        rows.append(
+            torch.stack(
+                [batch["has_joints_3d"].float(), batch["has_vertices"].float()] + [per_sample[n] for n in names], dim=1
+            ).double()
+        )
     return summarise(torch.cat(rows), names)
 
 
@@ -152,13 +177,19 @@ def run_demo(args) -> int:
     timings["synth"] = time.perf_counter() - begin
 
     begin = _stage("2/5 training (configs/demo.yaml)")
-    overrides = [f"data.train={data_dir / 'train.yaml'}", f"data.val={data_dir / 'test.yaml'}",
-                 f"train.output_dir={out / 'run'}", f"train.progress={str(sys.stderr.isatty()).lower()}"]
+    overrides = [
+        f"data.train={data_dir / 'train.yaml'}",
+        f"data.val={data_dir / 'test.yaml'}",
+        f"train.output_dir={out / 'run'}",
+        f"train.progress={str(sys.stderr.isatty()).lower()}",
+    ]
     if quick:
         overrides += ["train.steps=20", "train.eval_every=10", "data.batch_size=4"]
     config = load_config(demo_config_path(), overrides)
-    print(f"model {config.model.name} {config.model.overrides}, {config.data.image_size} px crops, "
-          f"batch {config.data.batch_size}, {config.train.steps} steps, lr {config.optim.lr} ({config.optim.schedule})")
+    print(
+        f"model {config.model.name} {config.model.overrides}, {config.data.image_size} px crops, "
+        f"batch {config.data.batch_size}, {config.train.steps} steps, lr {config.optim.lr} ({config.optim.schedule})"
+    )
     resume = (out / "run" / "last.state.pt").is_file()
     trainer = Trainer(config, resume=resume)
     model_values: dict = {}
@@ -182,9 +213,23 @@ def run_demo(args) -> int:
     images, boxes = export_test_images(data_dir / "test.yaml", out / "test_images", INFERENCE_IMAGES)
     (out / "test_images" / "boxes.json").write_text(json.dumps(boxes))
     # The checkpoint knows its input size (its spec): no --image-size needed.
-    _run([sys.executable, "-m", "fastmetro", "infer", "--checkpoint", str(checkpoint), "--out",
-          str(out / "inference"), "--boxes", str(out / "test_images" / "boxes.json"), "--device", "cpu",
-          *map(str, images)])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "fastmetro",
+            "infer",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out / "inference"),
+            "--boxes",
+            str(out / "test_images" / "boxes.json"),
+            "--device",
+            "cpu",
+            *map(str, images),
+        ]
+    )
     timings["inference"] = time.perf_counter() - begin
 
     _stage("5/5 summary")
@@ -192,8 +237,14 @@ def run_demo(args) -> int:
     timings["total"] = time.perf_counter() - started
     print("\nwall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
     beats = all(model_values.get(k, float("inf")) < baseline_values.get(k, 0.0) for k in ("pa_mpjpe", "mpvpe"))
-    report = {"model": model_values, "baseline": baseline_values, "timings_s": timings,
-              "beats_baseline": beats, "config": str(out / "run" / "config.yaml"), "checkpoint": str(checkpoint)}
+    report = {
+        "model": model_values,
+        "baseline": baseline_values,
+        "timings_s": timings,
+        "beats_baseline": beats,
+        "config": str(out / "run" / "config.yaml"),
+        "checkpoint": str(checkpoint),
+    }
     with atomic_write(out / "report.json", "w") as handle:
         json.dump(report, handle, indent=2)
     print(f"report: {out / 'report.json'}; meshes and overlays: {out / 'inference'}")

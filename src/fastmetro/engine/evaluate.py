@@ -89,10 +89,13 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
         )
         names = list(per_sample)
         # One row per sample: availability flags, then every metric (gathered as one tensor).
-        rows.append(torch.stack(
-            [batch["has_joints_3d"].float().reshape(-1), batch["has_vertices"].float().reshape(-1)]
-            + [per_sample[name] for name in names], dim=1,
-        ).double())
+        rows.append(
+            torch.stack(
+                [batch["has_joints_3d"].float().reshape(-1), batch["has_vertices"].float().reshape(-1)]
+                + [per_sample[name] for name in names],
+                dim=1,
+            ).double()
+        )
     if was_training:
         model.train()
     width = 2 + (len(names) if names is not None else len(JOINT_METRICS + MESH_METRICS) + len(thresholds))

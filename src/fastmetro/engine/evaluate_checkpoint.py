@@ -35,7 +35,6 @@ def evaluate_checkpoint(
     from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, find_run_config
     from fastmetro.model.factory import load_model
     from fastmetro.model.fast import inference_view
-
     from fastmetro.weights import resolve_checkpoint
 
     overrides = list(overrides)
@@ -53,13 +52,20 @@ def evaluate_checkpoint(
         from fastmetro.data.body_models import load_body_model
 
         body_model = load_body_model(config.data.body_model)
-    dataset = MeshDataset(data, model.topology, train=False, image_size=image_size, body_model=body_model,
-                          skip_bad_rows=config.data.skip_bad_rows)
+    dataset = MeshDataset(
+        data,
+        model.topology,
+        train=False,
+        image_size=image_size,
+        body_model=body_model,
+        skip_bad_rows=config.data.skip_bad_rows,
+    )
     if config.data.max_val_samples:
         dataset = torch.utils.data.Subset(dataset, range(min(config.data.max_val_samples, len(dataset))))
     if len(dataset) == 0:
         raise FastMetroError(f"{data}: no samples to evaluate")
     dist = DistInfo(device=target)
-    setup = EvalSetup(topology=model.topology, device=target, hand_metrics=config.train.hand_metrics,
-                      progress=progress, dist=dist)
+    setup = EvalSetup(
+        topology=model.topology, device=target, hand_metrics=config.train.hand_metrics, progress=progress, dist=dist
+    )
     return evaluate(model, eval_loader(dataset, config.data.val_batch_size, config.data.num_workers, dist), setup)

@@ -168,7 +168,9 @@ class MeshCriterion(nn.Module):
         edge = ((pred_length - gt_length).abs().mean(dim=1) * mask).sum() / count
         edge_self = (pred_length.mean(dim=1) * mask).sum() / count
         faces = self.edge_faces
-        gt_normal = torch.cross(gt[:, faces[:, 1]] - gt[:, faces[:, 0]], gt[:, faces[:, 2]] - gt[:, faces[:, 0]], dim=-1)
+        gt_normal = torch.cross(
+            gt[:, faces[:, 1]] - gt[:, faces[:, 0]], gt[:, faces[:, 2]] - gt[:, faces[:, 0]], dim=-1
+        )
         gt_normal = nn.functional.normalize(gt_normal, dim=-1)
         cosines = []
         for a, b in ((0, 1), (1, 2), (2, 0)):

@@ -42,20 +42,26 @@ class SMPLParameterLoss(nn.Module):
         betas = outputs["smpl_betas"].float()
         has_smpl = batch["has_smpl"].float().reshape(-1)
         gt_rotmat = axis_angle_to_matrix(batch["smpl_pose"].float().reshape(rotmat.shape[0], -1, 3))
-        terms = {"smpl_params": _mean_over((rotmat - gt_rotmat).square(), has_smpl)
-                 + 0.1 * _mean_over((betas - batch["smpl_betas"].float()).square(), has_smpl)}
+        terms = {
+            "smpl_params": _mean_over((rotmat - gt_rotmat).square(), has_smpl)
+            + 0.1 * _mean_over((betas - batch["smpl_betas"].float()).square(), has_smpl)
+        }
         mesh = centre_mesh(self.body_model(rotmat, betas).vertices.float(), criterion.root_regressor)
-        terms["smpl_vertices"] = _mean_over((mesh - batch["vertices"].float()).abs(),
-                                            batch["has_vertices"].float().reshape(-1))
+        terms["smpl_vertices"] = _mean_over(
+            (mesh - batch["vertices"].float()).abs(), batch["has_vertices"].float().reshape(-1)
+        )
         joints = torch.einsum("kv,bvc->bkc", criterion.joint_regressor, mesh)  # centred on the mesh root
         gt_joints = batch["joints_3d"].float()
-        error_3d = (centre_joints(joints, criterion.root_joints)
-                    - centre_joints(gt_joints[..., :3], criterion.root_joints)).abs() * gt_joints[..., 3:]
+        error_3d = (
+            centre_joints(joints, criterion.root_joints) - centre_joints(gt_joints[..., :3], criterion.root_joints)
+        ).abs() * gt_joints[..., 3:]
         terms["smpl_joints_3d"] = _mean_over(error_3d, batch["has_joints_3d"].float().reshape(-1))
-        terms["smpl_joints_2d"] = criterion.joints_2d_term(weak_perspective_project(joints, outputs["camera"].float()),
-                                                           batch)
-        terms["smpl_total"] = sum(terms[name] for name in ("smpl_params", "smpl_vertices", "smpl_joints_3d",
-                                                          "smpl_joints_2d"))
+        terms["smpl_joints_2d"] = criterion.joints_2d_term(
+            weak_perspective_project(joints, outputs["camera"].float()), batch
+        )
+        terms["smpl_total"] = sum(
+            terms[name] for name in ("smpl_params", "smpl_vertices", "smpl_joints_3d", "smpl_joints_2d")
+        )
         return terms
 
 

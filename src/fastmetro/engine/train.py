@@ -57,10 +57,15 @@ def build_model(config: ExperimentConfig, topology, resume_from: Path | None = N
         model = load_model(resume_from, topology=topology)
         wanted = create_model_spec(config, topology)
         if (model.spec.name, model.spec.flavor, dict(model.spec.overrides)) != (
-                wanted.name, wanted.flavor, dict(wanted.overrides)):
-            raise FastMetroError(f"{resume_from}: holds {model.spec.name} ({model.spec.flavor}, "
-                                 f"{dict(model.spec.overrides)}), not the config's {wanted.name} "
-                                 f"({wanted.flavor}, {dict(wanted.overrides)}): resume with the same model")
+            wanted.name,
+            wanted.flavor,
+            dict(wanted.overrides),
+        ):
+            raise FastMetroError(
+                f"{resume_from}: holds {model.spec.name} ({model.spec.flavor}, "
+                f"{dict(model.spec.overrides)}), not the config's {wanted.name} "
+                f"({wanted.flavor}, {dict(wanted.overrides)}): resume with the same model"
+            )
         return model
     return create_model(
         model_config.name,
@@ -98,14 +103,21 @@ def load_body_model(config: ExperimentConfig):
 def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: bool, body_model=None):
     from fastmetro.data.augment import AugmentConfig, body_augment_config, hand_augment_config
     from fastmetro.data.dataset import MeshDataset
+
     data = config.data
     augment: AugmentConfig | None = None
     if train and data.augment:
         make = hand_augment_config if topology.is_hand else body_augment_config
         augment = make(**data.augment_overrides)
     return MeshDataset(
-        yaml_path, topology, train=train, augment=augment, image_size=data.image_size,
-        body_model=body_model, skip_bad_rows=data.skip_bad_rows, seed=config.train.seed,
+        yaml_path,
+        topology,
+        train=train,
+        augment=augment,
+        image_size=data.image_size,
+        body_model=body_model,
+        skip_bad_rows=data.skip_bad_rows,
+        seed=config.train.seed,
     )
 
 
@@ -174,8 +186,15 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_position"],
-                         state["numpy_has_gauss"], state["numpy_cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_position"],
+            state["numpy_has_gauss"],
+            state["numpy_cached_gaussian"],
+        )
+    )
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -214,8 +233,15 @@ class Trainer:
         resume: continue from ``output_dir/last.*`` (True) or from a given state file.
     """
 
-    def __init__(self, config: ExperimentConfig, model=None, topology=None, train_dataset=None,
-                 val_dataset=None, resume: bool | str = False):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        model=None,
+        topology=None,
+        train_dataset=None,
+        val_dataset=None,
+        resume: bool | str = False,
+    ):
         self.config = config
         self.dist = distributed.init_distributed(config.train.device, config.train.distributed_backend)
         self.device = self.dist.device
@@ -239,10 +265,14 @@ class Trainer:
         self.model = model.to(self.device)
         body_model = load_body_model(config)  # ground truth for has_smpl rows; the regressor's losses
         has_regressor = getattr(self.model.config, "smpl_parameter_regressor", False)
-        self.criterion = MeshCriterion(self.topology, config.loss,
-                                       body_model=body_model if has_regressor else None).to(self.device)
-        self.train_dataset = train_dataset if train_dataset is not None else build_dataset(
-            config, config.data.train, self.topology, train=True, body_model=body_model)
+        self.criterion = MeshCriterion(self.topology, config.loss, body_model=body_model if has_regressor else None).to(
+            self.device
+        )
+        self.train_dataset = (
+            train_dataset
+            if train_dataset is not None
+            else build_dataset(config, config.data.train, self.topology, train=True, body_model=body_model)
+        )
         if len(self.train_dataset) == 0:
             raise FastMetroError(f"{config.data.train}: the training dataset has no rows")
         if val_dataset is None and config.data.val:
@@ -254,8 +284,9 @@ class Trainer:
         if config.train.freeze_batchnorm:
             freeze_batchnorm(self.model)  # before collecting the trainable parameters
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
-                                           eps=config.optim.eps)
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay, eps=config.optim.eps
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -264,7 +295,12 @@ class Trainer:
         self.best_metric: float | None = None
         if state_path is not None:
             self.load_state(state_path)
-        if config.train.sync_batchnorm and not config.train.freeze_batchnorm and self.dist.enabled and self.device.type == "cuda":
+        if (
+            config.train.sync_batchnorm
+            and not config.train.freeze_batchnorm
+            and self.dist.enabled
+            and self.device.type == "cuda"
+        ):
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp_model = self.model
         if self.dist.enabled:
@@ -281,14 +317,24 @@ class Trainer:
         if hasattr(self.train_dataset, "weights") and getattr(self.train_dataset, "weights", None) is not None:
             weights = self.train_dataset.sample_weights()
         sampler = distributed.TrainSampler(
-            len(self.train_dataset), data.batch_size, seed=self.config.train.seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, start_step=self.step, weights=weights,
+            len(self.train_dataset),
+            data.batch_size,
+            seed=self.config.train.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            start_step=self.step,
+            weights=weights,
         )
         # Worker seeds come from this generator, not the global RNG: resuming stays exact.
         generator = torch.Generator().manual_seed(self.config.train.seed * 7919 + self.step * 31 + self.dist.rank)
         return torch.utils.data.DataLoader(
-            self.train_dataset, batch_size=data.batch_size, sampler=sampler, num_workers=data.num_workers,
-            pin_memory=self.device.type == "cuda", drop_last=True, generator=generator,
+            self.train_dataset,
+            batch_size=data.batch_size,
+            sampler=sampler,
+            num_workers=data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            generator=generator,
             persistent_workers=data.num_workers > 0,
         )
 
@@ -384,11 +430,14 @@ class Trainer:
 
     def run_evaluation(self) -> dict:
         setup = EvalSetup(
-            topology=self.topology, device=self.device, autocast_dtype=self.amp_dtype,
-            hand_metrics=self.config.train.hand_metrics, progress=self.config.train.progress, dist=self.dist,
+            topology=self.topology,
+            device=self.device,
+            autocast_dtype=self.amp_dtype,
+            hand_metrics=self.config.train.hand_metrics,
+            progress=self.config.train.progress,
+            dist=self.dist,
         )
-        loader = eval_loader(self.val_dataset, self.config.data.val_batch_size, self.config.data.num_workers,
-                             self.dist)
+        loader = eval_loader(self.val_dataset, self.config.data.val_batch_size, self.config.data.num_workers, self.dist)
         return evaluate(self.model, loader, setup)
 
     def _after_evaluation(self, values: dict, writer) -> None:
@@ -456,17 +505,23 @@ class Trainer:
                             writer.add_scalar("train/grad_norm", float(self._grad_norms[-1]), self.step)
                         writer.add_scalar("train/images_per_second", images_per_second, self.step)
                     if progress is None and self.dist.is_main:
-                        print(f"step {self.step}/{config.steps}: loss {float(running['total']) / window_steps:.4f}, "
-                              f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images_per_second:.1f} images/s",
-                              flush=True)
+                        print(
+                            f"step {self.step}/{config.steps}: loss {float(running['total']) / window_steps:.4f}, "
+                            f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images_per_second:.1f} images/s",
+                            flush=True,
+                        )
                     running, window_start, window_steps = {}, time.perf_counter(), 0
                 evaluate_now = self.val_dataset is not None and (
-                    (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps)
+                    (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps
+                )
                 if evaluate_now:
                     last_metrics = self.run_evaluation()
                     self._after_evaluation(last_metrics, writer)
-                if evaluate_now or self.step == config.steps or (
-                        config.checkpoint_every and self.step % config.checkpoint_every == 0):
+                if (
+                    evaluate_now
+                    or self.step == config.steps
+                    or (config.checkpoint_every and self.step % config.checkpoint_every == 0)
+                ):
                     self.save("last")
         finally:
             if progress is not None:

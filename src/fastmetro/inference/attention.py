@@ -58,15 +58,30 @@ def image_heatmap(person: PersonPrediction, joint: int, image_size: tuple[int, i
     width, height = image_size
     heat = crop_heatmap(person, joint, crop_size)
     matrix = person.crop_box.crop_matrix(crop_size)
-    full = cv2.warpAffine(heat, matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    inside = cv2.warpAffine(np.ones((crop_size, crop_size), np.uint8), matrix, (width, height),
-                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0) > 0
+    full = cv2.warpAffine(
+        heat,
+        matrix,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    inside = (
+        cv2.warpAffine(
+            np.ones((crop_size, crop_size), np.uint8),
+            matrix,
+            (width, height),
+            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+            borderValue=0,
+        )
+        > 0
+    )
     return full, inside
 
 
-def cross_attention_image(image: np.ndarray, person: PersonPrediction, joint: int, crop_size: int = 224,
-                          opacity: float = 0.55) -> np.ndarray:
+def cross_attention_image(
+    image: np.ndarray, person: PersonPrediction, joint: int, crop_size: int = 224, opacity: float = 0.55
+) -> np.ndarray:
     """(H, W, 3) uint8: the image with the joint's cross-attention heat map and the joint marked."""
     height, width = image.shape[:2]
     heat, inside = image_heatmap(person, joint, (width, height), crop_size)
@@ -94,8 +109,9 @@ def framing_camera(vertices: np.ndarray, size: int, fill: float = 0.85) -> tuple
     return np.array([[focal, 0.0, middle], [0.0, focal, middle], [0.0, 0.0, 1.0]]), translation
 
 
-def self_attention_image(image: np.ndarray, person: PersonPrediction, joint: int, topology, pool,
-                         size: int = 448) -> np.ndarray:
+def self_attention_image(
+    image: np.ndarray, person: PersonPrediction, joint: int, topology, pool, size: int = 448
+) -> np.ndarray:
     """(size, 2 * size, 3) uint8: [the person's crop | the mesh coloured by the joint's self-attention].
 
     The mesh is seen from the camera's direction, framed to fill the view (independent of the
@@ -109,8 +125,9 @@ def self_attention_image(image: np.ndarray, person: PersonPrediction, joint: int
 
     vertices = person.vertices + translation
     near, far = depth_range(vertices)
-    rendered = pool.get(size, size).render(vertices, person.faces, intrinsics,
-                                           color=colormap(scores).astype(np.float32), near=near, far=far)
+    rendered = pool.get(size, size).render(
+        vertices, person.faces, intrinsics, color=colormap(scores).astype(np.float32), near=near, far=far
+    )
     mesh_view = np.full((size, size, 3), 255, np.uint8)
     mesh_view[rendered.mask] = rendered.rgb[rendered.mask]
     radius = max(3, size // 80)

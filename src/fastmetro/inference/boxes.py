@@ -86,8 +86,9 @@ def check_box_for_image(box: Sequence[float], image_size: tuple[int, int], what:
     limit = MAX_BOX_TO_IMAGE * max(image_size)
     if max(w, h) > limit:
         width, height = image_size
-        raise FastMetroError(f"{what} {[x, y, w, h]} is over {MAX_BOX_TO_IMAGE:g} times the "
-                             f"{width}x{height} image's longer side")
+        raise FastMetroError(
+            f"{what} {[x, y, w, h]} is over {MAX_BOX_TO_IMAGE:g} times the {width}x{height} image's longer side"
+        )
 
 
 def parse_bbox(text: str, what: str = "--bbox") -> tuple[float, float, float, float]:
@@ -134,8 +135,15 @@ def person_boxes(
         if not detections:
             warnings.append(f"{source}: the detector found no person")
         # A hand detector's own side (MediaPipe's handedness) wins over the default side.
-        people = [PersonBox(tuple(float(v) for v in d.box), side=getattr(d, "side", None) or side, score=d.score,
-                            pose=getattr(d, "pose", None)) for d in detections]
+        people = [
+            PersonBox(
+                tuple(float(v) for v in d.box),
+                side=getattr(d, "side", None) or side,
+                score=d.score,
+                pose=getattr(d, "pose", None),
+            )
+            for d in detections
+        ]
     elif boxes is None:
         warnings.append(f"{source}: no person box given; using the whole image as the box")
         people = [whole_image_box((width, height), side)]
@@ -197,8 +205,7 @@ def _file_entry(entry, side: str) -> PersonBox:
 def _released_box(entry: dict) -> list:
     """The released label convention: square of side 200 * scale around ``center`` (used as is)."""
     center, scale = entry["center"], entry["scale"]
-    if not (isinstance(center, list) and len(center) == 2 and all(_is_number(v) for v in center)
-            and _is_number(scale)):
+    if not (isinstance(center, list) and len(center) == 2 and all(_is_number(v) for v in center) and _is_number(scale)):
         raise FastMetroError("center must be [x, y] and scale a number")
     try:
         side = side_from_scale(float(scale))
@@ -232,8 +239,7 @@ class GivenBoxes(BoxSource):
     side: str = "right"
 
     def __call__(self, frame, image, warnings):
-        return [box if isinstance(box, PersonBox) else PersonBox(check_box(box), side=self.side)
-                for box in self.boxes]
+        return [box if isinstance(box, PersonBox) else PersonBox(check_box(box), side=self.side) for box in self.boxes]
 
     def describe(self) -> str:
         return f"{len(self.boxes)} given box(es)"

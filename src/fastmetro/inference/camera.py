@@ -17,11 +17,12 @@ Conventions (used by every function here):
   crop) and translation ``t = (tx, ty, 2 f / (R s))``: a point at depth ~ ``t_z`` then projects to
   the same place. The released demo uses ``f = 1000`` at ``R = 224``.
 * Paste-back to the full image (W x H) uses one perspective camera per image with principal point
-  at the image centre ``((W - 1) / 2, (H - 1) / 2)`` and focal length ``F`` (default :func:`default_focal_length`: the released
-  1000 px per 224 px, applied to the longer image side, i.e. the whole image seen as one crop).
+  at the image centre ``((W - 1) / 2, (H - 1) / 2)`` and focal length ``F``
+  (default :func:`default_focal_length`: the released 1000 px per 224 px, applied to the longer image side,
+  i.e. the whole image seen as one crop).
   Each person gets its own translation ``t = (tx + 2 (cx - px) / (S s), ty + 2 (cy - py) / (S s),
-  2 F / (S s))``, added to the root-centred mesh: for points near the mesh's depth plane its projection equals the weak-perspective
-  projection mapped through the box, and the whole scene (every person) is rendered with one
+  2 F / (S s))``, added to the root-centred mesh: for points near the mesh's depth plane its projection equals
+  the weak-perspective projection mapped through the box, and the whole scene (every person) is rendered with one
   camera in OpenCV convention (x right, y down, z forward).
 """
 
@@ -122,9 +123,7 @@ def whole_image_box(image_size: tuple[int, int]) -> CropBox:
     return CropBox(center=((width - 1) / 2.0, (height - 1) / 2.0), side=float(max(width, height)))
 
 
-def crop_image(
-    image: np.ndarray, box: CropBox, crop_size: int = CROP_SIZE, flip: bool = False
-) -> np.ndarray:
+def crop_image(image: np.ndarray, box: CropBox, crop_size: int = CROP_SIZE, flip: bool = False) -> np.ndarray:
     """Warp the square ``box`` of ``image`` (H, W, 3) uint8 to a (R, R, 3) uint8 crop with the
     shared crop warp (:func:`fastmetro.conventions.warp_crop`: zeros outside the image, area
     averaging first when the crop shrinks the image a lot)."""
@@ -153,8 +152,9 @@ def fit_weak_perspective(points: np.ndarray, normalised: np.ndarray) -> np.ndarr
     return np.array([s, solution[1] / s, solution[2] / s])
 
 
-def default_focal_length(image_size: tuple[int, int], crop_focal: float = RELEASED_CROP_FOCAL,
-                         crop_size: int = CROP_SIZE) -> float:
+def default_focal_length(
+    image_size: tuple[int, int], crop_focal: float = RELEASED_CROP_FOCAL, crop_size: int = CROP_SIZE
+) -> float:
     """Focal length (pixels) of the full-image camera: the released crop focal, scaled so the
     whole image (its longer side) plays the role of the 224-pixel crop."""
     return crop_focal * max(image_size) / crop_size

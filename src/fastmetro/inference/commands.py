@@ -19,41 +19,71 @@ def register(subparsers) -> None:
         "Writes OUT/<image>/person_XX.{obj,ply,glb,json}, scene.glb and overlay.png.",
     )
     infer.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or video files")
-    infer.add_argument("--checkpoint", help="our .safetensors checkpoint (or an official .bin with --topology); "
-                       "default: the model shipped with fastmetro")
+    infer.add_argument(
+        "--checkpoint",
+        help="our .safetensors checkpoint (or an official .bin with --topology); "
+        "default: the model shipped with fastmetro",
+    )
     infer.add_argument("--out", required=True, help="output folder")
     boxes = infer.add_mutually_exclusive_group()
-    boxes.add_argument("--bbox", action="append", metavar="X,Y,W,H",
-                       help="person box in pixels for every input (repeat for several people)")
-    boxes.add_argument("--boxes", metavar="JSON",
-                       help='boxes per image: {"name.jpg": [[x, y, w, h], {"box": [x, y, w, h], "side": "left"}, '
-                       '{"center": [x, y], "scale": s}]} (center/scale: the released label convention, '
-                       'square side 200 * scale, not expanded)')
-    boxes.add_argument("--detector", default="mediapipe", metavar="mediapipe|none|WEIGHTS",
-                       help="how people are found when no box is given: `mediapipe` (default: BlazePose, hands: "
-                       "MediaPipe Hands; `fastmetro assets fetch` fetches it), `none` (the whole image is the box), "
-                       "or a torchvision detector's weights file (local)")
-    infer.add_argument("--detector-threshold", type=float,
-                       help="detector score threshold (default: MediaPipe 0.3, torchvision 0.7)")
-    infer.add_argument("--landmarks", choices=("lite", "full", "heavy", "none"), default="full",
-                       help="MediaPipe's landmark network, which sets each box from the body's landmarks and "
-                       "writes them into the person JSON (full; hands: heavy means full; none: detector boxes)")
+    boxes.add_argument(
+        "--bbox",
+        action="append",
+        metavar="X,Y,W,H",
+        help="person box in pixels for every input (repeat for several people)",
+    )
+    boxes.add_argument(
+        "--boxes",
+        metavar="JSON",
+        help='boxes per image: {"name.jpg": [[x, y, w, h], {"box": [x, y, w, h], "side": "left"}, '
+        '{"center": [x, y], "scale": s}]} (center/scale: the released label convention, '
+        "square side 200 * scale, not expanded)",
+    )
+    boxes.add_argument(
+        "--detector",
+        default="mediapipe",
+        metavar="mediapipe|none|WEIGHTS",
+        help="how people are found when no box is given: `mediapipe` (default: BlazePose, hands: "
+        "MediaPipe Hands; `fastmetro assets fetch` fetches it), `none` (the whole image is the box), "
+        "or a torchvision detector's weights file (local)",
+    )
+    infer.add_argument(
+        "--detector-threshold", type=float, help="detector score threshold (default: MediaPipe 0.3, torchvision 0.7)"
+    )
+    infer.add_argument(
+        "--landmarks",
+        choices=("lite", "full", "heavy", "none"),
+        default="full",
+        help="MediaPipe's landmark network, which sets each box from the body's landmarks and "
+        "writes them into the person JSON (full; hands: heavy means full; none: detector boxes)",
+    )
     infer.add_argument("--max-people", type=int, default=20, help="detector: keep the most confident N people (20)")
     infer.add_argument("--detector-arch", help="torchvision detector builder (default: recognised from the weights)")
     infer.add_argument("--attention", metavar="JOINT", help="also draw this joint's attention (name or index)")
-    infer.add_argument("--hand", choices=("right", "left"), default="right",
-                       help="hand models: side of the hands in the boxes (left hands are run mirrored)")
+    infer.add_argument(
+        "--hand",
+        choices=("right", "left"),
+        default="right",
+        help="hand models: side of the hands in the boxes (left hands are run mirrored)",
+    )
     infer.add_argument("--topology", help="mesh topology (default: the checkpoint's)")
     infer.add_argument("--data-dir", help="folder with the SMPL/MANO files for the smpl/mano topologies")
-    infer.add_argument("--body-model", help="SMPL model file (.pkl/.npz): models with the SMPL parameter regressor "
-                       "then also write the SMPL mesh (person_XX_smpl.obj/.ply)")
+    infer.add_argument(
+        "--body-model",
+        help="SMPL model file (.pkl/.npz): models with the SMPL parameter regressor "
+        "then also write the SMPL mesh (person_XX_smpl.obj/.ply)",
+    )
     infer.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
-    infer.add_argument("--box-expand", type=float, default=1.2,
-                       help="square crop side = this x the box's longer side (1.2)")
-    infer.add_argument("--focal-length", type=float,
-                       help="full-image focal length in pixels (default: 1000 px per 224 px of the longer side)")
+    infer.add_argument(
+        "--box-expand", type=float, default=1.2, help="square crop side = this x the box's longer side (1.2)"
+    )
+    infer.add_argument(
+        "--focal-length",
+        type=float,
+        help="full-image focal length in pixels (default: 1000 px per 224 px of the longer side)",
+    )
     infer.add_argument("--no-overlay", action="store_true", help="skip the rendered overlay PNGs")
     infer.add_argument("--max-side", type=int, default=1024, help="longest side of overlay images (1024)")
     infer.set_defaults(func=run_infer)
@@ -105,11 +135,16 @@ def box_source_from_args(args, is_hand: bool = False):
     if args.bbox:
         return boxes.GivenBoxes([boxes.parse_bbox(text) for text in args.bbox], side=args.hand)
     if args.boxes:
-        return boxes.BoxesByImage(boxes.read_boxes_file(args.boxes, side=args.hand), label=args.boxes,
-                                  side=args.hand)
-    detector = make_detector(args.detector, is_hand=is_hand, threshold=args.detector_threshold,
-                             max_people=args.max_people, landmarks=None if args.landmarks == "none" else args.landmarks,
-                             architecture=args.detector_arch, device=args.device)
+        return boxes.BoxesByImage(boxes.read_boxes_file(args.boxes, side=args.hand), label=args.boxes, side=args.hand)
+    detector = make_detector(
+        args.detector,
+        is_hand=is_hand,
+        threshold=args.detector_threshold,
+        max_people=args.max_people,
+        landmarks=None if args.landmarks == "none" else args.landmarks,
+        architecture=args.detector_arch,
+        device=args.device,
+    )
     return None if detector is None else boxes.DetectorBoxes(detector, side=args.hand)
 
 
@@ -128,16 +163,30 @@ def run_infer(args) -> int:
         default = find_default_checkpoint()
         print(f"no --checkpoint given: using {default.origin}", file=sys.stderr, flush=True)
         checkpoint = default.path
-    predictor = Predictor(checkpoint=checkpoint, topology=args.topology, device=args.device,
-                          image_size=args.image_size, batch_size=args.batch_size, box_expand=args.box_expand,
-                          focal_length=args.focal_length, data_dir=args.data_dir,
-                          body_model=args.body_model)
+    predictor = Predictor(
+        checkpoint=checkpoint,
+        topology=args.topology,
+        device=args.device,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        box_expand=args.box_expand,
+        focal_length=args.focal_length,
+        data_dir=args.data_dir,
+        body_model=args.body_model,
+    )
     boxes = given or box_source_from_args(args, is_hand=predictor.topology.is_hand)
     out_dir = Path(args.out)
     failures: list[Failure] = []
     done = people = 0
-    with InferenceRunner(predictor, boxes=boxes, side=args.hand, out_dir=out_dir, attention_joint=args.attention,
-                         overlay=not args.no_overlay, max_side=args.max_side) as runner:
+    with InferenceRunner(
+        predictor,
+        boxes=boxes,
+        side=args.hand,
+        out_dir=out_dir,
+        attention_joint=args.attention,
+        overlay=not args.no_overlay,
+        max_side=args.max_side,
+    ) as runner:
         for item in runner.iter_results(paths):
             if isinstance(item, Failure):
                 failures.append(item)

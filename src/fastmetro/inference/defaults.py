@@ -49,8 +49,9 @@ def demo_folders() -> list[Path]:
 PACKAGE = "package"
 
 
-def find_default_checkpoint(demo_dirs: list[Path] | None = None,
-                            shipped: str | os.PathLike | None = PACKAGE) -> DefaultCheckpoint:
+def find_default_checkpoint(
+    demo_dirs: list[Path] | None = None, shipped: str | os.PathLike | None = PACKAGE
+) -> DefaultCheckpoint:
     """The checkpoint to use when the user gives none (see the module docstring).
 
     Args:

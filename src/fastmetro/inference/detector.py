@@ -136,8 +136,14 @@ class TorchvisionDetector:
         device: torch device.
     """
 
-    def __init__(self, weights: str | os.PathLike, score_threshold: float = 0.7, max_people: int = 20,
-                 architecture: str | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        score_threshold: float = 0.7,
+        max_people: int = 20,
+        architecture: str | None = None,
+        device: str | torch.device = "cpu",
+    ):
         path = Path(weights)
         self.model, self.architecture = build_matching(read_weights(path), path, architecture)
         self.device = torch.device(device)
@@ -178,16 +184,33 @@ class MediaPipeDetector:
         refine, flip, tiles: see :class:`~fastmetro.mediapipe.people.PeopleFinder`.
     """
 
-    def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.3,
-                 presence_threshold: float = 0.8, max_people: int = 20, device: str | torch.device = "cpu",
-                 refine: bool = False, flip: bool = True, tiles: int = 0):
+    def __init__(
+        self,
+        kind: str = "body",
+        landmarks: str | None = "full",
+        threshold: float = 0.3,
+        presence_threshold: float = 0.8,
+        max_people: int = 20,
+        device: str | torch.device = "cpu",
+        refine: bool = False,
+        flip: bool = True,
+        tiles: int = 0,
+    ):
         if kind not in ("body", "hand"):
             raise FastMetroError(f"detector kind must be 'body' or 'hand', got {kind!r}")
         if kind == "hand" and landmarks == "heavy":
             landmarks = "full"  # MediaPipe Hands has lite and full only
         self.kind = kind
-        self.settings = dict(landmarks=landmarks, threshold=threshold, presence_threshold=presence_threshold,
-                             max_people=max_people, device=device, refine=refine, flip=flip, tiles=tiles)
+        self.settings = dict(
+            landmarks=landmarks,
+            threshold=threshold,
+            presence_threshold=presence_threshold,
+            max_people=max_people,
+            device=device,
+            refine=refine,
+            flip=flip,
+            tiles=tiles,
+        )
         self._finder = None
         self._lock = threading.Lock()
 
@@ -213,8 +236,10 @@ class MediaPipeDetector:
     def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
         """The detections of several images, the networks batched across them."""
         found = self.finder.find(images)
-        return [[Detection(tuple(person.box), float(person.score), person.side, person) for person in people]
-                for people in found]
+        return [
+            [Detection(tuple(person.box), float(person.score), person.side, person) for person in people]
+            for people in found
+        ]
 
     def describe(self) -> str:
         landmarks = self.settings["landmarks"]
@@ -230,8 +255,15 @@ def detector_for(detector, is_hand: bool):
     return detector
 
 
-def make_detector(choice: str | None, is_hand: bool = False, threshold: float | None = None, max_people: int = 20,
-                  landmarks: str | None = "full", architecture: str | None = None, device: str = "cpu"):
+def make_detector(
+    choice: str | None,
+    is_hand: bool = False,
+    threshold: float | None = None,
+    max_people: int = 20,
+    landmarks: str | None = "full",
+    architecture: str | None = None,
+    device: str = "cpu",
+):
     """The detector a command line asks for: ``"mediapipe"`` (the default), ``"none"`` (no
     detector: the whole image is the box) or a torchvision weights file.
 
@@ -240,12 +272,31 @@ def make_detector(choice: str | None, is_hand: bool = False, threshold: float | 
     if choice is None or choice == "none":
         return None
     if choice == "mediapipe":
-        detector = MediaPipeDetector("hand" if is_hand else "body", landmarks=landmarks, max_people=max_people,
-                                     device=device, **({} if threshold is None else {"threshold": threshold}))
+        detector = MediaPipeDetector(
+            "hand" if is_hand else "body",
+            landmarks=landmarks,
+            max_people=max_people,
+            device=device,
+            **({} if threshold is None else {"threshold": threshold}),
+        )
         return detector.load()
-    return TorchvisionDetector(choice, score_threshold=0.7 if threshold is None else threshold,
-                               max_people=max_people, architecture=architecture, device=device)
+    return TorchvisionDetector(
+        choice,
+        score_threshold=0.7 if threshold is None else threshold,
+        max_people=max_people,
+        architecture=architecture,
+        device=device,
+    )
 
 
-__all__ = ["Detection", "PersonDetector", "TorchvisionDetector", "MediaPipeDetector", "detector_for", "make_detector",
-           "read_weights", "ARCHITECTURES", "COCO_PERSON"]
+__all__ = [
+    "Detection",
+    "PersonDetector",
+    "TorchvisionDetector",
+    "MediaPipeDetector",
+    "detector_for",
+    "make_detector",
+    "read_weights",
+    "ARCHITECTURES",
+    "COCO_PERSON",
+]

@@ -78,8 +78,13 @@ def camera_frame_outputs(outputs: dict, root_regressor: torch.Tensor, root_joint
     """The exported tensors from a network output dict: :data:`OUTPUT_NAMES`, root-centred."""
     centred = root_centred(outputs, root_regressor, root_joints)
     levels = centred["vertices_by_level"]
-    return {"camera": outputs["camera"], "joints": centred["joints"], "coarse_vertices": levels[-1],
-            "fine_vertices": levels[0], "mesh_joints": centred["mesh_joints"]}
+    return {
+        "camera": outputs["camera"],
+        "joints": centred["joints"],
+        "coarse_vertices": levels[-1],
+        "fine_vertices": levels[0],
+        "mesh_joints": centred["mesh_joints"],
+    }
 
 
 class ExportWrapper(nn.Module):
@@ -90,8 +95,9 @@ class ExportWrapper(nn.Module):
         self.model = _export_friendly(inference_view(model))  # the fast path: same function, fewer ops
         topology = model.topology
         self.root_joints = tuple(topology.root_joints)
-        self.register_buffer("root_regressor", torch.tensor(np.asarray(topology.root_regressor), dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "root_regressor", torch.tensor(np.asarray(topology.root_regressor), dtype=torch.float32), persistent=False
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = camera_frame_outputs(self.model(images), self.root_regressor, self.root_joints)
@@ -195,7 +201,9 @@ def run_torchscript(path: str | os.PathLike, images: torch.Tensor) -> dict[str, 
     return {name: value.numpy() for name, value in zip(OUTPUT_NAMES, values)}
 
 
-def max_abs_difference(model: nn.Module, path: str | os.PathLike, format: str, images: torch.Tensor) -> dict[str, float]:
+def max_abs_difference(
+    model: nn.Module, path: str | os.PathLike, format: str, images: torch.Tensor
+) -> dict[str, float]:
     """Per-output max |exported - PyTorch| on ``images`` (CPU)."""
     reference = pytorch_outputs(model.cpu(), images)
     exported = run_onnx(path, images) if format == "onnx" else run_torchscript(path, images)

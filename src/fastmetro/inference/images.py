@@ -102,8 +102,9 @@ class Frame:
         if self.pixels is not None:
             height, width = self.pixels.shape[:2]
             if max_pixels is not None and width * height > max_pixels:
-                raise FastMetroError(f"{self.source}: the image is {width}x{height}, over the limit of "
-                                     f"{max_pixels / 1e6:g} megapixels")
+                raise FastMetroError(
+                    f"{self.source}: the image is {width}x{height}, over the limit of {max_pixels / 1e6:g} megapixels"
+                )
             return self.pixels
         return load_image(self.source, max_pixels)
 
@@ -124,8 +125,12 @@ def iter_video(path: str | os.PathLike, name: str | None = None, label: str | No
             pixels = np.asarray(pixels)
             if pixels.ndim == 2:
                 pixels = np.repeat(pixels[..., None], 3, axis=2)
-            yield Frame(name=f"{name}_f{index:06d}", source=f"{label}#frame{index}", index=index,
-                        pixels=np.ascontiguousarray(pixels[..., :3].astype(np.uint8)))
+            yield Frame(
+                name=f"{name}_f{index:06d}",
+                source=f"{label}#frame{index}",
+                index=index,
+                pixels=np.ascontiguousarray(pixels[..., :3].astype(np.uint8)),
+            )
     except FastMetroError:
         raise
     except Exception as error:  # PyAV raises its own error types for corrupt streams
@@ -198,5 +203,15 @@ def iter_frames(paths: list[Path]) -> Iterator[Frame]:
             yield Frame(name=name, source=str(path))
 
 
-__all__ = ["Frame", "load_image", "output_names", "to_rgb8", "iter_video", "iter_frames", "expand_inputs", "is_video",
-           "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+__all__ = [
+    "Frame",
+    "load_image",
+    "output_names",
+    "to_rgb8",
+    "iter_video",
+    "iter_frames",
+    "expand_inputs",
+    "is_video",
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+]

@@ -78,7 +78,9 @@ def write_glb(path: Path, meshes: list[tuple[np.ndarray, np.ndarray, tuple]], im
 
     scene = trimesh.Scene()
     for index, (vertices, faces, color) in enumerate(meshes):
-        scene.add_geometry(_trimesh(np.asarray(vertices) @ OPENCV_TO_GLTF.T, faces, color), node_name=f"person_{index:02d}")
+        scene.add_geometry(
+            _trimesh(np.asarray(vertices) @ OPENCV_TO_GLTF.T, faces, color), node_name=f"person_{index:02d}"
+        )
     width, height = image_size
     scene.camera = trimesh.scene.Camera(
         resolution=(int(width), int(height)), focal=(float(intrinsics[0, 0]), float(intrinsics[1, 1]))
@@ -101,8 +103,11 @@ def person_record(person: PersonPrediction, joint_names, image_source: str, imag
         },
         "side": person.side,
         "camera": {
-            "weak_perspective": {"s": float(person.camera[0]), "tx": float(person.camera[1]),
-                                 "ty": float(person.camera[2])},
+            "weak_perspective": {
+                "s": float(person.camera[0]),
+                "tx": float(person.camera[1]),
+                "ty": float(person.camera[2]),
+            },
             "intrinsics": np.asarray(person.intrinsics).round(6).tolist(),
             "translation": np.asarray(person.translation).round(6).tolist(),
             "convention": "OpenCV (x right, y down, z forward); pixel centres at integers",
@@ -112,8 +117,10 @@ def person_record(person: PersonPrediction, joint_names, image_source: str, imag
         "joints_3d_camera": np.asarray(person.joints_camera).round(6).tolist(),
         "mesh_joints_3d": np.asarray(person.mesh_joints).round(6).tolist(),
         "joints_2d": np.asarray(person.joints_2d).round(3).tolist(),
-        "units": {"joints_3d": "metres (root-centred model space, the camera's frame; add translation for "
-                               "camera space)", "joints_2d": "pixels"},
+        "units": {
+            "joints_3d": "metres (root-centred model space, the camera's frame; add translation for camera space)",
+            "joints_2d": "pixels",
+        },
         **smpl_record(person),
         **detection_record(person),
     }
@@ -130,9 +137,11 @@ def detection_record(person: PersonPrediction) -> dict:
         "image": np.asarray(pose.landmarks).round(4).tolist(),
         "world": np.asarray(pose.world_landmarks).round(5).tolist(),
         "presence": round(float(pose.presence), 6),
-        "units": {"image": "x, y pixels; z pixels relative to the hips (hands: the wrist), smaller is nearer; "
-                           "visibility, presence 0..1 (hands: 0)",
-                  "world": "metres, hip-centred (hands: the hand's centre), x right, y down, z forward"},
+        "units": {
+            "image": "x, y pixels; z pixels relative to the hips (hands: the wrist), smaller is nearer; "
+            "visibility, presence 0..1 (hands: 0)",
+            "world": "metres, hip-centred (hands: the hand's centre), x right, y down, z forward",
+        },
         "model": "MediaPipe BlazePose GHUM 3D" if pose.side is None else "MediaPipe Hands",
     }
     if pose.handedness is not None:
@@ -147,15 +156,19 @@ def smpl_record(person: PersonPrediction) -> dict:
     from scipy.spatial.transform import Rotation
 
     rotations = np.asarray(person.smpl_rotmat, dtype=np.float64)
-    return {"smpl": {
-        "rotmat": rotations.round(6).tolist(),
-        "pose_axis_angle": Rotation.from_matrix(rotations).as_rotvec().reshape(-1).round(6).tolist(),
-        "betas": np.asarray(person.smpl_betas).round(6).tolist(),
-        "mesh": "person_XX_smpl.obj/.ply (with an SMPL model file, --body-model)",
-    }}
+    return {
+        "smpl": {
+            "rotmat": rotations.round(6).tolist(),
+            "pose_axis_angle": Rotation.from_matrix(rotations).as_rotvec().reshape(-1).round(6).tolist(),
+            "betas": np.asarray(person.smpl_betas).round(6).tolist(),
+            "mesh": "person_XX_smpl.obj/.ply (with an SMPL model file, --body-model)",
+        }
+    }
 
 
-def write_person(directory: Path, index: int, person: PersonPrediction, joint_names, image_source, image_size) -> list[Path]:
+def write_person(
+    directory: Path, index: int, person: PersonPrediction, joint_names, image_source, image_size
+) -> list[Path]:
     """``person_XX.{obj,ply,glb,json}`` in ``directory``."""
     stem = f"person_{index:02d}"
     color = person_color(index)
@@ -174,8 +187,15 @@ def write_person(directory: Path, index: int, person: PersonPrediction, joint_na
     return written
 
 
-def write_image_outputs(directory: Path, prediction: ImagePrediction, joint_names, image_source, image=None,
-                        renderer_pool=None, max_side: int = 1024) -> list[Path]:
+def write_image_outputs(
+    directory: Path,
+    prediction: ImagePrediction,
+    joint_names,
+    image_source,
+    image=None,
+    renderer_pool=None,
+    max_side: int = 1024,
+) -> list[Path]:
     """Every person's files, the image's ``scene.glb``, and ``overlay.png`` when ``image`` is given."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -183,7 +203,9 @@ def write_image_outputs(directory: Path, prediction: ImagePrediction, joint_name
         written += write_person(directory, index, person, joint_names, image_source, prediction.image_size)
     if prediction.people:
         meshes = [(p.vertices_camera, p.faces, person_color(i)) for i, p in enumerate(prediction.people)]
-        written.append(write_glb(directory / "scene.glb", meshes, prediction.image_size, prediction.people[0].intrinsics))
+        written.append(
+            write_glb(directory / "scene.glb", meshes, prediction.image_size, prediction.people[0].intrinsics)
+        )
     if image is not None:
         panel = overlay_panel(image, prediction, renderer_pool, max_side)
         written.append(write_png(directory / "overlay.png", panel))
@@ -258,8 +280,14 @@ def combined_mesh(people: list[PersonPrediction], colors=None):
     return np.concatenate(vertices), np.concatenate(faces), np.concatenate(vertex_colors)
 
 
-def render_people(image: np.ndarray, people: list[PersonPrediction], intrinsics: np.ndarray, pool: RendererPool,
-                  opacity: float = 0.85, colors=None) -> np.ndarray:
+def render_people(
+    image: np.ndarray,
+    people: list[PersonPrediction],
+    intrinsics: np.ndarray,
+    pool: RendererPool,
+    opacity: float = 0.85,
+    colors=None,
+) -> np.ndarray:
     """The people's meshes drawn over ``image`` (H, W, 3) uint8 with ``intrinsics``."""
     mesh = combined_mesh(people, colors)
     if mesh is None:
@@ -274,8 +302,13 @@ def render_people(image: np.ndarray, people: list[PersonPrediction], intrinsics:
     return blended.round().astype(np.uint8)
 
 
-def side_view(people: list[PersonPrediction], intrinsics: np.ndarray, size: tuple[int, int], pool: RendererPool,
-              background: int = 255) -> np.ndarray:
+def side_view(
+    people: list[PersonPrediction],
+    intrinsics: np.ndarray,
+    size: tuple[int, int],
+    pool: RendererPool,
+    background: int = 255,
+) -> np.ndarray:
     """The same meshes turned 90 degrees about the vertical axis through their centre."""
     width, height = size
     canvas = np.full((height, width, 3), background, np.uint8)
@@ -292,8 +325,9 @@ def side_view(people: list[PersonPrediction], intrinsics: np.ndarray, size: tupl
     return canvas
 
 
-def overlay_panel(image: np.ndarray, prediction: ImagePrediction, pool: RendererPool | None = None,
-                  max_side: int = 1024) -> np.ndarray:
+def overlay_panel(
+    image: np.ndarray, prediction: ImagePrediction, pool: RendererPool | None = None, max_side: int = 1024
+) -> np.ndarray:
     """[input | meshes over the input | side view], each at most ``max_side`` pixels."""
     own_pool = pool is None
     pool = pool or RendererPool()

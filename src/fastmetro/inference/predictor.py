@@ -253,8 +253,9 @@ class Predictor:
             for offset in range(batch.shape[0]):
                 result_index, person, crop_box, flip = plans[start + offset]
                 result = results[result_index]
-                prediction = self._person(outputs, offset, person, crop_box, flip, result.image_size,
-                                          result.focal_length)
+                prediction = self._person(
+                    outputs, offset, person, crop_box, flip, result.image_size, result.focal_length
+                )
                 if not prediction.camera[0] > 0:
                     result.warnings.append(
                         f"{items[result_index][2]}: person {len(result.people)}: camera scale "
@@ -272,7 +273,9 @@ class Predictor:
 
             body_model = load_body_model(body_model)
         if body_model.num_joints != 24:
-            raise FastMetroError(f"the SMPL parameter regressor needs an SMPL model (24 joints), got {body_model.num_joints}")
+            raise FastMetroError(
+                f"the SMPL parameter regressor needs an SMPL model (24 joints), got {body_model.num_joints}"
+            )
         self.model.attach_body_model(body_model.to(self.device))
         self.smpl_faces = body_model.faces if body_model.faces is not None else None
 
@@ -281,8 +284,15 @@ class Predictor:
         outputs = self.model(batch, return_attention=return_attention)
         out = {
             name: outputs[name].float().cpu().numpy()
-            for name in ("camera", "joints", "fine_vertices", "mesh_joints", "smpl_rotmat", "smpl_betas",
-                         "smpl_vertices")
+            for name in (
+                "camera",
+                "joints",
+                "fine_vertices",
+                "mesh_joints",
+                "smpl_rotmat",
+                "smpl_betas",
+                "smpl_vertices",
+            )
             if name in outputs
         }
         if return_attention:
@@ -300,9 +310,11 @@ class Predictor:
     def _person(self, outputs, index, person, crop_box, flip, image_size, focal) -> PersonPrediction:
         camera = outputs["camera"][index].astype(np.float64)
         # The camera's frame (released demo): the mesh on its root, token joints on their root.
-        raw = {"joints": outputs["joints"][index].astype(np.float64),
-               "mesh_joints": outputs["mesh_joints"][index].astype(np.float64),
-               "vertices_by_level": (outputs["fine_vertices"][index].astype(np.float64),)}
+        raw = {
+            "joints": outputs["joints"][index].astype(np.float64),
+            "mesh_joints": outputs["mesh_joints"][index].astype(np.float64),
+            "vertices_by_level": (outputs["fine_vertices"][index].astype(np.float64),),
+        }
         centred = root_centred(raw, self._root_regressor, self.topology.root_joints)
         vertices, joints, mesh_joints = centred["fine_vertices"], centred["joints"], centred["mesh_joints"]
         raw_root = centred["mesh_root"][0]
@@ -354,13 +366,14 @@ class Predictor:
             pose=person.pose,
         )
 
-
     def _smpl_outputs(self, outputs: dict, index: int) -> dict:
         """SMPL parameters (and the SMPL mesh, root-centred, when a body model is attached)."""
         if "smpl_rotmat" not in outputs:
             return {}
-        smpl = {"smpl_rotmat": outputs["smpl_rotmat"][index].astype(np.float64),
-                "smpl_betas": outputs["smpl_betas"][index].astype(np.float64)}
+        smpl = {
+            "smpl_rotmat": outputs["smpl_rotmat"][index].astype(np.float64),
+            "smpl_betas": outputs["smpl_betas"][index].astype(np.float64),
+        }
         if "smpl_vertices" in outputs:
             mesh = outputs["smpl_vertices"][index].astype(np.float64)
             # Centred like `vertices` (SMPL topology: the pelvis; another topology: the centroid).

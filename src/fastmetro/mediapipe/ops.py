@@ -106,13 +106,19 @@ class Conv(nn.Module):
         dilation = (o["dilation_h_factor"], o["dilation_w_factor"])
         pads = [(0, 0), (0, 0)]
         if o["padding"] == SAME:
-            pads = [same_padding(shape[1 + i], weight.shape[2 + i], stride[i], dilation[i])
-                    for i in (0, 1)]
+            pads = [same_padding(shape[1 + i], weight.shape[2 + i], stride[i], dilation[i]) for i in (0, 1)]
         symmetric = all(before == after for before, after in pads)
         self.pad = None if symmetric else (*pads[1], *pads[0])
-        self.conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-                              stride, (pads[0][0], pads[1][0]) if symmetric else 0, dilation,
-                              groups, bias=bias is not None)
+        self.conv = nn.Conv2d(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride,
+            (pads[0][0], pads[1][0]) if symmetric else 0,
+            dilation,
+            groups,
+            bias=bias is not None,
+        )
         with torch.no_grad():
             self.conv.weight.copy_(weight)
             if bias is not None:
@@ -174,8 +180,7 @@ class MaxPool(nn.Module):
         self.stride = (o["stride_h"], o["stride_w"])
         self.pad = (0, 0, 0, 0)
         if o["padding"] == SAME:
-            (top, bottom), (left, right) = (
-                same_padding(shape[1 + i], self.kernel[i], self.stride[i]) for i in (0, 1))
+            (top, bottom), (left, right) = (same_padding(shape[1 + i], self.kernel[i], self.stride[i]) for i in (0, 1))
             self.pad = (left, right, top, bottom)
         self.act = o["fused_activation_function"]
 
@@ -281,8 +286,7 @@ class FullyConnected(nn.Module):
     def __init__(self, op: Operator, graph: Graph):
         super().__init__()
         if op.options["weights_format"] != 0:
-            raise FastMetroError(f"{graph.path}: FULLY_CONNECTED with shuffled weights is not "
-                                 "supported")
+            raise FastMetroError(f"{graph.path}: FULLY_CONNECTED with shuffled weights is not supported")
         weight = torch.from_numpy(graph.tensors[op.inputs[1]].data.astype(np.float32))  # (N, K)
         bias = _bias(op, graph)
         self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -307,31 +311,42 @@ class Logistic(nn.Module):
 
 
 _BUILDERS = {
-    "ADD": Elementwise, "PRELU": Elementwise, "CONV_2D": Conv, "DEPTHWISE_CONV_2D": Conv,
-    "PAD": Pad, "MAX_POOL_2D": MaxPool, "RESIZE_BILINEAR": ResizeBilinear,
-    "DEPTH_TO_SPACE": DepthToSpace, "RESHAPE": Reshape, "CONCATENATION": Concat, "MEAN": Mean,
-    "FULLY_CONNECTED": FullyConnected, "LOGISTIC": lambda op, graph: Logistic(),
+    "ADD": Elementwise,
+    "PRELU": Elementwise,
+    "CONV_2D": Conv,
+    "DEPTHWISE_CONV_2D": Conv,
+    "PAD": Pad,
+    "MAX_POOL_2D": MaxPool,
+    "RESIZE_BILINEAR": ResizeBilinear,
+    "DEPTH_TO_SPACE": DepthToSpace,
+    "RESHAPE": Reshape,
+    "CONCATENATION": Concat,
+    "MEAN": Mean,
+    "FULLY_CONNECTED": FullyConnected,
+    "LOGISTIC": lambda op, graph: Logistic(),
 }
 # Ops whose inputs after the first (weights, shapes, paddings, axes) are read at build time.
-_ONE_ACTIVATION = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "PAD",
-                             "RESIZE_BILINEAR", "RESHAPE", "MEAN"})
+_ONE_ACTIVATION = frozenset(
+    {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "PAD", "RESIZE_BILINEAR", "RESHAPE", "MEAN"}
+)
 
 
 def build(op: Operator, graph: Graph) -> tuple[nn.Module, tuple[int, ...]]:
     """The module running ``op`` and the tensor indices of the activations its forward takes."""
     if op.options.get("fused_activation_function", 0) not in ACTIVATIONS:
-        raise FastMetroError(f"{graph.path}: {op.op} with fused activation "
-                             f"{op.options['fused_activation_function']} is not supported")
+        raise FastMetroError(
+            f"{graph.path}: {op.op} with fused activation {op.options['fused_activation_function']} is not supported"
+        )
     if op.op in _ONE_ACTIVATION:
         if any(graph.tensors[i].data is None for i in op.inputs[1:] if i >= 0):
-            raise FastMetroError(f"{graph.path}: {op.op} with a computed (non-constant) weight "
-                                 "or parameter tensor is not supported")
+            raise FastMetroError(
+                f"{graph.path}: {op.op} with a computed (non-constant) weight or parameter tensor is not supported"
+            )
         activations = op.inputs[:1]
     else:
         activations = tuple(i for i in op.inputs if i >= 0 and graph.tensors[i].data is None)
     try:
         module = _BUILDERS[op.op](op, graph)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise FastMetroError(f"{graph.path}: cannot build {op.op} ({type(error).__name__}: "
-                             f"{error})") from None
+        raise FastMetroError(f"{graph.path}: cannot build {op.op} ({type(error).__name__}: {error})") from None
     return module, activations

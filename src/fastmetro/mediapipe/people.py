@@ -18,7 +18,6 @@ The pipeline of BlazePose (and of MediaPipe Hands), batched over images and over
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,18 +31,63 @@ from fastmetro.mediapipe.regions import Region
 
 #: BlazePose's 33 published landmarks, in the network's order (6 auxiliary ones follow, unnamed).
 POSE_LANDMARK_NAMES = (
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
-    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
-    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-    "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+    "nose",
+    "left_eye_inner",
+    "left_eye",
+    "left_eye_outer",
+    "right_eye_inner",
+    "right_eye",
+    "right_eye_outer",
+    "left_ear",
+    "right_ear",
+    "mouth_left",
+    "mouth_right",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_pinky",
+    "right_pinky",
+    "left_index",
+    "right_index",
+    "left_thumb",
+    "right_thumb",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+    "left_heel",
+    "right_heel",
+    "left_foot_index",
+    "right_foot_index",
 )
 #: MediaPipe Hands' 21 landmarks.
 HAND_LANDMARK_NAMES = (
-    "wrist", "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip", "index_finger_mcp", "index_finger_pip",
-    "index_finger_dip", "index_finger_tip", "middle_finger_mcp", "middle_finger_pip", "middle_finger_dip",
-    "middle_finger_tip", "ring_finger_mcp", "ring_finger_pip", "ring_finger_dip", "ring_finger_tip",
-    "pinky_mcp", "pinky_pip", "pinky_dip", "pinky_tip",
+    "wrist",
+    "thumb_cmc",
+    "thumb_mcp",
+    "thumb_ip",
+    "thumb_tip",
+    "index_finger_mcp",
+    "index_finger_pip",
+    "index_finger_dip",
+    "index_finger_tip",
+    "middle_finger_mcp",
+    "middle_finger_pip",
+    "middle_finger_dip",
+    "middle_finger_tip",
+    "ring_finger_mcp",
+    "ring_finger_pip",
+    "ring_finger_dip",
+    "ring_finger_tip",
+    "pinky_mcp",
+    "pinky_pip",
+    "pinky_dip",
+    "pinky_tip",
 )
 POSE_CROP, HAND_CROP = 256, 224
 # Landmark rows 33 and 34: the hip centre and the point that fixes the body's size and direction
@@ -98,10 +142,32 @@ class _Kind:
     sized_by_box: bool  # the region's size from the detection box (palms), else from the keypoints (bodies)
 
 
-_POSE = _Kind("pose_detection", det.POSE_DETECTOR, "pose_landmark", POSE_LANDMARK_VARIANTS, POSE_CROP, (0, 1),
-              1.25, 0.0, "replicate", POSE_LANDMARK_NAMES, False)
-_HAND = _Kind("palm_detection_full", det.PALM_DETECTOR, "hand_landmark", HAND_LANDMARK_VARIANTS, HAND_CROP, (0, 2),
-              2.6, -0.5, "replicate", HAND_LANDMARK_NAMES, True)
+_POSE = _Kind(
+    "pose_detection",
+    det.POSE_DETECTOR,
+    "pose_landmark",
+    POSE_LANDMARK_VARIANTS,
+    POSE_CROP,
+    (0, 1),
+    1.25,
+    0.0,
+    "replicate",
+    POSE_LANDMARK_NAMES,
+    False,
+)
+_HAND = _Kind(
+    "palm_detection_full",
+    det.PALM_DETECTOR,
+    "hand_landmark",
+    HAND_LANDMARK_VARIANTS,
+    HAND_CROP,
+    (0, 2),
+    2.6,
+    -0.5,
+    "replicate",
+    HAND_LANDMARK_NAMES,
+    True,
+)
 
 
 class PeopleFinder:
@@ -125,9 +191,20 @@ class PeopleFinder:
         device: torch device of the networks.
     """
 
-    def __init__(self, kind: str = "body", landmarks: str | None = "full", threshold: float = 0.5,
-                 presence_threshold: float = 0.5, nms_iou: float = 0.3, refine: bool = False,
-                 flip: bool = True, tiles: int = 0, hands_from_bodies: bool = True, max_people: int = 20, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        kind: str = "body",
+        landmarks: str | None = "full",
+        threshold: float = 0.5,
+        presence_threshold: float = 0.5,
+        nms_iou: float = 0.3,
+        refine: bool = False,
+        flip: bool = True,
+        tiles: int = 0,
+        hands_from_bodies: bool = True,
+        max_people: int = 20,
+        device: str | torch.device = "cpu",
+    ):
         if kind not in ("body", "hand"):
             raise FastMetroError(f"kind must be 'body' or 'hand', got {kind!r}")
         self.kind = _POSE if kind == "body" else _HAND
@@ -137,7 +214,11 @@ class PeopleFinder:
             if not 0.0 <= float(value) <= 1.0:
                 raise FastMetroError(f"{name} must be within 0..1, got {value!r}")
         self.landmarks = landmarks
-        self.threshold, self.presence_threshold, self.nms_iou = float(threshold), float(presence_threshold), float(nms_iou)
+        self.threshold, self.presence_threshold, self.nms_iou = (
+            float(threshold),
+            float(presence_threshold),
+            float(nms_iou),
+        )
         self.refine = bool(refine) and kind == "body"  # hands: MediaPipe's palm region is already tight
         self.flip = bool(flip)
         if int(tiles) != tiles or not 0 <= tiles <= 8:
@@ -150,8 +231,9 @@ class PeopleFinder:
         self.body_finder = None
         if kind == "hand" and hands_from_bodies and landmarks is not None:
             self.body_finder = PeopleFinder("body", "lite", refine=False, flip=flip, tiles=tiles, device=device)
-        self.landmark_net = None if landmarks is None else load_network(f"{self.kind.landmark_prefix}_{landmarks}",
-                                                                        self.device)
+        self.landmark_net = (
+            None if landmarks is None else load_network(f"{self.kind.landmark_prefix}_{landmarks}", self.device)
+        )
 
     def __call__(self, image: np.ndarray) -> list[FoundPerson]:
         """The people of one (H, W, 3) uint8 RGB image, most confident first."""
@@ -162,8 +244,10 @@ class PeopleFinder:
         """The people of each (H, W, 3) uint8 RGB image; detector and landmarks batched across images."""
         candidates = self._detect(images)
         if self.landmark_net is None:
-            found_people = [[self._region_only(region, score, image) for region, score in found]
-                            for found, image in zip(candidates, images)]
+            found_people = [
+                [self._region_only(region, score, image) for region, score in found]
+                for found, image in zip(candidates, images)
+            ]
             return [[p for p in found if p.box is not None][: self.max_people] for found in found_people]
         flat = [(i, region, score) for i, found in enumerate(candidates) for region, score in found]
         sides: list[str | None] = [None] * len(flat)
@@ -194,7 +278,7 @@ class PeopleFinder:
             height, width = image.shape[:2]
             for x, y, w, h in [(0, 0, width, height), *det.tile_grid(width, height, self.tiles)]:
                 letterbox = det.Letterbox.of((w, h), spec.input_size)
-                boxed = det.normalise(letterbox.apply(image[y:y + h, x:x + w]), spec.value_range)
+                boxed = det.normalise(letterbox.apply(image[y : y + h, x : x + w]), spec.value_range)
                 for mirrored in (False, True) if self.flip else (False,):
                     views.append((index, (x, y), letterbox, mirrored))
                     inputs.append(boxed[:, ::-1] if mirrored else boxed)
@@ -255,7 +339,7 @@ class PeopleFinder:
         """The network on (H, W, 3) float32 inputs, 32 at a time (bounded memory); outputs stacked."""
         chunks = []
         for start in range(0, len(inputs), 32):
-            batch = torch.from_numpy(np.ascontiguousarray(np.stack(inputs[start:start + 32]))).to(self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(np.stack(inputs[start : start + 32]))).to(self.device)
             chunks.append([o.float().cpu().numpy() for o in net(batch)])
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
@@ -272,8 +356,15 @@ def _decode_pose(outputs: list[np.ndarray], region: Region, score: float) -> Fou
     landmarks = np.concatenate([xy, z, _sigmoid(raw[:, 3:5])], axis=1)
     world = region.rotate(outputs[4].reshape(39, 3))
     named = len(POSE_LANDMARK_NAMES)
-    return FoundPerson((0, 0, 1, 1), score, region, float(outputs[1].reshape(-1)[0]), landmarks[:named],
-                       world[:named], alignment=landmarks[[_BODY_CENTRE, _BODY_END], :2])
+    return FoundPerson(
+        (0, 0, 1, 1),
+        score,
+        region,
+        float(outputs[1].reshape(-1)[0]),
+        landmarks[:named],
+        world[:named],
+        alignment=landmarks[[_BODY_CENTRE, _BODY_END], :2],
+    )
 
 
 def _decode_hand(outputs: list[np.ndarray], region: Region, score: float) -> FoundPerson:
@@ -286,9 +377,17 @@ def _decode_hand(outputs: list[np.ndarray], region: Region, score: float) -> Fou
     # The network labels hands as seen in a mirrored (selfie) image: its "right" is a left hand here.
     right_if_mirrored = float(outputs[2].reshape(-1)[0])
     side = "left" if right_if_mirrored >= 0.5 else "right"
-    return FoundPerson((0, 0, 1, 1), score, region, float(outputs[1].reshape(-1)[0]), landmarks, world,
-                       side=side, handedness=max(right_if_mirrored, 1.0 - right_if_mirrored),
-                       landmark_names=HAND_LANDMARK_NAMES)
+    return FoundPerson(
+        (0, 0, 1, 1),
+        score,
+        region,
+        float(outputs[1].reshape(-1)[0]),
+        landmarks,
+        world,
+        side=side,
+        handedness=max(right_if_mirrored, 1.0 - right_if_mirrored),
+        landmark_names=HAND_LANDMARK_NAMES,
+    )
 
 
 def _landmark_region(person: FoundPerson) -> Region:
@@ -354,8 +453,12 @@ def _cut_by_tile(box: np.ndarray, offset: tuple[int, int], letterbox: det.Letter
     x1, y1 = x0 + side, y0 + side
     height, width = shape[:2]
     margin = 0.01 * side
-    return bool((x0 > 0 and box[0] < x0 + margin) or (y0 > 0 and box[1] < y0 + margin)
-                or (x1 < width and box[2] > x1 - margin) or (y1 < height and box[3] > y1 - margin))
+    return bool(
+        (x0 > 0 and box[0] < x0 + margin)
+        or (y0 > 0 and box[1] < y0 + margin)
+        or (x1 < width and box[2] > x1 - margin)
+        or (y1 < height and box[3] > y1 - margin)
+    )
 
 
 def _same_person(a: FoundPerson, b: FoundPerson) -> bool:

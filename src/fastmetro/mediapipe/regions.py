@@ -25,8 +25,9 @@ class Region:
     rotation: float
 
     @classmethod
-    def from_alignment(cls, start: np.ndarray, end: np.ndarray, scale: float, shift_y: float = 0.0,
-                       target_angle: float = math.pi / 2) -> Region:
+    def from_alignment(
+        cls, start: np.ndarray, end: np.ndarray, scale: float, shift_y: float = 0.0, target_angle: float = math.pi / 2
+    ) -> Region:
         """The region of two keypoints (pixels), as MediaPipe's alignment-points rectangles.
 
         Side ``2 |end - start| * scale``; rotated so that ``end`` appears at ``target_angle``
@@ -41,8 +42,15 @@ class Region:
         return cls(center, side * scale, rotation)
 
     @classmethod
-    def from_box(cls, box: np.ndarray, start: np.ndarray, end: np.ndarray, scale: float, shift_y: float = 0.0,
-                 target_angle: float = math.pi / 2) -> Region:
+    def from_box(
+        cls,
+        box: np.ndarray,
+        start: np.ndarray,
+        end: np.ndarray,
+        scale: float,
+        shift_y: float = 0.0,
+        target_angle: float = math.pi / 2,
+    ) -> Region:
         """The region of a detection box (x_min, y_min, x_max, y_max) pixels turned by two keypoints,
         as MediaPipe's detection rectangles (palms): centred on the box, its longer side, moved by
         ``shift_y`` box heights along the region's own y axis, then scaled."""
@@ -67,8 +75,14 @@ class Region:
         centred = matrix.copy()
         centred[:, 2] += matrix[:, :2] @ np.array([0.5, 0.5]) - 0.5
         mode = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
-        return cv2.warpAffine(image, centred, (crop_size, crop_size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=mode, borderValue=(0, 0, 0))
+        return cv2.warpAffine(
+            image,
+            centred,
+            (crop_size, crop_size),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=mode,
+            borderValue=(0, 0, 0),
+        )
 
     def to_image(self, points: np.ndarray, crop_size: int) -> np.ndarray:
         """Crop pixels (..., 2) -> image pixels."""

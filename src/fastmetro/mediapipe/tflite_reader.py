@@ -20,17 +20,33 @@ import tflite
 from fastmetro.errors import FastMetroError
 
 # Ops the PyTorch graph runs (see fastmetro.mediapipe.ops), plus those folded away at load time.
-SUPPORTED_OPS = frozenset({
-    "ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE", "FULLY_CONNECTED",
-    "LOGISTIC", "MAX_POOL_2D", "MEAN", "PAD", "PRELU", "RESHAPE", "RESIZE_BILINEAR",
-})
+SUPPORTED_OPS = frozenset(
+    {
+        "ADD",
+        "CONCATENATION",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "DEPTH_TO_SPACE",
+        "FULLY_CONNECTED",
+        "LOGISTIC",
+        "MAX_POOL_2D",
+        "MEAN",
+        "PAD",
+        "PRELU",
+        "RESHAPE",
+        "RESIZE_BILINEAR",
+    }
+)
 FOLDED_OPS = frozenset({"DEQUANTIZE", "DENSIFY"})
 
 # tflite.TensorType values -> numpy dtypes (the ones these networks use, and a few harmless others).
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8}
 _OP_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
-_OPTION_CLASSES = {v: getattr(tflite, k) for k, v in vars(tflite.BuiltinOptions).items()
-                   if not k.startswith("_") and hasattr(tflite, k)}
+_OPTION_CLASSES = {
+    v: getattr(tflite, k)
+    for k, v in vars(tflite.BuiltinOptions).items()
+    if not k.startswith("_") and hasattr(tflite, k)
+}
 # SparseIndexVector union members: 1 Int32Vector, 2 Uint16Vector, 3 Uint8Vector.
 _INDEX_VECTORS = {1: tflite.Int32Vector, 2: tflite.Uint16Vector, 3: tflite.Uint8Vector}
 
@@ -81,18 +97,17 @@ def read_tflite(path) -> Graph:
     except FastMetroError:
         raise
     except Exception as error:  # a corrupt flatbuffer fails anywhere, with any exception type
-        raise FastMetroError(f"{path}: truncated or corrupt TFLite file "
-                             f"({type(error).__name__}: {error})") from None
+        raise FastMetroError(f"{path}: truncated or corrupt TFLite file ({type(error).__name__}: {error})") from None
 
 
 def _parse(path: Path, buf: bytes) -> Graph:
     model = tflite.Model.GetRootAsModel(buf, 0)
     if model.SubgraphsLength() != 1:
-        raise FastMetroError(f"{path}: {model.SubgraphsLength()} subgraphs; only single-subgraph "
-                             "networks are supported")
+        raise FastMetroError(
+            f"{path}: {model.SubgraphsLength()} subgraphs; only single-subgraph networks are supported"
+        )
     sub = model.Subgraphs(0)
-    tensors = [_read_tensor(path, model, sub.Tensors(i), i, buf)
-               for i in range(sub.TensorsLength())]
+    tensors = [_read_tensor(path, model, sub.Tensors(i), i, buf) for i in range(sub.TensorsLength())]
     operators = []
     for i in range(sub.OperatorsLength()):
         op = _read_operator(path, model, sub.Operators(i))
@@ -106,20 +121,22 @@ def _parse(path: Path, buf: bytes) -> Graph:
     return Graph(path, tensors, operators, inputs, outputs)
 
 
-def _check_activations(path: Path, tensors: list[Tensor], operators: list[Operator],
-                       inputs: tuple[int, ...]) -> None:
+def _check_activations(path: Path, tensors: list[Tensor], operators: list[Operator], inputs: tuple[int, ...]) -> None:
     """One 4-D float32 image input; every op computes one float32 tensor (no integer kernels)."""
-    if len(inputs) != 1 or len(tensors[inputs[0]].shape) != 4 \
-            or tensors[inputs[0]].dtype != np.float32:
-        raise FastMetroError(f"{path}: expected one 4-D float32 image input, found "
-                             f"{[(tensors[i].shape, str(tensors[i].dtype)) for i in inputs]}")
+    if len(inputs) != 1 or len(tensors[inputs[0]].shape) != 4 or tensors[inputs[0]].dtype != np.float32:
+        raise FastMetroError(
+            f"{path}: expected one 4-D float32 image input, found "
+            f"{[(tensors[i].shape, str(tensors[i].dtype)) for i in inputs]}"
+        )
     for op in operators:
         if len(op.outputs) != 1:
             raise FastMetroError(f"{path}: {op.op} with {len(op.outputs)} outputs is not supported")
         if tensors[op.outputs[0]].dtype != np.float32:
-            raise FastMetroError(f"{path}: {op.op} computes a {tensors[op.outputs[0]].dtype} "
-                                 f"tensor ({tensors[op.outputs[0]].name!r}); only float32 "
-                                 "activations are supported")
+            raise FastMetroError(
+                f"{path}: {op.op} computes a {tensors[op.outputs[0]].dtype} "
+                f"tensor ({tensors[op.outputs[0]].name!r}); only float32 "
+                "activations are supported"
+            )
 
 
 def _read_tensor(path: Path, model, t, index: int, buf: bytes) -> Tensor:
@@ -135,12 +152,12 @@ def _read_tensor(path: Path, model, t, index: int, buf: bytes) -> Tensor:
         data = np.frombuffer(raw, dtype=dtype).copy()
         if t.Sparsity() is not None:
             if t.Sparsity().BlockMapLength():
-                raise FastMetroError(f"{path}: sparse tensor {name!r} uses block sparsity, "
-                                     "which is not supported")
+                raise FastMetroError(f"{path}: sparse tensor {name!r} uses block sparsity, which is not supported")
             data = _densify(t.Sparsity(), data, shape)
         elif data.size != int(np.prod(shape)):
-            raise FastMetroError(f"{path}: constant {name!r} holds {data.size} values for shape "
-                                 f"{shape} (truncated or corrupt file)")
+            raise FastMetroError(
+                f"{path}: constant {name!r} holds {data.size} values for shape {shape} (truncated or corrupt file)"
+            )
         data = data.reshape(shape)
     return Tensor(index, name, shape, dtype, data)
 
@@ -151,7 +168,7 @@ def _buffer_bytes(buffer, buf: bytes) -> bytes | None:
         start, size = buffer.Offset(), buffer.Size()
         if start + size > len(buf):
             raise ValueError(f"buffer at {start}+{size} past the file's end ({len(buf)} bytes)")
-        return buf[start:start + size]
+        return buf[start : start + size]
     if buffer.DataLength() == 0:
         return None
     return buffer.DataAsNumpy().tobytes()
@@ -164,20 +181,20 @@ def _densify(sparsity, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     after the last level there is one path per value, in the order the values are stored.
     """
     order = [int(i) for i in sparsity.TraversalOrderAsNumpy()]
-    prev = np.zeros(1, dtype=np.int64)   # index into the previous level, per partial path
-    coords: list[np.ndarray] = []         # coordinate on each level so far, per partial path
+    prev = np.zeros(1, dtype=np.int64)  # index into the previous level, per partial path
+    coords: list[np.ndarray] = []  # coordinate on each level so far, per partial path
     for level in range(len(order)):
         meta = sparsity.DimMetadata(level)
-        if meta.Format() == 0:            # DENSE
+        if meta.Format() == 0:  # DENSE
             size = meta.DenseSize()
             coord = np.tile(np.arange(size), len(prev))
             prev = np.repeat(prev * size, size) + coord
             coords = [np.repeat(c, size) for c in coords]
-        else:                             # SPARSE_CSR
+        else:  # SPARSE_CSR
             segments = _index_vector(meta.ArraySegmentsType(), meta.ArraySegments())
             indices = _index_vector(meta.ArrayIndicesType(), meta.ArrayIndices())
             counts = segments[prev + 1] - segments[prev]  # stored children of each path
-            first = np.repeat(segments[prev], counts)     # per new path: its parent's first child
+            first = np.repeat(segments[prev], counts)  # per new path: its parent's first child
             nth = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             prev = first + nth
             coord = indices[prev]
@@ -223,10 +240,13 @@ def _read_options(op) -> dict:
     options.Init(table.Bytes, table.Pos)
     result = {}
     for attr in dir(options):
-        if not attr[0].isupper() or attr.startswith(("GetRootAs", "Init")) \
-                or attr.endswith(("AsNumpy", "Length", "IsNone", "BufferHasIdentifier")):
+        if (
+            not attr[0].isupper()
+            or attr.startswith(("GetRootAs", "Init"))
+            or attr.endswith(("AsNumpy", "Length", "IsNone", "BufferHasIdentifier"))
+        ):
             continue
-        if hasattr(options, attr + "AsNumpy"):   # a vector field, e.g. ReshapeOptions.NewShape
+        if hasattr(options, attr + "AsNumpy"):  # a vector field, e.g. ReshapeOptions.NewShape
             value = getattr(options, attr + "AsNumpy")()
             result[_snake(attr)] = value.tolist() if isinstance(value, np.ndarray) else []
         else:
@@ -243,9 +263,12 @@ def _fold(path: Path, op: Operator, tensors: list[Tensor]) -> None:
     """Evaluate a DEQUANTIZE or DENSIFY of a constant at load time (its output becomes constant)."""
     source, target = tensors[op.inputs[0]], tensors[op.outputs[0]]
     if source.data is None:
-        raise FastMetroError(f"{path}: {op.op} of the activation {source.name!r}; only constant "
-                             "(weight) inputs are supported")
+        raise FastMetroError(
+            f"{path}: {op.op} of the activation {source.name!r}; only constant (weight) inputs are supported"
+        )
     if op.op == "DEQUANTIZE" and source.dtype != np.float16:
-        raise FastMetroError(f"{path}: DEQUANTIZE of {source.dtype} tensor {source.name!r}; only "
-                             "fp16 weights are supported (no integer quantisation)")
+        raise FastMetroError(
+            f"{path}: DEQUANTIZE of {source.dtype} tensor {source.name!r}; only "
+            "fp16 weights are supported (no integer quantisation)"
+        )
     target.data = source.data.astype(target.dtype).reshape(target.shape)

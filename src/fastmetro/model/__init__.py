@@ -1,7 +1,7 @@
 """The FastMETRO network, its presets and checkpoints."""
 
-from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, mesh_attention_mask, parameter_counts
 from fastmetro.model.factory import create_model, load_model
+from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, mesh_attention_mask, parameter_counts
 from fastmetro.model.presets import (
     ABLATIONS,
     BACKBONES,

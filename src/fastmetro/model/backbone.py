@@ -119,8 +119,10 @@ def _torch_load_problem(error: Exception) -> str:
     text = str(error)
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
-        return (f"not a readable weights-only torch file (refusing to load the pickled global '{refused.group(1)}'; "
-                "only tensors and plain containers are read)")
+        return (
+            f"not a readable weights-only torch file (refusing to load the pickled global '{refused.group(1)}'; "
+            "only tensors and plain containers are read)"
+        )
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
     elif "Weights only load failed" in text:

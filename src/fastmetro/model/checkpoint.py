@@ -139,7 +139,9 @@ def infer_preset(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict]:
         backbone = None
     if variant is None or backbone is None:
         raise FastMetroError("cannot tell the FastMETRO preset from the weights; pass the model name (--model)")
-    overrides = {"smpl_parameter_regressor": True} if any(k.startswith("smpl_parameter_regressor.") for k in state_dict) else {}
+    overrides = (
+        {"smpl_parameter_regressor": True} if any(k.startswith("smpl_parameter_regressor.") for k in state_dict) else {}
+    )
     return f"FastMETRO-{variant}-{backbone}", overrides
 
 
@@ -227,6 +229,7 @@ def convert_official(
     state_dict = {key: loaded.state_dict[key].to(expected[key].dtype) for key in expected}
     sizes = TopologySpec.of(topology)  # the released meshes' sizes, under their real names
     spec = make_spec(name, topology, flavor, overrides).replace(
-        topology=TopologySpec("mano" if hand else "smpl", task, sizes.level_vertex_counts, sizes.num_joints))
+        topology=TopologySpec("mano" if hand else "smpl", task, sizes.level_vertex_counts, sizes.num_joints)
+    )
     write_checkpoint(target, state_dict, spec)
     return spec

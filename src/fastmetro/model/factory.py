@@ -46,7 +46,9 @@ def create_model(
     if checkpoint is not None:
         model = load_model(checkpoint, topology=topology, data_dir=data_dir, name=name, flavor=flavor, **overrides)
         if image_size is not None:
-            model.spec = model.spec.replace(input=InputSpec(int(image_size), model.spec.input.mean, model.spec.input.std))
+            model.spec = model.spec.replace(
+                input=InputSpec(int(image_size), model.spec.input.mean, model.spec.input.std)
+            )
     else:
         if name is None:
             raise FastMetroError("create_model needs a model name (e.g. 'FastMETRO-S-R50') or a checkpoint")
@@ -149,11 +151,17 @@ def _check_sizes(loaded: ckpt.LoadedCheckpoint, topology) -> None:
         problems.append(
             f"{loaded.num_coarse_vertices} vertex tokens, topology has {topology.num_coarse_vertices} coarse vertices"
         )
-    if loaded.spec is not None and tuple(loaded.spec.topology.level_vertex_counts) != tuple(topology.level_vertex_counts):
-        problems.append(f"mesh levels {loaded.spec.topology.level_vertex_counts}, "
-                        f"topology has {tuple(topology.level_vertex_counts)}")
+    if loaded.spec is not None and tuple(loaded.spec.topology.level_vertex_counts) != tuple(
+        topology.level_vertex_counts
+    ):
+        problems.append(
+            f"mesh levels {loaded.spec.topology.level_vertex_counts}, "
+            f"topology has {tuple(topology.level_vertex_counts)}"
+        )
     if problems:
-        raise FastMetroError(f"{loaded.path}: checkpoint does not fit topology '{topology.name}': " + "; ".join(problems))
+        raise FastMetroError(
+            f"{loaded.path}: checkpoint does not fit topology '{topology.name}': " + "; ".join(problems)
+        )
 
 
 __all__ = ["create_model", "load_model"]

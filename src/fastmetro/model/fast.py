@@ -59,7 +59,7 @@ class CachedPositionEncoding(PositionEncodingSine):
     """:class:`PositionEncodingSine` computed once per (batch-free) input size, device and dtype."""
 
     @classmethod
-    def view_of(cls, encoding: PositionEncodingSine) -> "CachedPositionEncoding":
+    def view_of(cls, encoding: PositionEncodingSine) -> CachedPositionEncoding:
         cached = cls(2 * encoding.num_pos_feats, encoding.temperature, encoding.normalize, encoding.scale)
         cached._cache = {}
         return cached
@@ -82,7 +82,7 @@ class CSRUpsampling(SparseUpsampling):
     """
 
     @classmethod
-    def view_of(cls, upsampling: SparseUpsampling) -> "CSRUpsampling":
+    def view_of(cls, upsampling: SparseUpsampling) -> CSRUpsampling:
         fast = cls.__new__(cls)
         nn.Module.__init__(fast)
         fast.out_vertices, fast.in_vertices = upsampling.out_vertices, upsampling.in_vertices

@@ -146,9 +146,11 @@ def _validated_fusion(folded: fx.GraphModule) -> fx.GraphModule | None:
         tolerance = 1e-4 * float(expected.abs().max())
         if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=tolerance):
             return fused
-        warnings.warn("fast path: fused oneDNN backbone differs from the folded one; using the folded one")
+        warnings.warn(
+            "fast path: fused oneDNN backbone differs from the folded one; using the folded one", stacklevel=2
+        )
     except Exception as error:  # noqa: BLE001 (internal oneDNN ops: fall back rather than fail)
-        warnings.warn(f"fast path: oneDNN convolution fusion failed ({error}); using the folded backbone")
+        warnings.warn(f"fast path: oneDNN convolution fusion failed ({error}); using the folded backbone", stacklevel=2)
     return None
 
 

@@ -112,7 +112,7 @@ class FastTransformer(Transformer):
         transformer: Transformer,
         self_attn_mask: torch.Tensor | None,
         constant_queries: tuple[torch.Tensor, ...] | None = None,
-    ) -> "FastTransformer":
+    ) -> FastTransformer:
         """A fast view of ``transformer`` (modules shared).
 
         Args:

@@ -131,7 +131,6 @@ class FastMETROConfig(ArchitectureOptions):
             raise FastMetroError("invalid FastMETRO config: " + "; ".join(problems))
 
 
-
 _INT_LIMITS = {"num_encoder_layers": 64, "num_decoder_layers": 64, "num_heads": 1024}
 
 
@@ -313,8 +312,10 @@ class FastMETRO(nn.Module):
                 config.upsampling == "learnable_coarse" and level == num_levels - 2 and num_levels >= 3
             )
             counts = self.level_vertex_counts
-            step = VertexLinear(counts[level + 1], counts[level]) if learnable else SparseUpsampling(
-                topology.upsample[level]
+            step = (
+                VertexLinear(counts[level + 1], counts[level])
+                if learnable
+                else SparseUpsampling(topology.upsample[level])
             )
             self.add_module(name, step)
             self.upsampling_steps.append(name)

@@ -111,7 +111,6 @@ class METROConfig(ArchitectureOptions):
             raise FastMetroError("invalid METRO config: " + "; ".join(problems))
 
 
-
 def is_metro_name(name) -> bool:
     return name is not None and bool(_NAME.match(str(name).strip()))
 
@@ -244,9 +243,7 @@ class METRO(nn.Module):
         batch_size = images.shape[0]
         feature = self.backbone_features(images).mean(dim=(2, 3))  # global average pool (B, C)
         points = self.reference_points.to(feature.dtype)
-        tokens = torch.cat(
-            [points.expand(batch_size, -1, -1), feature[:, None].expand(-1, points.shape[0], -1)], dim=2
-        )
+        tokens = torch.cat([points.expand(batch_size, -1, -1), feature[:, None].expand(-1, points.shape[0], -1)], dim=2)
         for block in self.blocks:
             tokens = block(tokens)
         joints, coarse = tokens.split([self.num_joints, tokens.shape[1] - self.num_joints], dim=1)

@@ -83,8 +83,10 @@ class PresetName:
 
 def parse_name(name: str) -> PresetName:
     match = _NAME.match(str(name).strip())
-    if not match or match.group(2).upper() not in BACKBONES or (
-        match.group(3) and match.group(3).lower() not in ABLATIONS
+    if (
+        not match
+        or match.group(2).upper() not in BACKBONES
+        or (match.group(3) and match.group(3).lower() not in ABLATIONS)
     ):
         raise FastMetroError(
             f"unknown model {name!r}: expected FastMETRO-<S|M|L>-<{'|'.join(BACKBONES)}>"
@@ -177,16 +179,22 @@ def count_parameters(name: str, flavor: str = "paper", task: str = "body", **ove
     return parameter_counts(model)
 
 
-def make_spec(name: str, topology, flavor: str = "paper", overrides: dict | None = None,
-              image_size: int = 224) -> ModelSpec:
+def make_spec(
+    name: str, topology, flavor: str = "paper", overrides: dict | None = None, image_size: int = 224
+) -> ModelSpec:
     """The :class:`ModelSpec` of a preset on ``topology`` (the name is checked and canonicalised;
     the overrides are checked by building the config)."""
     from fastmetro.model.spec import InputSpec, TopologySpec
 
     overrides = dict(overrides or {})
     model_config(name, flavor, **overrides)  # raises a one-line error for a bad name/flavor/override
-    return ModelSpec(name=canonical_name(name), topology=TopologySpec.of(topology), flavor=flavor,
-                     overrides=overrides, input=InputSpec(image_size=int(image_size)))
+    return ModelSpec(
+        name=canonical_name(name),
+        topology=TopologySpec.of(topology),
+        flavor=flavor,
+        overrides=overrides,
+        input=InputSpec(image_size=int(image_size)),
+    )
 
 
 def build_model(spec: ModelSpec, topology, pretrained: bool = False) -> FastMETRO:

@@ -68,13 +68,18 @@ class TopologySpec:
     num_joints: int
 
     @classmethod
-    def of(cls, topology) -> "TopologySpec":
-        return cls(str(topology.name), str(topology.kind), tuple(int(n) for n in topology.level_vertex_counts),
-                   int(topology.num_joints))
+    def of(cls, topology) -> TopologySpec:
+        return cls(
+            str(topology.name),
+            str(topology.kind),
+            tuple(int(n) for n in topology.level_vertex_counts),
+            int(topology.num_joints),
+        )
 
     def fits(self, topology) -> bool:
-        return (tuple(topology.level_vertex_counts) == self.level_vertex_counts
-                and topology.num_joints == self.num_joints)
+        return (
+            tuple(topology.level_vertex_counts) == self.level_vertex_counts and topology.num_joints == self.num_joints
+        )
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ class ModelSpec:
     def task(self) -> str:
         return self.topology.kind
 
-    def replace(self, **changes) -> "ModelSpec":
+    def replace(self, **changes) -> ModelSpec:
         import dataclasses
 
         return dataclasses.replace(self, **changes)
@@ -118,15 +123,17 @@ class ModelSpec:
             "name": self.name,
             "flavor": self.flavor,
             "overrides": _jsonable(dict(self.overrides)),
-            "topology": {"name": self.topology.name, "kind": self.topology.kind,
-                         "level_vertex_counts": list(self.topology.level_vertex_counts),
-                         "num_joints": self.topology.num_joints},
-            "input": {"image_size": self.input.image_size, "mean": list(self.input.mean),
-                      "std": list(self.input.std)},
+            "topology": {
+                "name": self.topology.name,
+                "kind": self.topology.kind,
+                "level_vertex_counts": list(self.topology.level_vertex_counts),
+                "num_joints": self.topology.num_joints,
+            },
+            "input": {"image_size": self.input.image_size, "mean": list(self.input.mean), "std": list(self.input.std)},
         }
 
     @classmethod
-    def from_json(cls, data: Any, source: str = "<checkpoint json>") -> "ModelSpec":
+    def from_json(cls, data: Any, source: str = "<checkpoint json>") -> ModelSpec:
         """Validate a checkpoint JSON object; every problem is a one-line error naming ``source``."""
         return _parse(data, source)
 
@@ -174,8 +181,14 @@ def _parse(data: Any, source: str) -> ModelSpec:
     if kind not in KIND_NAMES:
         _fail(source, f"field 'topology.kind' must be one of {KIND_NAMES}, got {kind!r}")
     topology_spec = TopologySpec(_field(topology, "name", str, source, "topology."), kind, tuple(counts), num_joints)
-    return ModelSpec(name=name, topology=topology_spec, flavor=flavor, overrides=overrides,
-                     input=_parse_input(data.get("input", {}), source), version=version)
+    return ModelSpec(
+        name=name,
+        topology=topology_spec,
+        flavor=flavor,
+        overrides=overrides,
+        input=_parse_input(data.get("input", {}), source),
+        version=version,
+    )
 
 
 def _parse_input(data: Any, source: str) -> InputSpec:
@@ -187,8 +200,11 @@ def _parse_input(data: Any, source: str) -> InputSpec:
     values = {}
     for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         value = data.get(key, list(default))
-        if not (isinstance(value, list) and len(value) == 3
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        if not (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        ):
             _fail(source, f"field 'input.{key}' must be three finite numbers, got {value!r}")
         if key == "std" and min(value) <= 0:
             _fail(source, f"field 'input.std' must be positive, got {value!r}")

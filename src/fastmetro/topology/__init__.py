@@ -14,7 +14,7 @@ from fastmetro.topology.topology import Topology, adjacency_from_faces, mirror_p
 BUILTIN = ("smpl", "mano", "anny")
 
 
-def load(name: "str | os.PathLike | Topology", data_dir: str | os.PathLike | None = None, **kwargs) -> Topology:
+def load(name: str | os.PathLike | Topology, data_dir: str | os.PathLike | None = None, **kwargs) -> Topology:
     """Return a topology by built-in name, from a saved ``.npz``, or pass one through.
 
     Args:

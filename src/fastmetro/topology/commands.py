@@ -21,8 +21,12 @@ def register(subparsers) -> None:
     build.add_argument("--sizes", type=int, nargs="+", default=[1723, 431], help="coarse level vertex counts")
     build.add_argument("--joint-regressor", type=Path, help="(K, V) .npy joint regressor for --mesh (optional)")
     build.add_argument("--joint-names", nargs="+", help="K joint names (with --joint-regressor)")
-    build.add_argument("--kind", choices=("body", "hand"), default="body",
-                       help="what the mesh is (decides the released augmentation/loss recipe; body)")
+    build.add_argument(
+        "--kind",
+        choices=("body", "hand"),
+        default="body",
+        help="what the mesh is (decides the released augmentation/loss recipe; body)",
+    )
     build.add_argument("--name", default=None, help="topology name (default: the mesh file stem)")
     build.add_argument("--data-dir", type=Path, help="directory with the SMPL/MANO files (smpl, mano presets)")
     build.add_argument("--mano-model", type=Path, help="MANO_RIGHT.pkl/.npz for MANO's real joint regressor")

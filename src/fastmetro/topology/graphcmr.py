@@ -112,7 +112,14 @@ def _released_loss_faces(path: Path, num_vertices: int) -> np.ndarray | None:
     if not path.is_file():
         return None
     faces = load_npy(path, what="faces")
-    if faces.dtype.kind not in "iu" or faces.size == 0 or faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= num_vertices:
+    if (
+        faces.dtype.kind not in "iu"
+        or faces.size == 0
+        or faces.ndim != 2
+        or faces.shape[1] != 3
+        or faces.min() < 0
+        or faces.max() >= num_vertices
+    ):
         raise FastMetroError(f"{path}: expected (F, 3) face indices below {num_vertices}, got shape {faces.shape}")
     return faces.astype(np.int64)
 

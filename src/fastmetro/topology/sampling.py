@@ -156,7 +156,7 @@ class _Collapser:
             directed = [(v, u) for u, v in edges] + [(u, v) for u, v in edges]
             distance = self.assign_costs(directed)
             keep_first += DISTANCE_WEIGHT * distance[: len(edges)]
-            keep_second += DISTANCE_WEIGHT * distance[len(edges):]
+            keep_second += DISTANCE_WEIGHT * distance[len(edges) :]
         stamp = self.stamp
         for (u, v), cost_keep_u, cost_keep_v in zip(edges, keep_first.tolist(), keep_second.tolist()):
             # Entries: (cost, removed, kept, stamp_removed, stamp_kept).
@@ -195,8 +195,9 @@ class _Collapser:
         fan_counts = np.fromiter((len(fan) for _, fan in groups), dtype=np.int64, count=len(groups))
         if np.any((fan_counts == 0) & (point_counts > 0)):
             raise FastMetroError("internal error: a collapse would leave points without faces")
-        points = np.fromiter((p for group_points, _ in groups for p in group_points), dtype=np.int64,
-                             count=int(point_counts.sum()))
+        points = np.fromiter(
+            (p for group_points, _ in groups for p in group_points), dtype=np.int64, count=int(point_counts.sum())
+        )
         fans = np.array([corners for _, fan in groups for corners in fan], dtype=np.int64).reshape(-1, 3)
         num_slots = len(points)
         slot_group = np.repeat(np.arange(len(groups)), point_counts)

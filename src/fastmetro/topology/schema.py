@@ -39,11 +39,15 @@ def integers(arrays: Mapping, key: str, source: str, ndim: int) -> np.ndarray:
 def numbers(arrays: Mapping, key: str, source: str, shape: tuple) -> np.ndarray:
     """A finite float64 array of exactly ``shape`` (``None`` entries: any size)."""
     array = _get(arrays, key, source)
-    if array.dtype.kind not in "iuf" or array.ndim != len(shape) or any(
-            want is not None and have != want for have, want in zip(array.shape, shape)):
+    if (
+        array.dtype.kind not in "iuf"
+        or array.ndim != len(shape)
+        or any(want is not None and have != want for have, want in zip(array.shape, shape))
+    ):
         expected = "(" + ", ".join("N" if n is None else str(n) for n in shape) + ")"
-        raise FastMetroError(f"{source}: '{key}' has shape {array.shape} ({array.dtype}), expected a numeric "
-                             f"{expected} array")
+        raise FastMetroError(
+            f"{source}: '{key}' has shape {array.shape} ({array.dtype}), expected a numeric {expected} array"
+        )
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise FastMetroError(f"{source}: '{key}' has NaN or inf values")
@@ -82,16 +86,18 @@ def level_counts(arrays: Mapping, source: str) -> tuple[int, ...]:
     counts = integers(arrays, "level_vertex_counts", source, ndim=1)
     if len(counts) < 1 or counts.min() < 1:
         smallest = f", smallest {counts.min()}" if len(counts) else ""
-        raise FastMetroError(f"{source}: 'level_vertex_counts' must list at least one positive count "
-                             f"(got {len(counts)}{smallest})")
+        raise FastMetroError(
+            f"{source}: 'level_vertex_counts' must list at least one positive count (got {len(counts)}{smallest})"
+        )
     root = _get(arrays, "root_regressor", source)
     if root.ndim != 1 or len(root) != counts[0]:
         raise FastMetroError(f"{source}: 'root_regressor' has shape {root.shape}, level 0 has {counts[0]} vertices")
     for level in range(len(counts) - 1):
         kept = _get(arrays, f"kept_{level}", source)
         if kept.ndim != 1 or len(kept) != counts[level + 1]:
-            raise FastMetroError(f"{source}: 'kept_{level}' has shape {kept.shape}, level {level + 1} has "
-                                 f"{counts[level + 1]} vertices")
+            raise FastMetroError(
+                f"{source}: 'kept_{level}' has shape {kept.shape}, level {level + 1} has {counts[level + 1]} vertices"
+            )
     return tuple(int(n) for n in counts)
 
 
@@ -108,8 +114,9 @@ def check_arrays(arrays: Mapping, source: str, format_name: str, max_version: in
         raise FastMetroError(f"{source}: topology format version {version} is newer than supported ({max_version})")
     counts = level_counts(arrays, source)
     levels = len(counts)
-    optional = {key: integers(arrays, key, source, ndim=1) for key in ("vertex_flip", "source_vertex_indices")
-                if key in arrays}
+    optional = {
+        key: integers(arrays, key, source, ndim=1) for key in ("vertex_flip", "source_vertex_indices") if key in arrays
+    }
     names = _get(arrays, "joint_names", source)
     if names.ndim != 1 or (names.size and names.dtype.kind != "U"):
         raise FastMetroError(f"{source}: 'joint_names' must be a 1-D string array, got {names.dtype} {names.shape}")
@@ -120,8 +127,10 @@ def check_arrays(arrays: Mapping, source: str, format_name: str, max_version: in
         "level_vertex_counts": counts,
         "faces": tuple(faces),
         "kept_indices": tuple(integers(arrays, f"kept_{level}", source, ndim=1) for level in range(levels - 1)),
-        "upsample": tuple(_coo(arrays, f"upsample_{level}", source, (counts[level], counts[level + 1]), True)
-                          for level in range(levels - 1)),
+        "upsample": tuple(
+            _coo(arrays, f"upsample_{level}", source, (counts[level], counts[level + 1]), True)
+            for level in range(levels - 1)
+        ),
         "coarse_adjacency": _coo(arrays, "coarse_adjacency", source, (counts[-1], counts[-1]), False),
         "joint_regressor": numbers(arrays, "joint_regressor", source, (None, None)),  # shape: Topology.validate
         "joint_names": tuple(str(n) for n in names),
@@ -133,8 +142,9 @@ def check_arrays(arrays: Mapping, source: str, format_name: str, max_version: in
         "source_vertex_indices": optional.get("source_vertex_indices"),
         "metadata": metadata(arrays, source),
         # Files written before `kind` existed: MANO was the only hand topology.
-        "kind": text(arrays, "kind", source) if "kind" in arrays else ("hand" if text(arrays, "name", source) == "mano"
-                                                                      else "body"),
+        "kind": text(arrays, "kind", source)
+        if "kind" in arrays
+        else ("hand" if text(arrays, "name", source) == "mano" else "body"),
         "loss_faces": _faces(arrays, "loss_faces", source) if "loss_faces" in arrays else None,
     }
 

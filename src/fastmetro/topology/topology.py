@@ -134,8 +134,14 @@ class Topology:
         adjacency.eliminate_zeros()
         adjacency.data[:] = 1.0
         set_("coarse_adjacency", adjacency)
-        set_("joint_regressor", _frozen(sp.csr_matrix(self.joint_regressor).toarray()
-                                        if sp.issparse(self.joint_regressor) else self.joint_regressor))
+        set_(
+            "joint_regressor",
+            _frozen(
+                sp.csr_matrix(self.joint_regressor).toarray()
+                if sp.issparse(self.joint_regressor)
+                else self.joint_regressor
+            ),
+        )
         set_("joint_names", tuple(str(n) for n in self.joint_names))
         set_("joint_flip", _as_index(self.joint_flip, "joint_flip"))
         set_("root_joints", tuple(int(j) for j in self.root_joints))
@@ -177,13 +183,16 @@ class Topology:
             problems.append("coarse adjacency is not symmetric")
         num_joints = len(self.joint_names)
         if self.joint_regressor.shape != (num_joints, counts[0]):
-            problems.append(f"joint regressor has shape {self.joint_regressor.shape}, expected {(num_joints, counts[0])}")
+            problems.append(
+                f"joint regressor has shape {self.joint_regressor.shape}, expected {(num_joints, counts[0])}"
+            )
         if sorted(self.joint_flip.tolist()) != list(range(num_joints)):
             problems.append("joint_flip is not a permutation of the joints")
         elif np.any(self.joint_flip[self.joint_flip] != np.arange(num_joints)):
             problems.append("joint_flip is not an involution (flipping twice must give the identity)")
         if self.vertex_flip is not None and (
-            self.vertex_flip.shape != (counts[0],) or self.vertex_flip.min(initial=0) < 0
+            self.vertex_flip.shape != (counts[0],)
+            or self.vertex_flip.min(initial=0) < 0
             or self.vertex_flip.max(initial=0) >= counts[0]  # bounded before bincount allocates max + 1
             or np.any(np.bincount(self.vertex_flip, minlength=counts[0]) != 1)
         ):
@@ -197,7 +206,8 @@ class Topology:
         if not num_joints and self.root_joints:
             problems.append("root_joints given for a topology without joints")
         if self.source_vertex_indices is not None and (
-            self.source_vertex_indices.shape != (counts[0],) or len(np.unique(self.source_vertex_indices)) != counts[0]
+            self.source_vertex_indices.shape != (counts[0],)
+            or len(np.unique(self.source_vertex_indices)) != counts[0]
             or self.source_vertex_indices.min(initial=0) < 0
         ):
             problems.append("source_vertex_indices must be (V_0,) distinct non-negative indices")
@@ -212,8 +222,11 @@ class Topology:
             problems.append("template has non-finite entries")
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.loss_faces is not None and levels >= 1 and self.loss_faces.size and (
-            self.loss_faces.min() < 0 or self.loss_faces.max() >= counts[self.edge_loss_level]
+        if (
+            self.loss_faces is not None
+            and levels >= 1
+            and self.loss_faces.size
+            and (self.loss_faces.min() < 0 or self.loss_faces.max() >= counts[self.edge_loss_level])
         ):
             problems.append(f"loss_faces index a vertex outside level {self.edge_loss_level}")
         if problems:
@@ -330,18 +343,20 @@ class Topology:
         return path
 
     @classmethod
-    def from_arrays(cls, arrays, source: str = "<arrays>") -> "Topology":
-        """A topology from the arrays of a saved file, checked by :func:`~fastmetro.topology.schema.check_arrays` first."""
+    def from_arrays(cls, arrays, source: str = "<arrays>") -> Topology:
+        """A topology from the arrays of a saved file, checked first by
+        :func:`~fastmetro.topology.schema.check_arrays`."""
         parts = check_arrays(arrays, source, FORMAT, VERSION)
         parts.pop("version")
-        parts["upsample"] = tuple(sp.coo_matrix((data, (row, col)), shape=shape).tocsr()
-                                  for data, row, col, shape in parts["upsample"])
+        parts["upsample"] = tuple(
+            sp.coo_matrix((data, (row, col)), shape=shape).tocsr() for data, row, col, shape in parts["upsample"]
+        )
         data, row, col, shape = parts["coarse_adjacency"]
         parts["coarse_adjacency"] = sp.coo_matrix((data, (row, col)), shape=shape)
         return cls(**parts)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Topology":
+    def load(cls, path: str | os.PathLike) -> Topology:
         """Read a topology ``.npz`` written by :meth:`save` (no pickle involved).
 
         Every array is checked (dtypes, shapes, sizes bounded by the file, finite values) before
@@ -359,7 +374,7 @@ class Topology:
         except (ValueError, TypeError, IndexError) as error:  # arrays of the wrong kind
             raise FastMetroError(f"{path}: malformed topology ({error})") from None
 
-    def truncated(self, num_levels: int) -> "Topology":
+    def truncated(self, num_levels: int) -> Topology:
         """The same topology keeping only the first ``num_levels`` levels (MANO: 778 -> 195)."""
         if not 1 <= num_levels <= self.num_levels:
             raise ValueError(f"num_levels must be in 1..{self.num_levels}")
@@ -386,7 +401,8 @@ class Topology:
 
     def __repr__(self) -> str:
         return (
-            f"Topology(name={self.name!r}, kind={self.kind!r}, levels={self.level_vertex_counts}, joints={self.num_joints}, "
+            f"Topology(name={self.name!r}, kind={self.kind!r}, levels={self.level_vertex_counts}, "
+            f"joints={self.num_joints}, "
             f"flip={'yes' if self.vertex_flip is not None else 'no'})"
         )
 
@@ -451,8 +467,9 @@ def mirror_permutation(
     tiny = 1e-12  # explicit zeros would vanish from the sparse graph
     all_rows = np.concatenate([rows, np.arange(num_pos), num_pos + np.arange(num_neg), num_pos + cols])
     all_cols = np.concatenate([cols, num_neg + np.arange(num_pos), np.arange(num_neg), num_neg + rows])
-    all_costs = np.concatenate([costs + tiny, np.full(num_pos, penalty), np.full(num_neg, penalty),
-                                np.full(len(rows), tiny)])
+    all_costs = np.concatenate(
+        [costs + tiny, np.full(num_pos, penalty), np.full(num_neg, penalty), np.full(len(rows), tiny)]
+    )
     size = num_pos + num_neg
     graph = sp.csr_matrix((all_costs, (all_rows, all_cols)), shape=(size, size))
     row_index, col_index = min_weight_full_bipartite_matching(graph)

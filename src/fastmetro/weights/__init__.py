@@ -50,7 +50,8 @@ class ShippedModel:
         """One line: what the model is (for 'using ...' messages)."""
         name = self.recipe.get("model", "FastMETRO")
         size = self.recipe.get("image_size")
-        return f"the shipped default model ({name}{f', {size} px' if size else ''}, trained on synthetic Anny data): {self.path}"
+        size_text = f", {size} px" if size else ""
+        return f"the shipped default model ({name}{size_text}, trained on synthetic Anny data): {self.path}"
 
 
 def _sha256(path: Path) -> str:
@@ -86,8 +87,10 @@ def shipped_checkpoint(folder: str | os.PathLike | None = None) -> ShippedModel:
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sha256"), str):
         raise FastMetroError(f"{recipe_path}: the shipped default model's recipe has no 'sha256' of the weights: {fix}")
     if _sha256(weights) != recipe["sha256"]:
-        raise FastMetroError(f"{weights}: the shipped default model's weights are damaged "
-                             f"(SHA-256 differs from {recipe_path.name}): {fix}")
+        raise FastMetroError(
+            f"{weights}: the shipped default model's weights are damaged "
+            f"(SHA-256 differs from {recipe_path.name}): {fix}"
+        )
     read_spec(weights)  # a damaged spec JSON is a one-line error naming the field
     return ShippedModel(weights, recipe)
 
@@ -129,13 +132,20 @@ def ship_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike, re
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = write_checkpoint(folder / WEIGHTS_FILE, half, loaded.spec)
-    recipe = {**recipe, "stored_dtype": STORED_DTYPE, "sha256": _sha256(weights),
-              "size_bytes": weights.stat().st_size}
+    recipe = {**recipe, "stored_dtype": STORED_DTYPE, "sha256": _sha256(weights), "size_bytes": weights.stat().st_size}
     with atomic_write(folder / RECIPE_FILE, "w") as handle:
         json.dump(recipe, handle, indent=2)
         handle.write("\n")
     return ShippedModel(weights, recipe)
 
 
-__all__ = ["DEFAULT_NAME", "SHIPPED_FILES", "ShippedModel", "package_folder", "shipped_checkpoint", "is_default_name",
-           "resolve_checkpoint", "ship_checkpoint"]
+__all__ = [
+    "DEFAULT_NAME",
+    "SHIPPED_FILES",
+    "ShippedModel",
+    "package_folder",
+    "shipped_checkpoint",
+    "is_default_name",
+    "resolve_checkpoint",
+    "ship_checkpoint",
+]

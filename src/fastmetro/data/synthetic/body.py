@@ -21,8 +21,17 @@ from fastmetro.errors import FastMetroError
 from fastmetro.render import VertexNormals
 
 PHENOTYPE_LABELS = (
-    "gender", "age", "muscle", "weight", "height", "proportions", "cupsize", "firmness",
-    "african", "asian", "caucasian",
+    "gender",
+    "age",
+    "muscle",
+    "weight",
+    "height",
+    "proportions",
+    "cupsize",
+    "firmness",
+    "african",
+    "asian",
+    "caucasian",
 )
 
 
@@ -111,9 +120,7 @@ class AnnyBody:
             region: np.array([name.startswith(prefixes) for name in self.vertex_bones])
             for region, prefixes in CLOTHING_REGIONS.items()
         }
-        self.intersection_test = IntersectionTest(
-            self.vertex_parts, rest=(rest_vertices, self.normals(rest_vertices))
-        )
+        self.intersection_test = IntersectionTest(self.vertex_parts, rest=(rest_vertices, self.normals(rest_vertices)))
         self.label_mesh = label_mesh if label_mesh is not None else load_label_mesh()
         if self.label_mesh.anny_indices.max() >= self.num_vertices:
             raise FastMetroError(

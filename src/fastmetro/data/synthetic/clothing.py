@@ -80,7 +80,9 @@ def _garment(rng, patterns: tuple[str, ...], points: np.ndarray) -> np.ndarray:
 
 
 def sample_clothing(
-    rng: np.random.Generator, regions: dict[str, np.ndarray], rest_points: np.ndarray,
+    rng: np.random.Generator,
+    regions: dict[str, np.ndarray],
+    rest_points: np.ndarray,
     patterns: tuple[str, ...],
 ) -> np.ndarray:
     """(V, 3) float32 vertex colours in 0..1.

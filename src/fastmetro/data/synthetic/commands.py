@@ -26,30 +26,40 @@ def register(subparsers) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of images in test (default 0.1)")
     parser.add_argument("--no-occluders", action="store_true", help="never place occluding boxes")
     parser.add_argument(
-        "--backgrounds", choices=("mixed", "studio"), default="mixed",
+        "--backgrounds",
+        choices=("mixed", "studio"),
+        default="mixed",
         help="mixed: photos and procedural textures (default); studio: plain backdrops",
     )
     parser.add_argument(
-        "--poses", default=None,
+        "--poses",
+        default=None,
         help="pose families: 'mixed' (default for a new folder), one family (e.g. 'standing'), or weights "
-             "like 'sitting=2,lying=1'; families: standing walking sitting kneeling squatting lying crawling "
-             "jumping athletic inverted",
+        "like 'sitting=2,lying=1'; families: standing walking sitting kneeling squatting lying crawling "
+        "jumping athletic inverted",
     )
     parser.add_argument(
-        "--split", choices=("train", "generalisation"), default=None,
+        "--split",
+        choices=("train", "generalisation"),
+        default=None,
         help="train (default): the training distribution (+ its held-out test split); generalisation: a test "
-             "set from disjoint photos, textures, clothing patterns, the held-out pose family and other lenses "
-             "(all of it in OUT/test.yaml)",
+        "set from disjoint photos, textures, clothing patterns, the held-out pose family and other lenses "
+        "(all of it in OUT/test.yaml)",
     )
     parser.add_argument(
-        "--generator-version", type=int, choices=(1, 2), default=None,
+        "--generator-version",
+        type=int,
+        choices=(1, 2),
+        default=None,
         help="samplers to use: 2 (default for a new folder): pose families, coloured lights, patterned clothing, "
-             "close-ups; 1: the first release's (standing poses, one light, flat colours, whole bodies). "
-             "A rerun keeps the folder's",
+        "close-ups; 1: the first release's (standing poses, one light, flat colours, whole bodies). "
+        "A rerun keeps the folder's",
     )
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
     parser.add_argument(
-        "--vertices-dtype", choices=("float32", "float16"), default="float32",
+        "--vertices-dtype",
+        choices=("float32", "float16"),
+        default="float32",
         help="storage of the vertex side file (float16 halves it, ~1-4 mm rounding)",
     )
     parser.add_argument("--preview", action="store_true", help="also write OUT/preview.png (3x3 samples, 2D joints)")

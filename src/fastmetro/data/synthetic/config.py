@@ -71,11 +71,15 @@ def validate(config: SynthConfig) -> None:
     if config.backgrounds not in BACKGROUND_KINDS:
         raise FastMetroError(f"{where}: backgrounds must be one of {BACKGROUND_KINDS}, got {config.backgrounds!r}")
     if config.generator_version not in SUPPORTED_VERSIONS:
-        raise FastMetroError(f"{where}: generator version {config.generator_version} is not supported "
-                             f"(this fastmetro makes {SUPPORTED_VERSIONS})")
+        raise FastMetroError(
+            f"{where}: generator version {config.generator_version} is not supported "
+            f"(this fastmetro makes {SUPPORTED_VERSIONS})"
+        )
     if config.generator_version == 1 and (config.poses, config.split) != ("standing", "train"):
-        raise FastMetroError(f"{where}: a generator-version-1 dataset has only standing poses and the train "
-                             f"split (got poses={config.poses!r}, split={config.split!r})")
+        raise FastMetroError(
+            f"{where}: a generator-version-1 dataset has only standing poses and the train "
+            f"split (got poses={config.poses!r}, split={config.split!r})"
+        )
     split_pose_weights(get_split(config.split), parse_pose_mix(config.poses), config.poses == "mixed")
 
 

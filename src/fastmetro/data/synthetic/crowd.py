@@ -124,14 +124,23 @@ def sample_street_camera(rng: np.random.Generator, width: int, height: int) -> C
     pitch = rng.uniform(*(ELEVATED_PITCH if elevated else PITCH))
     roll = float(np.clip(rng.normal(0.0, 2.0), -6.0, 6.0))
     # As in scene.View: a + tilt about the camera's x axis turns the view down.
-    rotation = (Rotation.from_euler("z", roll, degrees=True).as_matrix()
-                @ Rotation.from_euler("x", pitch, degrees=True).as_matrix() @ WORLD_TO_FRONT_CAMERA)
+    rotation = (
+        Rotation.from_euler("z", roll, degrees=True).as_matrix()
+        @ Rotation.from_euler("x", pitch, degrees=True).as_matrix()
+        @ WORLD_TO_FRONT_CAMERA
+    )
     intrinsics = np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
     return Camera(rotation, -rotation @ np.array([0.0, 0.0, eye]), intrinsics)
 
 
-def place_people(rng: np.random.Generator, camera: Camera, radii: np.ndarray, heights: np.ndarray,
-                 size: tuple[int, int], depth_range: tuple[float, float] = DEPTH_RANGE) -> np.ndarray:
+def place_people(
+    rng: np.random.Generator,
+    camera: Camera,
+    radii: np.ndarray,
+    heights: np.ndarray,
+    size: tuple[int, int],
+    depth_range: tuple[float, float] = DEPTH_RANGE,
+) -> np.ndarray:
     """(N, 2) ground positions (x, y metres) for bodies of footprint radii (N,) and heights (N,).
 
     Each body's middle projects inside the image (so the border cuts some bodies, never more
@@ -173,8 +182,15 @@ class CrowdMaker:
     """Renders crowd scenes of one image size. Owns an Anny model and two OpenGL contexts
     (create one per process). ``samples``: MSAA of the colour image (the id render has none)."""
 
-    def __init__(self, size: tuple[int, int] = (640, 480), split: str = "train", backgrounds: str = "mixed",
-                 samples: int = 4, poses: str = CROWD_POSES, depth_range: tuple[float, float] = DEPTH_RANGE):
+    def __init__(
+        self,
+        size: tuple[int, int] = (640, 480),
+        split: str = "train",
+        backgrounds: str = "mixed",
+        samples: int = 4,
+        poses: str = CROWD_POSES,
+        depth_range: tuple[float, float] = DEPTH_RANGE,
+    ):
         from fastmetro.data.synthetic.config import SynthConfig
         from fastmetro.render import Renderer
 
@@ -184,10 +200,15 @@ class CrowdMaker:
         self.size = (width, height)
         near, far = (float(v) for v in depth_range)
         if not 1.0 <= near <= far <= 200.0:
-            raise FastMetroError(f"crowd scenes: depth_range must satisfy 1 <= near <= far <= 200 m, got {depth_range!r}")
+            raise FastMetroError(
+                f"crowd scenes: depth_range must satisfy 1 <= near <= far <= 200 m, got {depth_range!r}"
+            )
         self.depth_range = (near, far)  # metres along the ground, log-uniform (2.5-8: group photos)
-        self.bodies = _CrowdBodies(SynthConfig(out_dir=Path("."), num=1, size=16, poses=poses, split=split,
-                                               backgrounds=backgrounds, occluders=False))
+        self.bodies = _CrowdBodies(
+            SynthConfig(
+                out_dir=Path("."), num=1, size=16, poses=poses, split=split, backgrounds=backgrounds, occluders=False
+            )
+        )
         self.bodies.renderer.release()  # its square renderer is never used: ours are W x H
         self.renderer = Renderer(width, height, samples=samples)
         self.id_renderer = Renderer(width, height)
@@ -236,11 +257,16 @@ class CrowdMaker:
         for k, (spin, points) in enumerate(turned):
             offset = np.array([*(ground[k] - centres[k]), lifts[k] - low[k, 2]])
             facing = _facing(self.bodies.body, points, ground[k])
-            meshes.append(PersonMesh(
-                camera.to_camera(points + offset).astype(np.float32),
-                (normals[k] @ (camera.rotation @ spin).T).astype(np.float32),
-                colours[k], float(ground[k][1]), families[k], facing,
-            ))
+            meshes.append(
+                PersonMesh(
+                    camera.to_camera(points + offset).astype(np.float32),
+                    (normals[k] @ (camera.rotation @ spin).T).astype(np.float32),
+                    colours[k],
+                    float(ground[k][1]),
+                    families[k],
+                    facing,
+                )
+            )
         return sorted(meshes, key=lambda mesh: mesh.distance)
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
@@ -249,10 +275,11 @@ class CrowdMaker:
         side = max(width, height)
         square = self.bodies.backgrounds.sample(rng, side, self.bodies.config.backgrounds)
         top, left = int(rng.integers(side - height + 1)), int(rng.integers(side - width + 1))
-        return np.ascontiguousarray(square[top:top + height, left:left + width])
+        return np.ascontiguousarray(square[top : top + height, left : left + width])
 
-    def compose(self, camera: Camera, meshes: list[PersonMesh], background: np.ndarray | None = None,
-                lights=None) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def compose(
+        self, camera: Camera, meshes: list[PersonMesh], background: np.ndarray | None = None, lights=None
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """Render ``meshes`` together: image (H, W, 3) uint8, ids (H, W) uint8 (1 + mesh index of
         the nearest surface, 0 = none) and each mesh's visible fraction (0 when wholly out of view)."""
         from fastmetro.render import MeshPart
@@ -273,9 +300,17 @@ class CrowdMaker:
             return (np.zeros((height, width, 3), np.uint8) if background is None else background.copy()), ids, []
         others = tuple(MeshPart(m.vertices, faces, m.colours, m.normals) for m in meshes[1:])
         first = meshes[0]
-        colour = self.renderer.render(first.vertices, faces, camera.intrinsics, color=first.colours,
-                                      background=background, light=lights, extra_meshes=others,
-                                      normals=first.normals, with_depth=False)
+        colour = self.renderer.render(
+            first.vertices,
+            faces,
+            camera.intrinsics,
+            color=first.colours,
+            background=background,
+            light=lights,
+            extra_meshes=others,
+            normals=first.normals,
+            with_depth=False,
+        )
         return colour.rgb, ids, fractions
 
     def _person(self, camera: Camera, mesh: PersonMesh, visible_fraction: float) -> CrowdPerson:
@@ -287,8 +322,15 @@ class CrowdMaker:
         box = (float(low[0]), float(low[1]), float(high[0] - low[0]), float(high[1] - low[1]))
         in_frame = float(inside.mean())
         ignore = visible_fraction < MIN_VISIBLE_FRACTION or in_frame < MIN_IN_FRAME or box[3] < MIN_BOX_HEIGHT
-        return CrowdPerson(box, round(visible_fraction, 4), round(in_frame, 4), bool(ignore),
-                           round(mesh.distance, 3), mesh.family, round(mesh.facing, 1))
+        return CrowdPerson(
+            box,
+            round(visible_fraction, 4),
+            round(in_frame, 4),
+            bool(ignore),
+            round(mesh.distance, 3),
+            mesh.family,
+            round(mesh.facing, 1),
+        )
 
 
 def _facing(body, world_vertices: np.ndarray, ground: np.ndarray) -> float:
@@ -312,8 +354,15 @@ def check_people(people: tuple[int, int]) -> tuple[int, int]:
     return low, high
 
 
-def render_crowd_scenes(num: int, seed: int = 0, size: tuple[int, int] = (640, 480), people: tuple[int, int] = (1, 4),
-                        start: int = 0, maker: CrowdMaker | None = None, **options) -> Iterator[CrowdScene]:
+def render_crowd_scenes(
+    num: int,
+    seed: int = 0,
+    size: tuple[int, int] = (640, 480),
+    people: tuple[int, int] = (1, 4),
+    start: int = 0,
+    maker: CrowdMaker | None = None,
+    **options,
+) -> Iterator[CrowdScene]:
     """Scenes ``start .. start + num - 1`` of ``seed`` at ``size`` (W, H) pixels.
 
     ``maker``: a :class:`CrowdMaker` of that size to reuse (its Anny model loads in seconds once

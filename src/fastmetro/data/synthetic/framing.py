@@ -19,7 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 from fastmetro.data.synthetic.scene import (
-    MARGIN, ROLL_DEGREES, WIDE_ROLL_DEGREES, WIDE_ROLL_PROBABILITY, Camera, View,
+    MARGIN,
+    ROLL_DEGREES,
+    WIDE_ROLL_DEGREES,
+    WIDE_ROLL_PROBABILITY,
+    Camera,
+    View,
 )
 
 STEEP_PROBABILITY = 0.15
@@ -43,8 +48,12 @@ def in_image(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def sample_framed_camera(
-    rng: np.random.Generator, vertices: np.ndarray, joints: np.ndarray, size: int,
-    elevation_degrees: tuple[float, float], fov_degrees: tuple[tuple[float, float], ...],
+    rng: np.random.Generator,
+    vertices: np.ndarray,
+    joints: np.ndarray,
+    size: int,
+    elevation_degrees: tuple[float, float],
+    fov_degrees: tuple[tuple[float, float], ...],
 ) -> tuple[Camera, bool]:
     """A camera for one body, and whether it cuts the body (close-up) or frames all of it.
 

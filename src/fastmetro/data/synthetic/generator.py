@@ -35,12 +35,21 @@ from pathlib import Path
 import numpy as np
 
 from fastmetro.data.synthetic.config import (  # noqa: F401  (re-exported: the generator's API)
-    GENERATOR_VERSION, MANIFEST_KEYS_ADDED_LATER, Shard, SynthConfig, check_manifest, plan_shards,
-    pose_weights, read_manifest, sample_generators, validate,
+    GENERATOR_VERSION,
+    MANIFEST_KEYS_ADDED_LATER,
+    Shard,
+    SynthConfig,
+    check_manifest,
+    plan_shards,
+    pose_weights,
+    read_manifest,
+    sample_generators,
+    validate,
 )
 from fastmetro.data.synthetic.shard_maker import BOX_PADDING, SceneDraw, ShardMaker, box_of  # noqa: F401
 from fastmetro.errors import FastMetroError
 from fastmetro.io import load_npy
+
 
 def read_masks(shard_yaml: str | os.PathLike, size: int) -> np.ndarray:
     """(N, size, size) bool body masks of a shard written by the generator."""
@@ -99,8 +108,9 @@ class SynthReport:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def generate(config: SynthConfig, progress: bool = True, max_shards: int | None = None,
-             maker: ShardMaker | None = None) -> SynthReport:
+def generate(
+    config: SynthConfig, progress: bool = True, max_shards: int | None = None, maker: ShardMaker | None = None
+) -> SynthReport:
     """Render every missing shard of ``config`` and (re)write the composite train/test yamls.
 
     ``max_shards`` stops after writing that many shards (a partial run; rerun to finish).
@@ -196,6 +206,17 @@ def num_shards(config: SynthConfig) -> int:
 
 
 __all__ = [
-    "SynthConfig", "SynthReport", "ShardMaker", "Shard", "generate", "plan_shards", "read_masks",
-    "write_preview", "num_shards", "box_of", "sample_generators", "check_manifest", "read_manifest",
+    "SynthConfig",
+    "SynthReport",
+    "ShardMaker",
+    "Shard",
+    "generate",
+    "plan_shards",
+    "read_masks",
+    "write_preview",
+    "num_shards",
+    "box_of",
+    "sample_generators",
+    "check_manifest",
+    "read_manifest",
 ]

@@ -47,26 +47,32 @@ def sample_lights(rng: np.random.Generator) -> tuple[Light, ...]:
     ambient_tint = kelvin_to_rgb(rng.uniform(4000.0, 12000.0))
     ambient = rng.uniform(0.12, 0.45) * exposure * ambient_tint
     key_intensity = rng.uniform(0.35, 0.85) * exposure
-    lights = [Light(
-        direction=tuple(_towards_scene(rng, key_side)),
-        color=tuple(key_intensity * kelvin_to_rgb(rng.uniform(2500.0, 8000.0))),
-        ambient=tuple(ambient),
-        specular=float(rng.uniform(0.0, 0.25)),
-    )]
+    lights = [
+        Light(
+            direction=tuple(_towards_scene(rng, key_side)),
+            color=tuple(key_intensity * kelvin_to_rgb(rng.uniform(2500.0, 8000.0))),
+            ambient=tuple(ambient),
+            specular=float(rng.uniform(0.0, 0.25)),
+        )
+    ]
     if count >= 2:  # fill from the other side
-        lights.append(Light(
-            direction=tuple(_towards_scene(rng, -key_side * rng.uniform(0.3, 1.0))),
-            color=tuple(rng.uniform(0.08, 0.35) * exposure * kelvin_to_rgb(rng.uniform(3000.0, 9000.0))),
-            ambient=(0.0, 0.0, 0.0),
-            specular=0.0,
-        ))
+        lights.append(
+            Light(
+                direction=tuple(_towards_scene(rng, -key_side * rng.uniform(0.3, 1.0))),
+                color=tuple(rng.uniform(0.08, 0.35) * exposure * kelvin_to_rgb(rng.uniform(3000.0, 9000.0))),
+                ambient=(0.0, 0.0, 0.0),
+                specular=0.0,
+            )
+        )
     if count >= 3:  # rim: from behind the subject, towards the camera, grazing the outline
         angle = rng.uniform(0, 2 * np.pi)
         direction = np.array([np.cos(angle), np.sin(angle), -rng.uniform(0.2, 0.6)])
-        lights.append(Light(
-            direction=tuple(direction / np.linalg.norm(direction)),
-            color=tuple(rng.uniform(0.3, 0.8) * exposure * kelvin_to_rgb(rng.uniform(3000.0, 9000.0))),
-            ambient=(0.0, 0.0, 0.0),
-            specular=float(rng.uniform(0.0, 0.3)),
-        ))
+        lights.append(
+            Light(
+                direction=tuple(direction / np.linalg.norm(direction)),
+                color=tuple(rng.uniform(0.3, 0.8) * exposure * kelvin_to_rgb(rng.uniform(3000.0, 9000.0))),
+                ambient=(0.0, 0.0, 0.0),
+                specular=float(rng.uniform(0.0, 0.3)),
+            )
+        )
     return tuple(lights)

@@ -124,7 +124,8 @@ class FamilyPoser:
             angle = spec.hinges[name] + np.clip(rng.normal(0.0, HINGE_JITTER_DEGREES * jitter), -12.0, 12.0)
             angle = min(max(angle, low), max(high, spec.hinges[name]))  # a family may fold further
             rotations[skeleton.index(name)] = Rotation.from_rotvec(
-                self._hinge_axes[name] * np.radians(angle)).as_matrix()
+                self._hinge_axes[name] * np.radians(angle)
+            ).as_matrix()
         if spec.finger_curl is not None:
             for side, curl in zip(("L", "R"), spec.finger_curl):
                 for index, axis in self.sampler._fingers[side]:

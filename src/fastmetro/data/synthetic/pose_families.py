@@ -29,8 +29,8 @@ inverted   handstand (legs together / split / bent), cartwheel         -15..35
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -204,7 +204,9 @@ def lying(rng, poser: FamilyPoser) -> PoseSpec:
         legs = _choose(rng, {"straight": 2, "one_knee_up": 1, "knees_up": 1})
         for side in "LR":
             raised = legs == "knees_up" or (legs == "one_knee_up" and side == "L")
-            poser.euler(spec, f"upperleg01.{side}", -_u(rng, 40, 75) if raised else _u(rng, -15, 5), 0.0, _u(rng, -5, 10))
+            poser.euler(
+                spec, f"upperleg01.{side}", -_u(rng, 40, 75) if raised else _u(rng, -15, 5), 0.0, _u(rng, -5, 10)
+            )
             poser.hinge(spec, f"lowerleg01.{side}", _u(rng, 70, 110) if raised else _u(rng, 0, 12))
         arms = _choose(rng, {"sides": 2, "overhead": 1, "behind_head": 1, "on_belly": 1})
         for side in "LR":
@@ -303,8 +305,9 @@ def jumping(rng, poser: FamilyPoser) -> PoseSpec:
 
 def athletic(rng, poser: FamilyPoser) -> PoseSpec:
     spec = PoseSpec()
-    variant = _choose(rng, {"front_kick": 1, "side_kick": 0.7, "lunge": 1.2, "arms_overhead": 1,
-                            "forward_fold": 0.7, "throw": 0.8})
+    variant = _choose(
+        rng, {"front_kick": 1, "side_kick": 0.7, "lunge": 1.2, "arms_overhead": 1, "forward_fold": 0.7, "throw": 0.8}
+    )
     one, other = ("L", "R") if rng.uniform() < 0.5 else ("R", "L")
     if variant in ("front_kick", "side_kick"):
         if variant == "front_kick":

@@ -17,8 +17,16 @@ from fastmetro.errors import FastMetroError
 
 # Everyday postures dominate photographs; the rest is there so none of them is a surprise.
 MIXED_WEIGHTS = {
-    "standing": 3.0, "walking": 2.0, "sitting": 2.0, "kneeling": 1.0, "squatting": 1.0,
-    "lying": 1.5, "crawling": 0.7, "jumping": 1.0, "athletic": 1.5, "inverted": 0.6,
+    "standing": 3.0,
+    "walking": 2.0,
+    "sitting": 2.0,
+    "kneeling": 1.0,
+    "squatting": 1.0,
+    "lying": 1.5,
+    "crawling": 0.7,
+    "jumping": 1.0,
+    "athletic": 1.5,
+    "inverted": 0.6,
 }
 FALLBACK_SEED = 20240607  # the fixed draw a family falls back to when every attempt intersects
 
@@ -33,9 +41,7 @@ def parse_pose_mix(text: str) -> dict[str, float]:
         name, _, value = item.strip().partition("=")
         name = name.strip()
         if name not in FAMILIES:
-            raise FastMetroError(
-                f"--poses: unknown pose family {name!r} (families: mixed, {', '.join(FAMILIES)})"
-            )
+            raise FastMetroError(f"--poses: unknown pose family {name!r} (families: mixed, {', '.join(FAMILIES)})")
         try:
             weight = float(value) if value else 1.0
         except ValueError:

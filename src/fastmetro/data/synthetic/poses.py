@@ -50,7 +50,9 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 # Left-side ranges in degrees: bone -> ((x_lo, x_hi), (y_lo, y_hi), (z_lo, z_hi), neutral xyz).
-BALL_JOINTS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float, float]]] = {
+BALL_JOINTS: dict[
+    str, tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float, float]]
+] = {
     "spine05": ((-14, 6), (-6, 6), (-9, 9), (0, 0, 0)),
     "spine04": ((-14, 6), (-6, 6), (-9, 9), (0, 0, 0)),
     "spine03": ((-14, 6), (-6, 6), (-9, 9), (0, 0, 0)),
@@ -110,7 +112,7 @@ class Skeleton:
     children: tuple[int, ...]
 
     @staticmethod
-    def from_parents(bone_labels, bone_heads, bone_parents) -> "Skeleton":
+    def from_parents(bone_labels, bone_heads, bone_parents) -> Skeleton:
         children = [-1] * len(bone_labels)
         for index, parent in enumerate(bone_parents):
             if parent >= 0 and children[parent] == -1:
@@ -239,10 +241,14 @@ ADJACENT = {
     frozenset(pair)
     for pair in [
         ("torso", "head"),
-        ("torso", "upperarm.L"), ("torso", "upperarm.R"),
-        ("upperarm.L", "forearm.L"), ("upperarm.R", "forearm.R"),
-        ("torso", "thigh.L"), ("torso", "thigh.R"),
-        ("thigh.L", "shank.L"), ("thigh.R", "shank.R"),
+        ("torso", "upperarm.L"),
+        ("torso", "upperarm.R"),
+        ("upperarm.L", "forearm.L"),
+        ("upperarm.R", "forearm.R"),
+        ("torso", "thigh.L"),
+        ("torso", "thigh.R"),
+        ("thigh.L", "shank.L"),
+        ("thigh.R", "shank.R"),
         ("thigh.L", "thigh.R"),  # the crotch: inner thighs touch at rest
     ]
 }

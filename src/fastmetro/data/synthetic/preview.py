@@ -16,8 +16,22 @@ from fastmetro.io import atomic_write
 
 # LSP-14 order (R_Ankle, R_Knee, R_Hip, L_Hip, L_Knee, L_Ankle, R_Wrist, R_Elbow, R_Shoulder,
 # L_Shoulder, L_Elbow, L_Wrist, Neck, Head): limbs drawn on the preview.
-PREVIEW_BONES = ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 12), (9, 12), (9, 10), (10, 11),
-                 (12, 13), (2, 8), (3, 9))
+PREVIEW_BONES = (
+    (0, 1),
+    (1, 2),
+    (2, 3),
+    (3, 4),
+    (4, 5),
+    (6, 7),
+    (7, 8),
+    (8, 12),
+    (9, 12),
+    (9, 10),
+    (10, 11),
+    (12, 13),
+    (2, 8),
+    (3, 9),
+)
 RIGHT_JOINTS = {0, 1, 2, 6, 7, 8}
 LEFT_JOINTS = {3, 4, 5, 9, 10, 11}
 SCAN_ROWS = 5000  # labels read to find one row per family
@@ -45,8 +59,11 @@ def _draw_tile(image: np.ndarray, label: dict, tile: int) -> np.ndarray:
     import cv2
 
     zoom = tile / max(image.shape[:2])
-    image = cv2.resize(np.ascontiguousarray(image), (round(image.shape[1] * zoom), round(image.shape[0] * zoom)),
-                       interpolation=cv2.INTER_LINEAR)
+    image = cv2.resize(
+        np.ascontiguousarray(image),
+        (round(image.shape[1] * zoom), round(image.shape[0] * zoom)),
+        interpolation=cv2.INTER_LINEAR,
+    )
     joints = np.asarray(label["2d_joints"], dtype=np.float64)
     points = (joints[:, :2] + 0.5) * zoom - 0.5  # pixel centres scale about the image corner
     visible = joints[:, 2] > 0
@@ -56,7 +73,9 @@ def _draw_tile(image: np.ndarray, label: dict, tile: int) -> np.ndarray:
 
     if len(points) == 14:
         for a, b in PREVIEW_BONES:
-            colour = (255, 60, 60) if {a, b} <= RIGHT_JOINTS else (60, 120, 255) if {a, b} <= LEFT_JOINTS else (60, 220, 60)
+            colour = (
+                (255, 60, 60) if {a, b} <= RIGHT_JOINTS else (60, 120, 255) if {a, b} <= LEFT_JOINTS else (60, 220, 60)
+            )
             cv2.line(image, at(a), at(b), colour, 2, cv2.LINE_AA)
     for j in np.flatnonzero(visible):
         cv2.circle(image, at(j), 3, (255, 255, 0), -1, cv2.LINE_AA)
@@ -84,7 +103,7 @@ def write_preview(yaml_path: str | os.PathLike, out_path: str | os.PathLike, til
         row = dataset[index]
         image = _draw_tile(row.image, row.label, tile)
         top, left = (cell // columns) * tile, (cell % columns) * tile
-        sheet[top:top + image.shape[0], left:left + image.shape[1]] = image
+        sheet[top : top + image.shape[0], left : left + image.shape[1]] = image
     out_path = Path(out_path)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -37,8 +37,21 @@ WORLD_TO_FRONT_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 
 
 # scikit-image's bundled photographs (no download, no people): the real-photo backgrounds.
 PHOTO_NAMES = (
-    "brick", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "moon", "rocket", "page", "text", "retina",
+    "brick",
+    "cat",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "rocket",
+    "page",
+    "text",
+    "retina",
 )
 
 
@@ -106,8 +119,9 @@ class View:
     needed: float
 
     @classmethod
-    def of(cls, vertices: np.ndarray, yaw: float, tilt: float, roll: float, size: int, focal: float,
-           margin: float) -> "View":
+    def of(
+        cls, vertices: np.ndarray, yaw: float, tilt: float, roll: float, size: int, focal: float, margin: float
+    ) -> View:
         rotation = (
             Rotation.from_euler("z", roll, degrees=True).as_matrix()
             @ Rotation.from_euler("x", tilt, degrees=True).as_matrix()
@@ -152,7 +166,14 @@ def sample_light(rng: np.random.Generator) -> Light:
 
 
 SKIN_TONES = np.array(
-    [[0.98, 0.84, 0.72], [0.93, 0.75, 0.6], [0.84, 0.63, 0.47], [0.72, 0.52, 0.37], [0.55, 0.38, 0.26], [0.36, 0.24, 0.16]]
+    [
+        [0.98, 0.84, 0.72],
+        [0.93, 0.75, 0.6],
+        [0.84, 0.63, 0.47],
+        [0.72, 0.52, 0.37],
+        [0.55, 0.38, 0.26],
+        [0.36, 0.24, 0.16],
+    ]
 )
 HAIR_COLOURS = np.array([[0.08, 0.06, 0.05], [0.25, 0.16, 0.09], [0.5, 0.35, 0.2], [0.8, 0.68, 0.45], [0.6, 0.6, 0.6]])
 
@@ -252,7 +273,7 @@ class Backgrounds:
         height, width = photo.shape[:2]
         side = int(rng.uniform(0.4, 1.0) * min(height, width))
         top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-        crop = photo[top:top + side, left:left + side]
+        crop = photo[top : top + side, left : left + side]
         if rng.uniform() < 0.5:
             crop = crop[:, ::-1]
         image = cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA)

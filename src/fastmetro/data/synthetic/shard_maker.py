@@ -77,7 +77,7 @@ class ShardMaker:
         self.salt = self.split.seed_salt
         self.config = config
 
-    def reconfigure(self, config: SynthConfig) -> "ShardMaker":
+    def reconfigure(self, config: SynthConfig) -> ShardMaker:
         """Reuse this maker (its loaded Anny model) for another dataset's settings."""
         from fastmetro.render import Renderer
 
@@ -146,7 +146,10 @@ class ShardMaker:
     # ------------------------------------------------------------------ scenes
     def _scene_v1(self, rng: np.random.Generator, world_vertices: np.ndarray) -> SceneDraw:
         from fastmetro.data.synthetic.scene import (
-            sample_camera, sample_light, sample_occluder, sample_vertex_colours,
+            sample_camera,
+            sample_light,
+            sample_occluder,
+            sample_vertex_colours,
         )
 
         camera = sample_camera(rng, world_vertices, self.config.size)
@@ -176,8 +179,14 @@ class ShardMaker:
         return SceneDraw(camera, camera_vertices, colours, lights, background, occluder, cut)
 
     # ------------------------------------------------------------------ one sample
-    def render_sample(self, index: int, phenotypes: np.ndarray, world_vertices: np.ndarray,
-                      world_normals: np.ndarray, family: str = "standing") -> dict:
+    def render_sample(
+        self,
+        index: int,
+        phenotypes: np.ndarray,
+        world_vertices: np.ndarray,
+        world_normals: np.ndarray,
+        family: str = "standing",
+    ) -> dict:
         """Everything stored for sample ``index``: image, mask, label dict, label vertices."""
         rng = self.streams(index)["scene"]
         if self.config.generator_version == 1:
@@ -186,10 +195,15 @@ class ShardMaker:
             scene = self._scene_v2(rng, world_vertices, family)
         camera = scene.camera
         result = self.renderer.render(
-            scene.camera_vertices, self.body.faces, camera.intrinsics, color=scene.colours,
-            background=scene.background, light=scene.lights,
+            scene.camera_vertices,
+            self.body.faces,
+            camera.intrinsics,
+            color=scene.colours,
+            background=scene.background,
+            light=scene.lights,
             extra_meshes=(scene.occluder,) if scene.occluder is not None else (),
-            normals=world_normals @ camera.rotation.T.astype(np.float32), with_depth=False,
+            normals=world_normals @ camera.rotation.T.astype(np.float32),
+            with_depth=False,
         )
         label, label_vertices = self._label(scene, phenotypes)
         if self.config.generator_version >= 2:
@@ -235,8 +249,12 @@ class ShardMaker:
         masks_name = f"{shard.name}.masks.npy"
         masks = []
         with TSVDatasetWriter(
-            config.out_dir, shard.name, image_format="jpg", jpeg_quality=config.jpeg_quality,
-            vertices_dtype=config.vertices_dtype, extra_yaml={"masks": masks_name},
+            config.out_dir,
+            shard.name,
+            image_format="jpg",
+            jpeg_quality=config.jpeg_quality,
+            vertices_dtype=config.vertices_dtype,
+            extra_yaml={"masks": masks_name},
         ) as writer:
             for first in range(shard.start, shard.stop, config.batch_size):
                 indices = list(range(first, min(first + config.batch_size, shard.stop)))

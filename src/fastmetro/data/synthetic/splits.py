@@ -27,8 +27,17 @@ from dataclasses import dataclass
 from fastmetro.errors import FastMetroError
 
 TRAIN_PHOTOS = (
-    "brick", "clock", "coffee", "coins", "grass", "hubble_deep_field", "immunohistochemistry", "moon",
-    "page", "text", "retina",
+    "brick",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "text",
+    "retina",
 )
 HELD_OUT_PHOTOS = ("chelsea", "cat", "gravel", "rocket", "cell", "colorwheel")
 TRAIN_TEXTURES = ("clouds", "stripes", "room", "tiles")
@@ -54,12 +63,24 @@ class SplitSpec:
 
 SPLITS = {
     "train": SplitSpec(
-        "train", TRAIN_PHOTOS, TRAIN_TEXTURES, TRAIN_PATTERNS, excluded_families=HELD_OUT_FAMILIES,
-        family_boost=(), fov_degrees=((25.0, 65.0),), seed_salt=(),
+        "train",
+        TRAIN_PHOTOS,
+        TRAIN_TEXTURES,
+        TRAIN_PATTERNS,
+        excluded_families=HELD_OUT_FAMILIES,
+        family_boost=(),
+        fov_degrees=((25.0, 65.0),),
+        seed_salt=(),
     ),
     "generalisation": SplitSpec(
-        "generalisation", HELD_OUT_PHOTOS, HELD_OUT_TEXTURES, HELD_OUT_PATTERNS, excluded_families=(),
-        family_boost=(("crawling", 2.0),), fov_degrees=((15.0, 25.0), (65.0, 80.0)), seed_salt=(1,),
+        "generalisation",
+        HELD_OUT_PHOTOS,
+        HELD_OUT_TEXTURES,
+        HELD_OUT_PATTERNS,
+        excluded_families=(),
+        family_boost=(("crawling", 2.0),),
+        fov_degrees=((15.0, 25.0), (65.0, 80.0)),
+        seed_salt=(1,),
     ),
 }
 
@@ -78,8 +99,11 @@ def split_pose_weights(split: SplitSpec, weights: dict[str, float], mixed: bool)
     """
     if mixed:
         boost = dict(split.family_boost)
-        return {name: weight * boost.get(name, 1.0) for name, weight in weights.items()
-                if name not in split.excluded_families}
+        return {
+            name: weight * boost.get(name, 1.0)
+            for name, weight in weights.items()
+            if name not in split.excluded_families
+        }
     refused = [name for name in weights if name in split.excluded_families]
     if refused:
         raise FastMetroError(

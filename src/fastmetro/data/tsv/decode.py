@@ -11,7 +11,6 @@ import numpy as np
 
 from fastmetro.data.tsv.errors import BadRowError
 
-
 # Images are refused above Pillow's default decompression-bomb limit (2 x 89,478,485 pixels), read
 # from the header before anything is decoded: a small file must not make a worker allocate gigabytes.
 MAX_IMAGE_PIXELS = 178_956_970
@@ -54,8 +53,11 @@ def decode_image(encoded: str | bytes, source: str = "<image>", key: str = "?") 
         raw = encoded
     pixels = _declared_pixels(raw) if raw else None
     if pixels is not None and pixels > MAX_IMAGE_PIXELS:
-        raise BadRowError(source, key, f"image header declares {pixels:.0f} pixels, more than {MAX_IMAGE_PIXELS} "
-                                       "(a decompression bomb?)")
+        raise BadRowError(
+            source,
+            key,
+            f"image header declares {pixels:.0f} pixels, more than {MAX_IMAGE_PIXELS} (a decompression bomb?)",
+        )
     image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR) if raw else None
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise BadRowError(source, key, "image bytes are not a decodable JPEG/PNG")
@@ -105,6 +107,9 @@ def parse_hw(text: str, source: str = "<hw>", key: str = "?") -> tuple[int, int]
         sides = [None, None]
     height, width = (_side(side) for side in sides)
     if height is None or width is None:
-        raise BadRowError(source, key, f"hw column is not [{{'height': H, 'width': W}}] or 'H W' with positive "
-                                       f"integers: {text[:60]!r}")
+        raise BadRowError(
+            source,
+            key,
+            f"hw column is not [{{'height': H, 'width': W}}] or 'H W' with positive integers: {text[:60]!r}",
+        )
     return height, width

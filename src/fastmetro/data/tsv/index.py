@@ -142,8 +142,9 @@ class TSVFile:
             handle.seek(start - before)
             data = handle.read(end - start + before)
         if before and data[:1] != b"\n":
-            raise FastMetroError(f"{self.index}: offset of row {index} is not the start of a row of "
-                                 f"{self.path.name} ({STALE})")
+            raise FastMetroError(
+                f"{self.index}: offset of row {index} is not the start of a row of {self.path.name} ({STALE})"
+            )
         row, _, rest = data[before:].partition(b"\n")
         if rest.strip() or len(data) != end - start + before:
             raise FastMetroError(f"{self.index}: row {index} of {self.path.name} is not where the index says ({STALE})")

@@ -60,7 +60,9 @@ class TSVDataset:
         for source_index, label in enumerate(self._label):
             used = self.rows[self.rows[:, 0] == source_index, 1]
             if len(used) and (used.min() < 0 or used.max() >= len(label)):
-                raise FastMetroError(f"{self.yaml_path}: linelist names rows outside 0..{len(label) - 1} of {label.path.name}")
+                raise FastMetroError(
+                    f"{self.yaml_path}: linelist names rows outside 0..{len(label) - 1} of {label.path.name}"
+                )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -78,7 +80,9 @@ class TSVDataset:
         if self._vertices[source_index] is None:
             array = load_npy(path, mmap=True, what="vertices")
             if array.ndim != 3 or array.shape[2] != 3 or array.dtype.kind != "f":
-                raise FastMetroError(f"{path}: vertices must be a float (N, V, 3) array, got {array.dtype} {array.shape}")
+                raise FastMetroError(
+                    f"{path}: vertices must be a float (N, V, 3) array, got {array.dtype} {array.shape}"
+                )
             self._vertices[source_index] = array
         return self._vertices[source_index]
 
@@ -133,7 +137,9 @@ class TSVDataset:
             raise BadRowError(hw_file.path, key, f"hw row {columns[0][:40]!r} is not this row's size (truncated row?)")
         hw = parse_hw(columns[-1], hw_file.path, key)
         if hw != tuple(image_hw):
-            raise BadRowError(hw_file.path, key, f"hw says {hw[0]}x{hw[1]} but the image is {image_hw[0]}x{image_hw[1]}")
+            raise BadRowError(
+                hw_file.path, key, f"hw says {hw[0]}x{hw[1]} but the image is {image_hw[0]}x{image_hw[1]}"
+            )
         return hw
 
     def _row_vertices(self, source_index: int, vertex_row: int, key: str) -> np.ndarray:
@@ -142,7 +148,9 @@ class TSVDataset:
         if array is None:
             raise BadRowError(source.label, key, "label says has_vertices=1 but the yaml names no vertices file")
         if not 0 <= vertex_row < len(array):
-            raise BadRowError(source.label, key, f"vertices_row {vertex_row} outside 0..{len(array) - 1} of {source.vertices.name}")
+            raise BadRowError(
+                source.label, key, f"vertices_row {vertex_row} outside 0..{len(array) - 1} of {source.vertices.name}"
+            )
         vertices = np.asarray(array[vertex_row], dtype=np.float32)
         if not np.isfinite(vertices).all():
             raise BadRowError(source.vertices, key, "vertices contain NaN or inf")

@@ -102,7 +102,11 @@ def read_yaml(yaml_path: str | os.PathLike) -> DatasetSpec:
         imgs = _path_list(base, config["img"], "img", yaml_path)
         labels = _path_list(base, config["label"], "label", yaml_path)
         hws = _path_list(base, config["hw"], "hw", yaml_path) if config.get("hw") else [None] * len(imgs)
-        verts = _path_list(base, config["vertices"], "vertices", yaml_path) if config.get("vertices") else [None] * len(imgs)
+        verts = (
+            _path_list(base, config["vertices"], "vertices", yaml_path)
+            if config.get("vertices")
+            else [None] * len(imgs)
+        )
         if not (len(imgs) == len(labels) == len(hws) == len(verts)) or not imgs:
             raise FastMetroError(
                 f"{yaml_path}: composite lists differ in length (img {len(imgs)}, label {len(labels)}, "

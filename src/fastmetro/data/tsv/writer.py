@@ -39,7 +39,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def encode_image(image: np.ndarray | bytes, image_format: str = "jpg", jpeg_quality: int = 95) -> tuple[bytes, int, int]:
+def encode_image(
+    image: np.ndarray | bytes, image_format: str = "jpg", jpeg_quality: int = 95
+) -> tuple[bytes, int, int]:
     """Encoded JPEG/PNG bytes (passed through) or an (H, W, 3) uint8 RGB array -> (bytes, H, W)."""
     import cv2
 
@@ -121,8 +123,16 @@ class TSVDatasetWriter:
 
     def _remove_stale_temporaries(self) -> None:
         """Temporaries a killed earlier writer of this shard left behind (never another shard's)."""
-        for part in ("img.tsv", "label.tsv", "hw.tsv", "vertices.npy", "yaml", "img.lineidx", "label.lineidx",
-                     "hw.lineidx"):
+        for part in (
+            "img.tsv",
+            "label.tsv",
+            "hw.tsv",
+            "vertices.npy",
+            "yaml",
+            "img.lineidx",
+            "label.lineidx",
+            "hw.lineidx",
+        ):
             for stale in self.out_dir.glob(f".{glob_escape(self.name)}.{part}.*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
@@ -231,7 +241,7 @@ class TSVDatasetWriter:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def __enter__(self) -> "TSVDatasetWriter":
+    def __enter__(self) -> TSVDatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
