@@ -5,15 +5,23 @@ BIN := $(VENV)/bin
 # Never reach for a model hub at run time: a lookup fails fast instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install assets render-deps browser-deps render-check test test-app test-all demo clean
+.PHONY: install install-dev assets render-deps browser-deps render-check check test test-app test-all demo clean
 
 # constraints.txt pins the exact tested package set (pyproject.toml only states compatible ranges).
+# Two stamps: the package alone (what `make demo` needs), and the package with the test, app and
+# check tools (what `make test` / `make check` need), so a user who only runs the demo gets no test tools.
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[test,app]"
+	$(BIN)/pip install -q -c constraints.txt -e .
 	touch $@
 
-install: render-deps browser-deps $(BIN)/.installed assets
+$(BIN)/.installed-dev: $(BIN)/.installed
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,app,check]"
+	touch $@
+
+install: render-deps $(BIN)/.installed assets
+
+install-dev: render-deps $(BIN)/.installed-dev assets
 
 # MediaPipe's person and hand networks (Apache-2.0) come from pinned npm packages, fetched by npm's
 # own client and checked against pinned hashes (docs/mediapipe.md). A no-op when they are already in
@@ -58,18 +66,28 @@ browser-deps:
 render-check:
 	$(BIN)/python -c "from fastmetro.render import create_context; c = create_context(); print(c.info['GL_RENDERER'], c.info['GL_VERSION'])"
 
-test: install
+# Lint (ruff), format check (ruff) and types (mypy): the configuration is in pyproject.toml.
+check: $(BIN)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	@# Gradio writes a stub (app/ui.pyi, a copy of the module) when the app is imported; mypy would
+	@# read that copy instead of the module, so the check removes it first.
+	rm -f src/fastmetro/app/*.pyi
+	$(BIN)/mypy
+
+test: install-dev
 	$(BIN)/python -m pytest -q
 
-# The web app in a real browser (marked slow: ~40 s); CI runs it after `make test`.
-test-app: install
+# The web app in a real browser (marked slow: ~40 s); CI runs it after `make test`. Only this
+# target installs the browser.
+test-app: install-dev browser-deps
 	$(BIN)/python -m pytest -q -m slow tests/test_app.py
 
-test-all: install
+test-all: install-dev browser-deps
 	FASTMETRO_FUZZ_PROFILE=thorough $(BIN)/python -m pytest -q -m "slow or not slow"
 
 demo: install
 	$(BIN)/python -m fastmetro demo
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
