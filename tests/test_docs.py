@@ -7,7 +7,8 @@
 - every repository path the pages name (``src/...``, ``tests/...``, ``benchmarks/...``,
   ``docs/...``, ``Makefile``...) exists, and relative Markdown links and images resolve,
   anchors included;
-- every ``python`` block parses, and every ``fastmetro`` import in it resolves.
+- every ``python`` block parses, and every ``fastmetro`` import in it resolves;
+- every ``yaml`` block made of training-config sections loads as a config.
 
 The checkers are also run on a small made-up page full of mistakes, so that a checker which
 finds nothing cannot pass silently.
@@ -267,6 +268,27 @@ def test_python_blocks_parse_and_import(pages):
     assert blocks >= 6, blocks
     problems = [p for path, text in pages.items() for p in check_python(text, path.name)]
     assert not problems, "\n".join(problems)
+
+
+def test_config_blocks_load(pages, tmp_path):
+    """A ```yaml block whose top-level keys are training-config sections is a valid config."""
+    from fastmetro.engine.config import load_config
+
+    sections = {"model", "data", "optim", "loss", "train"}
+    checked = 0
+    for path, text in pages.items():
+        for language, first_line, body in fenced_blocks(text):
+            keys = set(re.findall(r"^([a-z_]+):", body, re.M))
+            if language not in ("yaml", "yml") or not keys or not keys <= sections:
+                continue
+            config = tmp_path / f"config{checked}.yaml"
+            config.write_text(body)
+            try:
+                load_config(config)
+            except Exception as error:
+                pytest.fail(f"{path.name}:{first_line}: the config does not load: {error}")
+            checked += 1
+    assert checked >= 1
 
 
 def test_the_readme_is_a_front_door(pages):
