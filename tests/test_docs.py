@@ -270,25 +270,33 @@ def test_python_blocks_parse_and_import(pages):
     assert not problems, "\n".join(problems)
 
 
-def test_config_blocks_load(pages, tmp_path):
-    """A ```yaml block whose top-level keys are training-config sections is a valid config."""
+CONFIG_SECTIONS = {"model", "data", "optim", "loss", "train"}
+
+
+def check_configs(text: str, name: str, folder: Path) -> tuple[list[str], int]:
+    """(problems, blocks checked): each ```yaml block made of config sections must load."""
     from fastmetro.engine.config import load_config
 
-    sections = {"model", "data", "optim", "loss", "train"}
-    checked = 0
-    for path, text in pages.items():
-        for language, first_line, body in fenced_blocks(text):
-            keys = set(re.findall(r"^([a-z_]+):", body, re.M))
-            if language not in ("yaml", "yml") or not keys or not keys <= sections:
-                continue
-            config = tmp_path / f"config{checked}.yaml"
-            config.write_text(body)
-            try:
-                load_config(config)
-            except Exception as error:
-                pytest.fail(f"{path.name}:{first_line}: the config does not load: {error}")
-            checked += 1
-    assert checked >= 1
+    problems, checked = [], 0
+    for language, first_line, body in fenced_blocks(text):
+        keys = set(re.findall(r"^([a-z_]+):", body, re.M))
+        if language not in ("yaml", "yml") or not keys or not keys <= CONFIG_SECTIONS:
+            continue
+        config = folder / f"{name}-{first_line}.yaml"
+        config.write_text(body)
+        checked += 1
+        try:
+            load_config(config)
+        except Exception as error:
+            problems.append(f"{name}:{first_line}: the config does not load: {error}")
+    return problems, checked
+
+
+def test_config_blocks_load(pages, tmp_path):
+    results = [check_configs(text, path.name, tmp_path) for path, text in pages.items()]
+    assert sum(checked for _, checked in results) >= 1
+    problems = [p for found, _ in results for p in found]
+    assert not problems, "\n".join(problems)
 
 
 def test_the_readme_is_a_front_door(pages):
@@ -328,6 +336,11 @@ model = fastmetro.not_a_function()
 ```python
 def broken(:
 ```
+
+```yaml
+model:
+  nmae: FastMETRO-S-R50
+```
 """
 
 
@@ -356,6 +369,8 @@ def test_the_checkers_catch_mistakes(parser, tmp_path):
     assert "fastmetro has no not_a_function" in python_problems
     assert "does not parse" in python_problems
     assert "load_image" not in python_problems
+    config_problems, checked = check_configs(BAD_PAGE, "page.md", tmp_path)
+    assert checked == 1 and "unknown key" in "\n".join(config_problems)
 
 
 def test_one_documented_command_runs():
