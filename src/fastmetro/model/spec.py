@@ -49,7 +49,7 @@ class FrozenDict(dict):
     def _refuse(self, *args, **kwargs):
         raise TypeError("a ModelSpec is frozen: use spec.replace(overrides=...)")
 
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
 
     def __reduce__(self):
         return (FrozenDict, (dict(self),))
