@@ -49,7 +49,7 @@ ANTIALIAS_FACTOR = 2.0
 def normalise_image(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """(S, S, 3) RGB uint8 or float in [0, 255] -> (3, S, S) float32 normalised (ImageNet's
     ``mean``/``std`` of [0, 1] values by default)."""
-    image = np.asarray(pixels).astype(np.float32) / 255.0
+    image: np.ndarray = np.asarray(pixels).astype(np.float32) / 255.0
     image = (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(image.transpose(2, 0, 1))
 

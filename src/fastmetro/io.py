@@ -58,7 +58,7 @@ def _numpy_reconstruct():
 def _scipy_sparse_classes() -> dict[tuple[str, str], Any]:
     import scipy.sparse as sp
 
-    classes = {}
+    classes: dict[tuple[str, str], Any] = {}
     for module in ("scipy.sparse.csc", "scipy.sparse._csc"):
         classes[(module, "csc_matrix")] = sp.csc_matrix
     for module in ("scipy.sparse.csr", "scipy.sparse._csr"):

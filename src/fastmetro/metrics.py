@@ -135,8 +135,8 @@ def per_sample_metrics(
     pred_fine_vertices: torch.Tensor,
     gt_joints: torch.Tensor,
     gt_vertices: torch.Tensor,
-    joint_regressor: torch.Tensor,
-    root_regressor: torch.Tensor,
+    joint_regressor: torch.Tensor | np.ndarray,
+    root_regressor: torch.Tensor | np.ndarray,
     root_joints: Sequence[int],
     fscore_thresholds_mm: Sequence[float] = (),
 ) -> dict[str, torch.Tensor]:

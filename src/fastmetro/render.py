@@ -13,10 +13,14 @@ installs them). With an NVIDIA driver installed, EGL picks the GPU instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastmetro.errors import FastMetroError
+
+if TYPE_CHECKING:
+    import moderngl
 
 _VERTEX_SHADER = """
 #version 330
@@ -202,7 +206,7 @@ def create_context(device_index: int | None = None):
 
     _load_llvm_users_first()
 
-    kwargs = {"backend": "egl", "require": 330}
+    kwargs: dict[str, Any] = {"backend": "egl", "require": 330}
     if device_index is not None:
         kwargs["device_index"] = device_index
     try:
@@ -298,9 +302,9 @@ class Renderer:
             )
         else:
             self._draw_fbo = self._fbo
-        self._vertex_buffer = None
-        self._index_buffer = None
-        self._vao = None
+        self._vertex_buffer: moderngl.Buffer | None = None
+        self._index_buffer: moderngl.Buffer | None = None
+        self._vao: moderngl.VertexArray | None = None
 
     def _upload(self, vertex_data: np.ndarray, index_data: np.ndarray) -> None:
         # Grow-only buffers: the same topology is rendered thousands of times.
@@ -316,6 +320,7 @@ class Renderer:
                 self._index_buffer.release()
             self._index_buffer = ctx.buffer(reserve=index_data.nbytes)
             rebuild = True
+        assert self._vertex_buffer is not None and self._index_buffer is not None  # allocated above
         self._vertex_buffer.write(vertex_data.tobytes())
         self._index_buffer.write(index_data.tobytes())
         if rebuild:
@@ -396,7 +401,7 @@ class Renderer:
         ambient = np.zeros(3)
         for light in lights:
             direction = np.asarray(light.direction, dtype=np.float64)
-            directions.append(tuple(float(x) for x in direction / max(np.linalg.norm(direction), 1e-12)))
+            directions.append(tuple(float(x) for x in direction / max(float(np.linalg.norm(direction)), 1e-12)))
             colors.append(tuple(float(x) for x in light.color))
             speculars.append(float(light.specular))
             ambient = ambient + np.asarray(light.ambient, dtype=np.float64)
@@ -427,6 +432,7 @@ class Renderer:
             self._background_vao.render(mode=ctx.TRIANGLE_STRIP)
         ctx.enable(ctx.DEPTH_TEST)
         ctx.disable(ctx.CULL_FACE)
+        assert self._vao is not None  # built by the upload above
         self._vao.render(vertices=index_count)
         if fbo is not self._fbo:
             ctx.copy_framebuffer(self._fbo, fbo)

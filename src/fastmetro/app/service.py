@@ -304,6 +304,7 @@ class AppService:
             for first, count in list(kinds.values())[:5]
         ]
         lines += [f"- failed: {self._public(f, upload, name)}" for f in video.failures[:5]]
+        assert video.archive is not None  # written with the video
         return VideoOutcome("\n".join(lines), ok=True, video=video.path, downloads=[video.path, video.archive])
 
 
@@ -337,7 +338,8 @@ def _video_properties(path: Path) -> tuple[int | None, float]:
     except Exception:  # unreadable here: iter_video reports it with a proper message
         return None, 25.0
     try:
-        total = int(iio.improps(path, plugin="pyav").n_images)
+        n_images = iio.improps(path, plugin="pyav").n_images
+        total = None if n_images is None else int(n_images)
     except Exception:
         total = None
     fps = fps if np.isfinite(fps) and 1.0 <= fps <= 240.0 else 25.0
@@ -352,7 +354,7 @@ class _VideoWriter:
 
         self._file = iio.imopen(path, "w", plugin="pyav")
         self._file.init_video_stream("libx264", fps=fps)
-        self._size = None
+        self._size: tuple[int, int] | None = None
 
     def write(self, frame: np.ndarray) -> None:
         if self._size is None:

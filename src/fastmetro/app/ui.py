@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -181,7 +182,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                 return gr.update(choices=[NO_JOINT], value=NO_JOINT), gr.update(), message
             return gr.update(choices=[NO_JOINT, *names], value=NO_JOINT), gr.update(visible=hand), ""
 
-        inference = {"concurrency_limit": 1, "concurrency_id": "inference"}
+        inference: dict[str, Any] = {"concurrency_limit": 1, "concurrency_id": "inference"}
         run.click(
             on_image, [model, image, boxes, joint, side], [status, overlay, scene, attention, downloads], **inference
         )

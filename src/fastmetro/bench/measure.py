@@ -59,9 +59,9 @@ def _time_once(function, device: torch.device, clock: str = "wall") -> float:
         torch.cuda.synchronize(device)
         return float(start.elapsed_time(end))
     timer = time.process_time if clock == "process" else time.perf_counter
-    start = timer()
+    begin = timer()
     function()
-    return (timer() - start) * 1000.0
+    return (timer() - begin) * 1000.0
 
 
 def time_interleaved(

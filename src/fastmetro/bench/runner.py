@@ -18,6 +18,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,7 +211,7 @@ def measure_variant(name: str, task: str, config: BenchConfig, device: torch.dev
 def _time_parts(runners: dict, images: torch.Tensor, config: BenchConfig, device: torch.device) -> dict:
     """Backbone / transformer-part / whole times (interleaved across paths), FLOPs and memory."""
     batch = images.shape[0]
-    results = {path: {} for path in runners}
+    results: dict[str, dict] = {path: {} for path in runners}
     with torch.no_grad():
         features = {}
         for path, runner in runners.items():
@@ -277,7 +278,7 @@ def run_bench(config: BenchConfig, progress=None) -> dict:
     def gemm(dtype):
         return measure.gemm_gflops(device, dtype, config.gemm_size, clock=config.clock)
 
-    result = {
+    result: dict[str, Any] = {
         "machine": measure.describe_machine(device),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
         "gemm_gflops": {"fp32": gemm(torch.float32)},

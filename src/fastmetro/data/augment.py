@@ -70,10 +70,11 @@ class AugmentParams:
     occlusion_seed: int | None = None  # None: no occlusion
 
 
-def sample_params(config: AugmentConfig | None, rng: np.random.Generator) -> AugmentParams:
+def sample_params(config: AugmentConfig | None, rng: np.random.Generator | None) -> AugmentParams:
     """Draw augmentation parameters (released distributions). ``config`` None -> identity."""
     if config is None:
         return AugmentParams()
+    assert rng is not None  # the draws need a generator
     flip = bool(rng.uniform() < config.flip_prob)
     gain = tuple(float(g) for g in rng.uniform(1.0 - config.noise, 1.0 + config.noise, 3))
     rotation = float(np.clip(rng.normal() * config.rotation_std, -config.rotation_limit, config.rotation_limit))

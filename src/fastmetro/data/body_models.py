@@ -212,6 +212,13 @@ class BodyModel(nn.Module):
     ``pose_mean`` (J*3,) is added to axis-angle poses (MANO ``flat_hand_mean=False``).
     """
 
+    v_template: torch.Tensor
+    shapedirs: torch.Tensor
+    posedirs: torch.Tensor
+    J_regressor: torch.Tensor
+    weights: torch.Tensor
+    pose_mean: torch.Tensor
+
     def __init__(self, arrays: dict[str, Any], name: str = "body", pose_mean: np.ndarray | None = None):
         super().__init__()
         self.name = name
@@ -222,7 +229,10 @@ class BodyModel(nn.Module):
         num_joints = kintree.shape[1]
         posedirs = np.asarray(arrays["posedirs"], dtype=np.float64).reshape(num_vertices, 3, -1)
         regressor = arrays["J_regressor"]
-        regressor = regressor.toarray() if sp.issparse(regressor) else np.asarray(regressor, dtype=np.float64)
+        if sp.issparse(regressor):
+            regressor = regressor.toarray()  # type: ignore[attr-defined]  # scipy-stubs: issparse narrows to SparseABC
+        else:
+            regressor = np.asarray(regressor, dtype=np.float64)
         weights = np.asarray(arrays["weights"], dtype=np.float64)
         problems = []
         if template.shape != (num_vertices, 3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fastmetro.data.labels import parse_annotation
@@ -51,7 +52,7 @@ def check_dataset(
     """
     dataset = TSVDataset(yaml_path)
     report = CheckReport(str(dataset.yaml_path), num_rows=len(dataset))
-    indices = range(len(dataset))
+    indices: Iterable[int] = range(len(dataset))
     if progress:
         from tqdm import tqdm
 

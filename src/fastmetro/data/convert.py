@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ def convert(
     records = read_annotations(annotations)
     if not records:
         raise FastMetroError(f"{annotations}: no records")
-    iterable = records
+    iterable: Iterable[dict[str, Any]] = records
     if progress:
         from tqdm import tqdm
 

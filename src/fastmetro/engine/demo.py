@@ -126,6 +126,8 @@ def baseline_metrics(test_yaml: Path, topology, mean_vertices: torch.Tensor, num
                 [batch["has_joints_3d"].float(), batch["has_vertices"].float()] + [per_sample[n] for n in names], dim=1
             ).double()
         )
+    if names is None:
+        raise FastMetroError(f"{test_yaml}: no held-out samples to evaluate")
     return summarise(torch.cat(rows), names)
 
 

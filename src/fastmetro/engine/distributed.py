@@ -104,9 +104,9 @@ def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
         return rows
     world_size = dist.get_world_size()
     count = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.int64)
-    counts = [torch.zeros_like(count) for _ in range(world_size)]
-    dist.all_gather(counts, count)
-    counts = [int(c.item()) for c in counts]
+    gathered_counts = [torch.zeros_like(count) for _ in range(world_size)]
+    dist.all_gather(gathered_counts, count)
+    counts = [int(c.item()) for c in gathered_counts]
     longest = max(counts)
     padded = rows.new_zeros((longest, *rows.shape[1:]))
     padded[: rows.shape[0]] = rows

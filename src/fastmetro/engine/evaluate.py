@@ -12,11 +12,15 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastmetro import metrics
 from fastmetro.engine.distributed import DistInfo, EvalSampler, all_gather_rows
+
+if TYPE_CHECKING:
+    from fastmetro.topology import Topology
 
 JOINT_METRICS = ("mpjpe", "pa_mpjpe")
 MESH_METRICS = ("mpvpe", "pa_mpvpe")
@@ -27,7 +31,7 @@ HAND_FSCORE_THRESHOLDS_MM = (5.0, 15.0)
 class EvalSetup:
     """What the evaluation loop needs besides the model and data."""
 
-    topology: object
+    topology: Topology
     device: torch.device = torch.device("cpu")
     autocast_dtype: torch.dtype | None = None  # None = full precision
     hand_metrics: bool | None = None  # None = auto (hand topologies)

@@ -121,6 +121,11 @@ class MeshCriterion(nn.Module):
         config: weights; defaults reproduce the released body/hand recipes.
     """
 
+    joint_regressor: torch.Tensor
+    root_regressor: torch.Tensor
+    edge_faces: torch.Tensor
+    edges: torch.Tensor
+
     def __init__(self, topology, config: LossConfig | None = None, body_model: nn.Module | None = None):
         super().__init__()
         config = config or LossConfig()

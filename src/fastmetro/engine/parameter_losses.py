@@ -16,6 +16,8 @@ With predicted ``smpl_rotmat`` (B, 24, 3, 3) and ``smpl_betas`` (B, 10), and an 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -59,8 +61,9 @@ class SMPLParameterLoss(nn.Module):
         terms["smpl_joints_2d"] = criterion.joints_2d_term(
             weak_perspective_project(joints, outputs["camera"].float()), batch
         )
-        terms["smpl_total"] = sum(
-            terms[name] for name in ("smpl_params", "smpl_vertices", "smpl_joints_3d", "smpl_joints_2d")
+        terms["smpl_total"] = cast(
+            torch.Tensor,
+            sum(terms[name] for name in ("smpl_params", "smpl_vertices", "smpl_joints_3d", "smpl_joints_2d")),
         )
         return terms
 

@@ -169,7 +169,7 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
 
 def rng_state() -> dict:
     """Every RNG the loop touches, as plain tensors/ints (loads with weights_only=True)."""
-    keys, position, has_gauss, cached = np.random.get_state()[1:]
+    keys, position, has_gauss, cached = np.random.get_state()[1:]  # type: ignore[index]  # numpy stub: legacy tuple
     state = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.array(keys, dtype=np.int64)),
@@ -250,7 +250,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             # Filling every new tensor with NaN (a debugging aid that comes with deterministic mode)
             # costs ~15% of a CPU step and is not needed for reproducibility.
-            torch.utils.deterministic.fill_uninitialized_memory = False
+            torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # not in the stub
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = False
         seed_everything(config.train.seed)  # same initial weights on every rank
@@ -483,7 +483,7 @@ class Trainer:
         try:
             data = iter(self.train_loader())
             window_start, window_steps = time.perf_counter(), 0
-            running: dict[str, float] = {}
+            running: dict[str, torch.Tensor | float] = {}
             while self.step < config.steps:
                 batch = next(data)
                 terms = self.train_step(batch)

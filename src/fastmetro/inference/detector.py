@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ def build_matching(state: dict[str, torch.Tensor], source: Path, architecture: s
         if builder is None:
             raise FastMetroError(f"unknown torchvision detector {name!r}")
         num_classes = _num_classes(state)
-        kwargs = {"weights": None, "weights_backbone": None}
+        kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None}
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
         try:
@@ -201,7 +201,7 @@ class MediaPipeDetector:
         if kind == "hand" and landmarks == "heavy":
             landmarks = "full"  # MediaPipe Hands has lite and full only
         self.kind = kind
-        self.settings = dict(
+        self.settings: dict[str, Any] = dict(
             landmarks=landmarks,
             threshold=threshold,
             presence_threshold=presence_threshold,
@@ -277,7 +277,7 @@ def make_detector(
             landmarks=landmarks,
             max_people=max_people,
             device=device,
-            **({} if threshold is None else {"threshold": threshold}),
+            **({} if threshold is None else {"threshold": threshold}),  # type: ignore[arg-type]  # mypy: **dict
         )
         return detector.load()
     return TorchvisionDetector(

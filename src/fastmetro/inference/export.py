@@ -19,6 +19,7 @@ import copy
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from fastmetro.conventions import root_centred
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save
 from fastmetro.model.fast import inference_view
+
+if TYPE_CHECKING:
+    from fastmetro.topology import Topology
 
 #: Outputs of an exported model, in this order.
 OUTPUT_NAMES = ("camera", "joints", "coarse_vertices", "fine_vertices", "mesh_joints")
@@ -40,6 +44,9 @@ class GatherUpsampling(nn.Module):
     Built from the COO buffers of :class:`fastmetro.model.fastmetro.SparseUpsampling`; padded
     slots have weight 0 and index 0.
     """
+
+    index: torch.Tensor
+    weight: torch.Tensor
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, out_vertices: int):
         super().__init__()
@@ -90,10 +97,12 @@ def camera_frame_outputs(outputs: dict, root_regressor: torch.Tensor, root_joint
 class ExportWrapper(nn.Module):
     """images (B, 3, S, S) -> tuple of :data:`OUTPUT_NAMES` tensors (a plain-tensor signature)."""
 
+    root_regressor: torch.Tensor
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = _export_friendly(inference_view(model))  # the fast path: same function, fewer ops
-        topology = model.topology
+        topology = cast("Topology", model.topology)  # a plain attribute, not a submodule
         self.root_joints = tuple(topology.root_joints)
         self.register_buffer(
             "root_regressor", torch.tensor(np.asarray(topology.root_regressor), dtype=torch.float32), persistent=False
@@ -177,9 +186,10 @@ def export(model: nn.Module, path: str | os.PathLike, format: str, image_size: i
 
 def pytorch_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
     """The exported tensors computed by the PyTorch model itself (the reference of the checks)."""
-    root_regressor = torch.tensor(np.asarray(model.topology.root_regressor), dtype=torch.float32)
+    topology = cast("Topology", model.topology)  # a plain attribute, not a submodule
+    root_regressor = torch.tensor(np.asarray(topology.root_regressor), dtype=torch.float32)
     with torch.no_grad():
-        outputs = camera_frame_outputs(model.eval()(images), root_regressor, tuple(model.topology.root_joints))
+        outputs = camera_frame_outputs(model.eval()(images), root_regressor, tuple(topology.root_joints))
     return {name: outputs[name].detach().cpu().numpy() for name in OUTPUT_NAMES}
 
 

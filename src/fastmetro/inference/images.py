@@ -68,6 +68,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None, name: str
     if not path.is_file():
         raise FastMetroError(f"{label}: file not found")
     try:
+        image: Image.Image
         with Image.open(path) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:

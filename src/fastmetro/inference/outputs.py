@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,7 +45,7 @@ def _trimesh(vertices: np.ndarray, faces: np.ndarray, color=None):
     mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float64), faces=np.asarray(faces), process=False)
     if color is not None:
         rgba = np.array([*np.asarray(color, np.float64) * 255, 255]).round().astype(np.uint8)
-        mesh.visual.vertex_colors = np.tile(rgba, (len(vertices), 1))
+        mesh.visual.vertex_colors = np.tile(rgba, (len(vertices), 1))  # type: ignore[union-attr]  # ColorVisuals here
     return mesh
 
 
@@ -129,7 +130,7 @@ def person_record(person: PersonPrediction, joint_names, image_source: str, imag
 def detection_record(person: PersonPrediction) -> dict:
     """The detector's score, and MediaPipe's landmarks where it found them ({} for given boxes)."""
     record = {} if person.score is None else {"detector_score": round(float(person.score), 6)}
-    pose = person.pose
+    pose: Any = person.pose  # MediaPipe's result (duck-typed: body or hand)
     if pose is None or getattr(pose, "landmarks", None) is None:
         return record
     landmarks = {
@@ -180,6 +181,7 @@ def write_person(
     ]
     if person.smpl_vertices is not None:  # the parametric mesh next to the non-parametric one
         smpl_vertices = person.smpl_vertices + person.translation
+        assert person.smpl_faces is not None  # set together with smpl_vertices
         written.append(write_mesh(directory / f"{stem}_smpl.obj", smpl_vertices, person.smpl_faces))
         written.append(write_mesh(directory / f"{stem}_smpl.ply", smpl_vertices, person.smpl_faces, color))
     record = person_record(person, joint_names, image_source, image_size)

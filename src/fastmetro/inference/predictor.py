@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from fastmetro.inference import camera as cam
 from fastmetro.inference.boxes import SIDES, PersonBox, person_boxes
 from fastmetro.inference.detector import detector_for, make_detector
 from fastmetro.model.fast import inference_view
+
+if TYPE_CHECKING:
+    from fastmetro.topology import Topology
 
 logger = logging.getLogger("fastmetro.inference")
 
@@ -166,15 +170,18 @@ class Predictor:
             from fastmetro import topology as topology_module
 
             given = topology_module.load(topology, data_dir)
-            if tuple(given.level_vertex_counts) != tuple(model.topology.level_vertex_counts) or (
-                given.num_joints != model.topology.num_joints
+            assert model is not None  # no checkpoint: a model was given (checked above)
+            model_topology = cast("Topology", model.topology)  # a plain attribute, not a submodule
+            if tuple(given.level_vertex_counts) != tuple(model_topology.level_vertex_counts) or (
+                given.num_joints != model_topology.num_joints
             ):
                 raise FastMetroError(
                     f"topology '{given.name}' {given.level_vertex_counts} does not fit the model's "
-                    f"'{model.topology.name}' {model.topology.level_vertex_counts}"
+                    f"'{model_topology.name}' {model_topology.level_vertex_counts}"
                 )
         if batch_size < 1:
             raise FastMetroError(f"batch_size must be >= 1, got {batch_size}")
+        assert model is not None  # loaded from the checkpoint or given
         spec = getattr(model, "spec", None)
         if image_size is None:
             image_size = spec.input.image_size if spec is not None else cam.CROP_SIZE
@@ -182,7 +189,7 @@ class Predictor:
             raise FastMetroError(f"image_size must be >= 32, got {image_size}")
         self.device = torch.device(device)
         self.model = inference_view(model.to(self.device).eval())  # the fast path (same function)
-        self.topology = model.topology
+        self.topology = cast("Topology", model.topology)  # a plain attribute, not a submodule
         self.image_size = int(image_size)
         self.normalisation = (spec.input.mean, spec.input.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
         self.batch_size = int(batch_size)
@@ -236,7 +243,7 @@ class Predictor:
         for image, boxes, source in items:
             image = _checked_image(image, source)
             height, width = image.shape[:2]
-            warnings = []
+            warnings: list[str] = []
             people = person_boxes(image, boxes, self.detector, source, warnings)
             focal = cam.default_focal_length((width, height)) if self.focal_length is None else self.focal_length
             results.append(ImagePrediction((width, height), [], float(focal), warnings))

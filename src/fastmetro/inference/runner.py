@@ -174,9 +174,14 @@ class InferenceRunner:
     def run(self, inputs: Iterable, on_result: Callable | None = None) -> RunSummary:
         """Every input; ``on_result(item)`` is called with each :class:`ImageResult` or
         :class:`Failure` as it comes (for progress)."""
+        results: list[ImageResult]
+        failures: list[Failure]
         results, failures = [], []
         for item in self.iter_results(inputs):
-            (failures if isinstance(item, Failure) else results).append(item)
+            if isinstance(item, Failure):
+                failures.append(item)
+            else:
+                results.append(item)
             if on_result is not None:
                 on_result(item)
         return RunSummary(results, failures)
@@ -321,6 +326,7 @@ class InferenceRunner:
     def _attention(self, job: _Job, result: ImageResult, directory: Path | None) -> None:
         from fastmetro.inference import attention, outputs
 
+        assert self.joint is not None  # only called with an attention joint
         name = self.predictor.joint_names[self.joint]
         for index, person in enumerate(result.prediction.people):
             stem = f"person_{index:02d}_{name}"

@@ -122,6 +122,7 @@ class Conv(nn.Module):
         with torch.no_grad():
             self.conv.weight.copy_(weight)
             if bias is not None:
+                assert self.conv.bias is not None  # built with bias=True
                 self.conv.bias.copy_(bias)
         self.act = o["fused_activation_function"]
 
@@ -139,7 +140,7 @@ class Elementwise(nn.Module):
         self.kind = op.op
         rank = len(graph.tensors[op.outputs[0]].shape)
         self.consts = nn.ParameterList()
-        self.slots = []  # per input: None (an activation, in call order) or an index into consts
+        self.slots: list[int | None] = []  # per input: None (an activation, in call order) or an index into consts
         for index in op.inputs:
             if graph.tensors[index].data is None:
                 self.slots.append(None)
@@ -197,6 +198,13 @@ class ResizeBilinear(nn.Module):
     align_corners is its align_corners=True. TF's legacy mode (neither: source = out * in/out,
     no clamping below) has no F.interpolate equivalent and is gathered by hand.
     """
+
+    y0: torch.Tensor
+    y1: torch.Tensor
+    yw: torch.Tensor
+    x0: torch.Tensor
+    x1: torch.Tensor
+    xw: torch.Tensor
 
     def __init__(self, op: Operator, graph: Graph):
         super().__init__()

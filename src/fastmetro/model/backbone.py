@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ def build_backbone(
     """
     import timm
 
-    kwargs = {} if keep_classifier else {"num_classes": 0, "global_pool": ""}
+    kwargs: dict[str, Any] = {} if keep_classifier else {"num_classes": 0, "global_pool": ""}
     weights = cached_pretrained_file(name, pretrained_tag) if pretrained else None  # fail before building
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
@@ -51,7 +52,7 @@ def build_backbone(
 
 def backbone_channels(backbone: nn.Module) -> int:
     """Channels of ``forward_features``' output (timm's ``num_features``; HRNet-W64: 2048)."""
-    return int(backbone.num_features)
+    return int(backbone.num_features)  # type: ignore[arg-type]  # timm models' int attribute
 
 
 def cached_pretrained_file(name: str, tag: str | None = None) -> Path:

@@ -129,6 +129,7 @@ def infer_preset(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict]:
     parameter regressor from its keys."""
     layers = {key.split(".")[3] for key in state_dict if key.startswith("transformer_1.encoder.layers.")}
     variant = {1: "S", 2: "M", 3: "L"}.get(len(layers))
+    backbone: str | None
     if any(key.startswith("backbone.stage4.") for key in state_dict):
         backbone = "H64"
     elif any(key.startswith("backbone.layer3.") for key in state_dict):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -42,6 +43,14 @@ from fastmetro.model.fast_backbone import ChannelsLastBackbone
 from fastmetro.model.fast_transformer import FastTransformer
 from fastmetro.model.fastmetro import FastMETRO, SparseUpsampling
 from fastmetro.model.position_encoding import PositionEncodingSine
+
+if TYPE_CHECKING:
+    from fastmetro.model.metro import METRO
+
+    # For the type checker, the mixin's super() is the viewed model class (it follows it in the MRO).
+    _ViewedModel = FastMETRO
+else:
+    _ViewedModel = object
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,6 +66,8 @@ def _plain(module: nn.Module) -> bool:
 
 class CachedPositionEncoding(PositionEncodingSine):
     """:class:`PositionEncodingSine` computed once per (batch-free) input size, device and dtype."""
+
+    _cache: dict[tuple[int, int, str, torch.dtype], torch.Tensor]
 
     @classmethod
     def view_of(cls, encoding: PositionEncodingSine) -> CachedPositionEncoding:
@@ -80,6 +91,8 @@ class CSRUpsampling(SparseUpsampling):
     vertex-major result. The CSR matrix is built once per device. Computes in float32/float64
     (inputs of other dtypes are converted and the result converted back).
     """
+
+    _csr: dict[tuple[str, torch.dtype], torch.Tensor]
 
     @classmethod
     def view_of(cls, upsampling: SparseUpsampling) -> CSRUpsampling:
@@ -147,9 +160,13 @@ class PointwiseConvolution(nn.Conv2d):
         return tokens.transpose(1, 2).unflatten(2, (height, width))
 
 
-class InferenceView:
+class InferenceView(_ViewedModel):
     """Mixin of the inference views: autocast and inference mode around the viewed class's
     forward, and the channels-last backbone in :meth:`backbone_features`."""
+
+    _autocast_dtype: torch.dtype | None
+    _inference_mode: bool
+    _backbone_runner: ChannelsLastBackbone | None
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         context = contextlib.ExitStack()
@@ -185,7 +202,7 @@ class FastMETROInference(InferenceView, FastMETRO):
 
 
 def prepare_for_inference(
-    model: FastMETRO,
+    model: FastMETRO | METRO,
     compile: bool = False,
     channels_last: bool = True,
     fold_batchnorm: bool = True,
@@ -259,7 +276,7 @@ def _swap_fast_modules(fast: nn.Module, model: FastMETRO) -> None:
             setattr(fast, name, CSRUpsampling.view_of(step))
 
 
-_VIEW_CLASSES: dict[type, type] = {FastMETRO: FastMETROInference}
+_VIEW_CLASSES: dict[type, type[nn.Module]] = {FastMETRO: FastMETROInference}
 
 
 def _shallow_view(model: nn.Module) -> nn.Module:

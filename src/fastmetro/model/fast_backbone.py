@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from typing import TypeGuard, cast
 
 import torch
 from torch import fx, nn
@@ -37,7 +38,7 @@ class _Features(nn.Module):
         self.backbone = backbone
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(images)
+        return self.backbone.forward_features(images)  # type: ignore[operator]  # a timm model's method
 
 
 def fold_batchnorm(backbone: nn.Module) -> fx.GraphModule | None:
@@ -48,7 +49,7 @@ def fold_batchnorm(backbone: nn.Module) -> fx.GraphModule | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fuse(_Features(backbone).eval())
+            return cast(fx.GraphModule, fuse(_Features(backbone).eval()))  # torch annotates it nn.Module
     except Exception:  # noqa: BLE001 (fx raises many types for untraceable code)
         return None
 
@@ -77,7 +78,7 @@ class OneDNNConv2d(nn.Module):
 
 
 def _module(graph_module: fx.GraphModule, node: fx.Node, kind) -> bool:
-    return node.op == "call_module" and isinstance(graph_module.get_submodule(node.target), kind)
+    return node.op == "call_module" and isinstance(graph_module.get_submodule(cast(str, node.target)), kind)
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -92,7 +93,7 @@ def _is_relu(graph_module: fx.GraphModule, node: fx.Node | None) -> bool:
     )
 
 
-def _is_add(node: fx.Node | None) -> bool:
+def _is_add(node: fx.Node | None) -> TypeGuard[fx.Node]:
     return node is not None and node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
 
 
@@ -109,6 +110,7 @@ def fuse_convolutions(graph_module: fx.GraphModule) -> int:
         user = _only_user(node)
         while user is not None and _module(graph_module, user, nn.Identity):
             user = _only_user(user)
+        args: tuple
         args, relu, add, last = (node.args[0],), False, False, node
         if _is_relu(graph_module, user):
             relu, last = True, user
@@ -159,7 +161,7 @@ class ChannelsLastBackbone:
 
     def __init__(self, backbone: nn.Module, fold: bool = True, compile: bool = False):
         self.backbone, self.fold, self.compile = backbone, fold, compile
-        self._key = None
+        self._key: tuple | None = None
         self._runners: dict[str, nn.Module] = {}
 
     def _build(self, device: torch.device) -> dict[str, nn.Module]:
@@ -168,9 +170,9 @@ class ChannelsLastBackbone:
             return {"exact": _Features(self.backbone), "autocast": _Features(self.backbone)}
         folded = folded.to(memory_format=torch.channels_last)
         if self.compile:  # TorchInductor does its own fusion and weight packing (freezing)
-            compiled = torch.compile(folded, options={"freezing": True})
+            compiled = cast(nn.Module, torch.compile(folded, options={"freezing": True}))  # an OptimizedModule
             return {"exact": compiled, "autocast": compiled}
-        runners = {"exact": folded, "autocast": folded}
+        runners: dict[str, nn.Module] = {"exact": folded, "autocast": folded}
         if device.type == "cpu":
             runners["exact"] = _validated_fusion(folded) or folded
         return runners

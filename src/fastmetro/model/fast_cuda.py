@@ -31,7 +31,7 @@ def _clone(value):
 
 @dataclass
 class _Captured:
-    graph: object
+    graph: torch.cuda.CUDAGraph
     images: torch.Tensor
     outputs: dict
 

@@ -22,6 +22,9 @@ runs the plain forward unchanged (the released maths). Otherwise:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +99,14 @@ def decoder_cross_and_feedforward(layer: DecoderLayer, tokens, query, memory, k_
     return tokens.add_(_feedforward(layer, _norm(tokens, layer.norm3))), weights
 
 
+def _encoder_layers(transformer: Transformer) -> Sequence[EncoderLayer]:
+    return cast(Sequence[EncoderLayer], transformer.encoder.layers)  # an nn.ModuleList of EncoderLayer
+
+
+def _decoder_layers(transformer: Transformer) -> Sequence[DecoderLayer]:
+    return cast(Sequence[DecoderLayer], transformer.decoder.layers)  # an nn.ModuleList of DecoderLayer
+
+
 class _FirstLayerMemo:
     """The image-independent part of decoder layer 0 for constant queries (batch of one)."""
 
@@ -105,6 +116,11 @@ class _FirstLayerMemo:
 
 class FastTransformer(Transformer):
     """See the module docstring. Build with :meth:`view_of`; never trained directly."""
+
+    _mask: AdditiveMask
+    _constant_queries: tuple[torch.Tensor, ...] | None
+    _position_cache: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]]
+    _memo: _FirstLayerMemo | None
 
     @classmethod
     def view_of(
@@ -139,8 +155,8 @@ class FastTransformer(Transformer):
         """Per layer: encoder pos @ [W_q; W_k]^T (HW, 2D) and decoder pos @ W_k^T (HW, D)."""
         batch_constant = pos.dim() == 3 and pos.stride(0) == 0
         source = pos[0] if batch_constant else pos
-        weights = [layer.self_attn.in_proj_weight for layer in self.encoder.layers]
-        weights += [layer.multihead_attn.in_proj_weight for layer in self.decoder.layers]
+        weights = [layer.self_attn.in_proj_weight for layer in _encoder_layers(self)]
+        weights += [layer.multihead_attn.in_proj_weight for layer in _decoder_layers(self)]
         key = (_fingerprint([source] + weights), source.stride(), str(source.device), dtype)
         cached = self._position_cache.get(key)
         if cached is None:
@@ -154,7 +170,8 @@ class FastTransformer(Transformer):
         return cached[0], cached[1]
 
     def _memo_parameters(self, vertex_graph) -> list[torch.Tensor]:
-        layer = self.decoder.layers[0]
+        assert self._constant_queries is not None  # the memo is only built for constant queries
+        layer = _decoder_layers(self)[0]
         modules = [layer.self_attn, layer.norm1, layer.norm2, layer.multihead_attn]
         if layer.graph_block is not None:
             modules.append(layer.graph_block)
@@ -165,10 +182,11 @@ class FastTransformer(Transformer):
         key = (_fingerprint(self._memo_parameters(vertex_graph)), str(device), dtype)
         if self._memo is not None and self._memo.key == key:
             return self._memo
+        assert self._constant_queries is not None  # the memo is only built for constant queries
         expected = torch.cat([t.to(device=queries.device) for t in self._constant_queries])
         if (queries.shape[0] > 1 and queries.stride(0) != 0) or not torch.equal(queries[0], expected.to(queries.dtype)):
             raise RuntimeError("FastTransformer: the decoder input is not the constant query tokens it was built for")
-        layer = self.decoder.layers[0]
+        layer = _decoder_layers(self)[0]
         mask = self._mask.get(device, dtype)
         tokens, weights = decoder_self_attention(layer, queries[:1], mask, vertex_graph, need_weights=True)
         self._memo = _FirstLayerMemo(key, tokens, cross_query(layer, tokens), weights)
@@ -196,13 +214,13 @@ class FastTransformer(Transformer):
         encoder_terms, decoder_terms = self._position_terms(pos, dtype)
 
         encoded = torch.cat([camera_token, image_tokens], dim=1)
-        for layer, qk_pos in zip(self.encoder.layers, encoder_terms):
-            encoded = encoder_layer(layer, encoded, qk_pos)
+        for encoder_block, qk_pos in zip(_encoder_layers(self), encoder_terms):
+            encoded = encoder_layer(encoder_block, encoded, qk_pos)
         encoded = _norm(encoded, self.encoder.norm)
         camera_feature, memory = encoded.split([1, num_image_tokens], dim=1)
 
         mask = self._mask.get(device, dtype)
-        layers = list(self.decoder.layers)
+        layers = list(_decoder_layers(self))
         self_maps, cross_maps = [], []
         tokens = query_tokens
         if self._constant_queries is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +38,9 @@ from fastmetro.model.graph_conv import normalized_adjacency
 from fastmetro.model.position_encoding import PositionEncodingSine
 from fastmetro.model.smpl_regressor import SMPLParameterRegressor
 from fastmetro.model.transformer import ACTIVATIONS, Transformer
+
+if TYPE_CHECKING:
+    from fastmetro.model.metro import METRO
 
 DIM_REDUCTIONS = ("shared", "separate")
 UPSAMPLINGS = ("fixed", "learnable_coarse", "learnable")
@@ -57,7 +61,7 @@ class ArchitectureOptions:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # a mixin of dataclasses
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ def mesh_attention_mask(num_joints: int, coarse_adjacency: sp.spmatrix) -> torch
     joint column, on the vertex itself and on its 1-ring neighbours in the coarse mesh.
     """
     num_vertices = coarse_adjacency.shape[0]
-    allowed = sp.csr_matrix(coarse_adjacency).toarray() != 0
+    allowed = sp.csr_matrix(coarse_adjacency).toarray() != 0  # type: ignore[call-overload]  # scipy-stubs: spmatrix is not an _spbase
     np.fill_diagonal(allowed, True)
     mask = torch.zeros(num_joints + num_vertices, num_joints + num_vertices, dtype=torch.bool)
     mask[num_joints:, num_joints:] = torch.from_numpy(~allowed)
@@ -178,9 +182,13 @@ class SparseUpsampling(nn.Module):
     device and dtype, differentiable in the input).
     """
 
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+
     def __init__(self, matrix: sp.spmatrix):
         super().__init__()
-        coo = sp.coo_matrix(matrix)
+        coo = sp.coo_matrix(matrix)  # type: ignore[call-overload]  # scipy-stubs: spmatrix is not an _spbase
         self.out_vertices, self.in_vertices = coo.shape
         self.register_buffer("rows", torch.as_tensor(coo.row, dtype=torch.long), persistent=False)
         self.register_buffer("cols", torch.as_tensor(coo.col, dtype=torch.long), persistent=False)
@@ -252,6 +260,11 @@ class FastMETRO(nn.Module):
       transformer 2; and ``feature_size = (h, w)``.
     """
 
+    attention_mask: torch.Tensor | None
+    vertex_graph: torch.Tensor | None
+    _body_model: nn.Module | None
+    joint_regressor: torch.Tensor
+
     def __init__(self, config: FastMETROConfig, topology, pretrained_backbone: bool = False, spec=None):
         super().__init__()
         self.config = config
@@ -267,7 +280,7 @@ class FastMETRO(nn.Module):
         self.backbone = build_backbone(
             config.backbone, config.backbone_keeps_classifier, pretrained_backbone, config.backbone_pretrained_tag
         )
-        transformer_args = dict(
+        transformer_args: dict[str, Any] = dict(
             num_heads=config.num_heads,
             num_encoder_layers=config.num_encoder_layers,
             num_decoder_layers=config.num_decoder_layers,
@@ -327,6 +340,7 @@ class FastMETRO(nn.Module):
         # so it never enters state dicts.
         object.__setattr__(self, "_body_model", None)
 
+        mask: torch.Tensor | None
         mask = mesh_attention_mask(self.num_joints, topology.coarse_adjacency)
         if config.attention_mask == "none":
             mask = None
@@ -374,7 +388,7 @@ class FastMETRO(nn.Module):
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> backbone feature map (B, C, h, w)."""
-        return self.backbone.forward_features(images)
+        return self.backbone.forward_features(images)  # type: ignore[operator]  # a timm model's method
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
@@ -419,7 +433,7 @@ class FastMETRO(nn.Module):
         return output
 
 
-def parameter_counts(model: FastMETRO) -> dict[str, int]:
+def parameter_counts(model: FastMETRO | METRO) -> dict[str, int]:
     """``backbone_params``, ``transformer_params`` (everything else, as the paper counts) and
     ``total_params``: all parameters (all are trainable when built, as the released script counts)."""
     total = sum(p.numel() for p in model.parameters())

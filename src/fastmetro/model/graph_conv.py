@@ -24,7 +24,7 @@ from torch import nn
 
 def normalized_adjacency(adjacency: sp.spmatrix) -> np.ndarray:
     """Dense ``D^-1/2 (A + I) D^-1/2`` of a 0/1 adjacency (N, N) without self loops."""
-    with_self = sp.csr_matrix(adjacency, dtype=np.float64) + sp.identity(adjacency.shape[0], format="csr")
+    with_self = sp.csr_matrix(adjacency, dtype=np.float64) + sp.identity(adjacency.shape[0], format="csr")  # type: ignore[call-overload]  # scipy-stubs: spmatrix is not an _spbase
     inv_sqrt_degree = 1.0 / np.sqrt(np.asarray(with_self.sum(axis=1)).ravel())
     return (sp.diags(inv_sqrt_degree) @ with_self @ sp.diags(inv_sqrt_degree)).toarray().astype(np.float32)
 

@@ -192,6 +192,9 @@ class METRO(nn.Module):
     (``camera``, ``joints``, ``coarse_vertices``, ``intermediate_vertices`` (3 levels),
     ``fine_vertices``, ``vertices_by_level``, ``mesh_joints``; metres, not root-centred)."""
 
+    reference_points: torch.Tensor
+    joint_regressor: torch.Tensor
+
     def __init__(self, config: METROConfig, topology, pretrained_backbone: bool = False, spec=None):
         super().__init__()
         self.config = config
@@ -226,7 +229,7 @@ class METRO(nn.Module):
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> backbone feature map (B, C, h, w)."""
-        return self.backbone.forward_features(images)
+        return self.backbone.forward_features(images)  # type: ignore[operator]  # a timm model's method
 
     def upsample(self, coarse_vertices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, V_L, 3) coarse vertices -> every level, index 0 = fine."""

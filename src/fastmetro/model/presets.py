@@ -46,7 +46,7 @@ BACKBONES = {
     "H64": BackboneSpec("hrnet_w64", True, "ms_in1k"),
 }
 
-FLAVORS = {
+FLAVORS: dict[str, dict[str, object]] = {
     # Paper: one shared encoder reduction Linear, fixed upsampling matrices for every level.
     "paper": {"dim_reduction": "shared", "upsampling": "fixed"},
     # Released checkpoints: separate camera/image reductions, learnable coarse -> intermediate step.
@@ -54,7 +54,7 @@ FLAVORS = {
 }
 assert tuple(FLAVORS) == FLAVOR_NAMES
 
-ABLATIONS = {
+ABLATIONS: dict[str, dict[str, object]] = {
     "no-mask": {"attention_mask": "none"},
     "half-head-mask": {"attention_mask": "half_heads"},
     "graph-conv": {"attention_mask": "none", "graph_convolutions": True},
@@ -110,7 +110,7 @@ def preset_names(ablations: bool = False) -> list[str]:
     return names
 
 
-def model_config(name: str, flavor: str = "paper", **overrides) -> FastMETROConfig:
+def model_config(name: str, flavor: str = "paper", **overrides) -> FastMETROConfig | METROConfig:
     """Config of a named preset in a flavor, with optional :class:`FastMETROConfig` field overrides."""
     if is_metro_name(name):  # the METRO-style baseline (no flavors)
         return metro_config(name, **overrides)
@@ -165,7 +165,7 @@ def network_class(config) -> type:
     return METRO if isinstance(config, METROConfig) else FastMETRO
 
 
-def build_on_meta(config: FastMETROConfig, topology) -> FastMETRO:
+def build_on_meta(config: FastMETROConfig | METROConfig, topology) -> FastMETRO | METRO:
     """Build without allocating weights (instant even for HRNet-W64); for shapes and counts."""
     import torch
 

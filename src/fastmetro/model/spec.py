@@ -49,7 +49,7 @@ class FrozenDict(dict):
     def _refuse(self, *args, **kwargs):
         raise TypeError("a ModelSpec is frozen: use spec.replace(overrides=...)")
 
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
 
     def __reduce__(self):
         return (FrozenDict, (dict(self),))
@@ -197,7 +197,7 @@ def _parse_input(data: Any, source: str) -> InputSpec:
     size = data.get("image_size", 224)
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
         _fail(source, f"field 'input.image_size' must be an integer in 16..4096, got {size!r}")
-    values = {}
+    values: dict[str, tuple[float, float, float]] = {}
     for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         value = data.get(key, list(default))
         if not (
@@ -208,7 +208,7 @@ def _parse_input(data: Any, source: str) -> InputSpec:
             _fail(source, f"field 'input.{key}' must be three finite numbers, got {value!r}")
         if key == "std" and min(value) <= 0:
             _fail(source, f"field 'input.std' must be positive, got {value!r}")
-        values[key] = tuple(float(v) for v in value)
+        values[key] = (float(value[0]), float(value[1]), float(value[2]))  # three numbers, checked above
     return InputSpec(size, values["mean"], values["std"])
 
 

@@ -17,6 +17,7 @@ for, come from the same forward call (``need_weights=True, average_attn_weights=
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,10 @@ from torch import nn
 
 from fastmetro.model.graph_conv import GraphResidualBlock
 
-ACTIVATIONS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": nn.functional.relu,
+    "gelu": nn.functional.gelu,
+}
 
 
 def _add_pos(tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -99,6 +103,7 @@ class DecoderLayer(nn.Module):
         )  # fmt: skip
         tokens = tokens + self.dropout1(attended)
         if self.graph_block is not None:
+            assert vertex_graph is not None  # a graph block needs the vertex graph
             num_vertices = vertex_graph.shape[0]
             joints, vertices = tokens[:, :-num_vertices], tokens[:, -num_vertices:]
             tokens = torch.cat([joints, vertices + self.graph_block(vertices, vertex_graph)], dim=1)

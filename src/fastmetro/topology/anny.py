@@ -188,7 +188,7 @@ def sample_anny(model, num_samples: int, seed: int, body: np.ndarray, batch: int
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    body = torch.as_tensor(np.array(body, dtype=np.int64))
+    body_index = torch.as_tensor(np.array(body, dtype=np.int64))
     hinge_axes = _hinge_axes(model)
     labels = list(model.bone_labels)
     bone_index = [labels.index(name) for name in JOINT_BONES]
@@ -214,7 +214,7 @@ def sample_anny(model, num_samples: int, seed: int, body: np.ndarray, batch: int
         rest_point[:, 2] = rest_neck[:, 2] + HEAD_HEIGHT_FRACTION * (rest_crown[:, 2] - rest_neck[:, 2])
         skinning = poses[:, head] @ torch.linalg.inv(rest_poses[:, head])
         joints[:, -1] = (skinning[:, :3, :3] @ rest_point[:, :, None])[..., 0] + skinning[:, :3, 3]
-        vertex_batches.append(output["vertices"][:, body].numpy())
+        vertex_batches.append(output["vertices"][:, body_index].numpy())
         joint_batches.append(joints.numpy())
     return np.concatenate(vertex_batches), np.concatenate(joint_batches)
 
@@ -321,7 +321,7 @@ def build_anny_topology(config: AnnyBuildConfig = AnnyBuildConfig()) -> Topology
         coarse_adjacency=adjacency_from_faces(levels.faces[-1], levels.vertex_counts[-1]),
         joint_regressor=regressor,
         joint_names=BODY_JOINT_NAMES,
-        joint_flip=BODY_JOINT_FLIP,
+        joint_flip=np.asarray(BODY_JOINT_FLIP),
         root_joints=BODY_ROOT_JOINTS,
         root_regressor=root_regressor,
         vertex_flip=vertex_flip,

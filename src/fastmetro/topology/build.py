@@ -59,7 +59,7 @@ def build_topology(
     if root_regressor is None:
         root_regressor = regressor[list(roots)].mean(0) if roots else np.full(num_vertices, 1.0 / num_vertices)
     levels = sample_mesh(vertices, faces, sizes)
-    metadata = {"sizes": list(levels.vertex_counts)}
+    metadata: dict[str, list[int] | list[float]] = {"sizes": list(levels.vertex_counts)}
     for level in range(1, len(sizes) + 1):
         mean, worst = reconstruction_error(vertices, levels.kept_indices, levels.upsample, level)
         metadata[f"reconstruction_level{level}_mm"] = [mean * 1000, worst * 1000]
@@ -73,7 +73,7 @@ def build_topology(
         coarse_adjacency=adjacency_from_faces(levels.faces[-1], levels.vertex_counts[-1]),
         joint_regressor=regressor,
         joint_names=names,
-        joint_flip=flip,
+        joint_flip=np.asarray(flip),
         root_joints=roots,
         root_regressor=root_regressor,
         vertex_flip=None if mirror_axis is None else mirror_permutation(vertices, axis=mirror_axis),
@@ -98,4 +98,5 @@ def read_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise FastMetroError(f"{path}: cannot read mesh ({error})") from None
     if not hasattr(mesh, "faces") or len(mesh.faces) == 0:
         raise FastMetroError(f"{path}: no triangle faces found")
-    return check_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), str(path))
+    # trimesh.load(force="mesh") gives a Trimesh; its annotation says Geometry.
+    return check_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), str(path))  # type: ignore[attr-defined]

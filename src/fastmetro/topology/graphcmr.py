@@ -59,10 +59,10 @@ def _mesh_classes() -> dict:
 
 def _selection_indices(selection: sp.spmatrix, source: str) -> np.ndarray:
     """Column index of the single 1 in each row of a 0/1 vertex-selection matrix."""
-    selection = sp.csr_matrix(selection)
-    if np.any(np.diff(selection.indptr) != 1):
+    rows: sp.csr_matrix = sp.csr_matrix(selection)  # type: ignore[call-overload]  # scipy-stubs: spmatrix argument
+    if np.any(np.diff(rows.indptr) != 1):
         raise FastMetroError(f"{source}: downsampling matrix is not a vertex selection (one entry per row)")
-    return selection.indices.astype(np.int64)
+    return rows.indices.astype(np.int64)
 
 
 def _require_dir(data_dir: str | os.PathLike | None, kind: str, filename: str) -> Path:
@@ -77,7 +77,7 @@ def _require_dir(data_dir: str | os.PathLike | None, kind: str, filename: str) -
     return path
 
 
-def load_smpl(data_dir: str | os.PathLike) -> Topology:
+def load_smpl(data_dir: str | os.PathLike | None) -> Topology:
     """SMPL topology 6890 -> 1723 -> 431 with the 14 H36M-regressed joints."""
     npz_path = _require_dir(data_dir, "smpl", "mesh_downsampling.npz")
     regressor_path = _require_dir(data_dir, "smpl", "J_regressor_h36m_correct.npy")
@@ -87,6 +87,7 @@ def load_smpl(data_dir: str | os.PathLike) -> Topology:
     if h36m.shape != (17, counts[0]):
         raise FastMetroError(f"{regressor_path}: expected shape (17, {counts[0]}), got {h36m.shape}")
     template = np.asarray(arrays["M"][0].v, dtype=np.float64)
+    assert data_dir is not None  # _require_dir raised otherwise
     return Topology(
         kind="body",
         loss_faces=_released_loss_faces(Path(data_dir) / "smpl_1723_faces.npy", counts[1]),
@@ -98,7 +99,7 @@ def load_smpl(data_dir: str | os.PathLike) -> Topology:
         coarse_adjacency=arrays["A"][-1],
         joint_regressor=h36m[list(H36M_J17_TO_J14)],
         joint_names=BODY_JOINT_NAMES,
-        joint_flip=BODY_JOINT_FLIP,
+        joint_flip=np.asarray(BODY_JOINT_FLIP),
         root_joints=BODY_ROOT_JOINTS,
         root_regressor=h36m[H36M_PELVIS],
         vertex_flip=mirror_permutation(template),
@@ -133,7 +134,7 @@ def mano_joint_regressor(mano_regressor: np.ndarray) -> np.ndarray:
 
 
 def load_mano(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None,
     joint_regressor: np.ndarray | None = None,
     mano_model: str | os.PathLike | None = None,
 ) -> Topology:
@@ -169,7 +170,7 @@ def load_mano(
         coarse_adjacency=arrays["A"][-1],
         joint_regressor=full,
         joint_names=HAND_JOINT_NAMES,
-        joint_flip=tuple(range(len(HAND_JOINT_NAMES))),  # a right hand has no left/right swap
+        joint_flip=np.arange(len(HAND_JOINT_NAMES)),  # a right hand has no left/right swap
         root_joints=(0,),
         root_regressor=full[0],
         vertex_flip=None,

@@ -54,7 +54,7 @@ def _geodesic_from(vertices: np.ndarray, faces: np.ndarray, source: int) -> np.n
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
     graph = sp.coo_matrix((lengths, (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2).tocsr()
-    return dijkstra(graph, directed=False, indices=source)
+    return dijkstra(graph, directed=False, indices=source)  # type: ignore[call-overload]  # scipy-stubs: int indices
 
 
 def approximate_mano_regressor(template: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ class _ManoUnpickler(RestrictedUnpickler):
 
 def _as_array(value, source: str, key: str) -> np.ndarray:
     if sp.issparse(value):
-        return value.toarray()
+        return value.toarray()  # type: ignore[attr-defined]  # scipy-stubs: issparse narrows to SparseABC
     if isinstance(value, PickledObject):  # a chumpy array: its data is in `x`
         value = getattr(value, "x", None)
     if not isinstance(value, np.ndarray):

@@ -40,6 +40,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -179,7 +180,7 @@ class Topology:
                 problems.append(f"faces_{level} index a vertex outside level {level}")
         if self.coarse_adjacency.shape != (counts[-1], counts[-1]):
             problems.append(f"coarse adjacency has shape {self.coarse_adjacency.shape}")
-        elif (self.coarse_adjacency != self.coarse_adjacency.T).nnz:
+        elif cast(sp.csr_matrix, self.coarse_adjacency != self.coarse_adjacency.T).nnz:  # scipy-stubs: != is sparse
             problems.append("coarse adjacency is not symmetric")
         num_joints = len(self.joint_names)
         if self.joint_regressor.shape != (num_joints, counts[0]):
@@ -339,7 +340,7 @@ class Topology:
 
         path = Path(path)
         with atomic_write(path) as handle:
-            np.savez_compressed(handle, **self.to_arrays())
+            np.savez_compressed(handle, **self.to_arrays())  # type: ignore[arg-type]  # numpy stub: **kwargs meet allow_pickle
         return path
 
     @classmethod
@@ -452,6 +453,7 @@ def mirror_permutation(
     k_negative, k_positive = min(16, len(negative)), min(16, len(positive))
     d1, i1 = negative_tree.query(vertices[positive], k=k_negative, distance_upper_bound=tolerance)
     d2, i2 = positive_tree.query(mirrored_negative, k=k_positive, distance_upper_bound=tolerance)
+    assert isinstance(d1, np.ndarray) and isinstance(d2, np.ndarray)  # a query of many points gives arrays
     rows = np.concatenate([np.repeat(np.arange(len(positive)), k_negative), i2.ravel()])
     cols = np.concatenate([i1.ravel(), np.repeat(np.arange(len(negative)), k_positive)])
     costs = np.concatenate([d1.ravel(), d2.ravel()]) ** 2

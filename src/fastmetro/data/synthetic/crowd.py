@@ -292,6 +292,7 @@ class CrowdMaker:
         for k, mesh in enumerate(meshes):  # one depth render per person: its pixels when alone
             view = self.id_renderer.render(mesh.vertices, faces, camera.intrinsics, normals=mesh.normals)
             alone.append(int(view.mask.sum()))
+            assert view.depth is not None  # rendered with depth (the default)
             closer = view.mask & (view.depth < nearest)
             nearest[closer], ids[closer] = view.depth[closer], k + 1
         visible = np.bincount(ids.ravel(), minlength=len(meshes) + 1)[1:]
@@ -339,7 +340,7 @@ def _facing(body, world_vertices: np.ndarray, ground: np.ndarray) -> float:
     _, joints = body.labels(world_vertices.astype(np.float64))
     front = np.cross(joints[3] - joints[2], [0.0, 0.0, 1.0])[:2]
     towards = -np.asarray(ground, dtype=np.float64)
-    cosine = front @ towards / max(np.linalg.norm(front) * np.linalg.norm(towards), 1e-12)
+    cosine = front @ towards / max(float(np.linalg.norm(front) * np.linalg.norm(towards)), 1e-12)
     return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
 
 
@@ -373,7 +374,8 @@ def render_crowd_scenes(
     if maker is not None and tuple(maker.size) != tuple(size):
         raise FastMetroError(f"crowd scenes: the maker renders {maker.size}, asked for {tuple(size)}")
     own = maker is None
-    maker = CrowdMaker(size, **options) if own else maker
+    if maker is None:
+        maker = CrowdMaker(size, **options)
     try:
         for index in range(start, start + num):
             yield maker.scene(seed, index, people)

@@ -152,7 +152,7 @@ class PoseSampler:
         for name, limits in TWISTS.items():
             for side_name in (name, mirror_name(name)):
                 self._twists.append((skeleton.index(side_name), skeleton.direction(side_name), limits))
-        self._fingers = {"L": [], "R": []}  # (bone index, flexion axis)
+        self._fingers: dict[str, list[tuple[int, np.ndarray]]] = {"L": [], "R": []}  # (bone index, flexion axis)
         for side in ("L", "R"):
             palm_normal = self._palm_normal(side)
             for digit in range(1, 6):

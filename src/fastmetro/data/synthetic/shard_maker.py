@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastmetro.conventions import scale_from_side
 from fastmetro.data.synthetic.config import Shard, SynthConfig, pose_weights, sample_generators, validate
 from fastmetro.io import atomic_write
+
+if TYPE_CHECKING:
+    from fastmetro.data.synthetic.scene import Camera
+    from fastmetro.render import MeshPart
 
 BOX_PADDING = 1.2
 
@@ -35,12 +40,12 @@ def box_of(points_2d: np.ndarray, size: int | None = None) -> tuple[list[float],
 class SceneDraw:
     """Everything around the body in one sample (camera coordinates for the meshes)."""
 
-    camera: object  # scene.Camera
+    camera: Camera
     camera_vertices: np.ndarray  # (V, 3) float32
     colours: np.ndarray  # (V, 3) float32
     lights: tuple  # render.Light, 1-3
     background: np.ndarray  # (S, S, 3) uint8
-    occluder: object | None  # render.MeshPart
+    occluder: MeshPart | None
     cut: bool = False  # the camera cuts the body (close-up)
 
 
@@ -59,7 +64,6 @@ class ShardMaker:
         self.rest_points = rest[0]  # (V, 3) a mid-phenotype rest pose: where clothing patterns are painted
         self.rest_height = rest[0, :, 2]
         self.stats = {"pose_rejections": 0, "pose_fallbacks": 0}
-        self.config = None
         self._set_config(config)
         import trimesh  # noqa: F401  (occluder meshes; imported now, not inside the first shard)
 
@@ -69,7 +73,7 @@ class ShardMaker:
         from fastmetro.data.synthetic.splits import get_split
 
         validate(config)
-        old = self.config
+        old: SynthConfig | None = getattr(self, "config", None)  # None: the first configuration
         if old is None or (old.split, old.generator_version) != (config.split, config.generator_version):
             self.split = get_split(config.split)
             self.backgrounds = Backgrounds() if config.generator_version == 1 else SplitBackgrounds(self.split)
@@ -91,8 +95,8 @@ class ShardMaker:
         return sample_generators(self.config.seed, index, self.salt)
 
     # ------------------------------------------------------------------ bodies
-    def pose_bodies(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """Shapes, pose families and intersection-checked poses for ``indices``.
+    def pose_bodies(self, indices: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Shapes, pose families and intersection-checked poses for ``indices`` (keys of :meth:`streams`).
 
         Returns phenotypes (B, 11), vertices (B, V, 3) and their unit normals (B, V, 3), Anny
         world, and the B family names. Version 1 draws no family (all "standing").

@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import json
+import os
 
 import numpy as np
 
@@ -36,7 +37,7 @@ def _declared_pixels(raw: bytes) -> float | None:
     return float(width) * float(height)
 
 
-def decode_image(encoded: str | bytes, source: str = "<image>", key: str = "?") -> np.ndarray:
+def decode_image(encoded: str | bytes, source: str | os.PathLike = "<image>", key: str = "?") -> np.ndarray:
     """base64 text (or raw encoded bytes) of a JPEG/PNG -> (H, W, 3) uint8 RGB.
 
     Raises :class:`BadRowError` for invalid base64, undecodable or truncated bytes, and images
@@ -64,7 +65,7 @@ def decode_image(encoded: str | bytes, source: str = "<image>", key: str = "?") 
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def parse_label_json(text: str, source: str = "<label>", key: str = "?") -> dict:
+def parse_label_json(text: str, source: str | os.PathLike = "<label>", key: str = "?") -> dict:
     """The METRO label column: a JSON list holding one dict (a bare dict is accepted too)."""
     try:
         value = json.loads(text)
@@ -90,7 +91,7 @@ def _side(value) -> int | None:
     return value
 
 
-def parse_hw(text: str, source: str = "<hw>", key: str = "?") -> tuple[int, int]:
+def parse_hw(text: str, source: str | os.PathLike = "<hw>", key: str = "?") -> tuple[int, int]:
     """``[{"height": H, "width": W}]`` or ``"H W"`` -> (H, W), positive integers."""
     try:
         value = json.loads(text)

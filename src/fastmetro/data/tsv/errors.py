@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 
 from fastmetro.errors import FastMetroError, one_line_message
@@ -19,7 +20,7 @@ class BadRowError(FastMetroError):
     naming the file and the row key.
     """
 
-    def __init__(self, source: str, key: str | None = None, problem: str | None = None):
+    def __init__(self, source: str | os.PathLike, key: str | None = None, problem: str | None = None):
         if key is None and problem is None:
             message = one_line_message(str(source))
             self.source, self.key, self.problem = "", "", message

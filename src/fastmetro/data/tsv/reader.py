@@ -147,6 +147,7 @@ class TSVDataset:
         source = self.spec.sources[source_index]
         if array is None:
             raise BadRowError(source.label, key, "label says has_vertices=1 but the yaml names no vertices file")
+        assert source.vertices is not None  # the array was read from it
         if not 0 <= vertex_row < len(array):
             raise BadRowError(
                 source.label, key, f"vertices_row {vertex_row} outside 0..{len(array) - 1} of {source.vertices.name}"

@@ -207,6 +207,7 @@ class TSVDatasetWriter:
             # vertex side file: header + the raw rows streamed from the temp file
             vertex_tmp = self._temps["vertices"][0]
             if self.num_vertex_rows:
+                assert self.vertex_count is not None  # set by the first vertex row
                 with atomic_write(self.final_path("vertices")) as out:
                     header = {
                         "descr": np.lib.format.dtype_to_descr(self.vertices_dtype),
@@ -270,6 +271,7 @@ def write_composite_yaml(
         except ValueError:  # another drive (Windows)
             return str(p.resolve())
 
+    linelist_rows: list[str]
     imgs, labels, hws, verts, linelist_rows = [], [], [], [], []
     for source_index, shard in enumerate(shard_yaml_paths):
         spec = read_yaml(shard)
