@@ -281,8 +281,9 @@ def draw_tracks(image: np.ndarray, people: dict[int, TrackFrame], point_step: in
         intrinsics = np.asarray(item.raw.intrinsics)
         depth = np.maximum(vertices[:, 2:3], 1e-6)
         pixels = (vertices[:, :2] / depth) @ intrinsics[:2, :2].T + intrinsics[:2, 2]
+        pixels = np.nan_to_num(pixels, nan=-1.0, posinf=-1.0, neginf=-1.0).round().astype(np.int64)
         inside = (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
-        columns, rows = pixels[inside].round().astype(int).T
+        columns, rows = pixels[inside].T
         canvas[rows, columns] = (0.35 * canvas[rows, columns] + 0.65 * np.asarray(color)).astype(np.uint8)
         x, y, w, h = (int(round(v)) for v in item.raw.box)
         cv2.rectangle(canvas, (x, y), (x + w, y + h), color, thickness)
