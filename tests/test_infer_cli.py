@@ -140,6 +140,7 @@ def test_infer_video(checkpoint, tmp_path, smpl_dir):
             "--image-size",
             "64",
             "--no-overlay",
+            "--no-track",
         ]
     )
     assert code == 0

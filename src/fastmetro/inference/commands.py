@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import validate
+from fastmetro.inference.video_commands import add_video_arguments, check_video_options, run_video_tracks
 
 
 def register(subparsers) -> None:
@@ -86,6 +87,7 @@ def register(subparsers) -> None:
     )
     infer.add_argument("--no-overlay", action="store_true", help="skip the rendered overlay PNGs")
     infer.add_argument("--max-side", type=int, default=1024, help="longest side of overlay images (1024)")
+    add_video_arguments(infer)
     infer.set_defaults(func=run_infer)
 
     export = subparsers.add_parser(
@@ -117,6 +119,7 @@ def check_infer_options(args) -> None:
         validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
     validate.integer("--max-people", args.max_people, 1)
     validate.device("--device", args.device)
+    check_video_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FastMetroError(f"--out {out}: exists and is not a folder")
@@ -144,6 +147,7 @@ def box_source_from_args(args, is_hand: bool = False):
         landmarks=None if args.landmarks == "none" else args.landmarks,
         architecture=args.detector_arch,
         device=args.device,
+        tiles=getattr(args, "tiles", 0),
     )
     return None if detector is None else boxes.DetectorBoxes(detector, side=args.hand)
 
@@ -178,6 +182,9 @@ def run_infer(args) -> int:
     out_dir = Path(args.out)
     failures: list[Failure] = []
     done = people = 0
+    if not args.no_track:  # videos become tracks (fastmetro.inference.video); images go on below
+        failures += run_video_tracks(args, predictor, boxes, paths)
+        paths = [path for path in paths if not image_io.is_video(path)]
     with InferenceRunner(
         predictor,
         boxes=boxes,

@@ -263,6 +263,7 @@ def make_detector(
     landmarks: str | None = "full",
     architecture: str | None = None,
     device: str = "cpu",
+    tiles: int = 0,
 ):
     """The detector a command line asks for: ``"mediapipe"`` (the default), ``"none"`` (no
     detector: the whole image is the box) or a torchvision weights file.
@@ -277,6 +278,7 @@ def make_detector(
             landmarks=landmarks,
             max_people=max_people,
             device=device,
+            tiles=tiles,
             **({} if threshold is None else {"threshold": threshold}),  # type: ignore[arg-type]  # mypy: **dict
         )
         return detector.load()
