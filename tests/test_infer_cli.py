@@ -454,8 +454,12 @@ def test_inputs_sharing_a_stem_get_distinct_folders(checkpoint, tmp_path, smpl_d
         outputs[run] = {name: json.loads((out / name / "person_00.json").read_text()) for name in ("a_jpg", "a_png")}
     for run in outputs.values():  # each folder holds its own image's person, whatever the input order
         assert run["a_png"]["image"].endswith("a.png") and run["a_jpg"]["image"].endswith("a.jpg")
-        assert run["a_png"]["joints_3d"] != run["a_jpg"]["joints_3d"]  # mirrored photo: another result
-    assert outputs[0]["a_png"]["joints_3d"] == outputs[1]["a_png"]["joints_3d"]
+        png, jpg = np.array(run["a_png"]["joints_3d"]), np.array(run["a_jpg"]["joints_3d"])
+        assert np.abs(png - jpg).max() > 1e-2  # mirrored photo: another result
+    # The same image gives the same result in either order, up to the batch's summation order
+    # (BLAS kernels differ by CPU; the JSON keeps 6 decimals): far below the mirrored photo's difference.
+    first, second = (np.array(outputs[run]["a_png"]["joints_3d"]) for run in (0, 1))
+    np.testing.assert_allclose(first, second, rtol=0, atol=1e-4)
 
 
 def test_export_bad_options(checkpoint, tmp_path, smpl_dir, capsys):
