@@ -277,3 +277,36 @@ def test_unknown_chumpy_nodes_only_fail_when_needed(tmp_path, monkeypatch):
     needed.write_bytes(pickle.dumps({**arrays, "weights": Mystery()}, protocol=2))
     with pytest.raises(FastMetroError, match="'weights'.*unsupported chumpy.ch_ops.Mystery"):
         read_model_arrays(needed)
+
+
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_mano_and_body_model_readers_share_one_pickle_policy(tmp_path, monkeypatch, protocol):
+    """``topology.mano`` and ``data.body_models`` read model pickles with the one restricted reader
+    (:func:`fastmetro.model_files.read_model_pickle`): the same chumpy graphs, the same refusals."""
+    from fastmetro.topology.mano import read_mano_joint_regressor
+
+    Ch, Select = _fake_chumpy(monkeypatch)
+    regressor = np.random.default_rng(3).random((16, 778))
+    flat = regressor.ravel()[::-1].copy()
+    payload = {"J_regressor": Select(Ch(flat), np.arange(flat.size)[::-1].copy(), regressor.shape)}
+    path = tmp_path / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    for name in ("chumpy.ch", "chumpy.reordering", "chumpy"):
+        monkeypatch.delitem(sys.modules, name)  # reading must not need chumpy
+    np.testing.assert_array_equal(read_mano_joint_regressor(path), regressor)
+    with pytest.raises(FastMetroError, match="not a SMPL/MANO model file"):
+        read_model_arrays(path)  # the same file reads; it just lacks the other keys
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"J_regressor": Evil()}, protocol=protocol))
+    messages = set()
+    for reader in (read_mano_joint_regressor, read_model_arrays):
+        with pytest.raises(FastMetroError) as error:
+            reader(evil)
+        messages.add(str(error.value))
+    message = messages.pop()
+    assert not messages and "refusing to load" in message and "print" in message

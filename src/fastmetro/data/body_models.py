@@ -7,7 +7,7 @@ user's own model file:
 
 * the original ``.pkl`` (SMPL ``basicModel_neutral_lbs_10_207_0_v1.0.0.pkl`` /
   ``SMPL_NEUTRAL.pkl``, ``MANO_RIGHT.pkl``), whose arrays are pickled *chumpy* objects: read with
-  :class:`fastmetro.io.RestrictedUnpickler`, chumpy classes mapped to inert stand-ins that are then
+  :func:`fastmetro.model_files.read_model_pickle`, chumpy classes mapped to inert stand-ins that are then
   evaluated to numpy (terminal ``Ch`` and the ``chumpy.reordering`` nodes); never plain pickle;
 * or an ``.npz`` with the same keys.
 
@@ -33,112 +33,10 @@ import torch
 from torch import nn
 
 from fastmetro.errors import FastMetroError
-from fastmetro.io import PickledObject, RestrictedUnpickler, load_npz_restricted, numpy_scipy_classes
+from fastmetro.io import load_npz_restricted
+from fastmetro.model_files import chumpy_to_numpy, model_pickle_classes, read_model_pickle
 
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
-
-
-# ----------------------------------------------------------------------------------- chumpy
-class _ChumpyNode(PickledObject):
-    """Inert stand-in for a pickled chumpy object; :func:`to_numpy` evaluates it."""
-
-    kind = "Ch"
-
-
-def _chumpy_class(kind: str) -> type:
-    return type(f"Chumpy{kind}", (_ChumpyNode,), {"kind": kind})
-
-
-# chumpy terminal arrays and the reordering nodes that appear in SMPL/MANO files.
-_CHUMPY_KINDS = {
-    ("chumpy.ch", "Ch"): "Ch",
-    ("chumpy.reordering", "Select"): "Select",
-    ("chumpy.reordering", "Reshape"): "Reshape",
-    ("chumpy.reordering", "transpose"): "transpose",
-    ("chumpy.reordering", "Transpose"): "transpose",
-    ("chumpy.reordering", "Concatenate"): "Concatenate",
-    ("chumpy.reordering", "Permute"): "transpose",
-    ("chumpy.reordering", "Ravel"): "Ravel",
-    ("chumpy.ch_ops", "add"): "add",
-    ("chumpy.ch_ops", "subtract"): "subtract",
-    ("chumpy.ch_ops", "multiply"): "multiply",
-}
-
-
-def _safe_reconstructor(cls, base, state=None):
-    """``copy_reg._reconstructor`` (pickle protocols 0/1) for stand-ins and scipy sparse only.
-
-    ``cls`` was itself resolved through the allow-list, so it is one of ours.
-    """
-    import scipy.sparse as sparse
-
-    allowed = isinstance(cls, type) and (issubclass(cls, PickledObject) or issubclass(cls, sparse.spmatrix))
-    if not allowed or base is not object:
-        raise ValueError(f"refusing to reconstruct {cls!r}")
-    return object.__new__(cls)
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as Python 3 protocol-0/1 pickles use it for bytes (latin1 only)."""
-    if encoding not in ("latin1", "latin-1"):
-        raise ValueError(f"refusing codec {encoding!r}")
-    return text.encode("latin1")
-
-
-def chumpy_classes() -> dict[tuple[str, str], Any]:
-    """Allow-list for model pickles: numpy, scipy.sparse and chumpy stand-ins."""
-    allowed = numpy_scipy_classes()
-    for name, kind in _CHUMPY_KINDS.items():
-        allowed[name] = _chumpy_class(kind)
-    # Python 2 pickles of new-style objects at protocol 0/1 go through copy_reg._reconstructor.
-    for module in ("copy_reg", "copyreg"):
-        allowed[(module, "_reconstructor")] = _safe_reconstructor
-    for module in ("__builtin__", "builtins"):
-        allowed[(module, "object")] = object
-    allowed[("_codecs", "encode")] = _latin1_encode
-    return allowed
-
-
-class _ModelUnpickler(RestrictedUnpickler):
-    """Allow-list of :func:`chumpy_classes`, plus an inert stand-in for any other chumpy class.
-
-    An unknown chumpy node only fails if an array we need is built from it (see :func:`to_numpy`).
-    """
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.allowed and (module == "chumpy" or module.startswith("chumpy.")):
-            return _chumpy_class(f"unsupported {module}.{name}")
-        return super().find_class(module, name)
-
-
-def to_numpy(value: Any, depth: int = 0) -> Any:
-    """Evaluate chumpy stand-ins (recursively) to numpy arrays; other values pass through."""
-    if depth > 64:
-        raise ValueError("chumpy graph too deep")
-    if not isinstance(value, _ChumpyNode):
-        return value
-    state = value.__dict__
-    get = lambda name: np.asarray(to_numpy(state[name], depth + 1))  # noqa: E731
-    kind = value.kind
-    if kind == "Ch":
-        return np.asarray(to_numpy(state["x"], depth + 1))
-    if kind == "Select":
-        array = get("a").ravel()[np.asarray(state["idxs"]).ravel()]
-        shape = state.get("preferred_shape")
-        return array.reshape(shape) if shape is not None else array
-    if kind == "Reshape":
-        return get("a").reshape(state["newshape"])
-    if kind == "transpose":
-        return np.transpose(get("a"), state.get("axes"))
-    if kind == "Ravel":
-        return get("a").ravel()
-    if kind == "Concatenate":
-        parts = [np.asarray(to_numpy(part, depth + 1)) for part in state["many"]]
-        return np.concatenate(parts, axis=state.get("axis", 0))
-    if kind in ("add", "subtract", "multiply"):
-        a, b = get("a"), get("b")
-        return {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}[kind](a, b)
-    raise ValueError(f"unsupported chumpy node {kind}")
 
 
 # ----------------------------------------------------------------------------------- files
@@ -148,23 +46,15 @@ def read_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FastMetroError(f"{path}: body model file not found")
     if path.suffix == ".npz":
-        raw = load_npz_restricted(path, chumpy_classes())
+        raw = load_npz_restricted(path, model_pickle_classes())
     elif path.suffix == ".pkl":
-        try:
-            with open(path, "rb") as handle:
-                raw = _ModelUnpickler(handle, chumpy_classes(), source=str(path)).load()
-        except FastMetroError:
-            raise
-        except Exception as error:  # refused global, truncated stream, ...
-            raise FastMetroError(f"{path}: cannot read body model pickle ({str(error).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise FastMetroError(f"{path}: expected a pickled dict of arrays, got {type(raw).__name__}")
+        raw = read_model_pickle(path, "body model")
     else:
         raise FastMetroError(f"{path}: body model must be a .pkl or .npz file")
     arrays = {}
     for key, value in raw.items():
         try:
-            value = to_numpy(value)
+            value = chumpy_to_numpy(value)
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             if key in REQUIRED_KEYS or key in ("hands_mean", "f"):
                 raise FastMetroError(f"{path}: cannot evaluate chumpy array '{key}' ({error})") from None
@@ -351,8 +241,6 @@ __all__ = [
     "BodyModel",
     "BodyModelOutput",
     "axis_angle_to_matrix",
-    "chumpy_classes",
     "load_body_model",
     "read_model_arrays",
-    "to_numpy",
 ]

@@ -1,8 +1,9 @@
 """MANO hand joints: the real regressor from a user's MANO model file, or a geometric stand-in.
 
 MANO's ``J_regressor`` (16 x 778) lives in the licensed ``MANO_RIGHT.pkl``. When the user has
-it, :func:`read_mano_joint_regressor` reads it (``.pkl`` through a restricted unpickler that
-maps chumpy classes to an inert stand-in, or an ``.npz`` holding ``J_regressor``).
+it, :func:`read_mano_joint_regressor` reads it (``.pkl`` through
+:func:`fastmetro.model_files.read_model_pickle`, the one restricted reader of SMPL/MANO pickles,
+or an ``.npz`` holding ``J_regressor``).
 
 Without it, :func:`approximate_mano_regressor` estimates the 16 joints from the template's
 geometry alone: the wrist is the centre of the open wrist rim, and each finger's three joints
@@ -15,16 +16,15 @@ benchmark numbers.
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
-from fastmetro.io import PickledObject, RestrictedUnpickler, numpy_scipy_classes
+from fastmetro.io import load_npz
+from fastmetro.model_files import chumpy_to_numpy, read_model_pickle
 
 # MANO joint order: wrist, index 1-3, middle 1-3, pinky 1-3, ring 1-3, thumb 1-3.
 # Per finger: (MANO joint rows from knuckle to distal, fingertip vertex, geodesic fractions of
@@ -83,26 +83,13 @@ def approximate_mano_regressor(template: np.ndarray, faces: np.ndarray) -> np.nd
     return regressor
 
 
-class _ManoUnpickler(RestrictedUnpickler):
-    """numpy/scipy classes, plus any chumpy class replaced by an inert stand-in."""
-
-    def find_class(self, module: str, name: str):
-        if module == "chumpy" or module.startswith("chumpy."):
-            return PickledObject
-        if (module, name) == ("_codecs", "encode"):
-            # Protocol-2 pickles written by Python 3 rebuild byte strings with it; it only
-            # converts text to bytes.
-            import codecs
-
-            return codecs.encode
-        return super().find_class(module, name)
-
-
 def _as_array(value, source: str, key: str) -> np.ndarray:
     if sp.issparse(value):
         return value.toarray()  # type: ignore[attr-defined]  # scipy-stubs: issparse narrows to SparseABC
-    if isinstance(value, PickledObject):  # a chumpy array: its data is in `x`
-        value = getattr(value, "x", None)
+    try:
+        value = chumpy_to_numpy(value)  # a chumpy array: evaluated to numpy
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise FastMetroError(f"{source}: cannot evaluate chumpy array '{key}' ({error})") from None
     if not isinstance(value, np.ndarray):
         raise FastMetroError(f"{source}: '{key}' is not an array")
     return np.asarray(value, dtype=np.float64)
@@ -114,22 +101,13 @@ def read_mano_joint_regressor(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FastMetroError(f"{path}: MANO model file not found")
     if path.suffix == ".npz":
-        from fastmetro.io import load_npz
-
         arrays = load_npz(path, keys=["J_regressor"])
         if "J_regressor" not in arrays:
             raise FastMetroError(f"{path}: no 'J_regressor' array")
         regressor = np.asarray(arrays["J_regressor"], dtype=np.float64)
     else:
-        allowed = numpy_scipy_classes()
-        try:
-            with open(path, "rb") as handle:
-                data = _ManoUnpickler(io.BytesIO(handle.read()), allowed, str(path)).load()
-        except pickle.UnpicklingError as error:
-            raise FastMetroError(str(error)) from None
-        except Exception as error:  # noqa: BLE001 (truncated/corrupt pickle streams raise many types)
-            raise FastMetroError(f"{path}: not a readable MANO pickle ({error})") from None
-        if not isinstance(data, dict) or "J_regressor" not in data:
+        data = read_model_pickle(path, "MANO model")
+        if "J_regressor" not in data:
             raise FastMetroError(f"{path}: not a MANO model (no 'J_regressor')")
         regressor = _as_array(data["J_regressor"], str(path), "J_regressor")
     if regressor.shape != (16, 778):
