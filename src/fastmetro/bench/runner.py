@@ -18,7 +18,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -184,10 +184,11 @@ def _rate(flops: int | None, milliseconds: float | None) -> float | None:
 def measure_variant(name: str, task: str, config: BenchConfig, device: torch.device, workdir: Path) -> list[dict]:
     """Rows for one (model, task): every path at every batch size. The plain path is always
     measured (the reference of the ``*_speedup`` ratios); its rows are kept if asked for."""
-    from fastmetro.model.fastmetro import parameter_counts
+    from fastmetro.model.fastmetro import FastMETRO, parameter_counts
+    from fastmetro.model.metro import METRO
 
     model = build_model(name, task, config.flavor, device, config.seed)
-    counts = parameter_counts(model)
+    counts = parameter_counts(cast("FastMETRO | METRO", model))
     paths = ["plain"] + [p for p in config.paths if p != "plain"]
     runners = {path: make_path(path, model, config, device, workdir) for path in paths}
     flavor = "-" if name.upper().startswith("METRO") else config.flavor

@@ -76,7 +76,8 @@ def sample_params(config: AugmentConfig | None, rng: np.random.Generator | None)
         return AugmentParams()
     assert rng is not None  # the draws need a generator
     flip = bool(rng.uniform() < config.flip_prob)
-    gain = tuple(float(g) for g in rng.uniform(1.0 - config.noise, 1.0 + config.noise, 3))
+    g0, g1, g2 = (float(g) for g in rng.uniform(1.0 - config.noise, 1.0 + config.noise, 3))
+    gain = (g0, g1, g2)
     rotation = float(np.clip(rng.normal() * config.rotation_std, -config.rotation_limit, config.rotation_limit))
     scale_factor = float(
         np.clip(rng.normal() * config.scale_std + 1.0, 1.0 - config.scale_limit, 1.0 + config.scale_limit)

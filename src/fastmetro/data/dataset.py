@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -193,6 +194,7 @@ class MeshDataset(torch.utils.data.Dataset):
         size = self.body_model.num_pose_parameters
         pose, betas = np.zeros(size), np.zeros(10)
         if annotation.has_smpl:
+            assert annotation.pose is not None and annotation.betas is not None  # has_smpl says so
             pose = augment_pose(annotation.pose.reshape(-1)[:size], params)
             count = min(10, annotation.betas.size)
             betas[:count] = annotation.betas.reshape(-1)[:count]
@@ -256,7 +258,7 @@ class MixedDataset(torch.utils.data.ConcatDataset):
 
     def sample_weights(self) -> torch.Tensor:
         """(N,) per-sample probabilities: dataset i's share spread evenly over its samples."""
-        sizes = [len(d) for d in self.datasets]
+        sizes = [end - start for start, end in zip([0, *self.cumulative_sizes], self.cumulative_sizes)]
         shares = self.weights if self.weights is not None else sizes
         total = float(sum(shares))
         return torch.cat(
@@ -271,7 +273,10 @@ class MixedDataset(torch.utils.data.ConcatDataset):
         if self.weights is None:
             return torch.utils.data.RandomSampler(self, generator=generator, num_samples=num_samples)
         return torch.utils.data.WeightedRandomSampler(
-            self.sample_weights(), num_samples or len(self), replacement=True, generator=generator
+            cast(Sequence[float], self.sample_weights()),  # a tensor is what the sampler keeps anyway
+            num_samples or len(self),
+            replacement=True,
+            generator=generator,
         )
 
 

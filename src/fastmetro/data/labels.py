@@ -228,8 +228,9 @@ def _camera(label: dict, source, key) -> np.ndarray | None:
     values = [intrinsics.get(name) for name in ("fx", "fy", "cx", "cy")] if isinstance(intrinsics, dict) else []
     if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         raise BadRowError(source, key, "'camera' must be {fx, fy, cx, cy} numbers")
-    fx, fy, cx, cy = (float(v) for v in values)
-    if not np.isfinite(values).all() or fx <= 0 or fy <= 0 or max(map(abs, values)) > LIMIT:
+    numbers = [float(v) for v in values if v is not None]  # all four are numbers (checked above)
+    fx, fy, cx, cy = numbers
+    if not np.isfinite(numbers).all() or fx <= 0 or fy <= 0 or max(map(abs, numbers)) > LIMIT:
         raise BadRowError(
             source, key, f"'camera' intrinsics must be finite, within +-{LIMIT:g}, with positive focal lengths"
         )

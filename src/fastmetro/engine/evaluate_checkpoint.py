@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import cast
 
 from fastmetro.errors import FastMetroError
 
@@ -35,6 +36,8 @@ def evaluate_checkpoint(
     from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, find_run_config
     from fastmetro.model.factory import load_model
     from fastmetro.model.fast import inference_view
+    from fastmetro.model.spec import ModelSpec
+    from fastmetro.topology import Topology
     from fastmetro.weights import resolve_checkpoint
 
     overrides = list(overrides)
@@ -46,15 +49,16 @@ def evaluate_checkpoint(
     target = pick_device(config.train.device)
     model = load_model(checkpoint, topology=topology, device=target, data_dir=config.model.data_dir, name=name).eval()
     model = inference_view(model)  # the fast path: the same function
-    image_size = config.data.image_size if _given(overrides, "data.image_size") else model.spec.input.image_size
+    spec, mesh_topology = cast(ModelSpec, model.spec), cast(Topology, model.topology)  # every view keeps both
+    image_size = config.data.image_size if _given(overrides, "data.image_size") else spec.input.image_size
     body_model = None
     if config.data.body_model:
         from fastmetro.data.body_models import load_body_model
 
         body_model = load_body_model(config.data.body_model)
-    dataset = MeshDataset(
+    dataset: MeshDataset | torch.utils.data.Subset = MeshDataset(
         data,
-        model.topology,
+        mesh_topology,
         train=False,
         image_size=image_size,
         body_model=body_model,
@@ -66,6 +70,6 @@ def evaluate_checkpoint(
         raise FastMetroError(f"{data}: no samples to evaluate")
     dist = DistInfo(device=target)
     setup = EvalSetup(
-        topology=model.topology, device=target, hand_metrics=config.train.hand_metrics, progress=progress, dist=dist
+        topology=mesh_topology, device=target, hand_metrics=config.train.hand_metrics, progress=progress, dist=dist
     )
     return evaluate(model, eval_loader(dataset, config.data.val_batch_size, config.data.num_workers, dist), setup)

@@ -55,6 +55,12 @@ class PersonBox:
             raise FastMetroError(f"hand side must be one of {SIDES}, got {self.side!r}")
 
 
+def box_tuple(values: Sequence) -> tuple[float, float, float, float]:
+    """``(x, y, w, h)`` as four Python floats (a detector's or an array's box; no validation)."""
+    x, y, w, h = (float(v) for v in values)
+    return x, y, w, h
+
+
 def check_box(values: Sequence, what: str = "box") -> tuple[float, float, float, float]:
     """Four finite numbers, width and height at least :data:`MIN_BOX_SIZE` pixels.
 
@@ -137,7 +143,7 @@ def person_boxes(
         # A hand detector's own side (MediaPipe's handedness) wins over the default side.
         people = [
             PersonBox(
-                tuple(float(v) for v in d.box),
+                box_tuple(d.box),
                 side=getattr(d, "side", None) or side,
                 score=d.score,
                 pose=getattr(d, "pose", None),
@@ -148,7 +154,10 @@ def person_boxes(
         warnings.append(f"{source}: no person box given; using the whole image as the box")
         people = [whole_image_box((width, height), side)]
     else:
-        people = [box if isinstance(box, PersonBox) else PersonBox(tuple(box), side=side) for box in boxes]
+        try:
+            people = [box if isinstance(box, PersonBox) else PersonBox(check_box(box), side=side) for box in boxes]
+        except FastMetroError as error:
+            raise FastMetroError(f"{source}: {error}") from None
     for person in people:
         try:
             check_box_for_image(person.box, (width, height))

@@ -26,7 +26,7 @@ import torch
 from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, root_centred, weak_perspective_project
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
-from fastmetro.inference.boxes import SIDES, PersonBox, person_boxes
+from fastmetro.inference.boxes import SIDES, PersonBox, box_tuple, person_boxes
 from fastmetro.inference.detector import detector_for, make_detector
 from fastmetro.model.fast import inference_view
 
@@ -273,7 +273,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ internals
     def _attach_body_model(self, body_model) -> None:
-        if not hasattr(self.model, "attach_body_model") or not self.model.config.smpl_parameter_regressor:
+        attach = getattr(self.model, "attach_body_model", None)
+        if attach is None or not getattr(self.model.config, "smpl_parameter_regressor", False):
             raise FastMetroError("a body model was given, but this model has no SMPL parameter regressor")
         if isinstance(body_model, (str, os.PathLike)):
             from fastmetro.data.body_models import load_body_model
@@ -283,7 +284,7 @@ class Predictor:
             raise FastMetroError(
                 f"the SMPL parameter regressor needs an SMPL model (24 joints), got {body_model.num_joints}"
             )
-        self.model.attach_body_model(body_model.to(self.device))
+        attach(body_model.to(self.device))
         self.smpl_faces = body_model.faces if body_model.faces is not None else None
 
     @torch.no_grad()
@@ -354,7 +355,7 @@ class Predictor:
         intrinsics, translation = cam.full_image_camera(camera, crop_box, image_size, focal)
         joints_2d = crop_box.normalised_to_image(weak_perspective_project(joints, camera))
         return PersonPrediction(
-            box=tuple(float(v) for v in person.box),
+            box=box_tuple(person.box),
             crop_box=crop_box,
             side=person.side,
             camera=camera,

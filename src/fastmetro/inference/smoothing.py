@@ -69,7 +69,7 @@ class OneEuroFilter:
     def __call__(self, x: np.ndarray, dt: float) -> np.ndarray:
         """The filtered value of sample ``x`` taken ``dt`` seconds after the previous one."""
         x = np.asarray(x, dtype=np.float64)
-        if self._x is None or self._x.shape != x.shape:
+        if self._x is None or self._dx is None or self._x.shape != x.shape:
             self._x, self._dx = x.copy(), np.zeros_like(x)
             return x.copy()
         if not dt > 0:

@@ -30,7 +30,7 @@ from fastmetro.errors import FastMetroError
 from fastmetro.inference.predictor import PersonPrediction
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+def box_iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Intersection over union of two (x, y, w, h) boxes."""
     ax, ay, aw, ah = (float(v) for v in a)
     bx, by, bw, bh = (float(v) for v in b)

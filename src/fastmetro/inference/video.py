@@ -138,10 +138,13 @@ def video_fps(path: Path) -> float:
 def smooth_track(items, settings: SmoothingSettings) -> list[TrackFrame]:
     """A track's :class:`~fastmetro.inference.tracking.TrackedPerson` history, smoothed."""
     times = [item.time for item in items]
-    options = dict(mode=settings.mode, min_cutoff=settings.min_cutoff, beta=settings.beta, d_cutoff=settings.d_cutoff)
-    joints = smooth_sequence([item.person.joints for item in items], times, **options)
-    vertices = smooth_sequence([item.person.vertices for item in items], times, **options)
-    translation = smooth_sequence([item.person.translation for item in items], times, **options)
+
+    def smooth(values: list[np.ndarray]) -> np.ndarray:
+        return smooth_sequence(values, times, settings.mode, settings.min_cutoff, settings.beta, settings.d_cutoff)
+
+    joints = smooth([item.person.joints for item in items])
+    vertices = smooth([item.person.vertices for item in items])
+    translation = smooth([item.person.translation for item in items])
     return [
         TrackFrame(item.frame, item.time, item.person, joints[i], vertices[i], translation[i])
         for i, item in enumerate(items)
@@ -317,7 +320,8 @@ def write_overlay_video(path: Path, source: Path, video: VideoTracks) -> Path:
     people = video.by_frame()
     try:
         for frame in image_io.iter_video(source, video.name):
-            writer.write(draw_tracks(frame.pixels, people.get(frame.index, {})))
+            assert frame.index is not None  # iter_video numbers every frame
+            writer.write(draw_tracks(frame.load(), people.get(frame.index, {})))
     except FastMetroError:
         pass  # a corrupt tail: the frames before it are written (the failure is in video.failures)
     finally:

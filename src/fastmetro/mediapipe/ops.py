@@ -72,17 +72,26 @@ def constant(array: np.ndarray, rank: int) -> nn.Parameter:
     return nn.Parameter(value.contiguous())
 
 
+def const(graph: Graph, index: int) -> np.ndarray:
+    """The constant data of tensor ``index`` (weights, pads, axes): a graph where an op reads an
+    activation in such a slot is not one this port handles."""
+    data = graph.tensors[index].data
+    if data is None:
+        raise FastMetroError(f"{graph.path}: tensor {graph.tensors[index].name!r} should be a constant")
+    return data
+
+
 def _bias(op: Operator, graph: Graph) -> torch.Tensor | None:
     """The op's optional third input (a bias vector), or None when absent."""
     if len(op.inputs) < 3 or op.inputs[2] < 0:
         return None
-    return torch.from_numpy(graph.tensors[op.inputs[2]].data.astype(np.float32))
+    return torch.from_numpy(const(graph, op.inputs[2]).astype(np.float32))
 
 
 def _conv_weight(op: Operator, graph: Graph) -> tuple[torch.Tensor, int]:
     """TFLite's conv filter in torch's (O, I/groups, KH, KW) layout, and the number of groups."""
     channels = graph.tensors[op.inputs[0]].shape[3]
-    weight = torch.from_numpy(np.asarray(graph.tensors[op.inputs[1]].data, dtype=np.float32))
+    weight = torch.from_numpy(np.asarray(const(graph, op.inputs[1]), dtype=np.float32))
     if op.op == "DEPTHWISE_CONV_2D":  # (1, KH, KW, C*M): output channel c*M + m reads channel c
         return weight.permute(3, 0, 1, 2).contiguous(), channels
     weight = weight.permute(0, 3, 1, 2).contiguous()  # (O, KH, KW, I)
@@ -112,7 +121,7 @@ class Conv(nn.Module):
         self.conv = nn.Conv2d(
             weight.shape[1] * groups,
             weight.shape[0],
-            tuple(weight.shape[2:]),
+            (weight.shape[2], weight.shape[3]),
             stride,
             (pads[0][0], pads[1][0]) if symmetric else 0,
             dilation,
@@ -146,7 +155,7 @@ class Elementwise(nn.Module):
                 self.slots.append(None)
             else:
                 self.slots.append(len(self.consts))
-                self.consts.append(constant(graph.tensors[index].data, rank))
+                self.consts.append(constant(const(graph, index), rank))
         self.act = op.options.get("fused_activation_function", 0)
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -162,7 +171,7 @@ class Pad(nn.Module):
 
     def __init__(self, op: Operator, graph: Graph):
         super().__init__()
-        pads = graph.tensors[op.inputs[1]].data.reshape(-1, 2).tolist()
+        pads = const(graph, op.inputs[1]).reshape(-1, 2).tolist()
         if len(pads) == 4:
             pads = [pads[axis] for axis in (0, 3, 1, 2)]
         self.pad = tuple(p for before_after in reversed(pads) for p in before_after)
@@ -281,7 +290,7 @@ class Mean(nn.Module):
     def __init__(self, op: Operator, graph: Graph):
         super().__init__()
         rank = len(graph.tensors[op.inputs[0]].shape)
-        self.axes = sorted({int(a) % rank for a in graph.tensors[op.inputs[1]].data.reshape(-1)})
+        self.axes = sorted({int(a) % rank for a in const(graph, op.inputs[1]).reshape(-1)})
         self.keep = bool(op.options["keep_dims"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +304,7 @@ class FullyConnected(nn.Module):
         super().__init__()
         if op.options["weights_format"] != 0:
             raise FastMetroError(f"{graph.path}: FULLY_CONNECTED with shuffled weights is not supported")
-        weight = torch.from_numpy(graph.tensors[op.inputs[1]].data.astype(np.float32))  # (N, K)
+        weight = torch.from_numpy(const(graph, op.inputs[1]).astype(np.float32))  # (N, K)
         bias = _bias(op, graph)
         self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():

@@ -248,7 +248,7 @@ class PeopleFinder:
                 [self._region_only(region, score, image) for region, score in found]
                 for found, image in zip(candidates, images)
             ]
-            return [[p for p in found if p.box is not None][: self.max_people] for found in found_people]
+            return [[p for p in found if p is not None][: self.max_people] for found in found_people]
         flat = [(i, region, score) for i, found in enumerate(candidates) for region, score in found]
         sides: list[str | None] = [None] * len(flat)
         if self.body_finder is not None:  # hands too small for the palm detector: from the bodies' wrists
@@ -263,7 +263,7 @@ class PeopleFinder:
             people = self._refined(images, people)
         result: list[list[FoundPerson]] = [[] for _ in images]
         for i, person in people:
-            if person.box is not None and person.presence >= self.presence_threshold:
+            if _presence(person) > 0 and _presence(person) >= self.presence_threshold:
                 result[i].append(person)
         return [_merge_duplicates(found)[: self.max_people] for found in result]
 
@@ -305,7 +305,7 @@ class PeopleFinder:
 
     def _landmarks(self, images, flat: list[tuple[int, Region, float]]) -> list[tuple[int, FoundPerson]]:
         crop = self.kind.crop
-        people = []
+        people: list[tuple[int, FoundPerson]] = []
         if not flat:
             return people
         crops = [det.normalise(region.crop(images[i], crop, self.kind.border), (0.0, 1.0)) for i, region, _ in flat]
@@ -313,7 +313,11 @@ class PeopleFinder:
         decode = _decode_pose if self.kind is _POSE else _decode_hand
         for n, (i, region, score) in enumerate(flat):
             person = decode([o[n] for o in outputs], region, score)
-            person.box = _landmark_box(person, images[i].shape, self.kind is _POSE)
+            box = _landmark_box(person, images[i].shape, self.kind is _POSE)
+            if box is None:  # no landmark inside the image: the network lost the person
+                person.presence = 0.0
+            else:
+                person.box = box
             people.append((i, person))
         return people
 
@@ -325,15 +329,17 @@ class PeopleFinder:
         people = list(people)
         for (n, *_), second in zip(again, self._landmarks(images, [item[1:] for item in again])):
             first = people[n][1]
-            lost = second[1].box is None or second[1].presence < min(self.presence_threshold, first.presence)
+            presence = _presence(second[1])
+            lost = presence == 0 or presence < min(self.presence_threshold, _presence(first))
             if not lost:
                 people[n] = second
         return people
 
-    def _region_only(self, region: Region, score: float, image: np.ndarray) -> FoundPerson:
+    def _region_only(self, region: Region, score: float, image: np.ndarray) -> FoundPerson | None:
+        """The detector's region as a person without landmarks; None when it lies outside the image."""
         corners = region.corners()
         box = _clip_box(corners.min(axis=0), corners.max(axis=0), image.shape)
-        return FoundPerson(box, score, region, landmark_names=self.kind.names)
+        return None if box is None else FoundPerson(box, score, region, landmark_names=self.kind.names)
 
     def _run(self, net, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The network on (H, W, 3) float32 inputs, 32 at a time (bounded memory); outputs stacked."""
@@ -390,8 +396,15 @@ def _decode_hand(outputs: list[np.ndarray], region: Region, score: float) -> Fou
     )
 
 
+def _presence(person: FoundPerson) -> float:
+    """The landmark network's presence probability; 0 for a person it lost (no landmark inside
+    the image), whom no threshold keeps."""
+    return 0.0 if person.presence is None else person.presence
+
+
 def _landmark_region(person: FoundPerson) -> Region:
     """MediaPipe's tracking region from the landmarks' hip centre and size point (x 1.25)."""
+    assert person.alignment is not None  # set by the pose decoder
     return Region.from_alignment(person.alignment[0], person.alignment[1], _POSE.scale)
 
 
@@ -408,6 +421,7 @@ def _hands_of_bodies(bodies: list[list[FoundPerson]]) -> list[tuple[int, Region,
     hands = []
     for index, people in enumerate(bodies):
         for person in people:
+            assert person.landmarks is not None  # bodies from the landmark network
             for side, (wrist, pinky, finger) in _BODY_HANDS.items():
                 points = person.landmarks[[wrist, pinky, finger]]
                 visibility = float(points[:, 3].min())
@@ -423,6 +437,7 @@ def _hands_of_bodies(bodies: list[list[FoundPerson]]) -> list[tuple[int, Region,
 def _landmark_box(person: FoundPerson, shape, body: bool) -> tuple[float, float, float, float] | None:
     """The landmarks' extent plus what they do not reach: the top of the head and the skin around
     the joints (bodies: the crown is about 1.3 eye-to-mouth distances above the eyes)."""
+    assert person.landmarks is not None  # decoded by the landmark network
     points = person.landmarks[:, :2]
     if body:
         eyes = points[list(_EYES)].mean(axis=0)
@@ -466,6 +481,7 @@ def _same_person(a: FoundPerson, b: FoundPerson) -> bool:
     longer side), or one box lies mostly inside the other (a partial view of the same body; not
     for hands, which often overlap each other)."""
     size = max(a.box[2], a.box[3])
+    assert a.landmarks is not None and b.landmarks is not None  # merged after the landmark network
     if np.linalg.norm(a.landmarks[:, :2] - b.landmarks[:, :2], axis=1).mean() < 0.1 * size:
         return True
     if a.side is not None:

@@ -44,7 +44,7 @@ def _pick_fov(rng: np.random.Generator, ranges: tuple[tuple[float, float], ...])
 
 def in_image(pixels: np.ndarray, size: int) -> np.ndarray:
     """(N,) bool: pixel-centre coordinates (N, 2) inside a ``size`` square image."""
-    return (pixels >= -0.5).all(1) & (pixels <= size - 0.5).all(1)
+    return np.asarray((pixels >= -0.5).all(1) & (pixels <= size - 0.5).all(1))
 
 
 def sample_framed_camera(

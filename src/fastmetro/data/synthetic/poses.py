@@ -292,7 +292,7 @@ class IntersectionTest:
                 depths.append(0.0)
                 continue
             distance, nearest = trees[outer].query(points, k=1)
-            nearest = self.parts[outer][nearest]
+            distance, nearest = np.asarray(distance), self.parts[outer][nearest]
             # Inside = behind the nearest surface point (against its outward normal).
             inside = np.einsum("ij,ij->i", points - vertices[nearest], normals[nearest]) < 0
             depths.append(float(distance[inside].max()) if inside.any() else 0.0)

@@ -74,7 +74,7 @@ def render_clip(
     keys = [(seed, index * MAX_PEOPLE + CROWD_SALT, slot) for slot in range(people)]
     _, vertices, normals, families = maker.bodies.pose_bodies(keys)
     duration = (frames - 1) / fps
-    walkers = []
+    walkers: list[dict[str, float]] = []
     for slot in range(people):
         depth = rng.uniform(*DEPTHS) if slot != 1 else walkers[0]["depth"] + rng.uniform(1.0, 2.0)
         direction = (1.0 if slot % 2 == 0 else -1.0) * (1 if rng.uniform() < 0.5 else -1) ** (slot // 2)

@@ -7,6 +7,7 @@ import binascii
 import io
 import json
 import os
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def parse_hw(text: str, source: str | os.PathLike = "<hw>", key: str = "?") -> t
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     if isinstance(value, dict):
-        sides = [value.get("height"), value.get("width")]
+        sides: list[Any] = [value.get("height"), value.get("width")]
         sides = [None if isinstance(side, str) else side for side in sides]  # JSON strings are not sizes
     elif isinstance(value, str) and len(value.split()) == 2:
         sides = value.split()

@@ -138,8 +138,8 @@ def read_yaml(yaml_path: str | os.PathLike) -> DatasetSpec:
         hw=_resolve(base, config["hw"], "hw", yaml_path) if config.get("hw") else None,
         vertices=_resolve(base, config["vertices"], "vertices", yaml_path) if config.get("vertices") else None,
     )
-    rows = None
+    listed: np.ndarray | None = None  # None: every row
     if config.get("linelist"):
         line_rows = read_linelist(_resolve(base, config["linelist"], "linelist", yaml_path))
-        rows = np.stack([np.zeros_like(line_rows), line_rows], 1)
-    return DatasetSpec(yaml_path, (source,), rows, composite=False)
+        listed = np.stack([np.zeros_like(line_rows), line_rows], 1)
+    return DatasetSpec(yaml_path, (source,), listed, composite=False)
