@@ -9,7 +9,7 @@ Usage::
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
 ``default.safetensors`` (float16), ``default.json`` and ``default_recipe.json`` through
-:func:`fastmetro.weights.ship_checkpoint`. The recipe holds what is needed to make the model again:
+:func:`fastmetro.engine.ship.ship_checkpoint`. The recipe holds what is needed to make the model again:
 the data and training commands, every stage's resolved config (paths made relative to the working
 folder, as the commands write them), the seed, the commit, the evaluations during training and
 the benchmark figures.
@@ -52,7 +52,7 @@ STAGE_CONFIGS = (
 def _stage(run: Path, name: str) -> dict:
     import yaml
 
-    from fastmetro.engine.commands import config_path
+    from fastmetro.engine.config import config_path
 
     packaged = yaml.safe_load(config_path(name).read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -97,7 +97,7 @@ def main() -> None:
     if len(args.stages) > len(STAGE_CONFIGS):
         parser.error(f"at most {len(STAGE_CONFIGS)} stages are known to the recipe")
 
-    from fastmetro.weights import ship_checkpoint
+    from fastmetro.engine.ship import ship_checkpoint
 
     stages = {f"stage{index + 1}": _stage(run, STAGE_CONFIGS[index]) for index, run in enumerate(args.stages)}
     config = stages[f"stage{len(stages)}"]["config"]

@@ -43,7 +43,7 @@ def photo(tmp_path):
 
 # ----------------------------------------------------------------------------- default checkpoint
 def test_default_checkpoint_is_the_newest_demo_model(tmp_path, monkeypatch):
-    from fastmetro.inference.defaults import find_default_checkpoint
+    from fastmetro.weights import find_default_checkpoint
 
     monkeypatch.setattr("fastmetro.weights.package_folder", lambda: tmp_path / "no_shipped_model")
     with pytest.raises(FastMetroError) as caught:
@@ -65,7 +65,7 @@ def test_default_checkpoint_is_the_newest_demo_model(tmp_path, monkeypatch):
 
 
 def test_default_checkpoint_from_the_current_folder(tmp_path, monkeypatch):
-    from fastmetro.inference.defaults import find_default_checkpoint
+    from fastmetro.weights import find_default_checkpoint
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FASTMETRO_DEMO_DIR", raising=False)
@@ -89,7 +89,7 @@ def test_app_command_line(tmp_path, monkeypatch, capsys):
     assert "no checkpoint given and none found" in capsys.readouterr().err
     for option, expected in (
         (["--port", "0"], "--port must be between 1 and 65535"),
-        (["--device", "bogus"], "not a torch device"),
+        (["--device", "bogus"], "not a device fastmetro runs on"),
         (["--max-megapixels", "nan"], "--max-megapixels must be a finite number"),
         (["--max-video-frames", "0"], "--max-video-frames must be between"),
         (["--checkpoint", "missing.safetensors"], "missing.safetensors: checkpoint not found"),

@@ -320,7 +320,7 @@ def test_corrupt_video_does_not_stop_the_other_inputs(checkpoint, photos, tmp_pa
         (["--bbox", "0,0,1e-9,1e-9"], "is under 1 pixel wide or high"),
         (["--bbox", "0,0,nan,10"], "non-finite"),
         (["--bbox", "0,0,-5,10"], "zero or negative size"),
-        (["--device", "bogus"], "--device 'bogus': not a torch device"),
+        (["--device", "bogus"], "--device 'bogus': not a device fastmetro runs on"),
         (["--device", "cuda:7"], "--device 'cuda:7'"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--image-size", "31"], "--image-size must be between 32 and 1024"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastmetro.errors import FastMetroError
@@ -266,10 +267,39 @@ def test_device_checks():
     from fastmetro.inference import validate
 
     assert str(validate.device("--device", "cpu")) == "cpu"
+    expected_auto = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert str(validate.device("--device", "auto")) == expected_auto
     for value, problem in (
-        ("bogus", "not a torch device"),
-        ("meta", "runs on cpu, cuda or mps"),
+        ("bogus", "--device 'bogus': not a device fastmetro runs on"),
+        ("meta", "--device 'meta': not a device fastmetro runs on"),
+        ("cuda:-1", "not a device fastmetro runs on"),
         ("cuda:99", "cuda:99"),
+        ("xpu:7", "xpu:7"),
     ):
         with pytest.raises(FastMetroError, match=problem):
             validate.device("--device", value)
+
+
+def test_one_device_policy_for_config_training_and_inference():
+    """The training config, the training loop and the inference options agree on every name
+    (they once disagreed on xpu): a name the config accepts resolves or says the machine lacks it."""
+    from fastmetro.devices import check_device_name, resolve_device
+    from fastmetro.engine.config import ExperimentConfig, validate
+
+    for name in ("cpu", "cuda", "cuda:1", "mps", "xpu", "xpu:0", "auto"):
+        config = ExperimentConfig()
+        config.train.device = name
+        validate(config)  # syntax: every name of ours passes
+        try:
+            resolved = resolve_device(name)
+        except FastMetroError as error:
+            assert "not available on this machine" in str(error) or "this machine has" in str(error)
+        else:
+            assert resolved.type in ("cpu", "cuda", "mps", "xpu")
+    for name in ("meta", "tpu", "cuda:x"):
+        with pytest.raises(FastMetroError, match="not a device fastmetro runs on"):
+            check_device_name(name, "train.device")
+        config = ExperimentConfig()
+        config.train.device = name
+        with pytest.raises(FastMetroError, match="train.device"):
+            validate(config)

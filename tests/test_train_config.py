@@ -58,7 +58,7 @@ def test_bad_yaml(tmp_path):
 def test_demo_config_is_packaged_and_valid(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from fastmetro.engine.commands import config_path, packaged_configs
+    from fastmetro.engine.config import config_path, packaged_configs
     from fastmetro.engine.demo import demo_config_path
 
     assert "demo" in packaged_configs() and demo_config_path().is_file()

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         help="address to listen on (127.0.0.1: this machine only; 0.0.0.0 exposes the app to the network)",
     )
     app.add_argument("--port", type=int, default=7860, help="port (7860)")
-    app.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
+    app.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")
     app.add_argument(
         "--detector",
         default="mediapipe",
@@ -67,7 +67,7 @@ def check_app_options(args) -> None:
     from fastmetro.inference import validate
 
     validate.integer("--port", args.port, 1, 65535)
-    validate.device("--device", args.device)
+    args.device = str(validate.device("--device", args.device))  # "auto" becomes a device
     if args.detector_threshold is not None:
         validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
     validate.integer("--max-people", args.max_people, 1)
@@ -85,7 +85,7 @@ def checkpoints_from_args(args) -> list[Path]:
         from fastmetro.weights import resolve_checkpoint
 
         return [resolve_checkpoint(path) for path in args.checkpoint]  # "default": the shipped model
-    from fastmetro.inference.defaults import find_default_checkpoint
+    from fastmetro.weights import find_default_checkpoint
 
     default = find_default_checkpoint()
     print(f"no --checkpoint given: using {default.origin}", flush=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastmetro.errors import FastMetroError
+from fastmetro.inference.outputs import RendererPool
+from fastmetro.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,6 @@ class ModelSlot:
 
     def _ensure_loaded(self):
         if self._predictor is None:
-            from fastmetro.inference.outputs import RendererPool
-            from fastmetro.inference.predictor import Predictor
-
             # None: the input size the checkpoint was trained for (its spec).
             sized = {} if self.settings.image_size is None else {"image_size": self.settings.image_size}
             errors = []

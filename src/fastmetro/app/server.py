@@ -73,7 +73,7 @@ def create_app(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     # Uploads and Gradio's copies of the outputs live in the work folder, removed with it.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(work_dir / "gradio"))
-    from fastmetro.app.ui import build_page
+    from fastmetro.app.ui import build_page  # Gradio reads the two variables above when imported
 
     settings = ModelSettings(
         device=device, image_size=image_size, topology=topology, data_dirs=tuple(str(d) for d in data_dirs)

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                        help="FastMETRO-<S|M|L>-<R50|H64|R18|R34>[+ablation] and/or METRO-<backbone>")  # fmt: skip
     bench.add_argument("--tasks", nargs="+", choices=("body", "hand"), default=["body"])
     bench.add_argument("--flavor", choices=("paper", "release"), default="paper")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    bench.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")
     bench.add_argument("--batch", nargs="+", type=int, default=[1, 8], help="batch sizes (1 gives Table 2)")
     bench.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                        help="fp32 (exact), or bf16/fp16 autocast (plain and fast paths)")  # fmt: skip

@@ -26,6 +26,7 @@ import torch
 
 from fastmetro.bench import measure, report
 from fastmetro.bench.runner import BenchConfig, build_model, export_fast_onnx, onnx_session
+from fastmetro.model.fast import prepare_for_inference
 
 
 def _torch_call(model, mha_fast_path: bool = True):
@@ -56,8 +57,6 @@ def _onnx_call(path: Path, device: torch.device):
 
 def lossy_paths(model, config: BenchConfig, device: torch.device, workdir: Path) -> dict:
     """name -> call(images) -> {"fine_vertices", "joints"} numpy arrays; "fast" is the fp32 reference."""
-    from fastmetro.model.fast import prepare_for_inference
-
     paths = {"fast": _torch_call(prepare_for_inference(model))}
     if device.type == "cpu":
         with warnings.catch_warnings():

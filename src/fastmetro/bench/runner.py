@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from fastmetro.bench import measure
+from fastmetro.bench.topologies import synthetic_topology
+from fastmetro.devices import check_device_name, resolve_device
 from fastmetro.errors import FastMetroError
+from fastmetro.inference.export import OUTPUT_NAMES, export_onnx
+from fastmetro.model.fast import prepare_for_inference
+from fastmetro.model.fast_cuda import CUDAGraphModel
+from fastmetro.model.fastmetro import FastMETRO, parameter_counts
+from fastmetro.model.metro import METRO
+from fastmetro.model.presets import model_config, network_class
 
 PATHS = ("plain", "fast", "onnx")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,6 +83,10 @@ class BenchConfig:
             problems.append(f"clock must be one of {measure.CLOCKS} (process: CPU only)")
         if self.image_size < 32:
             problems.append("image size must be >= 32")
+        try:
+            check_device_name(self.device, "device")
+        except FastMetroError as error:
+            problems.append(str(error))
         if bad := [t for t in self.tasks if t not in ("body", "hand")]:
             problems.append(f"unknown task(s) {bad}: use body, hand")
         if problems:
@@ -94,9 +106,6 @@ class PathRunner:
 
 def build_model(name: str, task: str, flavor: str, device: torch.device, seed: int) -> torch.nn.Module:
     """A seeded random-weight network on the synthetic topology of ``task``, in eval mode."""
-    from fastmetro.bench.topologies import synthetic_topology
-    from fastmetro.model.presets import model_config, network_class
-
     torch.manual_seed(seed)
     config = model_config(name, flavor)
     return network_class(config)(config, synthetic_topology(task)).eval().to(device)
@@ -126,13 +135,9 @@ def make_path(path: str, model, config: BenchConfig, device: torch.device, workd
     if path == "plain":
         return PathRunner(model, model.backbone_features, _with_features(model), model, _autocast(device, dtype))
     if path == "fast":
-        from fastmetro.model.fast import prepare_for_inference
-
         fast = prepare_for_inference(model, compile=config.compile, autocast_dtype=dtype)
         whole = fast
         if config.cuda_graphs and device.type == "cuda":  # whole model replayed; parts timed eagerly
-            from fastmetro.model.fast_cuda import CUDAGraphModel
-
             whole = CUDAGraphModel(fast)
         return PathRunner(whole, fast.backbone_features, _with_features(fast), fast)
     if dtype != torch.float32:
@@ -156,14 +161,10 @@ def onnx_session(path, device: torch.device):
 def export_fast_onnx(model, image_size: int, path: Path) -> Path:
     """The fast view of ``model`` exported to ONNX by :func:`fastmetro.inference.export.export_onnx`
     (which traces a CPU copy; the first decoder layer's cached part becomes constants)."""
-    from fastmetro.inference.export import export_onnx
-    from fastmetro.model.fast import prepare_for_inference
-
     return export_onnx(prepare_for_inference(model), path, image_size=image_size)
 
 
 def onnx_runner(model, image_size: int, device: torch.device, workdir: Path):
-    from fastmetro.inference.export import OUTPUT_NAMES
 
     path = export_fast_onnx(model, image_size, workdir / f"{id(model)}.onnx")
     session = onnx_session(path, device)
@@ -184,9 +185,6 @@ def _rate(flops: int | None, milliseconds: float | None) -> float | None:
 def measure_variant(name: str, task: str, config: BenchConfig, device: torch.device, workdir: Path) -> list[dict]:
     """Rows for one (model, task): every path at every batch size. The plain path is always
     measured (the reference of the ``*_speedup`` ratios); its rows are kept if asked for."""
-    from fastmetro.model.fastmetro import FastMETRO, parameter_counts
-    from fastmetro.model.metro import METRO
-
     model = build_model(name, task, config.flavor, device, config.seed)
     counts = parameter_counts(cast("FastMETRO | METRO", model))
     paths = ["plain"] + [p for p in config.paths if p != "plain"]
@@ -272,7 +270,7 @@ def _in_context(runner: PathRunner, function):
 
 def run_bench(config: BenchConfig, progress=None) -> dict:
     """Measure every (model, task) of ``config``; returns ``{"machine", "gemm_gflops", "rows"}``."""
-    device = torch.device(config.device)
+    device = resolve_device(config.device, "--device")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FastMetroError("bench: --device cuda but no CUDA device is available")
 

@@ -14,12 +14,12 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
+from fastmetro.model.presets import sized_topology
+
 
 def synthetic_topology(task: str = "body", seed: int = 0):
     """A :class:`~fastmetro.topology.Topology` with ``task``'s sizes ("body": 6890/1723/431 and
     14 joints; "hand": 778/195 and 21 joints) and realistic sparsity."""
-    from fastmetro.model.presets import sized_topology
-
     base = sized_topology(task)
     rng = np.random.default_rng(seed)
     counts = base.level_vertex_counts

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fastmetro.conventions import crop_matrix, normalise_image, normalised_matrix, rotation_2d, side_from_scale
+from fastmetro.conventions import warp_crop
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,6 @@ def crop_to_normalised(center, scale: float, params: AugmentParams) -> np.ndarra
 def crop_image(image: np.ndarray, center, scale: float, params: AugmentParams, size: int = 224) -> np.ndarray:
     """(H, W, 3) uint8 -> (S, S, 3) uint8 crop (rotated, scaled, flipped; outside = black), with
     the same warp as inference (:func:`fastmetro.conventions.warp_crop`)."""
-    from fastmetro.conventions import warp_crop
-
     matrix = crop_matrix(center, crop_side(scale, params), size, params.rotation, params.flip)
     return warp_crop(image, matrix, size)
 

@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from importlib import resources
-from pathlib import Path
 
-
-def packaged_configs() -> list[str]:
-    """Names of the configs shipped with the package (``fastmetro train demo``)."""
-    folder = resources.files("fastmetro") / "configs"
-    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-
-
-def config_path(text: str) -> Path:
-    """A config file path, or the name of a packaged config (``demo`` = fastmetro/configs/demo.yaml)."""
-    path = Path(text)
-    if not path.exists() and path.suffix == "" and text in packaged_configs():
-        return Path(str(resources.files("fastmetro") / "configs" / f"{text}.yaml"))
-    return path
+from fastmetro.engine.config import config_path
 
 
 def _train(args) -> int:

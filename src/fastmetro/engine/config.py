@@ -13,13 +13,19 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fastmetro.data.augment import AugmentConfig
+from fastmetro.devices import check_device_name
 from fastmetro.engine.losses import LossConfig
 from fastmetro.errors import FastMetroError
+from fastmetro.model.fastmetro import FastMETROConfig
+from fastmetro.model.metro import METROConfig, canonical_metro_name, is_metro_name
+from fastmetro.model.presets import FLAVORS, model_config, parse_name
 
 
 @dataclass
@@ -214,6 +220,20 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with the package (``fastmetro train demo``)."""
+    folder = resources.files("fastmetro") / "configs"
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def config_path(text: str) -> Path:
+    """A config file path, or the name of a packaged config (``demo`` = fastmetro/configs/demo.yaml)."""
+    path = Path(text)
+    if not path.exists() and path.suffix == "" and text in packaged_configs():
+        return Path(str(resources.files("fastmetro") / "configs" / f"{text}.yaml"))
+    return path
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config (None = all defaults) and apply ``key=value`` overrides.
 
@@ -281,7 +301,6 @@ _CHOICES = (
     ("train.precision", ("auto", "fp32", "bf16", "fp16")),
     ("train.distributed_backend", ("auto", "nccl", "gloo")),
 )
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
 def _value(config, dotted: str):
@@ -299,20 +318,6 @@ def _non_finite(config) -> list[str]:
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 found.append(f"{section.name}.{item.name}")
     return found
-
-
-def check_device(text: str, where: str = "device") -> None:
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]`` (availability is checked when used)."""
-    import torch
-
-    if text == "auto":
-        return
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES or (device.index is not None and device.index < 0):
-        raise FastMetroError(f"{where}: unknown device {text!r} (use auto, cpu, cuda, cuda:N, mps or xpu)")
 
 
 def validate(config: ExperimentConfig, where: str = "config") -> None:
@@ -347,7 +352,7 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     if not config.train.output_dir.strip():
         problems.append("train.output_dir must not be empty")
     for check in (
-        lambda: check_device(config.train.device, "train.device"),
+        lambda: check_device_name(config.train.device, "train.device"),
         lambda: _check_model(config),
         lambda: _check_augment(config),
     ):
@@ -362,10 +367,6 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
 def _check_model(config: ExperimentConfig) -> None:
     """``model.name``/``flavor`` must be a preset and ``model.overrides`` typed fields of its config
     (:class:`FastMETROConfig`, or :class:`~fastmetro.model.metro.METROConfig` for ``METRO-*``)."""
-    from fastmetro.model.fastmetro import FastMETROConfig
-    from fastmetro.model.metro import METROConfig, canonical_metro_name, is_metro_name
-    from fastmetro.model.presets import FLAVORS, model_config, parse_name
-
     metro = is_metro_name(config.model.name)
     try:
         canonical_metro_name(config.model.name) if metro else parse_name(config.model.name)
@@ -404,8 +405,6 @@ def _check_model(config: ExperimentConfig) -> None:
 
 def _check_augment(config: ExperimentConfig) -> None:
     """``data.augment_overrides`` must be typed AugmentConfig fields within their ranges."""
-    from fastmetro.data.augment import AugmentConfig
-
     overrides = config.data.augment_overrides
     augment = from_dict(AugmentConfig, overrides, "data.augment_overrides")  # typed, unknown keys refused
     coerced = {key: getattr(augment, key) for key in overrides}

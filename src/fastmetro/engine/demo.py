@@ -21,6 +21,13 @@ from pathlib import Path
 
 import torch
 
+from fastmetro import metrics
+from fastmetro.conventions import side_from_scale
+from fastmetro.data.dataset import MeshDataset
+from fastmetro.data.tsv import TSVDataset
+from fastmetro.engine.config import config_path, load_config
+from fastmetro.engine.evaluate import format_metrics, summarise
+from fastmetro.engine.train import Trainer
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
 
@@ -38,8 +45,6 @@ INFERENCE_IMAGES = 4
 
 def demo_config_path() -> Path:
     """The packaged demo config (``fastmetro train demo``)."""
-    from fastmetro.engine.commands import config_path
-
     return config_path("demo")
 
 
@@ -86,8 +91,6 @@ def synthesize(out_dir: Path, num: int, workers: int) -> Path:
 
 def mean_mesh(train_yaml: Path, topology, num_workers: int) -> torch.Tensor:
     """(V0, 3) mean root-centred ground-truth mesh of the training split, metres."""
-    from fastmetro.data.dataset import MeshDataset
-
     dataset = MeshDataset(train_yaml, topology, train=False, image_size=32)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=num_workers)
     total = torch.zeros(topology.num_vertices, 3, dtype=torch.float64)
@@ -103,10 +106,6 @@ def mean_mesh(train_yaml: Path, topology, num_workers: int) -> torch.Tensor:
 
 def baseline_metrics(test_yaml: Path, topology, mean_vertices: torch.Tensor, num_workers: int) -> dict:
     """Metrics of predicting ``mean_vertices`` for every held-out sample (same protocol as the model)."""
-    from fastmetro import metrics
-    from fastmetro.data.dataset import MeshDataset
-    from fastmetro.engine.evaluate import summarise
-
     dataset = MeshDataset(test_yaml, topology, train=False, image_size=32)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=num_workers)
     rows, names = [], None
@@ -135,9 +134,6 @@ def export_test_images(test_yaml: Path, out_dir: Path, count: int) -> tuple[list
     """Write the first ``count`` held-out images as PNG files, with their person boxes."""
     from PIL import Image
 
-    from fastmetro.conventions import side_from_scale
-    from fastmetro.data.tsv import TSVDataset
-
     rows = TSVDataset(test_yaml)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths, boxes = [], {}
@@ -162,9 +158,6 @@ def print_table(model_values: dict, baseline_values: dict) -> None:
 
 
 def run_demo(args) -> int:
-    from fastmetro.engine.config import load_config
-    from fastmetro.engine.evaluate import format_metrics
-    from fastmetro.engine.train import Trainer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()

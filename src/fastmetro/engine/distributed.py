@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fastmetro.errors import FastMetroError
+from fastmetro.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -36,31 +36,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` if CUDA is available, else CPU.
-
-    An unknown device name or a CUDA device this machine does not have is a one-line FastMetroError.
-    """
-    from fastmetro.engine.config import check_device
-
-    if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    check_device(requested)
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise FastMetroError(f"device {requested!r}: this machine has {count} CUDA device(s)")
-    return device
-
-
 def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     """Join the process group if launched by torchrun (``WORLD_SIZE`` > 1); else single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    target = pick_device(device, local_rank)
+    target = resolve_device(device, "train.device", local_rank)
     if target.type == "cuda":
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():

@@ -6,7 +6,18 @@ import os
 from collections.abc import Sequence
 from typing import cast
 
+from fastmetro.data.body_models import load_body_model
+from fastmetro.data.dataset import MeshDataset
+from fastmetro.devices import resolve_device
+from fastmetro.engine.config import load_config
+from fastmetro.engine.distributed import DistInfo
+from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, find_run_config
 from fastmetro.errors import FastMetroError
+from fastmetro.model.factory import load_model
+from fastmetro.model.fast import inference_view
+from fastmetro.model.spec import ModelSpec
+from fastmetro.topology import Topology
+from fastmetro.weights import resolve_checkpoint
 
 
 def _given(overrides: Sequence[str], key: str) -> bool:
@@ -30,31 +41,19 @@ def evaluate_checkpoint(
     """
     import torch
 
-    from fastmetro.data.dataset import MeshDataset
-    from fastmetro.engine.config import load_config
-    from fastmetro.engine.distributed import DistInfo, pick_device
-    from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, find_run_config
-    from fastmetro.model.factory import load_model
-    from fastmetro.model.fast import inference_view
-    from fastmetro.model.spec import ModelSpec
-    from fastmetro.topology import Topology
-    from fastmetro.weights import resolve_checkpoint
-
     overrides = list(overrides)
     checkpoint = resolve_checkpoint(checkpoint)  # "default": the shipped model
     run_config = find_run_config(checkpoint)
     config = load_config(run_config, overrides)
     topology = config.model.topology if run_config is not None or _given(overrides, "model.topology") else None
     name = config.model.name if _given(overrides, "model.name") else None
-    target = pick_device(config.train.device)
+    target = resolve_device(config.train.device, "train.device")
     model = load_model(checkpoint, topology=topology, device=target, data_dir=config.model.data_dir, name=name).eval()
     model = inference_view(model)  # the fast path: the same function
     spec, mesh_topology = cast(ModelSpec, model.spec), cast(Topology, model.topology)  # every view keeps both
     image_size = config.data.image_size if _given(overrides, "data.image_size") else spec.input.image_size
     body_model = None
     if config.data.body_model:
-        from fastmetro.data.body_models import load_body_model
-
         body_model = load_body_model(config.data.body_model)
     dataset: MeshDataset | torch.utils.data.Subset = MeshDataset(
         data,

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from fastmetro.conventions import centre_joints, root_centred, weak_perspective_project
+from fastmetro.engine.parameter_losses import SMPLParameterLoss
 
 JOINTS_2D_AVERAGES = ("batch", "available")
 
@@ -154,8 +155,6 @@ class MeshCriterion(nn.Module):
         self.register_buffer("edges", torch.from_numpy(unique_edges(faces)), persistent=False)
         self.parameter_loss = None
         if body_model is not None:
-            from fastmetro.engine.parameter_losses import SMPLParameterLoss
-
             self.parameter_loss = SMPLParameterLoss(body_model)
 
     # ------------------------------------------------------------------ helpers

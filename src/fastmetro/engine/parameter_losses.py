@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fastmetro.conventions import centre_joints, centre_mesh, weak_perspective_project
+from fastmetro.data.body_models import axis_angle_to_matrix
 
 
 def _mean_over(error: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,6 @@ class SMPLParameterLoss(nn.Module):
         self.body_model = body_model
 
     def forward(self, outputs: dict, batch: dict, criterion) -> dict[str, torch.Tensor]:
-        from fastmetro.data.body_models import axis_angle_to_matrix
 
         rotmat = outputs["smpl_rotmat"].float()
         betas = outputs["smpl_betas"].float()

@@ -34,12 +34,19 @@ import numpy as np
 import torch
 import yaml
 
+from fastmetro import topology as topology_module
+from fastmetro.data.augment import AugmentConfig, body_augment_config, hand_augment_config
+from fastmetro.data.body_models import load_body_model as load
+from fastmetro.data.dataset import MeshDataset
 from fastmetro.engine import distributed
 from fastmetro.engine.config import ExperimentConfig, check_topology, to_dict
 from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, format_metrics
 from fastmetro.engine.losses import MeshCriterion
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save, atomic_write
+from fastmetro.model.checkpoint import load_strict, read_checkpoint, save_checkpoint
+from fastmetro.model.factory import create_model, load_model
+from fastmetro.model.presets import make_spec
 
 logger = logging.getLogger("fastmetro.train")
 
@@ -50,8 +57,6 @@ STATE_FORMAT = "fastmetro-train-state"
 def build_model(config: ExperimentConfig, topology, resume_from: Path | None = None):
     """The network of ``config`` (its spec records ``data.image_size``); with ``resume_from``, the
     one saved in that checkpoint, which must be the same model."""
-    from fastmetro.model.factory import create_model, load_model
-
     model_config = config.model
     if resume_from is not None:
         model = load_model(resume_from, topology=topology)
@@ -80,13 +85,11 @@ def build_model(config: ExperimentConfig, topology, resume_from: Path | None = N
 
 
 def create_model_spec(config: ExperimentConfig, topology):
-    from fastmetro.model.presets import make_spec
 
     return make_spec(config.model.name, topology, config.model.flavor, config.model.overrides, config.data.image_size)
 
 
 def load_topology(config: ExperimentConfig):
-    from fastmetro import topology as topology_module
 
     return topology_module.load(config.model.topology, config.model.data_dir)
 
@@ -95,14 +98,11 @@ def load_body_model(config: ExperimentConfig):
     """The SMPL/MANO layer of ``data.body_model`` (None when not configured)."""
     if not config.data.body_model:
         return None
-    from fastmetro.data.body_models import load_body_model as load
 
     return load(config.data.body_model)
 
 
 def build_dataset(config: ExperimentConfig, yaml_path: str, topology, train: bool, body_model=None):
-    from fastmetro.data.augment import AugmentConfig, body_augment_config, hand_augment_config
-    from fastmetro.data.dataset import MeshDataset
 
     data = config.data
     augment: AugmentConfig | None = None
@@ -343,7 +343,6 @@ class Trainer:
         """Write ``{name}.safetensors`` (+ JSON) and, for ``last``, the training state."""
         if not self.dist.is_main:
             return
-        from fastmetro.model.checkpoint import save_checkpoint
 
         save_checkpoint(self.model, self.output_dir / f"{name}.safetensors")
         if name != "last":
@@ -363,8 +362,6 @@ class Trainer:
     def load_state(self, state_path: Path) -> None:
         """Optimizer, scheduler, scaler, RNG and step of ``state_path``; the weights were loaded
         with the model (the model given to the trainer gets them here)."""
-        from fastmetro.model.checkpoint import load_strict, read_checkpoint
-
         weights_path = _weights_of(state_path)
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -19,7 +19,7 @@ _EXPORTS = {
     "InferenceRunner": "fastmetro.inference.runner",
     "ImageResult": "fastmetro.inference.runner",
     "Failure": "fastmetro.inference.runner",
-    "find_default_checkpoint": "fastmetro.inference.defaults",
+    "find_default_checkpoint": "fastmetro.weights",
 }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
+from fastmetro.inference.outputs import depth_range
 from fastmetro.inference.predictor import PersonPrediction
 
 
@@ -121,7 +122,6 @@ def self_attention_image(
     crop = cam.crop_image(image, person.crop_box, size).copy()
     scores = _normalise(vertex_scores(person, joint, topology))
     intrinsics, translation = framing_camera(person.vertices, size)
-    from fastmetro.inference.outputs import depth_range
 
     vertices = person.vertices + translation
     near, far = depth_range(vertices)

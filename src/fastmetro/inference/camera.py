@@ -42,6 +42,7 @@ from fastmetro.conventions import (
     weak_perspective_project,
 )
 from fastmetro.errors import FastMetroError
+from fastmetro.inference.boxes import check_box
 
 #: The released demo's perspective focal length for a 224-pixel crop (pixels).
 RELEASED_CROP_FOCAL = 1000.0
@@ -105,8 +106,6 @@ def square_box(
         FastMetroError: the numbers (:func:`fastmetro.inference.boxes.check_box`), the
             expansion, or no overlap with the image.
     """
-    from fastmetro.inference.boxes import check_box
-
     x, y, w, h = check_box(box_xywh)
     if not (expand > 0 and math.isfinite(expand)):
         raise FastMetroError(f"box expansion must be positive, got {expand}")

@@ -74,7 +74,7 @@ def register(subparsers) -> None:
         help="SMPL model file (.pkl/.npz): models with the SMPL parameter regressor "
         "then also write the SMPL mesh (person_XX_smpl.obj/.ply)",
     )
-    infer.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
+    infer.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
     infer.add_argument(
@@ -118,7 +118,7 @@ def check_infer_options(args) -> None:
     if args.detector_threshold is not None:
         validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
     validate.integer("--max-people", args.max_people, 1)
-    validate.device("--device", args.device)
+    args.device = str(validate.device("--device", args.device))  # "auto" becomes a device
     check_video_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -162,7 +162,7 @@ def run_infer(args) -> int:
     paths = image_io.expand_inputs(args.inputs)
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from fastmetro.inference.defaults import find_default_checkpoint
+        from fastmetro.weights import find_default_checkpoint
 
         default = find_default_checkpoint()
         print(f"no --checkpoint given: using {default.origin}", file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ from fastmetro.conventions import root_centred
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save
 from fastmetro.model.fast import inference_view
+from fastmetro.model.fastmetro import SparseUpsampling
 
 if TYPE_CHECKING:
     from fastmetro.topology import Topology
@@ -69,8 +70,6 @@ class GatherUpsampling(nn.Module):
 
 def _export_friendly(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode with sparse upsampling replaced by gathers."""
-    from fastmetro.model.fastmetro import SparseUpsampling
-
     model = copy.deepcopy(model).eval()
     for name, module in list(model.named_modules()):
         if isinstance(module, SparseUpsampling):

@@ -21,6 +21,7 @@ import numpy as np
 
 from fastmetro.inference.predictor import ImagePrediction, PersonPrediction
 from fastmetro.io import atomic_write
+from fastmetro.render import Renderer
 
 # Distinct, light mesh colours (RGB 0..1), one per person.
 PALETTE = (
@@ -229,7 +230,6 @@ class RendererPool:
         self._renderers = {}
 
     def get(self, width: int, height: int):
-        from fastmetro.render import Renderer
 
         key = (int(width), int(height))
         if key not in self._renderers:

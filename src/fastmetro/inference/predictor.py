@@ -23,12 +23,16 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
+from fastmetro import topology as topology_module
 from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, root_centred, weak_perspective_project
+from fastmetro.data.body_models import load_body_model
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 from fastmetro.inference.boxes import SIDES, PersonBox, box_tuple, person_boxes
 from fastmetro.inference.detector import detector_for, make_detector
+from fastmetro.model.factory import load_model
 from fastmetro.model.fast import inference_view
+from fastmetro.weights import find_default_checkpoint
 
 if TYPE_CHECKING:
     from fastmetro.topology import Topology
@@ -119,7 +123,7 @@ class Predictor:
     Args:
         checkpoint: our ``.safetensors`` checkpoint (with its JSON) or an official ``.bin``
             (loaded with :func:`fastmetro.load_model`). With neither ``checkpoint`` nor ``model``:
-            the default model (:func:`fastmetro.inference.defaults.find_default_checkpoint`, the
+            the default model (:func:`fastmetro.weights.find_default_checkpoint`, the
             one shipped with fastmetro), said once in a log message.
         model: an already built network (instead of ``checkpoint``).
         topology: name / path / Topology; defaults to the checkpoint's or the model's.
@@ -157,18 +161,12 @@ class Predictor:
         if checkpoint is not None and model is not None:
             raise FastMetroError("Predictor takes checkpoint= or model=, not both")
         if checkpoint is None and model is None:
-            from fastmetro.inference.defaults import find_default_checkpoint
-
             default = find_default_checkpoint()
             logger.info("no checkpoint given: using %s", default.origin)
             checkpoint = default.path
         if checkpoint is not None:
-            from fastmetro.model.factory import load_model
-
             model = load_model(checkpoint, topology, data_dir=data_dir)
         elif topology is not None:
-            from fastmetro import topology as topology_module
-
             given = topology_module.load(topology, data_dir)
             assert model is not None  # no checkpoint: a model was given (checked above)
             model_topology = cast("Topology", model.topology)  # a plain attribute, not a submodule
@@ -277,8 +275,6 @@ class Predictor:
         if attach is None or not getattr(self.model.config, "smpl_parameter_regressor", False):
             raise FastMetroError("a body model was given, but this model has no SMPL parameter regressor")
         if isinstance(body_model, (str, os.PathLike)):
-            from fastmetro.data.body_models import load_body_model
-
             body_model = load_body_model(body_model)
         if body_model.num_joints != 24:
             raise FastMetroError(

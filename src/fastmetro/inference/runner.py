@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from fastmetro.errors import FastMetroError
+from fastmetro.inference import attention, outputs, validate
 from fastmetro.inference import boxes as box_sources
 from fastmetro.inference import images as image_io
-from fastmetro.inference import validate
 from fastmetro.inference.detector import detector_for
 from fastmetro.inference.images import Frame
+from fastmetro.inference.outputs import RendererPool
 from fastmetro.inference.predictor import ImagePrediction, Predictor
 
 
@@ -294,13 +295,10 @@ class InferenceRunner:
 
     def _renderers(self):
         if self._pool is None:
-            from fastmetro.inference.outputs import RendererPool
-
             self._pool = RendererPool()
         return self._pool
 
     def _outputs(self, job: _Job, result: ImageResult) -> None:
-        from fastmetro.inference import outputs
 
         prediction, source = result.prediction, job.frame.source
         names = self.predictor.joint_names
@@ -324,7 +322,6 @@ class InferenceRunner:
             self._attention(job, result, directory)
 
     def _attention(self, job: _Job, result: ImageResult, directory: Path | None) -> None:
-        from fastmetro.inference import attention, outputs
 
         assert self.joint is not None  # only called with an attention joint
         name = self.predictor.joint_names[self.joint]

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from fastmetro.devices import resolve_device
 from fastmetro.errors import FastMetroError
 
 #: Network input sizes accepted (pixels): the backbone needs 32 (one token); above 1024 the
@@ -58,23 +59,9 @@ def image_size(name: str, value) -> int:
 
 
 def device(name: str, value) -> torch.device:
-    """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``...)."""
-    try:
-        result = torch.device(value)
-    except (RuntimeError, TypeError, ValueError):
-        raise FastMetroError(f"{name} {value!r}: not a torch device (cpu, cuda, cuda:1, mps)") from None
-    if result.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FastMetroError(f"{name} {value!r}: CUDA is not available on this machine")
-        count = torch.cuda.device_count()
-        if result.index is not None and result.index >= count:
-            raise FastMetroError(f"{name} {value!r}: this machine has {count} CUDA device(s)")
-    elif result.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise FastMetroError(f"{name} {value!r}: MPS is not available on this machine")
-    elif result.type != "cpu":
-        raise FastMetroError(f"{name} {value!r}: fastmetro runs on cpu, cuda or mps")
-    return result
+    """A device this machine has (``auto``: CUDA when there is one, else the CPU); see
+    :func:`fastmetro.devices.resolve_device`."""
+    return resolve_device(value, name)
 
 
 __all__ = ["number", "positive_number", "integer", "image_size", "device", "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE"]

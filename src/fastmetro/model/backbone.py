@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,26 @@ import torch
 from torch import nn
 
 from fastmetro.errors import FastMetroError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone choice of the presets (``R50`` in ``FastMETRO-S-R50``): timm's model name, whether
+    the checkpoint keeps the classifier head, and the pretrained tag of timm's weights."""
+
+    timm_name: str
+    keeps_classifier: bool
+    pretrained_tag: str
+
+
+BACKBONES = {
+    "R18": BackboneSpec("resnet18", False, "tv_in1k"),
+    "R34": BackboneSpec("resnet34", False, "tv_in1k"),
+    # torchvision's ImageNet weights, as the release uses.
+    "R50": BackboneSpec("resnet50", False, "tv_in1k"),
+    # The released HRNet-W64 keeps its unused 2048->1000 classifier (in checkpoints and counts).
+    "H64": BackboneSpec("hrnet_w64", True, "ms_in1k"),
+}
 
 
 def build_backbone(

@@ -27,6 +27,7 @@ import torch
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save, atomic_write
 from fastmetro.model.backbone import read_state_dict
+from fastmetro.model.presets import build_on_meta, canonical_name, make_spec, model_config, sized_topology
 from fastmetro.model.spec import FORMAT, ModelSpec, TopologySpec
 
 # torchvision ResNet Sequential index (as released) <-> timm ResNet module name.
@@ -211,8 +212,6 @@ def convert_official(
     the weights when ``model_name`` is None (and checked against it otherwise); the optional SMPL
     parameter regressor is recognised by its keys. Returns the written spec.
     """
-    from fastmetro.model.presets import build_on_meta, canonical_name, make_spec, model_config, sized_topology
-
     loaded = read_checkpoint(source)
     flavor = flavor or loaded.flavor or "release"
     inferred, overrides = infer_preset(loaded.state_dict)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fastmetro import topology as topology_module
 from fastmetro.errors import FastMetroError
 from fastmetro.model import checkpoint as ckpt
+from fastmetro.model.backbone import load_backbone_weights
 from fastmetro.model.presets import build_model, canonical_name, make_spec, model_config
 from fastmetro.model.spec import InputSpec, ModelSpec
+from fastmetro.weights import resolve_checkpoint
 
 
 def create_model(
@@ -52,14 +55,11 @@ def create_model(
     else:
         if name is None:
             raise FastMetroError("create_model needs a model name (e.g. 'FastMETRO-S-R50') or a checkpoint")
-        from fastmetro import topology as topology_module
 
         mesh = topology_module.load(topology, data_dir)
         spec = make_spec(name, mesh, flavor or "paper", overrides, image_size or 224)
         model = build_model(spec, mesh, pretrained=pretrained)
     if backbone_weights is not None:
-        from fastmetro.model.backbone import load_backbone_weights
-
         load_backbone_weights(model.backbone, backbone_weights)
     return model
 
@@ -88,8 +88,6 @@ def load_model(
     Every problem is a one-line :class:`FastMetroError` naming the file. ``"default"`` (when no
     file has that name) is the model shipped with fastmetro (:mod:`fastmetro.weights`).
     """
-    from fastmetro.weights import resolve_checkpoint
-
     path = resolve_checkpoint(checkpoint)
     if not path.is_file():
         raise FastMetroError(f"{path}: checkpoint not found")
@@ -102,7 +100,6 @@ def load_model(
 
 
 def _load(path: Path, topology, device, data_dir, name, flavor, overrides):
-    from fastmetro import topology as topology_module
 
     spec = ckpt.read_spec(path)
     if spec is not None:

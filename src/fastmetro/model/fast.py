@@ -40,8 +40,10 @@ from torch import nn
 
 from fastmetro.errors import FastMetroError
 from fastmetro.model.fast_backbone import ChannelsLastBackbone
+from fastmetro.model.fast_cuda import CUDAGraphModel
 from fastmetro.model.fast_transformer import FastTransformer
 from fastmetro.model.fastmetro import FastMETRO, SparseUpsampling
+from fastmetro.model.metro import METRO
 from fastmetro.model.position_encoding import PositionEncodingSine
 
 if TYPE_CHECKING:
@@ -231,8 +233,6 @@ def prepare_for_inference(
         cuda_graphs: return a :class:`~fastmetro.model.fast_cuda.CUDAGraphModel` around the view
             (CUDA models: one captured graph per input shape, replayed; see that class).
     """
-    from fastmetro.model.metro import METRO
-
     if isinstance(model, InferenceView):
         raise FastMetroError("prepare_for_inference: the model is already a fast inference view")
     if not isinstance(model, (FastMETRO, METRO)):
@@ -253,8 +253,6 @@ def prepare_for_inference(
     if not isinstance(model, METRO):  # METRO's encoder blocks already run PyTorch's fused kernels
         _swap_fast_modules(fast, model)
     if cuda_graphs:
-        from fastmetro.model.fast_cuda import CUDAGraphModel
-
         if next(model.parameters()).device.type != "cuda":
             raise FastMetroError("prepare_for_inference: cuda_graphs=True needs a model on a CUDA device")
         return CUDAGraphModel(fast)
@@ -297,8 +295,6 @@ def _shallow_view(model: nn.Module) -> nn.Module:
 def inference_view(model: nn.Module, **options) -> nn.Module:
     """:func:`prepare_for_inference` (``options``) for a FastMETRO or METRO network; any other
     module (including a view already) is returned unchanged."""
-    from fastmetro.model.metro import METRO
-
     if isinstance(model, InferenceView) or not isinstance(model, (FastMETRO, METRO)):
         return model
     return prepare_for_inference(model, **options)

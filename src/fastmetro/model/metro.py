@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from fastmetro.errors import FastMetroError
-from fastmetro.model.backbone import backbone_channels, build_backbone
+from fastmetro.model.backbone import BACKBONES, backbone_channels, build_backbone
 from fastmetro.model.fastmetro import ArchitectureOptions, VertexLinear, level_name, mesh_outputs
 
 #: Parameters of METRO's released encoder blocks that it never uses (445 tokens, legacy widths
@@ -116,14 +116,10 @@ def is_metro_name(name) -> bool:
 
 
 def metro_preset_names() -> list[str]:
-    from fastmetro.model.presets import BACKBONES
-
     return [f"METRO-{backbone}" for backbone in BACKBONES]
 
 
 def canonical_metro_name(name: str) -> str:
-    from fastmetro.model.presets import BACKBONES
-
     match = _NAME.match(str(name).strip())
     if not match or match.group(1).upper() not in BACKBONES:
         raise FastMetroError(f"unknown model {name!r}: expected METRO-<{'|'.join(BACKBONES)}>, e.g. METRO-R50")
@@ -132,8 +128,6 @@ def canonical_metro_name(name: str) -> str:
 
 def metro_config(name: str, **overrides) -> METROConfig:
     """Config of ``METRO-<backbone>`` (R50, H64, or the light R18/R34), with field overrides."""
-    from fastmetro.model.presets import BACKBONES
-
     spec = BACKBONES[canonical_metro_name(name).split("-", 1)[1]]
     fields = {
         "backbone": spec.timm_name,

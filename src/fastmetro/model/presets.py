@@ -23,28 +23,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
+from fastmetro.model.backbone import BACKBONES
 from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, parameter_counts
 from fastmetro.model.metro import METRO, METROConfig, canonical_metro_name, is_metro_name, metro_config
-from fastmetro.model.spec import FLAVOR_NAMES, ModelSpec
+from fastmetro.model.spec import FLAVOR_NAMES, InputSpec, ModelSpec, TopologySpec
+from fastmetro.topology import Topology
 
 VARIANT_LAYERS = {"S": 1, "M": 2, "L": 3}
 
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    timm_name: str
-    keeps_classifier: bool
-    pretrained_tag: str
-
-
-BACKBONES = {
-    "R18": BackboneSpec("resnet18", False, "tv_in1k"),
-    "R34": BackboneSpec("resnet34", False, "tv_in1k"),
-    # torchvision's ImageNet weights, as the release uses.
-    "R50": BackboneSpec("resnet50", False, "tv_in1k"),
-    # The released HRNet-W64 keeps its unused 2048->1000 classifier (in checkpoints and counts).
-    "H64": BackboneSpec("hrnet_w64", True, "ms_in1k"),
-}
 
 FLAVORS: dict[str, dict[str, object]] = {
     # Paper: one shared encoder reduction Linear, fixed upsampling matrices for every level.
@@ -139,8 +125,6 @@ def sized_topology(task: str):
     """A data-free :class:`Topology` with the mesh sizes of ``task`` (for counting and for
     converting checkpoints: parameters depend only on sizes). Its matrices are empty: do not
     run a model built on it."""
-    from fastmetro.topology import Topology
-
     if task not in TASK_SIZES:
         raise FastMetroError(f"unknown task {task!r}: use one of {tuple(TASK_SIZES)}")
     counts, joints = TASK_SIZES[task]
@@ -184,8 +168,6 @@ def make_spec(
 ) -> ModelSpec:
     """The :class:`ModelSpec` of a preset on ``topology`` (the name is checked and canonicalised;
     the overrides are checked by building the config)."""
-    from fastmetro.model.spec import InputSpec, TopologySpec
-
     overrides = dict(overrides or {})
     model_config(name, flavor, **overrides)  # raises a one-line error for a bad name/flavor/override
     return ModelSpec(

@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 
 from fastmetro.errors import FastMetroError
+from fastmetro.topology.anny import load_anny
+from fastmetro.topology.build import build_topology as build
+from fastmetro.topology.graphcmr import load_mano, load_smpl
 from fastmetro.topology.topology import Topology, adjacency_from_faces, mirror_permutation
 
 BUILTIN = ("smpl", "mano", "anny")
@@ -29,16 +32,10 @@ def load(name: str | os.PathLike | Topology, data_dir: str | os.PathLike | None 
         return name
     key = str(name).lower()
     if key == "smpl":
-        from fastmetro.topology.graphcmr import load_smpl
-
         return load_smpl(data_dir, **kwargs)
     if key == "mano":
-        from fastmetro.topology.graphcmr import load_mano
-
         return load_mano(data_dir, **kwargs)
     if key == "anny":
-        from fastmetro.topology.anny import load_anny
-
         return load_anny(**kwargs)
     path = Path(name)
     if path.suffix == ".npz" or path.exists():
@@ -48,8 +45,6 @@ def load(name: str | os.PathLike | Topology, data_dir: str | os.PathLike | None 
 
 def build_topology(*args, **kwargs) -> Topology:
     """Build a topology for any triangle mesh; see :func:`fastmetro.topology.build.build_topology`."""
-    from fastmetro.topology.build import build_topology as build
-
     return build(*args, **kwargs)
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from fastmetro.errors import FastMetroError
 from fastmetro.io import cache_dir  # re-exported: defined with the other shared I/O
 from fastmetro.topology.graphcmr import BODY_JOINT_FLIP, BODY_JOINT_NAMES, BODY_ROOT_JOINTS
+from fastmetro.topology.sampling import reconstruction_error, sample_mesh
 from fastmetro.topology.topology import Topology, adjacency_from_faces, mirror_permutation
 
 BUILD_VERSION = 2  # bump when the construction below changes
@@ -255,8 +256,6 @@ def joint_errors(regressor: np.ndarray, vertices: np.ndarray, joints: np.ndarray
 
 def build_anny_topology(config: AnnyBuildConfig = AnnyBuildConfig()) -> Topology:
     """Build the Anny topology (levels, sampling, 14-joint regressor, mirror permutation)."""
-    from fastmetro.topology.sampling import reconstruction_error, sample_mesh
-
     started = time.perf_counter()
     model = _load_anny_model()
     _progress("building the Anny topology once (mesh sampling and joint regressor fit; 1-3 minutes)")

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
 from fastmetro.io import PickledObject, load_npy, load_npz_restricted, numpy_scipy_classes
+from fastmetro.topology.mano import approximate_mano_regressor, read_mano_joint_regressor
 from fastmetro.topology.topology import Topology, mirror_permutation
 
 # 14 evaluation joints (LSP order) used by METRO/FastMETRO for the body.
@@ -149,7 +150,6 @@ def load_mano(
     arrays = load_npz_restricted(npz_path, numpy_scipy_classes(), keys=["A", "U", "D", "F", "V"])
     counts = tuple(int(a.shape[0]) for a in arrays["A"])
     template = np.asarray(arrays["V"][0], dtype=np.float64)
-    from fastmetro.topology.mano import approximate_mano_regressor, read_mano_joint_regressor
 
     regressor_source = "mano"
     if joint_regressor is None and mano_model is not None:

@@ -46,7 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fastmetro.errors import FastMetroError
-from fastmetro.io import load_npz
+from fastmetro.io import atomic_write, load_npz
 from fastmetro.topology.schema import check_arrays
 
 FORMAT = "fastmetro-topology"
@@ -336,8 +336,6 @@ class Topology:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the topology as an ``.npz`` (atomically). Returns the path."""
-        from fastmetro.io import atomic_write
-
         path = Path(path)
         with atomic_write(path) as handle:
             np.savez_compressed(handle, **self.to_arrays())  # type: ignore[arg-type]  # numpy stub: **kwargs meet allow_pickle

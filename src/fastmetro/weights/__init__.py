@@ -1,17 +1,26 @@
-"""The default model shipped inside the package: a FastMETRO trained by fastmetro on its own free data.
+"""Which checkpoint "the default" is: the one resolver, below the model layer (it reads files and
+JSON, never a network).
 
-Three files in this folder (package data, so ``pip install`` carries them)::
+The default model ships inside the package, a FastMETRO trained by fastmetro on its own free
+data, as three files in this folder (package data, so ``pip install`` carries them)::
 
     default.safetensors    the weights, float16 (loaded into float32 models)
     default.json           its ModelSpec (preset, overrides, topology, input size), as any checkpoint
     default_recipe.json    how it was made: config, data commands, seed, commit, training time,
                            images/s, metrics, and the SHA-256 of the weights
 
-:func:`shipped_checkpoint` finds and checks them (a missing or damaged file is a one-line
-:class:`~fastmetro.errors.FastMetroError`); :func:`resolve_checkpoint` turns the name
-``"default"`` into that path wherever a checkpoint path is accepted (``load_model("default")``,
-``model.checkpoint=default`` in training, ``--checkpoint default``). :func:`ship_checkpoint` writes
-the three files from a training checkpoint. Nothing is downloaded.
+- :func:`shipped_checkpoint` finds and checks them (a missing or damaged file is a one-line
+  :class:`~fastmetro.errors.FastMetroError`; the spec's fields are checked where it is read, by
+  :func:`fastmetro.model.checkpoint.read_spec`);
+- :func:`resolve_checkpoint` turns the name ``"default"`` into that path wherever a checkpoint path
+  is accepted (``load_model("default")``, ``model.checkpoint=default``, ``--checkpoint default``);
+- :func:`find_default_checkpoint` chooses the model when none is given (``fastmetro infer`` /
+  ``fastmetro app`` without ``--checkpoint``, ``fastmetro.Predictor()``): the shipped model, else
+  the newest checkpoint ``make demo`` trained (``demo_output/run/{last,best}.safetensors`` under the
+  current folder or ``$FASTMETRO_DEMO_DIR``, for a package built without the shipped weights).
+
+:func:`fastmetro.engine.ship.ship_checkpoint` writes the three files. Nothing is ever downloaded:
+without a checkpoint the error says how to get one.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ class ShippedModel:
         return f"the shipped default model ({name}{size_text}, trained on synthetic Anny data): {self.path}"
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -72,12 +81,10 @@ def shipped_checkpoint(folder: str | os.PathLike | None = None) -> ShippedModel:
     Raises:
         FastMetroError: one line naming the missing or damaged file.
     """
-    from fastmetro.model.checkpoint import json_path, read_spec
-
     folder = Path(folder) if folder is not None else package_folder()
     weights, recipe_path = folder / WEIGHTS_FILE, folder / RECIPE_FILE
     fix = "reinstall fastmetro, or pass a checkpoint (--checkpoint MODEL.safetensors)"
-    for path in (weights, json_path(weights), recipe_path):
+    for path in (weights, weights.with_suffix(".json"), recipe_path):
         if not path.is_file():
             raise FastMetroError(f"{path}: the shipped default model's file is missing: {fix}")
     try:
@@ -86,12 +93,11 @@ def shipped_checkpoint(folder: str | os.PathLike | None = None) -> ShippedModel:
         raise FastMetroError(f"{recipe_path}: the shipped default model's recipe is damaged ({error}): {fix}") from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sha256"), str):
         raise FastMetroError(f"{recipe_path}: the shipped default model's recipe has no 'sha256' of the weights: {fix}")
-    if _sha256(weights) != recipe["sha256"]:
+    if sha256_of(weights) != recipe["sha256"]:
         raise FastMetroError(
             f"{weights}: the shipped default model's weights are damaged "
             f"(SHA-256 differs from {recipe_path.name}): {fix}"
         )
-    read_spec(weights)  # a damaged spec JSON is a one-line error naming the field
     return ShippedModel(weights, recipe)
 
 
@@ -107,45 +113,82 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     return Path(checkpoint)
 
 
-def ship_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike, recipe: dict) -> ShippedModel:
-    """Write a training checkpoint as the shipped files in ``folder``: float16 weights, the same
-    spec JSON, and ``recipe`` plus the weights' SHA-256 and size.
+#: ``fastmetro demo``'s default ``--out``, and where its training run writes its checkpoints.
+DEMO_OUTPUT = "demo_output"
+DEMO_RUN = "run"
+DEMO_CHECKPOINTS = ("last.safetensors", "best.safetensors")
+#: ``shipped=`` default of :func:`find_default_checkpoint`: the package's own folder.
+PACKAGE = "package"
 
-    Every floating tensor must survive float16 (finite; a value beyond float16's range is an
-    error rather than an inf). Integer buffers (BatchNorm's step counters) keep their type.
+
+@dataclass(frozen=True)
+class DefaultCheckpoint:
+    """A checkpoint chosen by :func:`find_default_checkpoint` and why (``origin``, one line)."""
+
+    path: Path
+    origin: str
+
+
+def demo_folders() -> list[Path]:
+    """Folders that may hold a ``make demo`` output: ``$FASTMETRO_DEMO_DIR``, then ``./demo_output``."""
+    folders = []
+    if os.environ.get("FASTMETRO_DEMO_DIR"):
+        folders.append(Path(os.environ["FASTMETRO_DEMO_DIR"]))
+    folders.append(Path.cwd() / DEMO_OUTPUT)
+    return folders
+
+
+def find_default_checkpoint(
+    demo_dirs: list[Path] | None = None, shipped: str | os.PathLike | None = PACKAGE
+) -> DefaultCheckpoint:
+    """The checkpoint to use when the user gives none (see the module docstring).
+
+    Args:
+        demo_dirs: folders to look in for ``make demo`` output (default :func:`demo_folders`).
+        shipped: the folder of the shipped model (default: this package's); None skips it.
+
+    Raises:
+        FastMetroError: a shipped file is missing or damaged (never a silent fall-back to another
+            model), or no checkpoint is found; the message says how to get one.
     """
-    import torch
-
-    from fastmetro.io import atomic_write
-    from fastmetro.model.checkpoint import read_checkpoint, write_checkpoint
-
-    loaded = read_checkpoint(checkpoint)
-    if loaded.spec is None:
-        raise FastMetroError(f"{checkpoint}: only our checkpoints (with their JSON spec) can be shipped")
-    half = {}
-    for key, value in loaded.state_dict.items():
-        if value.is_floating_point():
-            value = value.to(torch.float16)
-            if not bool(torch.isfinite(value).all()):
-                raise FastMetroError(f"{checkpoint}: tensor {key!r} does not fit in float16")
-        half[key] = value
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = write_checkpoint(folder / WEIGHTS_FILE, half, loaded.spec)
-    recipe = {**recipe, "stored_dtype": STORED_DTYPE, "sha256": _sha256(weights), "size_bytes": weights.stat().st_size}
-    with atomic_write(folder / RECIPE_FILE, "w") as handle:
-        json.dump(recipe, handle, indent=2)
-        handle.write("\n")
-    return ShippedModel(weights, recipe)
+    if shipped is not None:
+        folder = package_folder() if shipped == PACKAGE else Path(shipped)
+        # The package carries the model: any of its files present means all must be, and sound.
+        if any((folder / name).exists() for name in SHIPPED_FILES):
+            model = shipped_checkpoint(folder)
+            return DefaultCheckpoint(model.path, model.description)
+    folders = demo_folders() if demo_dirs is None else [Path(d) for d in demo_dirs]
+    found = [
+        folder / DEMO_RUN / name
+        for folder in folders
+        for name in DEMO_CHECKPOINTS
+        if (folder / DEMO_RUN / name).is_file() and (folder / DEMO_RUN / name).with_suffix(".json").is_file()
+    ]
+    if found:
+        # Newest first; on equal times the order above (last before best) decides.
+        newest = max(found, key=lambda path: (path.stat().st_mtime, -found.index(path)))
+        return DefaultCheckpoint(newest, f"the newest checkpoint of `make demo`: {newest}")
+    where = ", ".join(str(folder / DEMO_RUN) for folder in folders)
+    if shipped is not None:
+        where = f"the shipped model in {package_folder() if shipped == PACKAGE else shipped}, {where}"
+    raise FastMetroError(
+        f"no checkpoint given and none found (looked for {where}): pass --checkpoint MODEL.safetensors, "
+        "reinstall fastmetro (it ships a default model), "
+        "or run `make demo` (about 20 minutes on a CPU) to train one into demo_output/run/"
+    )
 
 
 __all__ = [
     "DEFAULT_NAME",
+    "DEMO_OUTPUT",
+    "PACKAGE",
     "SHIPPED_FILES",
+    "DefaultCheckpoint",
     "ShippedModel",
+    "demo_folders",
+    "find_default_checkpoint",
     "package_folder",
     "shipped_checkpoint",
     "is_default_name",
     "resolve_checkpoint",
-    "ship_checkpoint",
 ]

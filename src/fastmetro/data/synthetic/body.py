@@ -19,6 +19,7 @@ import numpy as np
 from fastmetro.data.synthetic.poses import IntersectionTest, PoseSampler, Skeleton, part_name
 from fastmetro.errors import FastMetroError
 from fastmetro.render import VertexNormals
+from fastmetro import topology as topology_module
 
 PHENOTYPE_LABELS = (
     "gender",
@@ -64,8 +65,6 @@ class LabelMesh:
 
 def load_label_mesh(topology=None) -> LabelMesh:
     """The label mesh of fastmetro's Anny topology (or of a given Topology value)."""
-    from fastmetro import topology as topology_module
-
     if topology is None or isinstance(topology, str):
         topology = topology_module.load(topology or "anny")
     indices = getattr(topology, "source_vertex_indices", None)

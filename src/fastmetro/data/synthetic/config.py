@@ -17,6 +17,9 @@ import numpy as np
 
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
+from fastmetro.data.synthetic.pose_mix import parse_pose_mix
+from fastmetro.data.synthetic.scene import BACKGROUND_KINDS
+from fastmetro.data.synthetic.splits import get_split, split_pose_weights
 
 GENERATOR_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
@@ -57,10 +60,6 @@ class SynthConfig:
 
 def validate(config: SynthConfig) -> None:
     """One-line FastMetroError for settings no dataset can be made with."""
-    from fastmetro.data.synthetic.pose_mix import parse_pose_mix
-    from fastmetro.data.synthetic.scene import BACKGROUND_KINDS
-    from fastmetro.data.synthetic.splits import get_split, split_pose_weights
-
     where = config.out_dir
     if config.num < 1:
         raise FastMetroError(f"{where}: --num must be at least 1, got {config.num}")
@@ -85,9 +84,6 @@ def validate(config: SynthConfig) -> None:
 
 def pose_weights(config: SynthConfig) -> dict[str, float]:
     """{family: weight} that ``config`` draws from (its --poses within its split)."""
-    from fastmetro.data.synthetic.pose_mix import parse_pose_mix
-    from fastmetro.data.synthetic.splits import get_split, split_pose_weights
-
     return split_pose_weights(get_split(config.split), parse_pose_mix(config.poses), config.poses == "mixed")
 
 

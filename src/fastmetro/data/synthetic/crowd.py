@@ -32,6 +32,13 @@ from scipy.spatial.transform import Rotation
 from fastmetro.data.synthetic.scene import WORLD_TO_FRONT_CAMERA, Camera
 from fastmetro.data.synthetic.shard_maker import ShardMaker
 from fastmetro.errors import FastMetroError
+from fastmetro.io import atomic_write
+from fastmetro.data.synthetic.config import sample_generators
+from fastmetro.data.synthetic.config import SynthConfig
+from fastmetro.render import Renderer
+from fastmetro.data.synthetic.lighting import sample_lights
+from fastmetro.data.synthetic.clothing import sample_clothing
+from fastmetro.render import MeshPart
 
 #: Pose families of crowd scenes (``--poses`` syntax): mostly people on their feet, as in photos.
 CROWD_POSES = "standing=4,walking=3,sitting=0.6,kneeling=0.3,squatting=0.4,athletic=0.8,jumping=0.4,lying=0.2"
@@ -109,7 +116,6 @@ class _CrowdBodies(ShardMaker):
     drawn from crowd streams: ``pose_bodies`` takes keys ``(seed, scene index, slot)``."""
 
     def streams(self, key) -> dict[str, np.random.Generator]:
-        from fastmetro.data.synthetic.config import sample_generators
 
         seed, index, slot = key
         return sample_generators(seed, index * MAX_PEOPLE + slot, (CROWD_SALT,))
@@ -191,8 +197,6 @@ class CrowdMaker:
         poses: str = CROWD_POSES,
         depth_range: tuple[float, float] = DEPTH_RANGE,
     ):
-        from fastmetro.data.synthetic.config import SynthConfig
-        from fastmetro.render import Renderer
 
         width, height = (int(v) for v in size)
         if width < 32 or height < 32:
@@ -219,8 +223,6 @@ class CrowdMaker:
 
     def scene(self, seed: int, index: int, people: tuple[int, int] = (1, 4)) -> CrowdScene:
         """Scene ``index`` of ``seed`` with ``people[0]..people[1]`` (inclusive) people."""
-        from fastmetro.data.synthetic.lighting import sample_lights
-
         low, high = check_people(people)
         rng = np.random.default_rng([seed, index, CROWD_SALT])
         count = int(rng.integers(low, high + 1))
@@ -238,8 +240,6 @@ class CrowdMaker:
 
     def _stage(self, rng, camera: Camera, keys, vertices, normals, families) -> list[PersonMesh]:
         """Each body turned to a random heading, standing on the ground at its place, nearest first."""
-        from fastmetro.data.synthetic.clothing import sample_clothing
-
         bodies = self.bodies
         turned, colours, lifts = [], [], []
         for key, body_vertices, family in zip(keys, vertices, families):
@@ -282,8 +282,6 @@ class CrowdMaker:
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """Render ``meshes`` together: image (H, W, 3) uint8, ids (H, W) uint8 (1 + mesh index of
         the nearest surface, 0 = none) and each mesh's visible fraction (0 when wholly out of view)."""
-        from fastmetro.render import MeshPart
-
         faces = self.bodies.body.faces
         width, height = self.size
         nearest = np.full((height, width), np.inf, np.float32)
@@ -393,7 +391,6 @@ def write_labelled_set(scenes, out_dir: str | Path, prefix: str = "crowd") -> Pa
 
     import cv2
 
-    from fastmetro.io import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

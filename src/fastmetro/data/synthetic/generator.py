@@ -49,6 +49,10 @@ from fastmetro.data.synthetic.config import (  # noqa: F401  (re-exported: the g
 from fastmetro.data.synthetic.shard_maker import BOX_PADDING, SceneDraw, ShardMaker, box_of  # noqa: F401
 from fastmetro.errors import FastMetroError
 from fastmetro.io import load_npy
+from fastmetro.data.tsv import shard_is_complete
+from fastmetro.data.synthetic.body import load_label_mesh
+from fastmetro.data.tsv import shard_is_complete, write_composite_yaml
+from fastmetro.data.synthetic.preview import write_preview as write
 
 
 def read_masks(shard_yaml: str | os.PathLike, size: int) -> np.ndarray:
@@ -118,7 +122,6 @@ def generate(
     """
     from tqdm import tqdm
 
-    from fastmetro.data.tsv import shard_is_complete
 
     validate(config)
     config.out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +165,6 @@ def _render_here(config: SynthConfig, todo: list[Shard], maker: ShardMaker | Non
 
 def _render_in_workers(config: SynthConfig, todo: list[Shard], report: SynthReport, bar) -> None:
     """Render ``todo`` in ``config.workers`` spawned processes (each loads Anny and a GL context)."""
-    from fastmetro.data.synthetic.body import load_label_mesh
-
     # Loaded (or built, the first time) once here, not once per worker.
     label_mesh = load_label_mesh()
     launched = time.time()
@@ -185,8 +186,6 @@ def _render_in_workers(config: SynthConfig, todo: list[Shard], report: SynthRepo
 
 def _write_composites(config: SynthConfig, shards: list[Shard], report: SynthReport) -> None:
     """When every shard is finished, (re)write train.yaml / test.yaml over them."""
-    from fastmetro.data.tsv import shard_is_complete, write_composite_yaml
-
     if all(shard_is_complete(config.out_dir, shard.name) for shard in shards):
         for split in ("train", "test"):
             split_yamls = [config.out_dir / f"{s.name}.yaml" for s in shards if s.split == split]
@@ -196,8 +195,6 @@ def _write_composites(config: SynthConfig, shards: list[Shard], report: SynthRep
 
 def write_preview(yaml_path: str | os.PathLike, out_path: str | os.PathLike, tile: int = 256) -> Path:
     """See :func:`fastmetro.data.synthetic.preview.write_preview`."""
-    from fastmetro.data.synthetic.preview import write_preview as write
-
     return write(yaml_path, out_path, tile)
 
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
+from fastmetro.data.synthetic.pose_families import FAMILIES
+from fastmetro.data.tsv import TSVDataset
 
 # LSP-14 order (R_Ankle, R_Knee, R_Hip, L_Hip, L_Knee, L_Ankle, R_Wrist, R_Elbow, R_Shoulder,
 # L_Shoulder, L_Elbow, L_Wrist, Neck, Head): limbs drawn on the preview.
@@ -44,7 +46,6 @@ def pick_rows(dataset, cells: int) -> list[int]:
         family = dataset.label(index)[1].get("pose_family")
         if family is not None and family not in first_of:
             first_of[family] = index
-    from fastmetro.data.synthetic.pose_families import FAMILIES
 
     rows = [first_of[name] for name in FAMILIES if name in first_of][:cells]
     for index in range(len(dataset)):
@@ -90,7 +91,6 @@ def write_preview(yaml_path: str | os.PathLike, out_path: str | os.PathLike, til
     """A contact sheet PNG (3x3, or 4x3 when the data hold more than 9 pose families)."""
     import cv2
 
-    from fastmetro.data.tsv import TSVDataset
 
     dataset = TSVDataset(yaml_path)
     if len(dataset) == 0:

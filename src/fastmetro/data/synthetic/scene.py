@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from fastmetro.render import Light, MeshPart
+from fastmetro.data.synthetic import textures
 
 FOV_DEGREES = (25.0, 65.0)
 ELEVATION_DEGREES = (-15.0, 35.0)
@@ -281,7 +282,6 @@ class Backgrounds:
         return np.clip(image * tint, 0, 255).astype(np.uint8)
 
     def _procedural(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        from fastmetro.data.synthetic import textures
 
         kind = rng.integers(3)
         base, other = _random_colour(rng), _random_colour(rng)

@@ -16,6 +16,26 @@ import numpy as np
 from fastmetro.conventions import scale_from_side
 from fastmetro.data.synthetic.config import Shard, SynthConfig, pose_weights, sample_generators, validate
 from fastmetro.io import atomic_write
+from fastmetro.data.synthetic.body import AnnyBody
+from fastmetro.data.synthetic.pose_mix import FamilySampler
+from fastmetro.render import Renderer
+from fastmetro.data.synthetic.backgrounds import SplitBackgrounds
+from fastmetro.data.synthetic.scene import Backgrounds
+from fastmetro.data.synthetic.splits import get_split
+from fastmetro.data.synthetic.scene import sample_phenotypes
+from fastmetro.data.synthetic.scene import (
+    sample_camera,
+    sample_light,
+    sample_occluder,
+    sample_vertex_colours,
+)
+from fastmetro.data.synthetic.clothing import sample_clothing
+from fastmetro.data.synthetic.framing import sample_framed_camera
+from fastmetro.data.synthetic.lighting import sample_lights
+from fastmetro.data.synthetic.pose_families import FAMILIES
+from fastmetro.data.synthetic.scene import sample_occluder
+from fastmetro.data.synthetic.framing import in_image
+from fastmetro.data.tsv import TSVDatasetWriter
 
 if TYPE_CHECKING:
     from fastmetro.data.synthetic.scene import Camera
@@ -53,9 +73,6 @@ class ShardMaker:
     """Renders shards. One per process: it owns an Anny model and an OpenGL context."""
 
     def __init__(self, config: SynthConfig, label_mesh=None):
-        from fastmetro.data.synthetic.body import AnnyBody
-        from fastmetro.data.synthetic.pose_mix import FamilySampler
-        from fastmetro.render import Renderer
 
         self.body = AnnyBody(label_mesh)
         self.families = FamilySampler(self.body.pose_sampler)
@@ -68,9 +85,6 @@ class ShardMaker:
         import trimesh  # noqa: F401  (occluder meshes; imported now, not inside the first shard)
 
     def _set_config(self, config: SynthConfig) -> None:
-        from fastmetro.data.synthetic.backgrounds import SplitBackgrounds
-        from fastmetro.data.synthetic.scene import Backgrounds
-        from fastmetro.data.synthetic.splits import get_split
 
         validate(config)
         old: SynthConfig | None = getattr(self, "config", None)  # None: the first configuration
@@ -83,8 +97,6 @@ class ShardMaker:
 
     def reconfigure(self, config: SynthConfig) -> ShardMaker:
         """Reuse this maker (its loaded Anny model) for another dataset's settings."""
-        from fastmetro.render import Renderer
-
         if config.size != self.config.size:
             self.renderer.release()
             self.renderer = Renderer(config.size, config.size)
@@ -101,8 +113,6 @@ class ShardMaker:
         Returns phenotypes (B, 11), vertices (B, V, 3) and their unit normals (B, V, 3), Anny
         world, and the B family names. Version 1 draws no family (all "standing").
         """
-        from fastmetro.data.synthetic.scene import sample_phenotypes
-
         body = self.body
         streams = [self.streams(index) for index in indices]
         phenotypes = np.stack([sample_phenotypes(s["shape"]) for s in streams])
@@ -149,12 +159,6 @@ class ShardMaker:
 
     # ------------------------------------------------------------------ scenes
     def _scene_v1(self, rng: np.random.Generator, world_vertices: np.ndarray) -> SceneDraw:
-        from fastmetro.data.synthetic.scene import (
-            sample_camera,
-            sample_light,
-            sample_occluder,
-            sample_vertex_colours,
-        )
 
         camera = sample_camera(rng, world_vertices, self.config.size)
         camera_vertices = camera.to_camera(world_vertices).astype(np.float32)
@@ -165,11 +169,6 @@ class ShardMaker:
         return SceneDraw(camera, camera_vertices, colours, (light,), background, occluder)
 
     def _scene_v2(self, rng: np.random.Generator, world_vertices: np.ndarray, family: str) -> SceneDraw:
-        from fastmetro.data.synthetic.clothing import sample_clothing
-        from fastmetro.data.synthetic.framing import sample_framed_camera
-        from fastmetro.data.synthetic.lighting import sample_lights
-        from fastmetro.data.synthetic.pose_families import FAMILIES
-        from fastmetro.data.synthetic.scene import sample_occluder
 
         _, world_joints = self.body.labels(world_vertices.astype(np.float64))
         camera, cut = sample_framed_camera(
@@ -217,8 +216,6 @@ class ShardMaker:
 
     def _label(self, scene: SceneDraw, phenotypes: np.ndarray) -> tuple[dict, np.ndarray]:
         """The METRO label dict of a sample (2D visibility = inside the image) and its label vertices."""
-        from fastmetro.data.synthetic.framing import in_image
-
         size = self.config.size
         camera = scene.camera
         label_vertices, joints = self.body.labels(scene.camera_vertices.astype(np.float64))
@@ -244,8 +241,6 @@ class ShardMaker:
     # ------------------------------------------------------------------ one shard
     def make_shard(self, shard: Shard, on_sample=None) -> Path:
         """Render and publish one shard (atomic: its yaml appears last). Returns the yaml path."""
-        from fastmetro.data.tsv import TSVDatasetWriter
-
         config = self.config
         # Temporaries of this shard left by a killed run (SIGKILL skips the writer's clean-up).
         for stale in config.out_dir.glob(f".{shard.name}.*.tmp"):

@@ -28,6 +28,8 @@ from fastmetro.data.synthetic.crowd import CROWD_SALT, MAX_PEOPLE, CrowdMaker, P
 from fastmetro.data.synthetic.scene import WORLD_TO_FRONT_CAMERA, Camera
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
+from fastmetro.data.synthetic.lighting import sample_lights
+from fastmetro.data.synthetic.clothing import sample_clothing
 
 VIDEO_SALT = 57  # clip streams never coincide with a crowd scene's
 DEPTHS = (4.0, 8.0)  # metres along the ground
@@ -60,8 +62,6 @@ def render_clip(
     maker: CrowdMaker, seed: int, index: int, people: int = 2, frames: int = 30, fps: float = 15.0
 ) -> SyntheticClip:
     """Clip ``index`` of ``seed`` (see the module docstring)."""
-    from fastmetro.data.synthetic.lighting import sample_lights
-
     if not 1 <= people <= 3:
         raise FastMetroError(f"synthetic clips have 1-3 people, got {people}")
     if frames < 2:
@@ -86,7 +86,6 @@ def render_clip(
             dict(depth=depth, direction=direction, speed=speed, start=start, phase=rng.uniform(0, 2 * np.pi))
         )
     colours = []
-    from fastmetro.data.synthetic.clothing import sample_clothing
 
     for key in keys:
         own = maker.bodies.streams(key)["scene"]
