@@ -21,10 +21,10 @@ import torch
 
 
 def output_differences(name: str, images: torch.Tensor) -> dict:
-    from fastmetro.bench.runner import build_model
+    from fastmetro.bench.runner import bench_network
     from fastmetro.model.fast import prepare_for_inference
 
-    model = build_model(name, "body", "paper", images.device, seed=0)
+    model = bench_network(name, "body", "paper", images.device, seed=0)
     with torch.no_grad():
         plain = model(images)
         fast = prepare_for_inference(model)(images)

@@ -252,16 +252,10 @@ def _trainer_class():
     return StudyTrainer
 
 
-def parameter_counts(model) -> dict[str, int]:
-    """Backbone / transformer (everything else, as the paper counts) / total parameters."""
-    total = sum(p.numel() for p in model.parameters())
-    backbone = sum(p.numel() for p in model.backbone.parameters())
-    return {"backbone_params": backbone, "transformer_params": total - backbone, "total_params": total}
-
-
 def run_one(configuration: Configuration, seed: int, settings: Settings, data: dict, out: Path, topology) -> dict:
     """Train and evaluate one (configuration, seed), or reuse / resume it; returns its result."""
     from fastmetro.errors import FastMetroError
+    from fastmetro.model.fastmetro import parameter_counts
 
     run_dir = out / "runs" / configuration.slug / f"seed{seed}"
     result_path = run_dir / "result.json"
@@ -279,7 +273,7 @@ def run_one(configuration: Configuration, seed: int, settings: Settings, data: d
         run_dir,
     )
     trainer = _trainer_class()(config, topology=topology, resume=resume)
-    counts = parameter_counts(trainer.model)
+    counts = parameter_counts(trainer.model)  # backbone / transformer / total, as the paper counts
     trainer.fit()
     curve = report.read_metrics(run_dir / "metrics.jsonl")
     if not curve or curve[-1]["step"] != settings.steps:
@@ -362,34 +356,16 @@ def check_study_file(out: Path, settings: Settings, data: dict) -> None:
 MEAN_MESH_ROWS = 2_000  # training rows averaged for the mean-mesh baseline (evenly spaced)
 
 
-def mean_mesh(train_yaml: Path, topology, rows: int = MEAN_MESH_ROWS):
-    """(V0, 3) mean root-centred mesh of ``rows`` evenly spaced training rows (metres): the demo's
-    baseline (:func:`fastmetro.engine.demo.mean_mesh`) on a sample, since it decodes every image."""
-    import torch
-
-    from fastmetro.data.dataset import MeshDataset
-
-    dataset = MeshDataset(train_yaml, topology, train=False, image_size=32)
-    indices = sorted(set(int(i) for i in torch.linspace(0, len(dataset) - 1, min(rows, len(dataset)))))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=64)
-    total, count = torch.zeros(topology.num_vertices, 3, dtype=torch.float64), 0
-    for batch in loader:
-        available = batch["has_vertices"] > 0.5
-        total += batch["vertices"][available].double().sum(dim=0)
-        count += int(available.sum())
-    return (total / max(count, 1)).float()
-
-
 def baseline(out: Path, data: dict, topology, num_workers: int) -> dict:
     """The mean-mesh baseline on the held-out (and generalisation) split, cached in ``baseline.json``."""
-    from fastmetro.engine.demo import baseline_metrics
+    from fastmetro.engine.demo import baseline_metrics, mean_mesh
     from fastmetro.io import atomic_write
 
     path = out / "baseline.json"
     if path.is_file():
         return json.loads(path.read_text())
     logging.info("mean-mesh baseline: mean mesh of %s", data["train"])
-    mean_vertices = mean_mesh(Path(data["train"]), topology)
+    mean_vertices = mean_mesh(Path(data["train"]), topology, num_workers, rows=MEAN_MESH_ROWS)
     values = {"test": baseline_metrics(Path(data["test"]), topology, mean_vertices, num_workers)}
     if data.get("generalisation"):
         values["generalisation"] = baseline_metrics(Path(data["generalisation"]), topology, mean_vertices, num_workers)

@@ -199,18 +199,18 @@ def test_infer_without_checkpoint_end_to_end(installed, tmp_path, capsys):
 def test_train_starts_from_the_default(installed, tmp_path):
     """``model.checkpoint=default``: the run's initial weights are the shipped ones (in float32)."""
     from fastmetro import topology as topology_module
-    from fastmetro.engine.train import build_model
+    from fastmetro.engine.train import model_for_training
     from fastmetro.model.factory import load_model
     from train_helpers import tiny_config
 
     config = tiny_config(tmp_path / "run", extra=["model.checkpoint=default"])
-    model = build_model(config, topology_module.load("anny"))
+    model = model_for_training(config, topology_module.load("anny"))
     reference = load_model(installed / "default.safetensors")
     for key, value in model.state_dict().items():
         assert value.dtype == reference.state_dict()[key].dtype and torch.equal(value, reference.state_dict()[key]), key
     config = tiny_config(tmp_path / "run", extra=["model.checkpoint=default", "model.overrides={model_dims: [96, 32]}"])
     with pytest.raises(FastMetroError) as error:  # another architecture cannot start from these weights
-        build_model(config, topology_module.load("anny"))
+        model_for_training(config, topology_module.load("anny"))
     assert "default.safetensors" in one_line(error)
 
 

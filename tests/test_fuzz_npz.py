@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 from data_helpers import tiny_topology
 from fastmetro.data.convert import read_annotations
 from fastmetro.io import load_npz_restricted, restricted_loads
-from fastmetro.model.backbone import read_state_dict
+from fastmetro.model_files import read_state_dict
 from fastmetro.topology import Topology
 from fuzz_helpers import (
     expect_clean,

@@ -84,9 +84,9 @@ def tiny_config(output_dir, steps=4, batch_size=2, extra=()) -> ExperimentConfig
 
 
 def build_tiny_model(config: ExperimentConfig, topology):
-    from fastmetro.engine.train import build_model
+    from fastmetro.engine.train import model_for_training
 
-    return build_model(config, topology)
+    return model_for_training(config, topology)
 
 
 def state_vector(model) -> torch.Tensor:

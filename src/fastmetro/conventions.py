@@ -39,6 +39,8 @@ import numpy as np
 #: ImageNet normalisation of RGB values in [0, 1] (released preprocessing).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The released models' square input crop (pixels): every default input size in fastmetro.
+IMAGE_SIZE = 224
 #: The released label convention: ``scale`` = square box side / SCALE_UNIT pixels.
 SCALE_UNIT = 200.0
 #: Shrinking a crop by at least this factor first area-averages the image (no aliasing).

@@ -1,4 +1,8 @@
-"""SMPL/MANO model pickles: the one restricted reader and the one allow-list for them.
+"""Untrusted model files, read in one place with one policy: weights files (state dicts) and
+SMPL/MANO model pickles.
+
+:func:`read_state_dict` reads ``.safetensors`` or torch files weights-only (the backbone's ImageNet
+weights, official checkpoints, a torchvision detector's weights all come through it).
 
 The licensed model files (``SMPL_NEUTRAL.pkl``, ``basicModel_*.pkl``, ``MANO_RIGHT.pkl``) are
 pickled dicts whose arrays are *chumpy* objects, often written by Python 2 at protocol 0-2.
@@ -13,10 +17,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from fastmetro.errors import FastMetroError
 from fastmetro.io import PickledObject, RestrictedUnpickler, numpy_scipy_classes
@@ -161,4 +169,54 @@ def chumpy_to_numpy(value: Any, depth: int = 0) -> Any:
     raise ValueError(f"unsupported chumpy node {kind}")
 
 
-__all__ = ["ChumpyNode", "chumpy_to_numpy", "model_pickle_classes", "read_model_pickle"]
+def read_state_dict(path: str | os.PathLike, what: str = "file") -> dict[str, torch.Tensor]:
+    """A flat name -> tensor mapping from ``.safetensors`` or a torch file, read weights-only
+    (no pickled code runs); ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and the
+    ``module.`` prefix of a DistributedDataParallel save are removed.
+
+    Raises:
+        FastMetroError: ``"<path>: <what> not found"``, or one line saying what the file is not.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FastMetroError(f"{path}: {what} not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise FastMetroError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (corrupt zip, unpickling refused, truncated...)
+        raise FastMetroError(f"{path}: {_torch_load_problem(error)}") from None
+    # Common wrappers: {"state_dict": ...} / {"model": ...}.
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not loaded:
+        raise FastMetroError(f"{path}: does not hold a state dict (got {type(loaded).__name__})")
+    bad = [key for key, value in loaded.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+    if bad:
+        raise FastMetroError(f"{path}: entry {bad[0]!r} is not a tensor; not a state dict")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in one line and without torch's advice to
+    switch the protection off: the refused pickled global by name, else the unpickler's reason."""
+    text = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (
+            f"not a readable weights-only torch file (refusing to load the pickled global '{refused.group(1)}'; "
+            "only tensors and plain containers are read)"
+        )
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif "Weights only load failed" in text:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"not a readable weights-only torch file ({lines[0] if lines else type(error).__name__})"
+
+
+__all__ = ["ChumpyNode", "chumpy_to_numpy", "model_pickle_classes", "read_model_pickle", "read_state_dict"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fastmetro.bench import measure, report
-from fastmetro.bench.runner import BenchConfig, build_model, export_fast_onnx, onnx_session
+from fastmetro.bench.runner import BenchConfig, bench_network, export_fast_onnx, onnx_session
 from fastmetro.model.fast import prepare_for_inference
 
 
@@ -99,7 +99,7 @@ def run_lossy(config: BenchConfig, num_images: int = 8, progress=None) -> dict:
             for task in config.tasks:
                 if progress is not None:
                     progress(f"lossy {name} {task}")
-                model = build_model(name, task, config.flavor, device, config.seed)
+                model = bench_network(name, task, config.flavor, device, config.seed)
                 paths = lossy_paths(model, config, device, Path(workdir) / f"{name}-{task}")
                 reference = paths["fast"](fixed)
                 centroid = reference["fine_vertices"] - reference["fine_vertices"].mean(axis=1, keepdims=True)

@@ -25,6 +25,7 @@ import torch
 
 from fastmetro.bench import measure
 from fastmetro.bench.topologies import synthetic_topology
+from fastmetro.conventions import IMAGE_SIZE
 from fastmetro.devices import check_device_name, resolve_device
 from fastmetro.errors import FastMetroError
 from fastmetro.inference.export import OUTPUT_NAMES, export_onnx
@@ -55,7 +56,7 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 8)
     dtype: str = "fp32"
     paths: tuple[str, ...] = ("plain", "fast")
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     warmup: int = 3
     repeats: int = 10
     compile: bool = False
@@ -104,7 +105,7 @@ class PathRunner:
     context: object = field(default=contextlib.nullcontext)
 
 
-def build_model(name: str, task: str, flavor: str, device: torch.device, seed: int) -> torch.nn.Module:
+def bench_network(name: str, task: str, flavor: str, device: torch.device, seed: int) -> torch.nn.Module:
     """A seeded random-weight network on the synthetic topology of ``task``, in eval mode."""
     torch.manual_seed(seed)
     config = model_config(name, flavor)
@@ -185,7 +186,7 @@ def _rate(flops: int | None, milliseconds: float | None) -> float | None:
 def measure_variant(name: str, task: str, config: BenchConfig, device: torch.device, workdir: Path) -> list[dict]:
     """Rows for one (model, task): every path at every batch size. The plain path is always
     measured (the reference of the ``*_speedup`` ratios); its rows are kept if asked for."""
-    model = build_model(name, task, config.flavor, device, config.seed)
+    model = bench_network(name, task, config.flavor, device, config.seed)
     counts = parameter_counts(cast("FastMETRO | METRO", model))
     paths = ["plain"] + [p for p in config.paths if p != "plain"]
     runners = {path: make_path(path, model, config, device, workdir) for path in paths}

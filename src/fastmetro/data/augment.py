@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fastmetro.conventions import crop_matrix, normalise_image, normalised_matrix, rotation_2d, side_from_scale
+from fastmetro.conventions import IMAGE_SIZE, crop_matrix, normalise_image, normalised_matrix, rotation_2d, side_from_scale
 from fastmetro.conventions import warp_crop
 
 
@@ -106,7 +106,7 @@ def crop_to_normalised(center, scale: float, params: AugmentParams) -> np.ndarra
     return normalised_matrix(center, crop_side(scale, params), params.rotation)
 
 
-def crop_image(image: np.ndarray, center, scale: float, params: AugmentParams, size: int = 224) -> np.ndarray:
+def crop_image(image: np.ndarray, center, scale: float, params: AugmentParams, size: int = IMAGE_SIZE) -> np.ndarray:
     """(H, W, 3) uint8 -> (S, S, 3) uint8 crop (rotated, scaled, flipped; outside = black), with
     the same warp as inference (:func:`fastmetro.conventions.warp_crop`)."""
     matrix = crop_matrix(center, crop_side(scale, params), size, params.rotation, params.flip)

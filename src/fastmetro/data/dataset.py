@@ -35,7 +35,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from fastmetro.conventions import centre_joints, centre_mesh
+from fastmetro.conventions import IMAGE_SIZE, centre_joints, centre_mesh
 from fastmetro.data.augment import (
     AugmentConfig,
     apply_occlusion,
@@ -77,7 +77,7 @@ class MeshDataset(torch.utils.data.Dataset):
         topology,
         train: bool = False,
         augment: AugmentConfig | None = None,
-        image_size: int = 224,
+        image_size: int = IMAGE_SIZE,
         body_model=None,
         skip_bad_rows: bool = False,
         seed: int = 0,

@@ -46,8 +46,15 @@ def create_loader(
     drop_last: bool = False,
     seed: int | None = None,
     pin_memory: bool = False,
+    persistent_workers: bool | None = None,
 ) -> SafeLoader:
-    """A DataLoader over sample dicts (keys collate to a list of str), wrapped in :class:`SafeLoader`."""
+    """A DataLoader over sample dicts (keys collate to a list of str), wrapped in :class:`SafeLoader`:
+    the one loader factory of training, evaluation and the demo.
+
+    ``seed`` seeds the loader's own generator (shuffling, worker seeds), never the global RNG, so a
+    resumed run draws what the uninterrupted one would. ``persistent_workers`` None: kept when
+    there are workers.
+    """
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
@@ -60,7 +67,7 @@ def create_loader(
         drop_last=drop_last,
         generator=generator,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers and num_workers > 0,
     )
     return SafeLoader(loader)
 

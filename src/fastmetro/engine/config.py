@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from fastmetro.conventions import IMAGE_SIZE
 from fastmetro.data.augment import AugmentConfig
 from fastmetro.devices import check_device_name
 from fastmetro.engine.losses import LossConfig
@@ -46,7 +47,7 @@ class ModelConfig:
 class DataConfig:
     train: str = ""  # dataset yaml
     val: str | None = None  # dataset yaml for evaluation during training
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     augment: bool = True
     augment_overrides: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields
     body_model: str | None = None  # SMPL/MANO model file for rows with pose/betas labels

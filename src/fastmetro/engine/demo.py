@@ -24,6 +24,7 @@ import torch
 from fastmetro import metrics
 from fastmetro.conventions import side_from_scale
 from fastmetro.data.dataset import MeshDataset
+from fastmetro.data.loader import create_loader
 from fastmetro.data.tsv import TSVDataset
 from fastmetro.engine.config import config_path, load_config
 from fastmetro.engine.evaluate import format_metrics, summarise
@@ -89,10 +90,14 @@ def synthesize(out_dir: Path, num: int, workers: int) -> Path:
     return out_dir
 
 
-def mean_mesh(train_yaml: Path, topology, num_workers: int) -> torch.Tensor:
-    """(V0, 3) mean root-centred ground-truth mesh of the training split, metres."""
-    dataset = MeshDataset(train_yaml, topology, train=False, image_size=32)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=num_workers)
+def mean_mesh(train_yaml: Path, topology, num_workers: int, rows: int | None = None) -> torch.Tensor:
+    """(V0, 3) mean root-centred ground-truth mesh of the training split, metres: of every row, or
+    of ``rows`` evenly spaced ones (each row's image is decoded, so a large split is sampled)."""
+    dataset: MeshDataset | torch.utils.data.Subset = MeshDataset(train_yaml, topology, train=False, image_size=32)
+    if rows is not None:
+        indices = sorted({int(i) for i in torch.linspace(0, len(dataset) - 1, min(rows, len(dataset)))})
+        dataset = torch.utils.data.Subset(dataset, indices)
+    loader = create_loader(dataset, batch_size=64, num_workers=num_workers)
     total = torch.zeros(topology.num_vertices, 3, dtype=torch.float64)
     count = 0
     for batch in loader:
@@ -107,7 +112,7 @@ def mean_mesh(train_yaml: Path, topology, num_workers: int) -> torch.Tensor:
 def baseline_metrics(test_yaml: Path, topology, mean_vertices: torch.Tensor, num_workers: int) -> dict:
     """Metrics of predicting ``mean_vertices`` for every held-out sample (same protocol as the model)."""
     dataset = MeshDataset(test_yaml, topology, train=False, image_size=32)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=num_workers)
+    loader = create_loader(dataset, batch_size=64, num_workers=num_workers)
     rows, names = [], None
     for batch in loader:
         size = batch["vertices"].shape[0]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastmetro import metrics
+from fastmetro.data.loader import SafeLoader, create_loader
 from fastmetro.engine.distributed import DistInfo, EvalSampler, all_gather_rows
 
 if TYPE_CHECKING:
@@ -39,16 +40,16 @@ class EvalSetup:
     dist: DistInfo = DistInfo()
 
 
-def eval_loader(dataset, batch_size: int, num_workers: int, dist: DistInfo) -> torch.utils.data.DataLoader:
+def eval_loader(dataset, batch_size: int, num_workers: int, dist: DistInfo) -> SafeLoader:
     """A loader where each process sees a disjoint share of the samples (no padding)."""
-    return torch.utils.data.DataLoader(
+    return create_loader(
         dataset,
         batch_size=batch_size,
         sampler=EvalSampler(len(dataset), dist.rank, dist.world_size),
         num_workers=num_workers,
         pin_memory=dist.device.type == "cuda",
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(0),  # leave the global RNG alone (exact resume)
+        persistent_workers=False,  # made anew for every evaluation
+        seed=0,  # leave the global RNG alone (exact resume)
     )
 
 

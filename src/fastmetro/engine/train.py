@@ -38,6 +38,7 @@ from fastmetro import topology as topology_module
 from fastmetro.data.augment import AugmentConfig, body_augment_config, hand_augment_config
 from fastmetro.data.body_models import load_body_model as load
 from fastmetro.data.dataset import MeshDataset
+from fastmetro.data.loader import SafeLoader, create_loader
 from fastmetro.engine import distributed
 from fastmetro.engine.config import ExperimentConfig, check_topology, to_dict
 from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, format_metrics
@@ -54,7 +55,7 @@ STATE_FORMAT = "fastmetro-train-state"
 
 
 # ---------------------------------------------------------------------- building blocks
-def build_model(config: ExperimentConfig, topology, resume_from: Path | None = None):
+def model_for_training(config: ExperimentConfig, topology, resume_from: Path | None = None):
     """The network of ``config`` (its spec records ``data.image_size``); with ``resume_from``, the
     one saved in that checkpoint, which must be the same model."""
     model_config = config.model
@@ -261,7 +262,9 @@ class Trainer:
         if resume:
             state_path = self.output_dir / "last.state.pt" if resume is True else Path(resume)
         if model is None:
-            model = build_model(config, self.topology, resume_from=_weights_of(state_path) if state_path else None)
+            model = model_for_training(
+                config, self.topology, resume_from=_weights_of(state_path) if state_path else None
+            )
         self.model = model.to(self.device)
         body_model = load_body_model(config)  # ground truth for has_smpl rows; the regressor's losses
         has_regressor = getattr(self.model.config, "smpl_parameter_regressor", False)
@@ -311,7 +314,7 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ data
-    def train_loader(self) -> torch.utils.data.DataLoader:
+    def train_loader(self) -> SafeLoader:
         data = self.config.data
         weights = None
         if hasattr(self.train_dataset, "weights") and getattr(self.train_dataset, "weights", None) is not None:
@@ -326,16 +329,14 @@ class Trainer:
             weights=weights,
         )
         # Worker seeds come from this generator, not the global RNG: resuming stays exact.
-        generator = torch.Generator().manual_seed(self.config.train.seed * 7919 + self.step * 31 + self.dist.rank)
-        return torch.utils.data.DataLoader(
+        return create_loader(
             self.train_dataset,
             batch_size=data.batch_size,
             sampler=sampler,
             num_workers=data.num_workers,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
-            generator=generator,
-            persistent_workers=data.num_workers > 0,
+            seed=self.config.train.seed * 7919 + self.step * 31 + self.dist.rank,
         )
 
     # ------------------------------------------------------------------ state files

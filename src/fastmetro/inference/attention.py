@@ -13,6 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from fastmetro.conventions import IMAGE_SIZE
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 from fastmetro.inference.outputs import depth_range
@@ -54,7 +55,7 @@ def crop_heatmap(person: PersonPrediction, joint: int, crop_size: int) -> np.nda
     return cv2.resize(grid, (crop_size, crop_size), interpolation=cv2.INTER_LINEAR)
 
 
-def image_heatmap(person: PersonPrediction, joint: int, image_size: tuple[int, int], crop_size: int = 224):
+def image_heatmap(person: PersonPrediction, joint: int, image_size: tuple[int, int], crop_size: int = IMAGE_SIZE):
     """Cross-attention pasted back into the full image: (H, W) scores and (H, W) bool coverage."""
     width, height = image_size
     heat = crop_heatmap(person, joint, crop_size)
@@ -81,7 +82,7 @@ def image_heatmap(person: PersonPrediction, joint: int, image_size: tuple[int, i
 
 
 def cross_attention_image(
-    image: np.ndarray, person: PersonPrediction, joint: int, crop_size: int = 224, opacity: float = 0.55
+    image: np.ndarray, person: PersonPrediction, joint: int, crop_size: int = IMAGE_SIZE, opacity: float = 0.55
 ) -> np.ndarray:
     """(H, W, 3) uint8: the image with the joint's cross-attention heat map and the joint marked."""
     height, width = image.shape[:2]

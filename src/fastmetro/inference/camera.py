@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastmetro.conventions import (
+    IMAGE_SIZE,
     crop_matrix,
     perspective_project,
     scale_from_side,
@@ -47,7 +48,6 @@ from fastmetro.inference.boxes import check_box
 #: The released demo's perspective focal length for a 224-pixel crop (pixels).
 RELEASED_CROP_FOCAL = 1000.0
 #: The released crop size (pixels).
-CROP_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class CropBox:
         points = np.asarray(points, dtype=np.float64)
         return points * (self.side / 2.0) + np.asarray(self.center)
 
-    def crop_matrix(self, crop_size: int = CROP_SIZE, flip: bool = False) -> np.ndarray:
+    def crop_matrix(self, crop_size: int = IMAGE_SIZE, flip: bool = False) -> np.ndarray:
         """(2, 3) affine map from full-image pixels to crop pixels (OpenCV pixel centres).
 
         ``flip`` mirrors the crop horizontally (left hands are run through the right-hand model).
@@ -122,7 +122,7 @@ def whole_image_box(image_size: tuple[int, int]) -> CropBox:
     return CropBox(center=((width - 1) / 2.0, (height - 1) / 2.0), side=float(max(width, height)))
 
 
-def crop_image(image: np.ndarray, box: CropBox, crop_size: int = CROP_SIZE, flip: bool = False) -> np.ndarray:
+def crop_image(image: np.ndarray, box: CropBox, crop_size: int = IMAGE_SIZE, flip: bool = False) -> np.ndarray:
     """Warp the square ``box`` of ``image`` (H, W, 3) uint8 to a (R, R, 3) uint8 crop with the
     shared crop warp (:func:`fastmetro.conventions.warp_crop`: zeros outside the image, area
     averaging first when the crop shrinks the image a lot)."""
@@ -152,7 +152,7 @@ def fit_weak_perspective(points: np.ndarray, normalised: np.ndarray) -> np.ndarr
 
 
 def default_focal_length(
-    image_size: tuple[int, int], crop_focal: float = RELEASED_CROP_FOCAL, crop_size: int = CROP_SIZE
+    image_size: tuple[int, int], crop_focal: float = RELEASED_CROP_FOCAL, crop_size: int = IMAGE_SIZE
 ) -> float:
     """Focal length (pixels) of the full-image camera: the released crop focal, scaled so the
     whole image (its longer side) plays the role of the 224-pixel crop."""
@@ -160,7 +160,7 @@ def default_focal_length(
 
 
 def crop_perspective_camera(
-    camera: Sequence[float], crop_size: int = CROP_SIZE, focal_length: float = RELEASED_CROP_FOCAL
+    camera: Sequence[float], crop_size: int = IMAGE_SIZE, focal_length: float = RELEASED_CROP_FOCAL
 ) -> tuple[np.ndarray, np.ndarray]:
     """The crop's perspective camera equivalent to ``(s, tx, ty)`` (released demo convention).
 
@@ -215,7 +215,6 @@ def _checked_camera(camera: Sequence[float]) -> tuple[float, float, float]:
 
 __all__ = [
     "CropBox",
-    "CROP_SIZE",
     "RELEASED_CROP_FOCAL",
     "square_box",
     "whole_image_box",

@@ -21,6 +21,7 @@ import torch
 
 from fastmetro.errors import FastMetroError
 from fastmetro.mediapipe.people import FoundPerson, PeopleFinder
+from fastmetro.model_files import read_state_dict
 
 #: COCO category id of "person" in torchvision's detection models.
 COCO_PERSON = 1
@@ -53,26 +54,6 @@ class Detection:
 
 class PersonDetector(Protocol):
     def __call__(self, image: np.ndarray) -> list[Detection]: ...
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a torch file (``weights_only=True``)."""
-    if not path.is_file():
-        raise FastMetroError(f"{path}: detector weights not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt file, pickle with forbidden globals...
-        raise FastMetroError(f"{path}: cannot read detector weights ({type(error).__name__}: {error})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # torchvision reference training checkpoints
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FastMetroError(f"{path}: not a state dict of tensors")
-    return {key.removeprefix("module."): value for key, value in state.items()}
 
 
 def build_matching(state: dict[str, torch.Tensor], source: Path, architecture: str | None = None):
@@ -145,7 +126,7 @@ class TorchvisionDetector:
         device: str | torch.device = "cpu",
     ):
         path = Path(weights)
-        self.model, self.architecture = build_matching(read_weights(path), path, architecture)
+        self.model, self.architecture = build_matching(read_state_dict(path, "detector weights"), path, architecture)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.score_threshold = float(score_threshold)
@@ -298,7 +279,6 @@ __all__ = [
     "MediaPipeDetector",
     "detector_for",
     "make_detector",
-    "read_weights",
     "ARCHITECTURES",
     "COCO_PERSON",
 ]

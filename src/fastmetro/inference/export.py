@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastmetro.conventions import root_centred
+from fastmetro.conventions import IMAGE_SIZE, root_centred
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save
 from fastmetro.model.fast import inference_view
@@ -131,12 +131,12 @@ def _mha_fast_path_disabled():
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def example_input(image_size: int = 224, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
+def example_input(image_size: int = IMAGE_SIZE, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, 3, image_size, image_size, generator=generator)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int = 224, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int = IMAGE_SIZE, opset: int = 17) -> Path:
     """Write ``model`` as ONNX (dynamic batch axis) to ``path`` atomically."""
     path = Path(path)
     wrapper = ExportWrapper(model).cpu()
@@ -165,7 +165,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int = 224
     return path
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: int = 224) -> Path:
+def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: int = IMAGE_SIZE) -> Path:
     """Write ``model`` as a traced TorchScript module to ``path`` atomically."""
     path = Path(path)
     wrapper = ExportWrapper(model).cpu()
@@ -175,7 +175,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, image_size: in
     return path
 
 
-def export(model: nn.Module, path: str | os.PathLike, format: str, image_size: int = 224) -> Path:
+def export(model: nn.Module, path: str | os.PathLike, format: str, image_size: int = IMAGE_SIZE) -> Path:
     if format == "onnx":
         return export_onnx(model, path, image_size)
     if format == "torchscript":

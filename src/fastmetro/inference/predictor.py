@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from fastmetro import topology as topology_module
-from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD, normalise_image, root_centred, weak_perspective_project
+from fastmetro.conventions import (
+    IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalise_image,
+    root_centred,
+    weak_perspective_project,
+)
 from fastmetro.data.body_models import load_body_model
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
@@ -182,7 +189,7 @@ class Predictor:
         assert model is not None  # loaded from the checkpoint or given
         spec = getattr(model, "spec", None)
         if image_size is None:
-            image_size = spec.input.image_size if spec is not None else cam.CROP_SIZE
+            image_size = spec.input.image_size if spec is not None else IMAGE_SIZE
         if image_size < 32:
             raise FastMetroError(f"image_size must be >= 32, got {image_size}")
         self.device = torch.device(device)

@@ -12,15 +12,14 @@ in the local Hugging Face cache, and ``load_backbone_weights`` reads a local fil
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from fastmetro.errors import FastMetroError
+from fastmetro.model_files import read_state_dict
 
 
 @dataclass(frozen=True)
@@ -106,53 +105,6 @@ def cached_pretrained_file(name: str, tag: str | None = None) -> Path:
     return candidates[0]
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a flat name -> tensor mapping from ``.safetensors`` or a torch file (weights only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FastMetroError(f"{path}: file not found")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise FastMetroError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 (corrupt zip, unpickling refused, truncated...)
-        raise FastMetroError(f"{path}: {_torch_load_problem(error)}") from None
-    # Common wrappers: {"state_dict": ...} / {"model": ...}.
-    for key in ("state_dict", "model"):
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-    if not isinstance(loaded, dict) or not loaded:
-        raise FastMetroError(f"{path}: does not hold a state dict (got {type(loaded).__name__})")
-    bad = [key for key, value in loaded.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
-    if bad:
-        raise FastMetroError(f"{path}: entry {bad[0]!r} is not a tensor; not a state dict")
-    return loaded
-
-
-def _torch_load_problem(error: Exception) -> str:
-    """What ``torch.load(weights_only=True)`` refused, in one line and without torch's advice to
-    switch the protection off: the refused pickled global by name, else the unpickler's reason."""
-    text = str(error)
-    refused = re.search(r"GLOBAL ([\w.]+)", text)
-    if refused:
-        return (
-            f"not a readable weights-only torch file (refusing to load the pickled global '{refused.group(1)}'; "
-            "only tensors and plain containers are read)"
-        )
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    elif "Weights only load failed" in text:
-        text = ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"not a readable weights-only torch file ({lines[0] if lines else type(error).__name__})"
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     """Load local ImageNet weights (timm or torchvision names) into a timm backbone.
 
@@ -160,7 +112,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     without its head) are skipped; anything else missing, unexpected or mis-shaped is an error.
     """
     path = Path(path)
-    state = {key.removeprefix("module."): value for key, value in read_state_dict(path).items()}
+    state = read_state_dict(path, "backbone weights")
     expected = backbone.state_dict()
     classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "fc"
     unexpected = [k for k in state if k not in expected and not k.startswith(f"{classifier}.")]

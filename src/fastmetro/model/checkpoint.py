@@ -26,9 +26,9 @@ import torch
 
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_save, atomic_write
-from fastmetro.model.backbone import read_state_dict
 from fastmetro.model.presets import build_on_meta, canonical_name, make_spec, model_config, sized_topology
 from fastmetro.model.spec import FORMAT, ModelSpec, TopologySpec
+from fastmetro.model_files import read_state_dict
 
 # torchvision ResNet Sequential index (as released) <-> timm ResNet module name.
 _RESNET_OFFICIAL_TO_OURS = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}

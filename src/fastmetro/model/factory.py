@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 
 from fastmetro import topology as topology_module
+from fastmetro.conventions import IMAGE_SIZE
 from fastmetro.errors import FastMetroError
 from fastmetro.model import checkpoint as ckpt
 from fastmetro.model.backbone import load_backbone_weights
-from fastmetro.model.presets import build_model, canonical_name, make_spec, model_config
+from fastmetro.model.presets import build_network, canonical_name, make_spec, model_config
 from fastmetro.model.spec import InputSpec, ModelSpec
 from fastmetro.weights import resolve_checkpoint
 
@@ -57,8 +58,8 @@ def create_model(
             raise FastMetroError("create_model needs a model name (e.g. 'FastMETRO-S-R50') or a checkpoint")
 
         mesh = topology_module.load(topology, data_dir)
-        spec = make_spec(name, mesh, flavor or "paper", overrides, image_size or 224)
-        model = build_model(spec, mesh, pretrained=pretrained)
+        spec = make_spec(name, mesh, flavor or "paper", overrides, image_size or IMAGE_SIZE)
+        model = build_network(spec, mesh, pretrained=pretrained)
     if backbone_weights is not None:
         load_backbone_weights(model.backbone, backbone_weights)
     return model
@@ -127,7 +128,7 @@ def _load(path: Path, topology, device, data_dir, name, flavor, overrides):
             found = {**found, "smpl_parameter_regressor": True}
         spec = make_spec(inferred, mesh, loaded.flavor or flavor or "paper", {**found, **overrides})
     _check_sizes(loaded, mesh)
-    model = build_model(spec, mesh)
+    model = build_network(spec, mesh)
     ckpt.load_strict(model, loaded.state_dict, source=str(path))
     return model.to(device)
 

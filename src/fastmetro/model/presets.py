@@ -1,5 +1,5 @@
 """Named presets (``FastMETRO-S-R50``, ``FastMETRO-L-H64``, ...) -> :class:`FastMETROConfig`,
-their :class:`~fastmetro.model.spec.ModelSpec`, and :func:`build_model` (a fresh network for a
+their :class:`~fastmetro.model.spec.ModelSpec`, and :func:`build_network` (a fresh network for a
 spec). Loading from checkpoints is :mod:`fastmetro.model.factory`.
 
 A name is ``FastMETRO-<variant>-<backbone>[+<ablation>]`` (case-insensitive):
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from fastmetro.conventions import IMAGE_SIZE
 from fastmetro.errors import FastMetroError
 from fastmetro.model.backbone import BACKBONES
 from fastmetro.model.fastmetro import FastMETRO, FastMETROConfig, parameter_counts
@@ -164,7 +165,7 @@ def count_parameters(name: str, flavor: str = "paper", task: str = "body", **ove
 
 
 def make_spec(
-    name: str, topology, flavor: str = "paper", overrides: dict | None = None, image_size: int = 224
+    name: str, topology, flavor: str = "paper", overrides: dict | None = None, image_size: int = IMAGE_SIZE
 ) -> ModelSpec:
     """The :class:`ModelSpec` of a preset on ``topology`` (the name is checked and canonicalised;
     the overrides are checked by building the config)."""
@@ -179,7 +180,7 @@ def make_spec(
     )
 
 
-def build_model(spec: ModelSpec, topology, pretrained: bool = False) -> FastMETRO:
+def build_network(spec: ModelSpec, topology, pretrained: bool = False) -> FastMETRO:
     """A freshly initialised network for ``spec`` on ``topology`` (``model.spec`` is ``spec``)."""
     config = model_config(spec.name, spec.flavor, **dict(spec.overrides))
     if not spec.topology.fits(topology):

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastmetro.conventions import IMAGENET_MEAN, IMAGENET_STD
+from fastmetro.conventions import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from fastmetro.errors import FastMetroError
 
 FORMAT = "fastmetro-checkpoint"
@@ -87,7 +87,7 @@ class InputSpec:
     """The network input: ``image_size`` x ``image_size`` crops, normalised with ``mean``/``std``
     (RGB in [0, 1])."""
 
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -194,7 +194,7 @@ def _parse(data: Any, source: str) -> ModelSpec:
 def _parse_input(data: Any, source: str) -> InputSpec:
     if not isinstance(data, dict):
         _fail(source, "field 'input' must be an object")
-    size = data.get("image_size", 224)
+    size = data.get("image_size", IMAGE_SIZE)
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
         _fail(source, f"field 'input.image_size' must be an integer in 16..4096, got {size!r}")
     values: dict[str, tuple[float, float, float]] = {}

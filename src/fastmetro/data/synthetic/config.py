@@ -20,6 +20,7 @@ from fastmetro.io import atomic_write
 from fastmetro.data.synthetic.pose_mix import parse_pose_mix
 from fastmetro.data.synthetic.scene import BACKGROUND_KINDS
 from fastmetro.data.synthetic.splits import get_split, split_pose_weights
+from fastmetro.conventions import IMAGE_SIZE
 
 GENERATOR_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
@@ -37,7 +38,7 @@ class SynthConfig:
     out_dir: Path
     num: int
     seed: int = 0
-    size: int = 224
+    size: int = IMAGE_SIZE
     workers: int = 1
     shard_size: int = 256
     test_fraction: float = 0.1
