@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,31 @@ def test_per_sample_metrics_uses_mesh_joints(smpl_topology):
     )
     assert out["mpjpe"].min().item() > 1.0
     assert out["pa_mpjpe"].max().item() < 1e-3
+
+
+def test_mean_dihedral_angle_of_a_hinge_and_a_sheet():
+    from fastmetro.metrics import face_pairs, mean_dihedral_angle
+
+    faces = np.array([[0, 1, 2], [1, 0, 3]])
+    assert face_pairs(faces).tolist() == [[0, 1]]
+    angle = np.deg2rad(30.0)
+    hinge = np.array([[0, 0, 0], [1, 0, 0], [0.5, 1, 0], [0.5, -np.cos(angle), -np.sin(angle)]])
+    flat = hinge.copy()
+    flat[3] = [0.5, -1, 0]
+    both = torch.tensor(np.stack([hinge, flat]), dtype=torch.float32)
+    assert mean_dihedral_angle(both, faces).tolist() == pytest.approx([30.0, 0.0], abs=1e-3)
+
+
+def test_rough_surfaces_have_larger_dihedral_angles():
+    from fastmetro.metrics import mean_dihedral_angle
+
+    grid = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0), indexing="ij"), -1).reshape(-1, 2)
+    index = np.arange(36).reshape(6, 6)
+    faces = np.concatenate(
+        [np.stack([index[:-1, :-1], index[1:, :-1], index[1:, 1:]], -1).reshape(-1, 3),
+         np.stack([index[:-1, :-1], index[1:, 1:], index[:-1, 1:]], -1).reshape(-1, 3)]
+    )  # fmt: skip
+    smooth = np.column_stack([grid, 0.05 * grid[:, 0] ** 2])
+    rough = smooth + np.column_stack([np.zeros((36, 2)), np.random.default_rng(0).normal(0, 0.3, 36)])
+    smooth_angle, rough_angle = mean_dihedral_angle(torch.tensor(np.stack([smooth, rough])).float(), faces)
+    assert smooth_angle < 5.0 < 15.0 < rough_angle

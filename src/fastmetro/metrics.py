@@ -171,3 +171,29 @@ def per_sample_metrics(
         for column, threshold in enumerate(fscore_thresholds_mm):
             out[f"f@{threshold:g}mm"] = scores[:, column]
     return out
+
+
+def face_pairs(faces: np.ndarray) -> np.ndarray:
+    """(P, 2) indices of the faces that share an edge (trimesh's face adjacency)."""
+    import trimesh  # only the smoothness metric needs it
+
+    return np.asarray(trimesh.graph.face_adjacency(np.asarray(faces, dtype=np.int64)), dtype=np.int64)
+
+
+def mean_dihedral_angle(vertices: torch.Tensor, faces: np.ndarray, pairs: np.ndarray | None = None) -> torch.Tensor:
+    """Surface roughness: the mean angle in **degrees** between the normals of faces that share an
+    edge, per sample (B,). A smooth body is ~10 degrees; a spiky one much more. Degenerate faces
+    (zero area) count as their neighbours' direction (their normal is taken as 0).
+
+    Args:
+        vertices: (B, V, 3) metres (any scale: the angle does not depend on it).
+        faces: (F, 3) triangles; pairs: ``face_pairs(faces)``, computed when not given.
+    """
+    pairs = face_pairs(faces) if pairs is None else pairs
+    points = vertices.detach().float().cpu()
+    tri = torch.from_numpy(np.array(faces, dtype=np.int64))
+    a, b, c = points[:, tri[:, 0]], points[:, tri[:, 1]], points[:, tri[:, 2]]
+    normals = torch.nn.functional.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1)
+    first, second = torch.as_tensor(pairs[:, 0]), torch.as_tensor(pairs[:, 1])
+    cosine = (normals[:, first] * normals[:, second]).sum(-1).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cosine)).mean(dim=1)

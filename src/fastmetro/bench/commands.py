@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "--lossy adds the int8 / bf16 paths with their output differences in millimetres.",
     )
     bench.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
-                       help="FastMETRO-<S|M|L>-<R50|H64|R18|R34>[+ablation] and/or METRO-<backbone>")  # fmt: skip
+                       help="FastMETRO-<S|M|L>-<R50|H64|R18|R34|BPL|BPF|BPH>[+ablation], METRO-<backbone>")  # fmt: skip
     bench.add_argument("--tasks", nargs="+", choices=("body", "hand"), default=["body"])
     bench.add_argument("--flavor", choices=("paper", "release"), default="paper")
     bench.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")

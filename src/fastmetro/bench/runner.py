@@ -143,7 +143,13 @@ def make_path(path: str, model, config: BenchConfig, device: torch.device, workd
         return PathRunner(whole, fast.backbone_features, _with_features(fast), fast)
     if dtype != torch.float32:
         raise FastMetroError("bench: the onnx path runs in fp32 only (use --dtype fp32)")
-    return PathRunner(onnx_runner(model, config.image_size, device, workdir))
+    return PathRunner(onnx_runner(model, input_size(model, config), device, workdir))
+
+
+def input_size(model, config: BenchConfig) -> int:
+    """The crop side to time: the backbone's own where its graph fixes one (BlazePose: 256)."""
+    fixed = getattr(model.backbone, "input_size", None)
+    return int(fixed[0]) if fixed is not None else config.image_size
 
 
 def onnx_session(path, device: torch.device):
@@ -194,7 +200,8 @@ def measure_variant(name: str, task: str, config: BenchConfig, device: torch.dev
     rows = []
     generator = torch.Generator().manual_seed(config.seed)
     for batch in config.batches:
-        images = torch.randn(batch, 3, config.image_size, config.image_size, generator=generator).to(device)
+        size = input_size(model, config)
+        images = torch.randn(batch, 3, size, size, generator=generator).to(device)
         parts = _time_parts(runners, images, config, device)
         for path in paths:
             if path not in config.paths:

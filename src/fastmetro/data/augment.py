@@ -27,8 +27,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fastmetro.conventions import IMAGE_SIZE, crop_matrix, normalise_image, normalised_matrix, rotation_2d, side_from_scale
-from fastmetro.conventions import warp_crop
+from fastmetro.conventions import (
+    IMAGE_SIZE,
+    crop_matrix,
+    normalise_image,
+    normalised_matrix,
+    rotation_2d,
+    side_from_scale,
+    warp_crop,
+)
 
 
 @dataclass(frozen=True)

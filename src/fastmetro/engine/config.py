@@ -56,6 +56,9 @@ class DataConfig:
     val_batch_size: int = 16
     num_workers: int = 2
     max_val_samples: int | None = None  # evaluate on the first N validation rows only
+    # With a frozen backbone (optim.backbone_lr_scale: 0): run the backbone once on this many
+    # augmented passes over the training set and train on the cached feature maps (0: off).
+    cached_feature_passes: int = 0
 
 
 @dataclass
@@ -69,6 +72,10 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_steps: int = 0  # linear warm-up (any schedule)
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    # Backbone learning rate as a fraction of lr: 1 trains it like the rest (released); 0 freezes
+    # it (no gradients, BatchNorm in eval mode: a pretrained encoder kept as it is); 0.1 unfreezes
+    # it at a lower rate, e.g. in a later stage that starts from a frozen-backbone run.
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass
@@ -283,10 +290,12 @@ _MINIMUMS = (
     ("data.val_batch_size", 1),
     ("data.num_workers", 0),
     ("data.max_val_samples", 1),
+    ("data.cached_feature_passes", 0),
     ("optim.weight_decay", 0.0),
     ("optim.clip_grad_norm", 0.0),
     ("optim.warmup_steps", 0),
     ("optim.min_lr_ratio", 0.0),
+    ("optim.backbone_lr_scale", 0.0),
     ("loss.joints_3d_weight", 0.0),
     ("loss.vertices_weight", 0.0),
     ("loss.joints_2d_weight", 0.0),
@@ -346,6 +355,8 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         problems.append("optim.step_size must be >= 1 for the step schedule")
     if config.optim.min_lr_ratio > 1:
         problems.append("optim.min_lr_ratio must be <= 1")
+    if config.data.cached_feature_passes and config.optim.backbone_lr_scale != 0:
+        problems.append("data.cached_feature_passes needs a frozen backbone (optim.backbone_lr_scale: 0)")
     if config.loss.level_weights is not None and (
         not config.loss.level_weights or sum(config.loss.level_weights) <= 0 or min(config.loss.level_weights) < 0
     ):

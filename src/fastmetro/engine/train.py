@@ -40,6 +40,7 @@ from fastmetro.data.body_models import load_body_model as load
 from fastmetro.data.dataset import MeshDataset
 from fastmetro.data.loader import SafeLoader, create_loader
 from fastmetro.engine import distributed
+from fastmetro.engine.cached_head import cached_features
 from fastmetro.engine.config import ExperimentConfig, check_topology, to_dict
 from fastmetro.engine.evaluate import EvalSetup, eval_loader, evaluate, format_metrics
 from fastmetro.engine.losses import MeshCriterion
@@ -168,6 +169,32 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
                 parameter.requires_grad_(False)
 
 
+def freeze_backbone(model: torch.nn.Module) -> None:
+    """No gradients for the backbone, BatchNorm in eval mode (``optim.backbone_lr_scale: 0``)."""
+    backbone = model.backbone
+    assert isinstance(backbone, torch.nn.Module)
+    backbone.eval()
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(False)
+
+
+def parameter_groups(model: torch.nn.Module, optim) -> list[dict]:
+    """AdamW groups: the backbone at ``lr * backbone_lr_scale``, the rest at ``lr`` (trainable
+    parameters only). LambdaLR scales each group's own initial rate, so the ratio holds."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if optim.backbone_lr_scale == 1:
+        return [{"params": trainable}]  # one group, as before the option (saved optimiser states load)
+    backbone = model.backbone
+    assert isinstance(backbone, torch.nn.Module)
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    rest = [p for p in trainable if id(p) not in backbone_ids]
+    encoder = [p for p in trainable if id(p) in backbone_ids]
+    groups = [{"params": rest}]
+    if encoder:
+        groups.append({"params": encoder, "lr": optim.lr * optim.backbone_lr_scale})
+    return groups
+
+
 def rng_state() -> dict:
     """Every RNG the loop touches, as plain tensors/ints (loads with weights_only=True)."""
     keys, position, has_gauss, cached = np.random.get_state()[1:]  # type: ignore[index]  # numpy stub: legacy tuple
@@ -286,9 +313,26 @@ class Trainer:
         self.val_dataset = val_dataset
         if config.train.freeze_batchnorm:
             freeze_batchnorm(self.model)  # before collecting the trainable parameters
+        if config.optim.backbone_lr_scale == 0:
+            freeze_backbone(self.model)
+        if config.data.cached_feature_passes:
+            if self.dist.enabled:
+                raise FastMetroError("data.cached_feature_passes runs in one process (not under torchrun)")
+            self.train_dataset = cached_features(
+                self.model,
+                self.train_dataset,
+                config.data.cached_feature_passes,
+                self.output_dir / "feature_cache",
+                batch_size=config.data.val_batch_size,
+                num_workers=config.data.num_workers,
+                seed=config.train.seed,
+            )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay, eps=config.optim.eps
+            parameter_groups(self.model, config.optim),
+            lr=config.optim.lr,
+            weight_decay=config.optim.weight_decay,
+            eps=config.optim.eps,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
@@ -333,7 +377,7 @@ class Trainer:
             self.train_dataset,
             batch_size=data.batch_size,
             sampler=sampler,
-            num_workers=data.num_workers,
+            num_workers=0 if data.cached_feature_passes else data.num_workers,  # in memory already
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             seed=self.config.train.seed * 7919 + self.step * 31 + self.dist.rank,
@@ -398,7 +442,10 @@ class Trainer:
         """One optimiser step; raises :class:`NonFiniteLossError` before touching the weights."""
         batch = to_device(batch, self.device)
         with self._autocast():
-            outputs = self.ddp_model(batch["image"])
+            if "features" in batch:  # cached backbone features (one process, see cached_head)
+                outputs = self.model.forward_from_features(batch["features"])
+            else:
+                outputs = self.ddp_model(batch["image"])
         terms = self.criterion(outputs, batch)  # fp32, outside autocast
         loss = terms["total"]
         finite = distributed.all_reduce_min(torch.isfinite(loss.detach()).float().reshape(1))
@@ -465,6 +512,8 @@ class Trainer:
         self.model.train()
         if config.freeze_batchnorm:
             freeze_batchnorm(self.model)  # model.train() switched them back
+        if self.config.optim.backbone_lr_scale == 0:
+            self.model.backbone.eval()  # a frozen encoder keeps its BatchNorm statistics
         writer = None
         if config.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter

@@ -20,6 +20,21 @@ from fastmetro.mediapipe import ops
 from fastmetro.mediapipe.tflite_reader import Graph, read_tflite
 
 
+def subgraph(graph: Graph, output_name: str) -> Graph:
+    """The part of ``graph`` that computes the tensor ``output_name``: its ancestor ops only, in
+    order, with that tensor as the one output (a backbone cut from a landmark network)."""
+    index = next((i for i, tensor in enumerate(graph.tensors) if tensor.name == output_name), None)
+    if index is None:
+        raise FastMetroError(f"{graph.path}: no tensor named {output_name!r}")
+    needed, kept = {index}, []
+    for op in reversed(graph.operators):
+        if any(out in needed for out in op.outputs):
+            kept.append(op)
+            needed.update(i for i in op.inputs if i >= 0)
+    kept.reverse()
+    return Graph(graph.path, graph.tensors, kept, graph.inputs, (index,))
+
+
 class TFLiteNet(nn.Module):
     """One single-input TFLite network (MediaPipe's pose / palm / hand detectors and landmarkers).
 

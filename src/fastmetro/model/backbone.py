@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from fastmetro.errors import FastMetroError
+from fastmetro.model.blazepose_backbone import BLAZEPOSE_BACKBONES, BlazePoseBackbone
 from fastmetro.model_files import read_state_dict
 
 
@@ -39,6 +40,11 @@ BACKBONES = {
     "R50": BackboneSpec("resnet50", False, "tv_in1k"),
     # The released HRNet-W64 keeps its unused 2048->1000 classifier (in checkpoints and counts).
     "H64": BackboneSpec("hrnet_w64", True, "ms_in1k"),
+    # MediaPipe's BlazePose GHUM landmark encoders, pretrained on real people (256 px crops; their
+    # weights come with the architecture from the fetched asset: see blazepose_backbone).
+    "BPL": BackboneSpec("blazepose_lite", False, "mediapipe"),
+    "BPF": BackboneSpec("blazepose_full", False, "mediapipe"),
+    "BPH": BackboneSpec("blazepose_heavy", False, "mediapipe"),
 }
 
 
@@ -57,6 +63,8 @@ def build_backbone(
         pretrained: load ImageNet weights from the local cache (never downloads).
         pretrained_tag: timm pretrained tag (e.g. ``tv_in1k``: torchvision's weights, as released).
     """
+    if name in BLAZEPOSE_BACKBONES:  # always pretrained: the .tflite file is the architecture
+        return BlazePoseBackbone(BLAZEPOSE_BACKBONES[name])
     import timm
 
     kwargs: dict[str, Any] = {} if keep_classifier else {"num_classes": 0, "global_pool": ""}

@@ -394,12 +394,17 @@ class FastMETRO(nn.Module):
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         if images.dim() != 4 or images.shape[1] != 3:
             raise FastMetroError(f"images: expected a (B, 3, H, W) tensor, got shape {tuple(images.shape)}")
-        batch_size = images.shape[0]
-        feature_map = self.conv_1x1(self.backbone_features(images))
+        return self.forward_from_features(self.backbone_features(images), return_attention)
+
+    def forward_from_features(self, features: torch.Tensor, return_attention: bool = False) -> dict:
+        """Everything after the backbone: features (B, C, h, w) -> the output dict of ``forward``.
+        (Training with a frozen backbone runs this on cached feature maps.)"""
+        batch_size = features.shape[0]
+        feature_map = self.conv_1x1(features)
         height, width = feature_map.shape[-2:]
         image_tokens = feature_map.flatten(2).transpose(1, 2)
-        pos_1 = self.position_encoding_1(batch_size, height, width, images.device, image_tokens.dtype)
-        pos_2 = self.position_encoding_2(batch_size, height, width, images.device, image_tokens.dtype)
+        pos_1 = self.position_encoding_1(batch_size, height, width, features.device, image_tokens.dtype)
+        pos_2 = self.position_encoding_2(batch_size, height, width, features.device, image_tokens.dtype)
         camera_token = self.cam_token_embed.weight.unsqueeze(0).expand(batch_size, -1, -1)
         query_tokens = torch.cat([self.joint_token_embed.weight, self.vertex_token_embed.weight])
         query_tokens = query_tokens.unsqueeze(0).expand(batch_size, -1, -1)

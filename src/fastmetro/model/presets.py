@@ -5,7 +5,9 @@ spec). Loading from checkpoints is :mod:`fastmetro.model.factory`.
 A name is ``FastMETRO-<variant>-<backbone>[+<ablation>]`` (case-insensitive):
 
 - variant ``S`` / ``M`` / ``L``: 1 / 2 / 3 layers in each encoder and decoder of both transformers;
-- backbone ``R50`` (ResNet-50), ``H64`` (HRNet-W64), or the light ``R18`` / ``R34`` for CPU use;
+- backbone ``R50`` (ResNet-50), ``H64`` (HRNet-W64), the light ``R18`` / ``R34`` for CPU use, or
+  ``BPL`` / ``BPF`` / ``BPH``: MediaPipe's BlazePose GHUM lite / full / heavy landmark encoder,
+  pretrained on real people (256 px crops; :mod:`fastmetro.model.blazepose_backbone`);
 - optional Table 4 ablation: ``no-mask``, ``half-head-mask``, ``graph-conv``,
   ``learnable-upsampling``, ``no-dim-reduction``.
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastmetro import topology as topology_module
 from fastmetro.data.synthetic.poses import IntersectionTest, PoseSampler, Skeleton, part_name
 from fastmetro.errors import FastMetroError
 from fastmetro.render import VertexNormals
-from fastmetro import topology as topology_module
 
 PHENOTYPE_LABELS = (
     "gender",

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmetro.errors import FastMetroError
-from fastmetro.io import atomic_write
+from fastmetro.conventions import IMAGE_SIZE
 from fastmetro.data.synthetic.pose_mix import parse_pose_mix
 from fastmetro.data.synthetic.scene import BACKGROUND_KINDS
 from fastmetro.data.synthetic.splits import get_split, split_pose_weights
-from fastmetro.conventions import IMAGE_SIZE
+from fastmetro.errors import FastMetroError
+from fastmetro.io import atomic_write
 
 GENERATOR_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)

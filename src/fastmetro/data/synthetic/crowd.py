@@ -29,16 +29,14 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from fastmetro.data.synthetic.clothing import sample_clothing
+from fastmetro.data.synthetic.config import SynthConfig, sample_generators
+from fastmetro.data.synthetic.lighting import sample_lights
 from fastmetro.data.synthetic.scene import WORLD_TO_FRONT_CAMERA, Camera
 from fastmetro.data.synthetic.shard_maker import ShardMaker
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
-from fastmetro.data.synthetic.config import sample_generators
-from fastmetro.data.synthetic.config import SynthConfig
-from fastmetro.render import Renderer
-from fastmetro.data.synthetic.lighting import sample_lights
-from fastmetro.data.synthetic.clothing import sample_clothing
-from fastmetro.render import MeshPart
+from fastmetro.render import MeshPart, Renderer
 
 #: Pose families of crowd scenes (``--poses`` syntax): mostly people on their feet, as in photos.
 CROWD_POSES = "standing=4,walking=3,sitting=0.6,kneeling=0.3,squatting=0.4,athletic=0.8,jumping=0.4,lying=0.2"
@@ -390,7 +388,6 @@ def write_labelled_set(scenes, out_dir: str | Path, prefix: str = "crowd") -> Pa
     import json
 
     import cv2
-
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

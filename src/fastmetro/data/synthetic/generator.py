@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastmetro.data.synthetic.body import load_label_mesh
 from fastmetro.data.synthetic.config import (  # noqa: F401  (re-exported: the generator's API)
     GENERATOR_VERSION,
     MANIFEST_KEYS_ADDED_LATER,
@@ -46,13 +47,11 @@ from fastmetro.data.synthetic.config import (  # noqa: F401  (re-exported: the g
     sample_generators,
     validate,
 )
+from fastmetro.data.synthetic.preview import write_preview as write
 from fastmetro.data.synthetic.shard_maker import BOX_PADDING, SceneDraw, ShardMaker, box_of  # noqa: F401
+from fastmetro.data.tsv import shard_is_complete, write_composite_yaml
 from fastmetro.errors import FastMetroError
 from fastmetro.io import load_npy
-from fastmetro.data.tsv import shard_is_complete
-from fastmetro.data.synthetic.body import load_label_mesh
-from fastmetro.data.tsv import shard_is_complete, write_composite_yaml
-from fastmetro.data.synthetic.preview import write_preview as write
 
 
 def read_masks(shard_yaml: str | os.PathLike, size: int) -> np.ndarray:
@@ -121,7 +120,6 @@ def generate(
     ``maker`` reuses an existing in-process :class:`ShardMaker` (tests, benchmarks).
     """
     from tqdm import tqdm
-
 
     validate(config)
     config.out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmetro.errors import FastMetroError
-from fastmetro.io import atomic_write
 from fastmetro.data.synthetic.pose_families import FAMILIES
 from fastmetro.data.tsv import TSVDataset
+from fastmetro.errors import FastMetroError
+from fastmetro.io import atomic_write
 
 # LSP-14 order (R_Ankle, R_Knee, R_Hip, L_Hip, L_Knee, L_Ankle, R_Wrist, R_Elbow, R_Shoulder,
 # L_Shoulder, L_Elbow, L_Wrist, Neck, Head): limbs drawn on the preview.
@@ -90,7 +90,6 @@ def _draw_tile(image: np.ndarray, label: dict, tile: int) -> np.ndarray:
 def write_preview(yaml_path: str | os.PathLike, out_path: str | os.PathLike, tile: int = 256) -> Path:
     """A contact sheet PNG (3x3, or 4x3 when the data hold more than 9 pose families)."""
     import cv2
-
 
     dataset = TSVDataset(yaml_path)
     if len(dataset) == 0:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from fastmetro.render import Light, MeshPart
 from fastmetro.data.synthetic import textures
+from fastmetro.render import Light, MeshPart
 
 FOV_DEGREES = (25.0, 65.0)
 ELEVATION_DEGREES = (-15.0, 35.0)

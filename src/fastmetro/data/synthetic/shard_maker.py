@@ -14,28 +14,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastmetro.conventions import scale_from_side
-from fastmetro.data.synthetic.config import Shard, SynthConfig, pose_weights, sample_generators, validate
-from fastmetro.io import atomic_write
-from fastmetro.data.synthetic.body import AnnyBody
-from fastmetro.data.synthetic.pose_mix import FamilySampler
-from fastmetro.render import Renderer
 from fastmetro.data.synthetic.backgrounds import SplitBackgrounds
-from fastmetro.data.synthetic.scene import Backgrounds
-from fastmetro.data.synthetic.splits import get_split
-from fastmetro.data.synthetic.scene import sample_phenotypes
+from fastmetro.data.synthetic.body import AnnyBody
+from fastmetro.data.synthetic.clothing import sample_clothing
+from fastmetro.data.synthetic.config import Shard, SynthConfig, pose_weights, sample_generators, validate
+from fastmetro.data.synthetic.framing import in_image, sample_framed_camera
+from fastmetro.data.synthetic.lighting import sample_lights
+from fastmetro.data.synthetic.pose_families import FAMILIES
+from fastmetro.data.synthetic.pose_mix import FamilySampler
 from fastmetro.data.synthetic.scene import (
+    Backgrounds,
     sample_camera,
     sample_light,
     sample_occluder,
+    sample_phenotypes,
     sample_vertex_colours,
 )
-from fastmetro.data.synthetic.clothing import sample_clothing
-from fastmetro.data.synthetic.framing import sample_framed_camera
-from fastmetro.data.synthetic.lighting import sample_lights
-from fastmetro.data.synthetic.pose_families import FAMILIES
-from fastmetro.data.synthetic.scene import sample_occluder
-from fastmetro.data.synthetic.framing import in_image
+from fastmetro.data.synthetic.splits import get_split
 from fastmetro.data.tsv import TSVDatasetWriter
+from fastmetro.io import atomic_write
+from fastmetro.render import Renderer
 
 if TYPE_CHECKING:
     from fastmetro.data.synthetic.scene import Camera

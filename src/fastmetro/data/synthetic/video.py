@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from fastmetro.data.synthetic.clothing import sample_clothing
 from fastmetro.data.synthetic.crowd import CROWD_SALT, MAX_PEOPLE, CrowdMaker, PersonMesh
+from fastmetro.data.synthetic.lighting import sample_lights
 from fastmetro.data.synthetic.scene import WORLD_TO_FRONT_CAMERA, Camera
 from fastmetro.errors import FastMetroError
 from fastmetro.io import atomic_write
-from fastmetro.data.synthetic.lighting import sample_lights
-from fastmetro.data.synthetic.clothing import sample_clothing
 
 VIDEO_SALT = 57  # clip streams never coincide with a crowd scene's
 DEPTHS = (4.0, 8.0)  # metres along the ground
