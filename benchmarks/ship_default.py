@@ -1,13 +1,12 @@
 """Ship a staged training run as the package's default model, with its recipe (run by hand).
 
-Usage::
+Usage (model v2)::
 
-    python benchmarks/ship_default.py --stages runs/default_stage1 runs/default runs/default_stage3 \\
-        runs/default_stage4 runs/default_stage5 runs/default_stage6 runs/default_stage7 \\
-        [--benchmark generalisation.json] [--finetune finetune.json] [--set KEY=JSON ...]
+    python benchmarks/ship_default.py --stages runs/default_v2 \\
+        [--benchmark default_v2.json] [--set KEY=JSON ...]
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
-data folders' ``synth.json`` manifests and the JSON of ``benchmarks/generalisation.py``, and writes
+data folder's ``synth.json`` manifest and the JSON of ``benchmarks/default_v2.py``, and writes
 ``default.safetensors`` (float16), ``default.json`` and ``default_recipe.json`` through
 :func:`fastmetro.engine.ship.ship_checkpoint`. The recipe holds what is needed to make the model again:
 the data and training commands, every stage's resolved config (paths made relative to the working
@@ -22,31 +21,19 @@ import json
 import subprocess
 from pathlib import Path
 
+DATA_FOLDER = "synth_v2"
 DATA_COMMANDS = {
-    "stage 1 data": "fastmetro synth --out data/synth_studio --num 10000 --size 128 --seed 5 --workers 2 "
-    "--test-fraction 0.03 --backgrounds studio --no-occluders --generator-version 1 "
-    "--vertices-dtype float16",
-    "stage 2 data": "fastmetro synth --out data/synth_default --num 30000 --size 128 --seed 0 --workers 2 "
-    "--vertices-dtype float16 --test-fraction 0.02 --preview",
-    "generalisation set": "fastmetro synth --split generalisation --out data/synth_general --num 400 --size 128 "
-    "--seed 0 --workers 2 --vertices-dtype float16 --preview",
-    "benchmark": "python benchmarks/generalisation.py default --test data/synth_default/test.yaml "
-    "--generalisation data/synth_general/test.yaml",
+    "stage 1 data": "fastmetro synth --out data/synth_v2 --num 24000 --size 256 --seed 0 --workers 2 "
+    "--vertices-dtype float16 --test-fraction 0.02",
+    "assets": "fastmetro assets fetch   # the BlazePose encoder (make does it)",
+    "benchmark": "python benchmarks/default_v2.py --models v2=default --photos --json default_v2.json",
 }
 
 
 # The packaged config of each stage, in order. Each config names the stage's data, its output
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
-STAGE_CONFIGS = (
-    "default_stage1",
-    "default",
-    "default_stage3",
-    "default_stage4",
-    "default_stage5",
-    "default_stage6",
-    "default_stage7",
-)
+STAGE_CONFIGS = ("default_v2",)
 
 
 def _stage(run: Path, name: str) -> dict:
@@ -63,14 +50,6 @@ def _stage(run: Path, name: str) -> dict:
     return {"config": config, "evaluations": evaluations}
 
 
-def _as_commands_path(path: Path, data_root: Path) -> str:
-    """``path`` under ``data_root`` as the recipe's commands name it (``data/...``); else unchanged."""
-    try:
-        return str(Path("data") / path.resolve().relative_to(data_root.resolve()))
-    except ValueError:
-        return str(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -80,10 +59,7 @@ def main() -> None:
         required=True,
         help="the training folders, stage 1 first (the last one's last weights ship)",
     )
-    parser.add_argument(
-        "--benchmark", type=Path, help="benchmarks/generalisation.py --json output (of the shipped file)"
-    )
-    parser.add_argument("--finetune", type=Path, help="JSON of the fine-tune comparison (README), if measured")
+    parser.add_argument("--benchmark", type=Path, help="benchmarks/default_v2.py --json output (of the shipped file)")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
     parser.add_argument("--folder", type=Path, default=Path("src/fastmetro/weights"))
     parser.add_argument(
@@ -101,10 +77,7 @@ def main() -> None:
 
     stages = {f"stage{index + 1}": _stage(run, STAGE_CONFIGS[index]) for index, run in enumerate(args.stages)}
     config = stages[f"stage{len(stages)}"]["config"]
-    manifests = {
-        name: json.loads((args.data_root / name / "synth.json").read_text())
-        for name in ("synth_studio", "synth_default", "synth_general")
-    }
+    manifests = {DATA_FOLDER: json.loads((args.data_root / DATA_FOLDER / "synth.json").read_text())}
     recipe = {
         "model": config["model"]["name"],
         "flavor": config["model"].get("flavor"),
@@ -124,14 +97,10 @@ def main() -> None:
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
     if args.benchmark:
-        recipe["benchmark"] = json.loads(args.benchmark.read_text()).get("sets")
-        for measured in recipe["benchmark"].values():  # this machine's data folders -> the commands' data/
-            measured["data"] = _as_commands_path(Path(measured["data"]), args.data_root)
+        recipe["benchmark"] = json.loads(args.benchmark.read_text())
     for item in args.set:
         key, _, value = item.partition("=")
         recipe[key] = json.loads(value)
-    if args.finetune:
-        recipe["finetune"] = json.loads(args.finetune.read_text())
     shipped = ship_checkpoint(args.stages[-1] / "last.safetensors", args.folder, recipe)
     print(shipped.path, shipped.recipe["size_bytes"], shipped.recipe["sha256"])
 

@@ -223,18 +223,21 @@ def test_the_package_ships_a_checked_default_model_with_its_recipe():
     recipe = shipped.recipe
     assert shipped.path.stat().st_size < 50e6 and recipe["stored_dtype"] == "float16"
     stages = [f"stage{index}" for index in range(1, 10) if f"stage{index}" in recipe]
-    assert len(stages) >= 2 and {"stage 1 data", "stage 2 data"} <= set(recipe["commands"])
+    assert len(stages) >= 1 and "stage 1 data" in recipe["commands"]
     assert {f"stage {index}" for index in range(1, len(stages) + 1)} <= set(recipe["commands"])
-    assert recipe["stage1"]["config"]["model"]["checkpoint"] is None  # from random weights
+    assert recipe["stage1"]["config"]["model"]["checkpoint"] is None  # the encoder comes from the asset
     for previous, stage in zip(stages, stages[1:]):  # each stage starts where the one before ended
         start = recipe[previous]["config"]["train"]["output_dir"] + "/last.safetensors"
         assert recipe[stage]["config"]["model"]["checkpoint"] == start, stage
-    held_out = recipe["benchmark"]["held-out (training distribution)"]
-    assert held_out["model"]["pa_mpjpe"] < held_out["baseline"]["pa_mpjpe"]
+    # Judged on the independent test set (benchmarks/default_v2.py): better than the mean body.
+    rows = recipe["benchmark"]["testset"]["rows"]
+    assert rows["default"]["pa_mpjpe"] < 0.7 * rows["mean mesh"]["pa_mpjpe"]
+    assert rows["default"]["limb_pa_mpjpe"] < rows["BlazePose full (world landmarks)"]["limb_pa_mpjpe"]
     model = fastmetro.load_model("default").eval()
-    assert model.spec.input.image_size == recipe["image_size"] == 64 and model.spec.flavor == "release"
+    assert model.spec.name == recipe["model"] == "FastMETRO-S-BPF"
+    assert model.spec.input.image_size == recipe["image_size"] == 256 and model.spec.flavor == "paper"
     assert all(p.dtype == torch.float32 and bool(torch.isfinite(p).all()) for p in model.parameters())
     with torch.no_grad():
-        out = model(torch.zeros(1, 3, 64, 64))
+        out = model(torch.zeros(1, 3, 256, 256))
     assert out["fine_vertices"].shape[-2:] == (model.topology.level_vertex_counts[0], 3)
     assert bool(torch.isfinite(out["fine_vertices"]).all())

@@ -135,7 +135,8 @@ def test_names_and_listing():
     with pytest.raises(FastMetroError, match="unknown METRO config option"):
         model_config("METRO-R50", num_blocks=2)
     rows = [r for r in model_rows(tasks=("hand",), ablations=False) if r["name"].startswith("METRO")]
-    assert {r["name"] for r in rows} == {"METRO-R18", "METRO-R34", "METRO-R50", "METRO-H64"}
+    expected = {"METRO-R18", "METRO-R34", "METRO-R50", "METRO-H64", "METRO-BPL", "METRO-BPF", "METRO-BPH"}
+    assert {r["name"] for r in rows} == expected  # one METRO baseline per backbone
     assert parameter_counts(build_on_meta(model_config("METRO-R50"), sized_topology("hand")))["backbone_params"] == (
         23_508_032
     )

@@ -116,3 +116,16 @@ def test_backbone_at_a_lower_rate(tmp_path, smpl_topology):
 def test_cached_features_need_a_frozen_backbone(tmp_path):
     with pytest.raises(FastMetroError, match="needs a frozen backbone"):
         load_config(None, [f"train.output_dir={tmp_path}", "data.cached_feature_passes=2"])
+
+
+def test_fast_path_equals_plain_on_the_blazepose_backbone():
+    from fastmetro.model.fast import prepare_for_inference
+
+    torch.manual_seed(0)
+    model = create_model("FastMETRO-S-BPF", topology="anny", image_size=256, **TINY_MODEL_OVERRIDES).eval()
+    images = _images()
+    with torch.no_grad():
+        plain = model(images)
+        fast = prepare_for_inference(model)(images)
+    for key in ("camera", "joints", "fine_vertices"):
+        assert torch.allclose(fast[key], plain[key], atol=1e-4), key
