@@ -9,7 +9,8 @@ Usage::
   backgrounds; its README defines the protocol): MPJPE, PA-MPJPE, MPVPE, PA-MPVPE (mm), PA-MPJPE
   over the 12 limb joints (shoulders, elbows, wrists, hips, knees, ankles; Procrustes per sample),
   and the surface roughness: the mean dihedral angle between neighbouring faces of the fine mesh
-  (degrees, with its ratio to the ground truth's). Each model sees the whole 224 px crop resized
+  (degrees, with its ratio to the ground truth's), its median, and the share of face pairs folded
+  past 60 degrees. Each model sees the whole 224 px crop resized
   to its input size. Next to them: the set's mean-mesh baseline, and BlazePose's own 3D world
   landmarks (``pose_landmark_full`` on the same crop resized to 256), for the limb joints.
 * **Real photographs** (``--photos``; opencv-doc's messi5, basketball1/2 and a vtest.avi frame,
@@ -33,7 +34,8 @@ LIMB_JOINTS = (
     ("L_Shoulder", "left_shoulder"), ("L_Elbow", "left_elbow"), ("L_Wrist", "left_wrist"),
 )  # fmt: skip
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe", "limb_pa_mpjpe", "dihedral")
+METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe", "limb_pa_mpjpe", "dihedral", "folded")
+FOLD_DEGREES = 60.0  # a face pair bent past this is a fold, not the body's curvature
 
 
 def load_testset(folder: Path, topology) -> dict:
@@ -83,7 +85,7 @@ def score(pred_vertices: np.ndarray, truth: dict, topology, pairs: np.ndarray) -
     """The test set's metrics of (N, V0, 3) predictions (means over samples)."""
     import torch
 
-    from fastmetro.metrics import mean_dihedral_angle, per_sample_metrics
+    from fastmetro.metrics import per_sample_metrics
 
     pred = torch.from_numpy(np.ascontiguousarray(pred_vertices, dtype=np.float32))
     per_sample = per_sample_metrics(
@@ -98,8 +100,20 @@ def score(pred_vertices: np.ndarray, truth: dict, topology, pairs: np.ndarray) -
     limbs = [topology.joint_names.index(name) for name, _ in LIMB_JOINTS]
     pred_joints = np.einsum("kv,bvc->bkc", np.asarray(topology.joint_regressor, np.float32), pred_vertices)
     values["limb_pa_mpjpe"] = limb_pa_mpjpe(pred_joints[:, limbs], truth["joints"][:, limbs])
-    values["dihedral"] = float(mean_dihedral_angle(pred, topology.faces[0], pairs).mean())
+    values.update(surface(pred, topology, pairs))
     return values
+
+
+def surface(vertices, topology, pairs: np.ndarray) -> dict:
+    """Mean and median dihedral angle (degrees) and the share of folded face pairs of (N, V0, 3)."""
+    from fastmetro.metrics import dihedral_angles
+
+    angles = dihedral_angles(vertices, topology.faces[0], pairs)
+    return {
+        "dihedral": float(angles.mean()),
+        "median_dihedral": float(angles.median()),
+        "folded": float((angles > FOLD_DEGREES).float().mean()),
+    }
 
 
 def blazepose_limbs(images: np.ndarray, truth: dict, topology) -> float:
@@ -130,7 +144,7 @@ def blazepose_limbs(images: np.ndarray, truth: dict, topology) -> float:
 
 def testset_table(models: dict, folder: Path) -> dict:
     from fastmetro import topology as topology_module
-    from fastmetro.metrics import face_pairs, mean_dihedral_angle
+    from fastmetro.metrics import face_pairs
     from fastmetro.model.factory import load_model
 
     topology = topology_module.load("anny")
@@ -138,13 +152,19 @@ def testset_table(models: dict, folder: Path) -> dict:
     pairs = face_pairs(topology.faces[0])
     import torch
 
-    gt_dihedral = float(mean_dihedral_angle(torch.from_numpy(truth["vertices"]), topology.faces[0], pairs).mean())
+    gt_surface = surface(torch.from_numpy(truth["vertices"]), topology, pairs)
     rows = {"mean mesh": score(np.broadcast_to(truth["mean_mesh"], truth["vertices"].shape), truth, topology, pairs)}
     for label, checkpoint in models.items():
         model = load_model(checkpoint, device="cpu").eval()
         rows[label] = score(predict_crops(model, truth["images"]), truth, topology, pairs)
     rows["BlazePose full (world landmarks)"] = {"limb_pa_mpjpe": blazepose_limbs(truth["images"], truth, topology)}
-    return {"set": str(folder), "samples": len(truth["vertices"]), "gt_dihedral": gt_dihedral, "rows": rows}
+    return {
+        "set": str(folder),
+        "samples": len(truth["vertices"]),
+        "gt_dihedral": gt_surface["dihedral"],
+        "gt_surface": gt_surface,
+        "rows": rows,
+    }
 
 
 def photos() -> list[tuple[str, np.ndarray]]:
@@ -212,8 +232,9 @@ def print_tables(results: dict) -> None:
             f"{test['gt_dihedral']:.2f} deg"
         )
         base = test["rows"]["mean mesh"]
-        print("| | MPJPE | PA-MPJPE | MPVPE | PA-MPVPE | limb PA-MPJPE | dihedral (x GT) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(f"(median {test['gt_surface']['median_dihedral']:.2f} deg, {test['gt_surface']['folded']:.1%} folded)")
+        print("| | MPJPE | PA-MPJPE | MPVPE | PA-MPVPE | limb PA-MPJPE | dihedral (x GT) | median | folded |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label, row in test["rows"].items():
             cells = []
             for key in METRICS[:5]:
@@ -222,6 +243,8 @@ def print_tables(results: dict) -> None:
                 cells.append("" if value is None else f"{value:.1f}{ratio}")
             dihedral = row.get("dihedral")
             cells.append("" if dihedral is None else f"{dihedral:.2f} ({dihedral / test['gt_dihedral']:.2f}x)")
+            cells.append("" if dihedral is None else f"{row['median_dihedral']:.2f}")
+            cells.append("" if dihedral is None else f"{row['folded']:.1%}")
             print(f"| {label} | " + " | ".join(cells) + " |")
     for label, row in (results.get("photos") or {}).items():
         print(f"\nreal photos, {label}: PCK@0.1 {row['pck']:.2f} over {row['joints']} limb joints")

@@ -180,10 +180,10 @@ def face_pairs(faces: np.ndarray) -> np.ndarray:
     return np.asarray(trimesh.graph.face_adjacency(np.asarray(faces, dtype=np.int64)), dtype=np.int64)
 
 
-def mean_dihedral_angle(vertices: torch.Tensor, faces: np.ndarray, pairs: np.ndarray | None = None) -> torch.Tensor:
-    """Surface roughness: the mean angle in **degrees** between the normals of faces that share an
-    edge, per sample (B,). A smooth body is ~10 degrees; a spiky one much more. Degenerate faces
-    (zero area) count as their neighbours' direction (their normal is taken as 0).
+def dihedral_angles(vertices: torch.Tensor, faces: np.ndarray, pairs: np.ndarray | None = None) -> torch.Tensor:
+    """(B, P) angles in **degrees** between the normals of the faces of each pair that shares an
+    edge. Degenerate faces (zero area) count as their neighbours' direction (their normal is taken
+    as 0).
 
     Args:
         vertices: (B, V, 3) metres (any scale: the angle does not depend on it).
@@ -196,4 +196,10 @@ def mean_dihedral_angle(vertices: torch.Tensor, faces: np.ndarray, pairs: np.nda
     normals = torch.nn.functional.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1)
     first, second = torch.as_tensor(pairs[:, 0]), torch.as_tensor(pairs[:, 1])
     cosine = (normals[:, first] * normals[:, second]).sum(-1).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(cosine)).mean(dim=1)
+    return torch.rad2deg(torch.acos(cosine))
+
+
+def mean_dihedral_angle(vertices: torch.Tensor, faces: np.ndarray, pairs: np.ndarray | None = None) -> torch.Tensor:
+    """Surface roughness: the mean of :func:`dihedral_angles` per sample (B,), degrees. A smooth
+    body is ~10 degrees; a spiky one much more."""
+    return dihedral_angles(vertices, faces, pairs).mean(dim=1)
