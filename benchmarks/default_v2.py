@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/default_v2.py --models v2=default v1=OLD.safetensors \\
-        [--testset ../shared/testsets/anny_mocap_v1] [--photos] [--json out.json]
+        [--testset ../shared/testsets/anny_mocap_v1] [--photos] [--json out.json] [--overlays pic.jpg]
 
 * **The independent test set** (``anny_mocap_v1``: another generator, real motion capture, photo
   backgrounds; its README defines the protocol): MPJPE, PA-MPJPE, MPVPE, PA-MPVPE (mm), PA-MPJPE
@@ -217,6 +217,35 @@ def photo_pck(models: dict) -> dict:
     return table
 
 
+OVERLAY_PHOTOS = {"messi5.jpg": 0, "basketball1.png": 0, "vtest.avi frame 100": 4}  # name -> detector tiles
+
+
+def write_overlays(checkpoint: str, path: Path, width: int = 1200) -> None:
+    """The README's picture: [photo | meshes over it | side view] for each of OVERLAY_PHOTOS, no
+    box given (MediaPipe finds the people; vtest's are too small for one detector pass: 4 tiles
+    find 5 people there, 2 tiles 1, one pass none)."""
+    from PIL import Image
+
+    from fastmetro.inference.detector import make_detector
+    from fastmetro.inference.outputs import overlay_panel
+    from fastmetro.inference.predictor import Predictor
+    from fastmetro.io import atomic_write
+
+    rows = []
+    for name, image in photos():
+        if name not in OVERLAY_PHOTOS:
+            continue
+        predictor = Predictor(checkpoint=checkpoint, detector=make_detector("mediapipe", tiles=OVERLAY_PHOTOS[name]))
+        panel = Image.fromarray(overlay_panel(image, predictor.predict(image, source=name), max_side=640))
+        rows.append(panel.resize((width, round(panel.height * width / panel.width)), Image.LANCZOS))
+    strip = Image.new("RGB", (width, sum(row.height for row in rows)))
+    for index, row in enumerate(rows):
+        strip.paste(row, (0, sum(r.height for r in rows[:index])))
+    with atomic_write(path, "wb") as handle:
+        strip.save(handle, format="JPEG", quality=85)
+    print(f"wrote {path} ({len(rows)} photos)")
+
+
 def projected_mesh_joints(person) -> np.ndarray:
     """(K, 2) image pixels of the mesh's joints under the person's weak-perspective camera."""
     from fastmetro.conventions import weak_perspective_project
@@ -259,6 +288,7 @@ def main() -> None:
     parser.add_argument("--testset", type=Path, default=Path("../shared/testsets/anny_mocap_v1"))
     parser.add_argument("--photos", action="store_true", help="also the real photographs (PCK)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--overlays", type=Path, help="write the README's picture (the first model) here, as JPEG")
     args = parser.parse_args()
     models = dict(item.split("=", 1) for item in args.models)
     results: dict = {}
@@ -267,6 +297,8 @@ def main() -> None:
     if args.photos:
         results["photos"] = photo_pck(models)
     print_tables(results)
+    if args.overlays:
+        write_overlays(next(iter(models.values())), args.overlays)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
