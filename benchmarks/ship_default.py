@@ -26,7 +26,7 @@ DATA_COMMANDS = {
     "stage 1 data": "fastmetro synth --out data/synth_v2 --num 24000 --size 256 --seed 0 --workers 2 "
     "--vertices-dtype float16 --test-fraction 0.02",
     "assets": "fastmetro assets fetch   # the BlazePose encoder (make does it)",
-    "benchmark": "python benchmarks/default_v2.py --models v2=default --photos --json default_v2.json",
+    "benchmark": "python benchmarks/default_v2.py --models default=default --photos --json default_v2.json",
 }
 
 
