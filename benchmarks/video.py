@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/video.py [--clips 3] [--frames 30] [--size 320x240] [--people 2] [--tiles 0]
-        [--vtest-frames 100] [--threads 2] [--json out.json] [--strip docs/video_tracks.jpg]
+        [--detect-every 1 5] [--vtest-frames 100] [--threads 2] [--json out.json] [--strip docs/video_tracks.jpg]
 
 * **Synthetic clips** (:mod:`fastmetro.data.synthetic.video`): 2 Anny bodies (``--people``)
   crossing, the nearer passing in front, a panning camera. The shipped default model with the
@@ -41,7 +41,7 @@ from fastmetro.inference.images import Frame, iter_video
 from fastmetro.inference.predictor import Predictor
 from fastmetro.inference.runner import InferenceRunner
 from fastmetro.inference.tracking import Tracker, box_iou
-from fastmetro.inference.video import SmoothingSettings, draw_tracks, smooth_track, track_frames
+from fastmetro.inference.video import DETECT_EVERY, SmoothingSettings, draw_tracks, smooth_track, track_frames
 from fastmetro.metrics import pa_mpjpe
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -146,19 +146,19 @@ def identity(clip, tracker, matches) -> dict:
     }
 
 
-def run_clip(runner, clip) -> tuple[Tracker, float]:
+def run_clip(runner, clip, detect_every: int) -> tuple[Tracker, float]:
     frames = [Frame(f"{clip.name}_{i}", f"{clip.name}#frame{i}", i, image) for i, image in enumerate(clip.images)]
     started = time.perf_counter()
-    tracker, *_ = track_frames(runner, frames, clip.fps)
+    tracker, *_ = track_frames(runner, frames, clip.fps, detect_every=detect_every)
     return tracker, (time.perf_counter() - started) / len(frames)
 
 
-def vtest(predictor, frames: int, tiles: int, strip: Path | None) -> dict:
+def vtest(predictor, frames: int, tiles: int, detect_every: int, strip: Path | None) -> dict:
     detector = make_detector("mediapipe", tiles=tiles)
     with InferenceRunner(predictor, boxes=DetectorBoxes(detector), overlay=False) as runner:
         chosen = [frame for _, frame in zip(range(frames), iter_video(VTEST))]
         started = time.perf_counter()
-        tracker, *_ = track_frames(runner, chosen, 10.0)
+        tracker, *_ = track_frames(runner, chosen, 10.0, detect_every=detect_every)
         seconds = (time.perf_counter() - started) / len(chosen)
     lengths = sorted((len(t.history) for t in tracker.tracks.values()), reverse=True)
     if strip is not None:
@@ -177,10 +177,47 @@ def vtest(predictor, frames: int, tiles: int, strip: Path | None) -> dict:
     return {
         "frames": len(chosen),
         "tiles": tiles,
+        "detect_every": detect_every,
         "tracks": len(tracker.tracks),
         "lengths": lengths,
         "s_per_frame": seconds,
     }
+
+
+def print_table(clips: list[dict]) -> None:
+    print(
+        f"{'clip':10s} {'det':>3s} {'smooth':8s} {'MPJPE':>7s} {'PA-MPJPE':>9s} {'MPVPE':>7s} {'accel':>7s}"
+        f" {'matched':>7s} {'tracks':>6s} {'switch':>6s} {'missF':>5s} {'falseF':>6s} {'missP':>5s} {'falseT':>6s}"
+        f" {'ms/frame':>8s}"
+    )
+    for every in sorted({row["detect_every"] for row in clips}):
+        rows = [row for row in clips if row["detect_every"] == every]
+        for row in rows:
+            for mode in MODES:
+                m = row["modes"][mode]
+                print(
+                    f"{row['clip']:10s} {every:3d} {mode:8s} {m['mpjpe']:7.1f} {m['pa_mpjpe']:9.1f} {m['mpvpe']:7.1f}"
+                    f" {m['accel']:7.2f} {m['matched']:7d} {row['tracks']:6d} {row['switches']:6d}"
+                    f" {row['missed_frames']:5d} {row['false_frames']:6d} {row['missed_people']:5d}"
+                    f" {row['false_tracks']:6d} {row['s_per_frame'] * 1000:8.0f}"
+                )
+        for mode in MODES:
+            weights = [row["modes"][mode]["matched"] for row in rows]
+            mean = {
+                key: np.average([row["modes"][mode][key] for row in rows], weights=weights)
+                for key in ("mpjpe", "pa_mpjpe", "mpvpe", "accel")
+            }
+            total = {key: sum(row[key] for row in rows) for key in IDENTITY}
+            print(
+                f"{'overall':10s} {every:3d} {mode:8s} {mean['mpjpe']:7.1f} {mean['pa_mpjpe']:9.1f}"
+                f" {mean['mpvpe']:7.1f} {mean['accel']:7.2f} {sum(weights):7d} {total['tracks']:6d}"
+                f" {total['switches']:6d} {total['missed_frames']:5d} {total['false_frames']:6d}"
+                f" {total['missed_people']:5d} {total['false_tracks']:6d}"
+                f" {np.mean([r['s_per_frame'] for r in rows]) * 1000:8.0f}"
+            )
+
+
+IDENTITY = ("tracks", "switches", "missed_frames", "false_frames", "missed_people", "false_tracks")
 
 
 def main(argv=None) -> int:
@@ -190,6 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--people", type=int, default=2)
     parser.add_argument("--tiles", type=int, default=0)
+    parser.add_argument(
+        "--detect-every", type=int, nargs="+", default=[1, DETECT_EVERY], help="detector every N frames (each value)"
+    )
     parser.add_argument("--vtest-frames", type=int, default=100)
     parser.add_argument("--vtest-tiles", type=int, nargs="*", default=[0, 2])
     parser.add_argument("--threads", type=int, default=2)
@@ -203,55 +243,33 @@ def main(argv=None) -> int:
     clips = []
     if args.clips:
         maker = CrowdMaker((width, height), split="generalisation", samples=2)
+        rendered = [render_clip(maker, 0, index, people=args.people, frames=args.frames) for index in range(args.clips)]
+        maker.release()
         detector = make_detector("mediapipe", tiles=args.tiles)
         with InferenceRunner(predictor, boxes=DetectorBoxes(detector), overlay=False) as runner:
-            for index in range(args.clips):
-                clip = render_clip(maker, 0, index, people=args.people, frames=args.frames)
-                tracker, seconds = run_clip(runner, clip)
-                matches = match(clip, tracker)
-                row = {"clip": clip.name, "s_per_frame": seconds, **identity(clip, tracker, matches)}
-                row["modes"] = {mode: evaluate(clip, tracker, matches, mode) for mode in MODES}
-                clips.append(row)
-        maker.release()
+            for every in args.detect_every:
+                for clip in rendered:
+                    tracker, seconds = run_clip(runner, clip, every)
+                    matches = match(clip, tracker)
+                    row = {"clip": clip.name, "detect_every": every, "s_per_frame": seconds}
+                    row.update(identity(clip, tracker, matches))
+                    row["modes"] = {mode: evaluate(clip, tracker, matches, mode) for mode in MODES}
+                    clips.append(row)
+        print_table(clips)
     report["clips"] = clips
-    print(
-        f"{'clip':10s} {'smooth':8s} {'MPJPE':>7s} {'PA-MPJPE':>9s} {'MPVPE':>7s} {'accel':>7s} {'matched':>7s}"
-        f" {'tracks':>6s} {'switch':>6s} {'missF':>5s} {'falseF':>6s} {'missP':>5s} {'falseT':>6s} {'ms/frame':>8s}"
-    )
-    for row in clips:
-        for mode in MODES:
-            m = row["modes"][mode]
-            print(
-                f"{row['clip']:10s} {mode:8s} {m['mpjpe']:7.1f} {m['pa_mpjpe']:9.1f} {m['mpvpe']:7.1f}"
-                f" {m['accel']:7.2f}"
-                f" {m['matched']:7d} {row['tracks']:6d} {row['switches']:6d} {row['missed_frames']:5d}"
-                f" {row['false_frames']:6d} {row['missed_people']:5d} {row['false_tracks']:6d}"
-                f" {row['s_per_frame'] * 1000:8.0f}"
-            )
-    if clips:
-        for mode in MODES:
-            weights = [row["modes"][mode]["matched"] for row in clips]
-            mean = {
-                key: np.average([row["modes"][mode][key] for row in clips], weights=weights)
-                for key in ("mpjpe", "pa_mpjpe", "mpvpe", "accel")
-            }
-            print(
-                f"{'overall':10s} {mode:8s} {mean['mpjpe']:7.1f} {mean['pa_mpjpe']:9.1f} {mean['mpvpe']:7.1f}"
-                f" {mean['accel']:7.2f} {sum(weights):7d} {sum(r['tracks'] for r in clips):6d}"
-                f" {sum(r['switches'] for r in clips):6d} {sum(r['missed_frames'] for r in clips):5d}"
-                f" {sum(r['false_frames'] for r in clips):6d} {sum(r['missed_people'] for r in clips):5d}"
-                f" {sum(r['false_tracks'] for r in clips):6d}"
-                f" {np.mean([r['s_per_frame'] for r in clips]) * 1000:8.0f}"
-            )
     report["vtest"] = []
     if args.vtest_frames and VTEST.is_file():
-        for tiles in args.vtest_tiles:
-            result = vtest(predictor, args.vtest_frames, tiles, args.strip if tiles == max(args.vtest_tiles) else None)
-            report["vtest"].append(result)
-            print(
-                f"vtest.avi {result['frames']} frames, tiles {tiles}: {result['tracks']} tracks "
-                f"(lengths {result['lengths'][:12]}), {result['s_per_frame'] * 1000:.0f} ms/frame"
-            )
+        last = (max(args.vtest_tiles, default=0), args.detect_every[-1])
+        for every in args.detect_every:
+            for tiles in args.vtest_tiles:
+                strip = args.strip if (tiles, every) == last else None
+                result = vtest(predictor, args.vtest_frames, tiles, every, strip)
+                report["vtest"].append(result)
+                print(
+                    f"vtest.avi {result['frames']} frames, tiles {tiles}, detector every {every}: "
+                    f"{result['tracks']} tracks (lengths {result['lengths'][:12]}), "
+                    f"{result['s_per_frame'] * 1000:.0f} ms/frame"
+                )
     elif args.vtest_frames:
         print(f"{VTEST}: missing (Debian package opencv-doc); skipped")
     if args.json:

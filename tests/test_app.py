@@ -198,17 +198,40 @@ def test_service_video(service, tmp_path):
     assert outcome.ok, outcome.message
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the service's limit is 4 frames
     assert "only the first 4 of 6 frames" in outcome.message
+    assert "1 track(s)" in outcome.message  # the same box in every frame: one person, tracked
     written = iio.imread(outcome.video, plugin="pyav")
-    assert written.shape == (4, 96, 128, 3)  # meshes over each frame, at the frame's size
+    assert written.shape == (4, 96, 128, 3)  # the tracks over each frame, at the frame's size
+    assert outcome.video.name == "overlay.mp4"
     with zipfile.ZipFile(outcome.downloads[1]) as bundle:
         names = bundle.namelist()
-    assert "clip/clip_meshes.mp4" in names and "clip/clip_f000003/person_00.json" in names
+        record = json.loads(bundle.read("clip/track_00/frame_000003.json"))
+    assert {"clip/overlay.mp4", "clip/tracks.json", "clip/track_00/frame_000000.json"} <= set(names)
+    assert record["track_id"] == 0 and record["frame"] == 3 and record["smoothed"]["mode"] == "offline"
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
     failed = service.analyse_video(next(iter(service.slots)), str(broken), "broken.mp4")
     assert not failed.ok and failed.message.startswith("broken.mp4: cannot read video"), failed.message
     assert_private(failed.message, tmp_path)
+
+
+def test_service_live(service):
+    """Webcam frames through the tracker: the whole frame is the person (no detector here), a
+    track is born on the third frame and keeps its id; the rate is on the message."""
+    label = next(iter(service.slots))
+    frames = np.random.default_rng(1).integers(0, 255, (5, 96, 128, 3), dtype=np.uint8)
+    image, message, session = service.live_frame(label, None, None)
+    assert image is None and "Start the webcam" in message and session is None
+    seen = []
+    for frame in frames:
+        image, message, session = service.live_frame(label, frame, session)
+        assert image.shape == frame.shape and image.dtype == np.uint8
+        seen.append(message)
+    assert "tracks: none yet (1 new)" in seen[0] and "tracks: 0" in seen[2] and "tracks: 0" in seen[4], seen
+    assert session.tracker.frames == 5 and session.tracker.fps > 0
+    assert set(session.tracker.tracker.tracks) == {0}
+    other, _, bad = service.live_frame("no such model", frames[0], session)
+    assert other is None and bad is None
 
 
 # ----------------------------------------------------------------------------- the page in Chromium

@@ -26,17 +26,18 @@ import numpy as np
 from fastmetro.app.models import ModelSlot
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import boxes as box_tools
-from fastmetro.inference.images import iter_video, load_image
-from fastmetro.inference.runner import Failure, InferenceRunner
+from fastmetro.inference.images import load_image
+from fastmetro.inference.live import LiveTracker
+from fastmetro.inference.runner import InferenceRunner
+from fastmetro.inference.video import track_video
 
 log = logging.getLogger("fastmetro.app")
 
 #: Default limits of one request (both can be changed with ``fastmetro app`` options).
 MAX_MEGAPIXELS = 40.0
 MAX_VIDEO_FRAMES = 300
-#: Longest side of the overlay panels (image) and of each video frame (pixels).
+#: Longest side of the overlay panels (pixels).
 IMAGE_MAX_SIDE = 1024
-VIDEO_MAX_SIDE = 640
 
 
 @dataclass
@@ -162,7 +163,8 @@ class AppService:
         side: str = "right",
         progress: Callable[[int, int | None], None] | None = None,
     ) -> VideoOutcome:
-        """A video: meshes drawn over each frame (up to ``max_video_frames``) as a new video."""
+        """A video (up to ``max_video_frames`` frames): its people tracked, smoothed and drawn in
+        their track's colour as a new video, with the tracks' files."""
         if not upload:
             return VideoOutcome("Upload a video first.", ok=False)
         name = Path(name or Path(upload).name).name
@@ -177,6 +179,24 @@ class AppService:
             return VideoOutcome(self._failure(error, upload, name, "video request"), ok=False)
         log.info("%s: %d frame(s) in %.2f s with %s", name, summary.frames, seconds, model)
         return self._video_outcome(summary, name, seconds, upload)
+
+    def live_frame(self, model: str, image: np.ndarray | None, session: LiveSession | None, side: str = "right"):
+        """A webcam frame of a live session: the people tracked and smoothed causally, drawn,
+        with the frames per second. Returns (the frame drawn or None, message, session): the
+        session (its tracks) goes on while the model stays the same."""
+        if image is None:
+            return None, "Start the webcam.", session
+        try:
+            slot = self._slot(model)
+            live = session.tracker if session is not None and session.model == model else None
+            live, shown = slot.run(self._live_step, np.asarray(image, dtype=np.uint8), live, side)
+        except Exception as error:
+            return None, self._failure(error, "", "webcam frame", "live frame"), None
+        tracks = ", ".join(f"{track_id}" for track_id in sorted(shown.people)) or "none yet"
+        message = f"{shown.fps:.1f} frames/s; tracks: {tracks}" + (
+            f" ({shown.tentative} new)" if shown.tentative else ""
+        )
+        return shown.image, message, LiveSession(model, live)
 
     # ------------------------------------------------------------------ model thread
     def _runner(self, predictor, pool, boxes, side, **kwargs) -> InferenceRunner:
@@ -198,48 +218,41 @@ class AppService:
         return result
 
     def _predict_video(self, predictor, pool, path, name, boxes, side, out_dir, progress):
+        """The video's people tracked and smoothed (:func:`~fastmetro.inference.video.track_video`):
+        ``overlay.mp4`` (one colour per track), ``tracks.json`` and each track's frames as JSON."""
         stem = safe_stem(name)
-        total, fps = _video_properties(path)
+        total, _ = _video_properties(path)
         limit = self.max_video_frames if total is None else min(total, self.max_video_frames)
-        runner = self._runner(
-            predictor, pool, boxes, side, out_dir=out_dir / stem, max_side=VIDEO_MAX_SIDE, mesh_files=False
-        )
-        frames = itertools.islice(iter_video(path, name=stem, label=name), self.max_video_frames)
-        video = VideoSummary(out_dir / f"{stem}_meshes.mp4", total=total, limit=limit)
-        writer = None
-        try:
-            for item in runner.iter_results(frames):
-                if isinstance(item, Failure):
-                    video.failures.append(item.message)
-                else:
-                    writer = writer or _VideoWriter(video.path, fps)
-                    width = item.overlay.shape[1] // 3  # [input | meshes over it | side view]
-                    writer.write(item.overlay[:, width : 2 * width])
-                    video.frames += 1
-                    video.people += len(item.prediction.people)
-                    video.warnings.extend(item.warnings)
-                    video.files.extend(item.files)
-                if progress is not None:
-                    progress(video.frames + len(video.failures), limit)
-        except FastMetroError as error:  # a stream that breaks part-way: keep the frames before it
-            if video.frames == 0:
-                raise
-            video.failures.append(str(error))
-        finally:
-            if writer is not None:
-                writer.close()
-        if video.frames == 0:
-            raise FastMetroError(
-                f"{name}: no frame could be processed"
-                + (f" ({video.failures[0]})" if video.failures else " (empty video?)")
-            )
+        runner = self._runner(predictor, pool, boxes, side, overlay=False)
+        summary = VideoSummary(out_dir / stem / "overlay.mp4", total=total, limit=limit)
+
+        def on_frame(item, ids):
+            summary.frames += 1
+            summary.people += len(item.prediction.people)
+            summary.warnings.extend(item.warnings)
+            if progress is not None:
+                progress(summary.frames, limit)
+
+        video = track_video(
+            runner, path, "offline", out_dir=out_dir, name=stem, mesh_files=False, on_frame=on_frame,
+            max_frames=self.max_video_frames,
+        )  # fmt: skip
+        summary.failures = [failure.message for failure in video.failures]
+        summary.tracks = len(video.tracks)
+        if summary.frames == 0:
+            # The first failure is already a line naming the file (an unreadable video, say).
+            raise FastMetroError(summary.failures[0] if summary.failures else f"{name}: no frame (empty video?)")
         archive = out_dir / f"fastmetro_{stem}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-            bundle.write(video.path, f"{stem}/{video.path.name}")
             for file in video.files:
-                bundle.write(file, f"{stem}/{file.parent.name}/{file.name}")
-        video.archive = archive
-        return video
+                bundle.write(file, str(file.relative_to(out_dir)))
+        summary.archive = archive
+        return summary
+
+    def _live_step(self, predictor, pool, image, live, side):
+        if live is None:
+            live = LiveTracker(self._runner(predictor, pool, None, side, overlay=False))
+        return live, live.step(image)
 
     # ------------------------------------------------------------------ helpers
     def _slot(self, model: str) -> ModelSlot:
@@ -288,7 +301,10 @@ class AppService:
         )
 
     def _video_outcome(self, video: VideoSummary, name: str, seconds: float, upload: str) -> VideoOutcome:
-        lines = [f"**{name}**: {video.frames} frame(s), {video.people} person detection(s) in {seconds:.1f} s."]
+        lines = [
+            f"**{name}**: {video.frames} frame(s), {video.people} person detection(s), {video.tracks} track(s) "
+            f"in {seconds:.1f} s."
+        ]
         if video.total is not None and video.total > video.limit:
             lines.append(f"- only the first {video.limit} of {video.total} frames were processed")
         elif video.total is None and video.frames + len(video.failures) >= video.limit:
@@ -309,12 +325,21 @@ class AppService:
 
 
 @dataclass
+class LiveSession:
+    """A browser session's live view: the model it tracks with and its tracker."""
+
+    model: str
+    tracker: LiveTracker
+
+
+@dataclass
 class VideoSummary:
     path: Path
     total: int | None
     limit: int
     frames: int = 0
     people: int = 0
+    tracks: int = 0
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
@@ -344,32 +369,6 @@ def _video_properties(path: Path) -> tuple[int | None, float]:
         total = None
     fps = fps if np.isfinite(fps) and 1.0 <= fps <= 240.0 else 25.0
     return (total if total and total > 0 else None), fps
-
-
-class _VideoWriter:
-    """H.264 MP4 through imageio's PyAV plugin (even frame sizes, as yuv420p needs)."""
-
-    def __init__(self, path: Path, fps: float):
-        import imageio.v3 as iio
-
-        self._file = iio.imopen(path, "w", plugin="pyav")
-        self._file.init_video_stream("libx264", fps=fps)
-        self._size: tuple[int, int] | None = None
-
-    def write(self, frame: np.ndarray) -> None:
-        if self._size is None:
-            height, width = frame.shape[:2]
-            self._size = (height - height % 2, width - width % 2)
-        height, width = self._size
-        frame = np.ascontiguousarray(frame[:height, :width])
-        if frame.shape[:2] != (height, width):  # frames of another size: pad/crop to the first
-            canvas = np.zeros((height, width, 3), np.uint8)
-            canvas[: frame.shape[0], : frame.shape[1]] = frame[:height, :width]
-            frame = canvas
-        self._file.write_frame(frame)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 __all__ = [

@@ -21,7 +21,8 @@ from fastmetro.errors import FastMetroError
 TITLE = "FastMETRO: 3D human mesh from one image"
 INTRO = (
     "Upload a photo (or take a webcam snapshot, or pick a sample), give the person's box, and get a "
-    "3D mesh placed over the person. **Boxes**: type `x, y, w, h` in pixels (several people: separate "
+    "3D mesh placed over the person; a video or the webcam (Live) gives every person a track. "
+    "**Boxes**: type `x, y, w, h` in pixels (several people: separate "
     "them with `;`) or click two opposite corners on the image. Without a box the app finds the people "
     "itself (MediaPipe's BlazePose; hands for hand models) unless it was started with `--detector none`."
 )
@@ -132,6 +133,21 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                         label="Downloads (video, per-frame .json as .zip)", file_count="multiple", interactive=False
                     )
 
+        with gr.Tab("Live"):
+            gr.Markdown(
+                "The webcam's frames, one after another: every person tracked (one colour and id each) and "
+                "smoothed with a causal One-Euro filter, the frames per second on the picture."
+            )
+            with gr.Row():
+                with gr.Column(scale=1):
+                    camera = gr.Image(
+                        label="Webcam", sources=["webcam"], streaming=True, type="numpy", elem_id="live-camera"
+                    )
+                with gr.Column(scale=1):
+                    live_status = gr.Markdown("", elem_id="live-status")
+                    live_out = gr.Image(label="Tracks", type="numpy", interactive=False, elem_id="live-output")
+            live_session = gr.State(None)
+
         def on_image(model_label, upload, box_text, joint_name, hand_side):
             upload = upload or Upload("", "")
             outcome = service.analyse_image(
@@ -165,6 +181,9 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
             status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
             return status_text, _str(outcome.video), [str(p) for p in outcome.downloads] or None
 
+        def on_live(model_label, frame, session, hand_side):
+            return service.live_frame(model_label, frame, session, hand_side)
+
         def on_click(box_text, first_corner, event: gr.SelectData):
             x, y = (float(v) for v in event.index)
             if first_corner is None:
@@ -188,6 +207,14 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
         )
         run_video.click(
             on_video, [model, video, video_boxes, side], [video_status, video_out, video_downloads], **inference
+        )
+        camera.stream(
+            on_live,
+            [model, camera, live_session, side],
+            [live_out, live_status, live_session],
+            stream_every=0.1,
+            show_progress="hidden",
+            **inference,
         )
         image.select(on_click, [boxes, corner], [boxes, corner, hint])
         clear.click(lambda: ("", None, ""), None, [boxes, corner, hint])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fastmetro.errors import FastMetroError
+from fastmetro.mediapipe.follow import PeopleFollower
 from fastmetro.mediapipe.people import FoundPerson, PeopleFinder
 from fastmetro.model_files import read_state_dict
 
@@ -50,6 +51,10 @@ class Detection:
     score: float
     side: str | None = None
     pose: FoundPerson | None = None
+
+
+def _detection(person: FoundPerson) -> Detection:
+    return Detection(tuple(person.box), float(person.score), person.side, person)
 
 
 class PersonDetector(Protocol):
@@ -217,15 +222,42 @@ class MediaPipeDetector:
     def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
         """The detections of several images, the networks batched across them."""
         found = self.finder.find(images)
-        return [
-            [Detection(tuple(person.box), float(person.score), person.side, person) for person in people]
-            for people in found
-        ]
+        return [[_detection(person) for person in people] for people in found]
 
     def describe(self) -> str:
         landmarks = self.settings["landmarks"]
         model = "BlazePose" if self.kind == "body" else "MediaPipe Hands"
         return f"{model} ({landmarks or 'detector only'})"
+
+    def can_follow(self) -> bool:
+        """Whether :meth:`following` has a video mode: bodies with a landmark network."""
+        return self.kind == "body" and self.settings["landmarks"] is not None
+
+    def following(self, detect_every: int = 5) -> FollowingDetector:
+        """A detector for the frames of one video, in order: the people of the frame before
+        found again by their landmarks, the detector every ``detect_every`` frames and when
+        someone is lost (:class:`~fastmetro.mediapipe.follow.PeopleFollower`)."""
+        if not self.can_follow():
+            raise FastMetroError(f"{self.describe()} has no video mode (bodies with landmarks only)")
+        return FollowingDetector(self, PeopleFollower(self.finder, detect_every))
+
+
+class FollowingDetector:
+    """:meth:`MediaPipeDetector.following`: a detector with a state, for one video's frames in order."""
+
+    def __init__(self, detector: MediaPipeDetector, follower: PeopleFollower):
+        self.detector, self.follower = detector, follower
+        self.kind = detector.kind
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        people = self.follower(image)
+        return [_detection(person) for person in people]
+
+    def reset(self) -> None:
+        self.follower.reset()
+
+    def describe(self) -> str:
+        return f"{self.detector.describe()}, followed between detections (every {self.follower.detect_every} frames)"
 
 
 def detector_for(detector, is_hand: bool):
@@ -277,6 +309,7 @@ __all__ = [
     "PersonDetector",
     "TorchvisionDetector",
     "MediaPipeDetector",
+    "FollowingDetector",
     "detector_for",
     "make_detector",
     "ARCHITECTURES",

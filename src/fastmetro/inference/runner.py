@@ -57,6 +57,7 @@ class ImageResult:
         overlay: (h, 3w, 3) uint8 [input | meshes over it | side view], or None without overlays.
         attention: ``{file name: (h, w, 3) uint8}`` attention images (with ``attention_joint``).
         index: frame number in a video, else None.
+        image: the (H, W, 3) uint8 RGB image the people were found in (the tracker's appearance cue).
     """
 
     name: str
@@ -67,6 +68,7 @@ class ImageResult:
     overlay: np.ndarray | None = None
     attention: dict[str, np.ndarray] = field(default_factory=dict)
     index: int | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def warnings(self) -> list[str]:
@@ -185,6 +187,8 @@ class InferenceRunner:
                 results.append(item)
             if on_result is not None:
                 on_result(item)
+            if isinstance(item, ImageResult):
+                item.image = None  # a long run keeps its results, not every input image
         return RunSummary(results, failures)
 
     def iter_results(self, inputs: Iterable) -> Iterator[ImageResult | Failure]:
@@ -285,7 +289,7 @@ class InferenceRunner:
             return
         for job, prediction in zip(jobs, predictions):
             prediction.warnings[:0] = job.warnings  # box warnings first, as they happened
-            result = ImageResult(job.frame.name, job.frame.source, prediction, index=job.frame.index)
+            result = ImageResult(job.frame.name, job.frame.source, prediction, index=job.frame.index, image=job.image)
             try:
                 self._outputs(job, result)
             except OSError as error:

@@ -26,6 +26,7 @@ born track's camera translation, root-centred joints and root-centred vertices a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ import numpy as np
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import images as image_io
 from fastmetro.inference import outputs
+from fastmetro.inference.boxes import BoxSource, DetectorBoxes
+from fastmetro.inference.detector import MediaPipeDetector
 from fastmetro.inference.images import Frame
 from fastmetro.inference.predictor import PersonPrediction
 from fastmetro.inference.runner import Failure, InferenceRunner
@@ -59,6 +62,10 @@ TRACK_COLORS = (
     (0, 128, 128),
     (170, 110, 40),
 )
+
+
+#: MediaPipe's detector at least every N frames of a video; people followed in between.
+DETECT_EVERY = 5
 
 
 def track_color(track_id: int) -> tuple[int, int, int]:
@@ -151,26 +158,45 @@ def smooth_track(items, settings: SmoothingSettings) -> list[TrackFrame]:
     ]
 
 
+def video_boxes(boxes: BoxSource, detect_every: int = DETECT_EVERY) -> BoxSource:
+    """The box source for one video's frames in order: with MediaPipe's body detector, people
+    are followed by their landmarks between detections every ``detect_every`` frames
+    (:meth:`~fastmetro.inference.detector.MediaPipeDetector.following`); any other source, or
+    ``detect_every`` 1, is used as it is."""
+    detector = getattr(boxes, "detector", None)
+    if detect_every > 1 and isinstance(detector, MediaPipeDetector) and detector.can_follow():
+        assert isinstance(boxes, DetectorBoxes)  # the source that holds a detector
+        return DetectorBoxes(detector.following(detect_every), side=boxes.side)
+    return boxes
+
+
 def track_frames(
     runner: InferenceRunner,
     frames: Iterable[Frame],
     fps: float,
     tracker: Tracker | None = None,
     on_frame: Callable | None = None,
+    detect_every: int = DETECT_EVERY,
 ) -> tuple[Tracker, int, tuple[int, int] | None, list[Failure]]:
-    """Run ``frames`` through ``runner`` and ``tracker``; ``on_frame(result, ids)`` per frame."""
+    """Run one video's ``frames`` (in order) through ``runner`` and ``tracker``;
+    ``on_frame(result, ids)`` per frame. ``detect_every``: see :func:`video_boxes`."""
     tracker = tracker or Tracker()
     count, size, failures = 0, None, []
-    for position, item in enumerate(runner.iter_results(frames)):
-        if isinstance(item, Failure):
-            failures.append(item)
-            continue
-        index = item.index if item.index is not None else position
-        ids = tracker.update(index, index / fps, item.prediction.people)
-        count = max(count, index + 1)
-        size = item.prediction.image_size
-        if on_frame is not None:
-            on_frame(item, ids)
+    boxes = runner.boxes
+    runner.boxes = video_boxes(boxes, detect_every)
+    try:
+        for position, item in enumerate(runner.iter_results(frames)):
+            if isinstance(item, Failure):
+                failures.append(item)
+                continue
+            index = item.index if item.index is not None else position
+            ids = tracker.update(index, index / fps, item.prediction.people, item.image)
+            count = max(count, index + 1)
+            size = item.prediction.image_size
+            if on_frame is not None:
+                on_frame(item, ids)
+    finally:
+        runner.boxes = boxes
     return tracker, count, size, failures
 
 
@@ -184,6 +210,8 @@ def track_video(
     overlay: bool = True,
     mesh_files: bool = True,
     on_frame: Callable | None = None,
+    detect_every: int = DETECT_EVERY,
+    max_frames: int | None = None,
 ) -> VideoTracks:
     """Track the people of a video file (see the module docstring).
 
@@ -192,6 +220,9 @@ def track_video(
         smooth: a mode of :data:`~fastmetro.inference.smoothing.MODES` or the full settings.
         tracker: the association settings. name: the output folder (default: the file's stem).
         on_frame: ``on_frame(ImageResult, track ids)`` as each frame is done (progress).
+        detect_every: MediaPipe's body detector at least every N frames, people followed by
+            their landmarks in between (:func:`video_boxes`; 1: the detector on every frame).
+        max_frames: the first N frames only (None: all).
     """
     import time as clock
 
@@ -204,11 +235,11 @@ def track_video(
 
     def frames():
         try:
-            yield from image_io.iter_video(path, name)
+            yield from itertools.islice(image_io.iter_video(path, name), max_frames)
         except FastMetroError as error:  # a corrupt stream: the frames before it stand
             failures.append(Failure(str(path), str(error)))
 
-    tracked, count, size, failed = track_frames(runner, frames(), fps, Tracker(tracker), on_frame)
+    tracked, count, size, failed = track_frames(runner, frames(), fps, Tracker(tracker), on_frame, detect_every)
     tracks = {track_id: smooth_track(track.history, settings) for track_id, track in sorted(tracked.tracks.items())}
     result = VideoTracks(
         name, str(path), count, fps, size, tracks, settings, failed + failures, seconds=clock.perf_counter() - started
@@ -297,17 +328,27 @@ def draw_tracks(image: np.ndarray, people: dict[int, TrackFrame], point_step: in
 
 
 class VideoWriter:
-    """H.264 MP4 through imageio's PyAV plugin (even frame sizes, as yuv420p needs)."""
+    """H.264 MP4 through imageio's PyAV plugin: even frame sizes (as yuv420p needs), every frame
+    the size of the first (a frame of another size is cropped or padded with black)."""
 
     def __init__(self, path: Path, fps: float):
         import imageio.v3 as iio  # imageio: the video reader of fastmetro.inference.images
 
         self._file = iio.imopen(path, "w", plugin="pyav")
         self._file.init_video_stream("libx264", fps=fps)
+        self._size: tuple[int, int] | None = None
 
     def write(self, frame: np.ndarray) -> None:
-        height, width = frame.shape[:2]
-        self._file.write_frame(np.ascontiguousarray(frame[: height - height % 2, : width - width % 2]))
+        if self._size is None:
+            height, width = frame.shape[:2]
+            self._size = (height - height % 2, width - width % 2)
+        height, width = self._size
+        frame = np.ascontiguousarray(frame[:height, :width])
+        if frame.shape[:2] != (height, width):
+            canvas = np.zeros((height, width, 3), np.uint8)
+            canvas[: frame.shape[0], : frame.shape[1]] = frame
+            frame = canvas
+        self._file.write_frame(frame)
 
     def close(self) -> None:
         self._file.close()
@@ -321,6 +362,8 @@ def write_overlay_video(path: Path, source: Path, video: VideoTracks) -> Path:
     try:
         for frame in image_io.iter_video(source, video.name):
             assert frame.index is not None  # iter_video numbers every frame
+            if frame.index >= video.frames:
+                break  # past the frames tracked (a frame limit)
             writer.write(draw_tracks(frame.load(), people.get(frame.index, {})))
     except FastMetroError:
         pass  # a corrupt tail: the frames before it are written (the failure is in video.failures)
@@ -335,9 +378,12 @@ __all__ = [
     "SmoothingSettings",
     "track_video",
     "track_frames",
+    "video_boxes",
+    "DETECT_EVERY",
     "smooth_track",
     "draw_tracks",
     "write_tracks",
     "write_overlay_video",
     "track_color",
+    "VideoWriter",
 ]

@@ -26,7 +26,14 @@ def add_video_arguments(infer) -> None:
     group.add_argument("--beta", type=float, default=0.5, help="One-Euro cutoff rise with speed, s/m (0.5)")
     group.add_argument("--d-cutoff", type=float, default=1.0, help="One-Euro cutoff of the speed estimate, Hz (1.0)")
     group.add_argument("--track-birth", type=int, default=3, help="frames a new person must be seen in a row (3)")
-    group.add_argument("--track-patience", type=int, default=10, help="frames a track lives unseen (10)")
+    group.add_argument("--track-patience", type=int, default=30, help="frames a track lives unseen (30)")
+    group.add_argument(
+        "--detect-every",
+        type=int,
+        default=5,
+        help="MediaPipe: the person detector at least every N frames, people followed by their landmarks "
+        "in between (5; 1: the detector on every frame)",
+    )
     group.add_argument(
         "--no-track", action="store_true", help="videos frame by frame as images (OUT/<video>_fXXXXXX/), no tracks"
     )
@@ -44,6 +51,7 @@ def check_video_options(args) -> None:
     validate.positive_number("--d-cutoff", args.d_cutoff)
     validate.integer("--track-birth", args.track_birth, 1)
     validate.integer("--track-patience", args.track_patience, 0)
+    validate.integer("--detect-every", args.detect_every, 1)
     validate.integer("--tiles", args.tiles, 0, 8)
 
 
@@ -69,6 +77,7 @@ def run_video_tracks(args, predictor, boxes, paths) -> list:
                 out_dir=args.out,
                 name=names[path],
                 overlay=not args.no_overlay,
+                detect_every=args.detect_every,
             )
         for failure in video.failures:
             print(f"warning: {failure.message}", file=sys.stderr)

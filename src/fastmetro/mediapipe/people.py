@@ -265,7 +265,31 @@ class PeopleFinder:
         for i, person in people:
             if _presence(person) > 0 and _presence(person) >= self.presence_threshold:
                 result[i].append(person)
-        return [_merge_duplicates(found)[: self.max_people] for found in result]
+        return [merge_duplicates(found)[: self.max_people] for found in result]
+
+    @torch.inference_mode()
+    def follow(
+        self, images: Sequence[np.ndarray], previous: Sequence[Sequence[FoundPerson]]
+    ) -> list[list[FoundPerson]]:
+        """The people of each image found again from ``previous`` (those of the image before):
+        the landmark network on each one's tracking region, no detector (MediaPipe's video mode).
+        Bodies only; a person it loses (presence under the threshold) is left out."""
+        if self.kind is not _POSE or self.landmark_net is None:
+            raise FastMetroError("following people needs the body landmark network")
+        for image in images:
+            _check_image(image)
+        flat = [
+            (i, _landmark_region(person), person.score)
+            for i, people in enumerate(previous)
+            for person in people
+            if person.alignment is not None
+        ]
+        flat = [item for item in flat if item[1].size >= 1.0]
+        result: list[list[FoundPerson]] = [[] for _ in images]
+        for i, person in self._landmarks(images, flat):
+            if _presence(person) > 0 and _presence(person) >= self.presence_threshold:
+                result[i].append(person)
+        return [merge_duplicates(found)[: self.max_people] for found in result]
 
     # ------------------------------------------------------------------ stages
     def _detect(self, images: Sequence[np.ndarray]) -> list[list[tuple[Region, float]]]:
@@ -492,7 +516,7 @@ def _same_person(a: FoundPerson, b: FoundPerson) -> bool:
     return inside > 0.7
 
 
-def _merge_duplicates(people: list[FoundPerson]) -> list[FoundPerson]:
+def merge_duplicates(people: list[FoundPerson]) -> list[FoundPerson]:
     """One finding per person: the most confident of those :func:`_same_person` pairs up."""
     kept: list[FoundPerson] = []
     for person in sorted(people, key=lambda p: -p.score * (p.presence or 1.0)):
@@ -508,4 +532,4 @@ def _check_image(image) -> None:
         raise FastMetroError(f"empty image {image.shape}")
 
 
-__all__ = ["PeopleFinder", "FoundPerson", "POSE_LANDMARK_NAMES", "HAND_LANDMARK_NAMES"]
+__all__ = ["PeopleFinder", "FoundPerson", "merge_duplicates", "POSE_LANDMARK_NAMES", "HAND_LANDMARK_NAMES"]
