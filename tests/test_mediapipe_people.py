@@ -208,3 +208,31 @@ def test_tiles_find_a_person_too_small_for_one_pass():
     assert len(found) == 1
     x, y, w, h = found[0].box
     assert 550 < x < 600 and 400 < y < 445 and x + w < 700 and y + h > 520
+
+
+def test_following_people_runs_the_detector_only_now_and_then(finder):
+    """A video of the astronaut moving right 4 px a frame: the detector runs on the first frame
+    and every 5th; in between the landmarks of the frame before find her again, her face
+    moving with her (24 px in 6 frames)."""
+    from fastmetro.mediapipe.follow import PeopleFollower
+
+    photo = _photo("astronaut")
+    follower = PeopleFollower(finder, detect_every=5)
+    faces = []
+    for frame in range(7):
+        found = follower(np.roll(photo, 4 * frame, axis=1))
+        assert len(found) == 1 and found[0].presence > 0.9
+        faces.append(found[0].landmarks[:11, 0].mean())  # the face's landmarks (her box is cut by the edge)
+    assert follower.detections == 2 and follower.frames == 7  # frames 0 and 5
+    assert abs(faces[-1] - faces[0] - 24) < 8, faces
+    # The photo changes to coffee: the landmark network still "sees" her (presence 0.97); the
+    # detector does not, so she goes after two detector runs in a row miss her.
+    coffee = _photo("coffee")
+    ghosts = [len(follower(coffee)) for _ in range(12)]
+    assert ghosts[0] == 1 and ghosts[-1] == 0 and ghosts.index(0) <= 10, ghosts
+    assert len(follower(coffee)) == 0  # nobody followed: the detector on every frame now
+    assert len(follower(photo)) == 1
+    follower.reset()
+    assert follower.people == [] and follower.detections == 0
+    with pytest.raises(FastMetroError, match="detect_every"):
+        PeopleFollower(finder, detect_every=0)

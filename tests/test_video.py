@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastmetro.cli import main
+from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
 from fastmetro.inference.predictor import PersonPrediction
 from fastmetro.inference.smoothing import OneEuroFilter, alpha, smooth_sequence
@@ -117,6 +118,81 @@ def test_tracks_are_born_late_and_die_after_patience():
     one_off.update(0, 0, [person])
     one_off.update(1, 0.04, [])
     assert one_off.tracks == {} and one_off.live == []
+
+
+def painted(people, colors, size=(240, 320)) -> np.ndarray:
+    """A grey frame with each person's box filled in its colour (what the appearance sees)."""
+    image = np.full((*size, 3), 128, np.uint8)
+    for person, color in zip(people, colors):
+        x, y, w, h = (int(round(v)) for v in person.box)
+        image[max(0, y) : y + h, max(0, x) : x + w] = color
+    return image
+
+
+def hidden_and_moved(track_with_image: bool, color_back=(30, 60, 220)):
+    """Person a walks right all along; person b walks left, is hidden for 12 frames, and comes
+    out where its walk would not take it (it stopped behind a): far from its predicted box."""
+    tracker = Tracker(birth=3, patience=30)
+    ids = []
+    for frame in range(40):
+        a = fake_person((20 + 4 * frame, 60, 50, 120), (-1.0 + 0.02 * frame, 0.0, 5.0))
+        if frame < 10:
+            b = fake_person((250 - 4 * frame, 70, 50, 120), (1.0 - 0.02 * frame, 0.0, 6.0))
+        else:  # out again at x = 200 instead of the ~160 - 4 * (frame - 10) its speed predicts
+            b = fake_person((200, 70, 50, 120), (0.3, 0.0, 7.5))
+        people, colors = ([a], [(220, 30, 30)]) if 10 <= frame < 22 else ([a, b], [(220, 30, 30), (30, 60, 220)])
+        if len(people) == 2:
+            colors[1] = (30, 60, 220) if frame < 10 else color_back
+        image = painted(people, colors) if track_with_image else None
+        ids.append(tracker.update(frame, frame / 25, people, image))
+    return ids
+
+
+def test_a_hidden_person_is_found_again_by_colour():
+    seen = hidden_and_moved(True)
+    assert seen[5] == [0, 1] and seen[15] == [0]
+    assert all(ids == [0, 1] for ids in seen[22:]), seen[22:]  # b keeps id 1 when it comes out
+    motion_only = hidden_and_moved(False)
+    assert motion_only[25] == [0, 2]  # no frame: b's motion says nothing, it comes back as a new track
+    stranger = hidden_and_moved(True, color_back=(40, 200, 40))  # someone else in green comes out
+    assert stranger[25] == [0, 2]
+
+
+def test_a_hidden_person_walking_on_keeps_its_id_by_its_mean_velocity():
+    tracker = Tracker()
+    for frame in range(40):
+        a = fake_person((10 + 5 * frame, 60, 50, 120), (0.02 * frame, 0.0, 5.0))
+        people = [] if 12 <= frame < 24 else [a]
+        ids = tracker.update(frame, frame / 25, people)
+    assert ids == [0] and list(tracker.tracks) == [0]
+
+
+def test_a_live_tracker_keeps_bounded_history():
+    tracker = Tracker(keep=8)
+    person = fake_person((10, 10, 50, 100), (0, 0, 4))
+    for frame in range(50):
+        tracker.update(frame, frame / 25, [person])
+    assert len(tracker.tracks[0].history) == 8
+    for frame in range(50, 50 + tracker.settings.patience + 1):
+        tracker.update(frame, frame / 25, [])
+    assert tracker.tracks == {} and tracker.live == []  # a dead track is forgotten
+    with pytest.raises(FastMetroError, match="keep"):
+        Tracker(keep=2)
+
+
+def test_video_options_default_to_the_librarys_settings():
+    import argparse
+
+    from fastmetro.inference.tracking import TrackerSettings
+    from fastmetro.inference.video import DETECT_EVERY
+    from fastmetro.inference.video_commands import add_video_arguments
+
+    parser = argparse.ArgumentParser()
+    add_video_arguments(parser)
+    args = parser.parse_args([])
+    defaults = TrackerSettings()
+    assert (args.track_birth, args.track_patience) == (defaults.birth, defaults.patience)
+    assert args.detect_every == DETECT_EVERY
 
 
 def test_box_iou():

@@ -54,7 +54,7 @@ class Detection:
 
 
 def _detection(person: FoundPerson) -> Detection:
-    return Detection(tuple(person.box), float(person.score), person.side, person)
+    return Detection(person.box, float(person.score), person.side, person)
 
 
 class PersonDetector(Protocol):

@@ -125,6 +125,7 @@ class FoundPerson:
     handedness: float | None = None
     alignment: np.ndarray | None = field(default=None, repr=False)
     landmark_names: tuple[str, ...] = field(default=POSE_LANDMARK_NAMES, repr=False)
+    unconfirmed: int = field(default=0, repr=False)  # detector runs in a row that missed a followed person
 
 
 @dataclass(frozen=True)
@@ -278,15 +279,17 @@ class PeopleFinder:
             raise FastMetroError("following people needs the body landmark network")
         for image in images:
             _check_image(image)
-        flat = [
-            (i, _landmark_region(person), person.score)
+        sources = [
+            (i, _landmark_region(person), person)
             for i, people in enumerate(previous)
             for person in people
             if person.alignment is not None
         ]
-        flat = [item for item in flat if item[1].size >= 1.0]
+        sources = [item for item in sources if item[1].size >= 1.0]
+        flat = [(i, region, person.score) for i, region, person in sources]
         result: list[list[FoundPerson]] = [[] for _ in images]
-        for i, person in self._landmarks(images, flat):
+        for (i, person), (_, _, source) in zip(self._landmarks(images, flat), sources):
+            person.unconfirmed = source.unconfirmed
             if _presence(person) > 0 and _presence(person) >= self.presence_threshold:
                 result[i].append(person)
         return [merge_duplicates(found)[: self.max_people] for found in result]
@@ -500,7 +503,7 @@ def _cut_by_tile(box: np.ndarray, offset: tuple[int, int], letterbox: det.Letter
     )
 
 
-def _same_person(a: FoundPerson, b: FoundPerson) -> bool:
+def same_person(a: FoundPerson, b: FoundPerson) -> bool:
     """Two findings of one body: landmarks nearly coincide (mean distance under 10 % of the box's
     longer side), or one box lies mostly inside the other (a partial view of the same body; not
     for hands, which often overlap each other)."""
@@ -517,10 +520,10 @@ def _same_person(a: FoundPerson, b: FoundPerson) -> bool:
 
 
 def merge_duplicates(people: list[FoundPerson]) -> list[FoundPerson]:
-    """One finding per person: the most confident of those :func:`_same_person` pairs up."""
+    """One finding per person: the most confident of those :func:`same_person` pairs up."""
     kept: list[FoundPerson] = []
     for person in sorted(people, key=lambda p: -p.score * (p.presence or 1.0)):
-        if person.landmarks is None or not any(_same_person(person, other) for other in kept):
+        if person.landmarks is None or not any(same_person(person, other) for other in kept):
             kept.append(person)
     return kept
 
@@ -532,4 +535,11 @@ def _check_image(image) -> None:
         raise FastMetroError(f"empty image {image.shape}")
 
 
-__all__ = ["PeopleFinder", "FoundPerson", "merge_duplicates", "POSE_LANDMARK_NAMES", "HAND_LANDMARK_NAMES"]
+__all__ = [
+    "PeopleFinder",
+    "FoundPerson",
+    "merge_duplicates",
+    "same_person",
+    "POSE_LANDMARK_NAMES",
+    "HAND_LANDMARK_NAMES",
+]
