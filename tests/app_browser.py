@@ -164,6 +164,28 @@ class Page:
         time.sleep(1.0)  # the first frames of the stream
         self.find("#input-image button[aria-label='capture photo']")[0].click()
 
+    def live_stream(self, frames: int = 3) -> str:
+        """Open the Live tab, start streaming Chromium's fake camera, and return the status once
+        ``frames`` results have come back (the status changes with every frame's rate)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # Gradio re-renders these buttons as the camera starts: look them up again on each try.
+        wait = WebDriverWait(self.session, self.timeout, ignored_exceptions=(StaleElementReferenceException,))
+
+        def click(selector: str, text: str):
+            buttons = [b for b in self.find(selector) if b.text == text]
+            if buttons:
+                buttons[0].click()
+            return bool(buttons)
+
+        wait.until(lambda s: click("button[role=tab]", "Live"))
+        wait.until(lambda s: click("#live-camera button", "Click to Access Webcam"))
+        wait.until(lambda s: click("#live-camera button", "Record"))
+        seen: set[str] = set()
+        wait.until(lambda s: seen.add(self.text("#live-status")) or len(seen - {""}) >= frames)
+        return self.text("#live-status")
+
     def click_image(self, fraction_x: float, fraction_y: float) -> None:
         """Click the input image at a fraction of its displayed width and height."""
         from selenium.webdriver.common.action_chains import ActionChains

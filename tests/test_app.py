@@ -298,6 +298,9 @@ def test_page_in_a_real_browser(tiny_checkpoint, smpl_dir, photo, tmp_path):
         page.webcam_snapshot()  # Chromium's fake camera (a test pattern); no box: the detector finds nobody
         status, _ = page.run_image()
         assert "0 people in " in status and "the detector found no person" in status, status
+        live = page.live_stream()  # the Live tab: the fake camera's frames streamed through the tracker
+        assert "frames/s; tracks: none yet" in live, live  # the test pattern has nobody in it
+        assert page.find("#live-output img")
         text = page.body_text()
         assert_private(text, tmp_path, tiny_checkpoint.parent, Path.home())
         assert "/tmp/" not in text
