@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Never reach for a model hub at run time: a lookup fails fast instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install install-dev assets render-deps browser-deps render-check check test test-app test-all demo clean
+.PHONY: install install-dev assets render-deps browser-deps rig-deps render-check check test test-app test-all demo clean
 
 # constraints.txt pins the exact tested package set (pyproject.toml only states compatible ranges).
 # Two stamps: the package alone (what `make demo` needs), and the package with the test, app and
@@ -62,6 +62,36 @@ browser-deps:
 	  echo "warning: no chromium/chromedriver and no apt-get; the web app's browser test will be skipped" >&2; \
 	fi
 
+# The rigged exporters' tests (tests/test_rig_export.py) check the files with real clients:
+# Blender's importers (Debian's blender; its glTF importer needs the system's numpy) and Khronos'
+# glTF validator (npm's gltf-validator, pinned, run by node), installed under the venv so `clean`
+# removes it. Cheap lookups each time; apt / npm only run when something is missing. Without
+# them the tests are skipped (under CI they fail instead).
+RIG_DEBS := blender python3-numpy nodejs npm
+GLTF_VALIDATOR := gltf-validator@2.0.0-dev.3.10
+NPM_TOOLS := $(VENV)/npm
+rig-deps:
+	@if command -v blender >/dev/null 2>&1 && /usr/bin/python3 -c 'import numpy' 2>/dev/null \
+	    && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  true; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the rigged exporters' test clients: $(RIG_DEBS)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(RIG_DEBS); \
+	else \
+	  echo "warning: no blender/node and no apt-get; the rigged exporters' client tests will be skipped" >&2; \
+	fi
+	@# The installed version is read from its package.json: a changed pin reinstalls.
+	@if grep -qs '"version": "$(lastword $(subst @, ,$(GLTF_VALIDATOR)))"' \
+	    $(NPM_TOOLS)/node_modules/gltf-validator/package.json; then \
+	  true; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing $(GLTF_VALIDATOR) into $(NPM_TOOLS)"; \
+	  mkdir -p $(NPM_TOOLS) && npm install --prefix $(NPM_TOOLS) --no-save --no-audit --no-fund $(GLTF_VALIDATOR); \
+	else \
+	  echo "warning: no npm; the glTF validator test will be skipped" >&2; \
+	fi
+
 # Prints the OpenGL renderer EGL gives us (llvmpipe on CPU-only machines).
 render-check:
 	$(BIN)/python -c "from fastmetro.render import create_context; c = create_context(); print(c.info['GL_RENDERER'], c.info['GL_VERSION'])"
@@ -75,7 +105,7 @@ check: $(BIN)/.installed-dev
 	rm -f src/fastmetro/app/*.pyi
 	$(BIN)/mypy
 
-test: install-dev
+test: install-dev rig-deps
 	$(BIN)/python -m pytest -q
 
 # The web app in a real browser (marked slow: ~40 s); CI runs it after `make test`. Only this
@@ -83,7 +113,7 @@ test: install-dev
 test-app: install-dev browser-deps
 	$(BIN)/python -m pytest -q -m slow tests/test_app.py
 
-test-all: install-dev browser-deps
+test-all: install-dev browser-deps rig-deps
 	FASTMETRO_FUZZ_PROFILE=thorough $(BIN)/python -m pytest -q -m "slow or not slow"
 
 demo: install

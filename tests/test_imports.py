@@ -28,7 +28,8 @@ ALLOWED = {
     "model": BASE | {"model", "topology", "mediapipe", "weights"},
     "data": BASE | {"data", "topology", "render", "metrics"},
 }
-ALLOWED["inference"] = ALLOWED["model"] | ALLOWED["data"] | {"inference"}
+ALLOWED["rig"] = ALLOWED["data"] | {"rig"}  # body-model fits and rigged files: above the body models
+ALLOWED["inference"] = ALLOWED["model"] | ALLOWED["rig"] | {"inference"}
 ALLOWED["engine"] = ALLOWED["inference"] | {"engine"}
 ALLOWED["app"] = ALLOWED["engine"] | {"app"}
 ALLOWED["bench"] = ALLOWED["engine"] | {"bench"}

@@ -296,6 +296,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def write_bytes(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (str: UTF-8) to ``path`` atomically, as an ordinary file (the umask applies)."""
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+    # The atomic temporary file is private (0600); results are ordinary files.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    return path
+
+
 def atomic_save(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     """Atomically create ``path`` with a library writer that takes a file name.
 

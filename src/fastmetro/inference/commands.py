@@ -74,6 +74,13 @@ def register(subparsers) -> None:
         help="SMPL model file (.pkl/.npz): models with the SMPL parameter regressor "
         "then also write the SMPL mesh (person_XX_smpl.obj/.ply)",
     )
+    infer.add_argument(
+        "--rig",
+        action="store_true",
+        help="also fit body-model parameters (Anny; SMPL with --body-model) and write animatable files: "
+        "person_XX_rig.glb (skeleton, skin, pose), person_XX.bvh, person_XX_rig.json; videos: per track",
+    )
+    infer.add_argument("--rig-steps", type=int, help="refinement steps of the --rig fit (Anny 60, SMPL 30)")
     infer.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
@@ -118,6 +125,8 @@ def check_infer_options(args) -> None:
     if args.detector_threshold is not None:
         validate.number("--detector-threshold", args.detector_threshold, 0.0, 1.0)
     validate.integer("--max-people", args.max_people, 1)
+    if args.rig_steps is not None:
+        validate.integer("--rig-steps", args.rig_steps, 0)
     args.device = str(validate.device("--device", args.device))  # "auto" becomes a device
     check_video_options(args)
     out = Path(args.out)
@@ -179,11 +188,16 @@ def run_infer(args) -> int:
         body_model=args.body_model,
     )
     boxes = given or box_source_from_args(args, is_hand=predictor.topology.is_hand)
+    rigger = None
+    if args.rig:
+        from fastmetro.inference.rigging import Rigger
+
+        rigger = Rigger(predictor.topology, body_model=args.body_model, steps=args.rig_steps, device=args.device)
     out_dir = Path(args.out)
     failures: list[Failure] = []
     done = people = 0
     if not args.no_track:  # videos become tracks (fastmetro.inference.video); images go on below
-        failures += run_video_tracks(args, predictor, boxes, paths)
+        failures += run_video_tracks(args, predictor, boxes, paths, rigger)
         paths = [path for path in paths if not image_io.is_video(path)]
     with InferenceRunner(
         predictor,
@@ -193,6 +207,7 @@ def run_infer(args) -> int:
         attention_joint=args.attention,
         overlay=not args.no_overlay,
         max_side=args.max_side,
+        rigger=rigger,
     ) as runner:
         for item in runner.iter_results(paths):
             if isinstance(item, Failure):

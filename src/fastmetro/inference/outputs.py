@@ -12,7 +12,6 @@ Coordinate frames of the files:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 
 from fastmetro.inference.predictor import ImagePrediction, PersonPrediction
-from fastmetro.io import atomic_write
+from fastmetro.io import write_bytes
 from fastmetro.render import Renderer
 
 # Distinct, light mesh colours (RGB 0..1), one per person.
@@ -48,16 +47,6 @@ def _trimesh(vertices: np.ndarray, faces: np.ndarray, color=None):
         rgba = np.array([*np.asarray(color, np.float64) * 255, 255]).round().astype(np.uint8)
         mesh.visual.vertex_colors = np.tile(rgba, (len(vertices), 1))  # type: ignore[union-attr]  # ColorVisuals here
     return mesh
-
-
-def write_bytes(path: Path, data: bytes | str) -> Path:
-    with atomic_write(path, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-    # The atomic temporary file is private (0600); results are ordinary files.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
 
 
 def depth_range(vertices: np.ndarray) -> tuple[float, float]:

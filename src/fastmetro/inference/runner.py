@@ -42,6 +42,7 @@ from fastmetro.inference.detector import detector_for
 from fastmetro.inference.images import Frame
 from fastmetro.inference.outputs import RendererPool
 from fastmetro.inference.predictor import ImagePrediction, Predictor
+from fastmetro.inference.rigging import write_person_rigs
 
 
 @dataclass
@@ -136,6 +137,8 @@ class InferenceRunner:
         renderer_pool: a shared :class:`~fastmetro.inference.outputs.RendererPool` (else one
             is made on demand and released by :meth:`close`). Renderers belong to the thread
             that created them.
+        rigger: a :class:`~fastmetro.inference.rigging.Rigger`: also write each person's fitted
+            body-model parameters, rigged glb and BVH (needs ``out_dir``).
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class InferenceRunner:
         mesh_files: bool = True,
         max_pixels: int | None = None,
         renderer_pool=None,
+        rigger=None,
     ):
         if side not in box_sources.SIDES:
             raise FastMetroError(f"side must be one of {box_sources.SIDES}, got {side!r}")
@@ -172,6 +176,7 @@ class InferenceRunner:
         self.max_pixels = None if max_pixels is None else validate.integer("max_pixels", max_pixels, 1)
         self._pool = renderer_pool
         self._own_pool = renderer_pool is None
+        self.rigger = rigger
 
     # ------------------------------------------------------------------ public
     def run(self, inputs: Iterable, on_result: Callable | None = None) -> RunSummary:
@@ -318,6 +323,8 @@ class InferenceRunner:
                     result.files.append(
                         outputs.write_bytes(directory / f"person_{index:02d}.json", json.dumps(record, indent=1) + "\n")
                     )
+            if self.rigger is not None:
+                result.files += write_person_rigs(directory, self.rigger, prediction)
         if self.overlay:
             result.overlay = outputs.overlay_panel(job.image, prediction, self._renderers(), self.max_side)
             if directory is not None:

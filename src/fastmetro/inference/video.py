@@ -43,6 +43,7 @@ from fastmetro.inference.boxes import BoxSource, DetectorBoxes
 from fastmetro.inference.detector import MediaPipeDetector
 from fastmetro.inference.images import Frame
 from fastmetro.inference.predictor import PersonPrediction
+from fastmetro.inference.rigging import write_track_rigs
 from fastmetro.inference.runner import Failure, InferenceRunner
 from fastmetro.inference.smoothing import MODES, smooth_sequence
 from fastmetro.inference.tracking import Tracker, TrackerSettings
@@ -212,6 +213,7 @@ def track_video(
     on_frame: Callable | None = None,
     detect_every: int = DETECT_EVERY,
     max_frames: int | None = None,
+    rigger=None,
 ) -> VideoTracks:
     """Track the people of a video file (see the module docstring).
 
@@ -223,6 +225,8 @@ def track_video(
         detect_every: MediaPipe's body detector at least every N frames, people followed by
             their landmarks in between (:func:`video_boxes`; 1: the detector on every frame).
         max_frames: the first N frames only (None: all).
+        rigger: a :class:`~fastmetro.inference.rigging.Rigger`: each track's body-model fit as
+            an animated rig (``track_XX/rig.glb``, ``motion.bvh``, ``rig.json``, ``tracks_rig.glb``).
     """
     import time as clock
 
@@ -249,6 +253,8 @@ def track_video(
         result.files += write_tracks(directory, result, runner.predictor.joint_names, tracked.settings, mesh_files)
         if overlay and count:
             result.files.append(write_overlay_video(directory / "overlay.mp4", path, result))
+        if rigger is not None:
+            result.files += write_track_rigs(directory, rigger, result)
     return result
 
 

@@ -55,7 +55,7 @@ def check_video_options(args) -> None:
     validate.integer("--tiles", args.tiles, 0, 8)
 
 
-def run_video_tracks(args, predictor, boxes, paths) -> list:
+def run_video_tracks(args, predictor, boxes, paths, rigger=None) -> list:
     """Track each video of ``paths`` into ``--out``; returns the failures."""
     from fastmetro.inference.runner import InferenceRunner
     from fastmetro.inference.tracking import TrackerSettings
@@ -78,6 +78,7 @@ def run_video_tracks(args, predictor, boxes, paths) -> list:
                 name=names[path],
                 overlay=not args.no_overlay,
                 detect_every=args.detect_every,
+                rigger=rigger,
             )
         for failure in video.failures:
             print(f"warning: {failure.message}", file=sys.stderr)

@@ -1,0 +1,129 @@
+"""Anny parameters fitted to meshes: fit error, the fitted mesh against the truth, time (run by hand).
+
+Usage::
+
+    python benchmarks/rig.py [--testset ../shared/testsets/anny_mocap_v1] [--steps 60] [--json out.json]
+    python benchmarks/rig.py --train src/fastmetro/weights/anny_fit_init.safetensors [--bodies 20000]
+
+* **Held-out synthetic bodies** (the pose sampler and phenotypes the initialiser is trained on,
+  another seed): exact Anny meshes, so the fit error shows what the fitter itself can reach.
+* **anny_mocap_v1** (another generator, real motion capture): the shipped model's predictions on the
+  300 crops are fitted; the table gives the fit error (mean vertex distance to the prediction) and
+  MPVPE / PA-MPVPE / MPJPE of the raw prediction and of the fitted mesh against the ground truth.
+* Time per person: the whole fit (start + refinement) of a batch, divided by its size, 2 threads.
+
+``--train`` trains the initialiser (:func:`fastmetro.rig.anny_init.train_init`) on ``--bodies``
+sampled bodies (seed 1) and writes it as float16 safetensors: the shipped file came from
+``--bodies 20000 --epochs 40`` (12 min on the 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from default_v2 import load_testset, predict_crops  # noqa: E402
+
+
+def train(path: Path, bodies: int, epochs: int) -> None:
+    from safetensors.torch import save_file
+
+    from fastmetro.rig.anny_fit import AnnyFitter
+    from fastmetro.rig.anny_init import sample_bodies, train_init
+
+    fitter = AnnyFitter(init=None)
+    started = time.perf_counter()
+    data = sample_bodies(fitter.poser, bodies, seed=1)
+    network = train_init(fitter.poser, fitter.input_indices, data, epochs=epochs)
+    save_file({key: value.half().contiguous() for key, value in network.state_dict().items()}, str(path))
+    print(f"trained on {bodies} bodies, {epochs} epochs in {time.perf_counter() - started:.0f} s -> {path}")
+
+
+def fit_all(
+    fitter, targets: np.ndarray, steps: int, batch: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Fitted label vertices, fit and start errors (mm) of (N, V0, 3) targets; seconds per person."""
+    fitted, errors, starts, seconds = [], [], [], 0.0
+    for start in range(0, len(targets), batch):
+        fit = fitter.fit(targets[start : start + batch], steps=steps)
+        fitted.append(fit.posed.label_vertices.numpy())
+        errors.append(fit.error_mm)
+        starts.append(fit.start_error_mm)
+        seconds += fit.seconds
+    return np.concatenate(fitted), np.concatenate(errors), np.concatenate(starts), seconds / len(targets)
+
+
+def metrics(pred: np.ndarray, truth: dict, topology) -> dict:
+    from fastmetro.metrics import per_sample_metrics
+
+    values = per_sample_metrics(
+        torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32)),
+        torch.from_numpy(truth["joints"]),
+        torch.from_numpy(truth["vertices"]),
+        topology.joint_regressor,
+        topology.root_regressor,
+        topology.root_joints,
+    )
+    return {key: float(value.mean()) for key, value in values.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testset", type=Path, default=Path("../shared/testsets/anny_mocap_v1"))
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--synthetic", type=int, default=64, help="held-out synthetic bodies (64)")
+    parser.add_argument("--limit", type=int, help="the first N test crops only")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--train", type=Path, help="train the initialiser and write it here")
+    parser.add_argument("--bodies", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=40)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.train:
+        train(args.train, args.bodies, args.epochs)
+        return
+    from fastmetro.model.factory import load_model
+    from fastmetro.rig.anny_fit import AnnyFitter
+    from fastmetro.rig.anny_init import sample_bodies
+
+    fitter = AnnyFitter()
+    results: dict = {"steps": args.steps}
+    bodies = sample_bodies(fitter.poser, args.synthetic, seed=99)["vertices"].numpy()
+    _, errors, starts, per_person = fit_all(fitter, bodies, args.steps)
+    results["synthetic"] = {
+        "count": len(bodies), "start_mm": float(starts.mean()), "fit_mm": float(errors.mean()),
+        "fit_p90_mm": float(np.percentile(errors, 90)), "seconds_per_person": per_person,
+    }  # fmt: skip
+    truth = load_testset(args.testset, fitter.poser.topology)
+    if args.limit:
+        truth = {key: value[: args.limit] if key != "mean_mesh" else value for key, value in truth.items()}
+    model = load_model(args.checkpoint, device="cpu").eval()
+    pred = predict_crops(model, truth["images"])
+    fitted, errors, starts, per_person = fit_all(fitter, pred, args.steps)
+    results["testset"] = {
+        "count": len(pred), "start_mm": float(starts.mean()), "fit_mm": float(errors.mean()),
+        "fit_p90_mm": float(np.percentile(errors, 90)), "seconds_per_person": per_person,
+        "raw": metrics(pred, truth, fitter.poser.topology), "fitted": metrics(fitted, truth, fitter.poser.topology),
+    }  # fmt: skip
+    for name in ("synthetic", "testset"):
+        row = results[name]
+        print(f"{name:10s} n={row['count']:4d}  start {row['start_mm']:7.1f} mm  fit {row['fit_mm']:6.1f} mm "
+              f"(p90 {row['fit_p90_mm']:.1f})  {row['seconds_per_person']:.2f} s/person")  # fmt: skip
+    raw, fit = results["testset"]["raw"], results["testset"]["fitted"]
+    print(f"{'metric':10s} {'raw':>8s} {'fitted':>8s} {'ratio':>6s}")
+    for key in raw:
+        print(f"{key:10s} {raw[key]:8.1f} {fit[key]:8.1f} {fit[key] / raw[key]:6.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
