@@ -47,12 +47,12 @@ def train(path: Path, bodies: int, epochs: int) -> None:
 
 
 def fit_all(
-    fitter, targets: np.ndarray, steps: int, batch: int = 32
+    fitter, targets: np.ndarray, steps: int, batch: int = 32, **options
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Fitted label vertices, fit and start errors (mm) of (N, V0, 3) targets; seconds per person."""
     fitted, errors, starts, seconds = [], [], [], 0.0
     for start in range(0, len(targets), batch):
-        fit = fitter.fit(targets[start : start + batch], steps=steps)
+        fit = fitter.fit(targets[start : start + batch], steps=steps, **options)
         fitted.append(fit.posed.label_vertices.numpy())
         errors.append(fit.error_mm)
         starts.append(fit.start_error_mm)

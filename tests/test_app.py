@@ -385,3 +385,25 @@ def test_app_accepts_default_as_a_checkpoint_name():
     from fastmetro.weights import shipped_checkpoint
 
     assert checkpoints_from_args(Namespace(checkpoint=["default"])) == [shipped_checkpoint().path]
+
+
+def test_service_rig_downloads_with_the_default_model(photo, tmp_path, service):
+    """The Image tab's "Animatable" box: the shipped (Anny) model's people as rigged glb + BVH."""
+    from fastmetro.app.models import ModelSettings, build_slots
+    from fastmetro.app.service import AppService
+    from fastmetro.weights import find_default_checkpoint
+
+    slots = build_slots([find_default_checkpoint().path], ModelSettings())
+    try:
+        app = AppService(slots, tmp_path / "work", max_megapixels=1.0)
+        label = next(iter(app.slots))
+        outcome = app.analyse_image(label, str(photo), "astronaut.png", "120, 20, 300, 490", rig=True)
+        assert outcome.ok, outcome.message
+        names = {path.name for path in outcome.downloads}
+        assert {"person_00_rig.glb", "person_00.bvh", "person_00_rig.json"} <= names
+    finally:
+        for slot in slots:
+            slot.close()
+    # A SMPL-topology model without an SMPL file: the page says what is missing, in one line.
+    refused = service.analyse_image(next(iter(service.slots)), str(photo), "astronaut.png", "", rig=True)
+    assert not refused.ok and "SMPL/MANO model file" in refused.message and "\n" not in refused.message

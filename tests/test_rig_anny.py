@@ -132,3 +132,52 @@ def test_khronos_validator_accepts_an_anny_rig(fitter, fit, tmp_path):
     report = validate_glb(write_rigged_glb(tmp_path / "rig.glb", [motion]), tmp_path)
     assert report["issues"]["numErrors"] == 0, report["issues"]["messages"][:5]
     assert report["info"]["hasSkins"] and report["info"]["animationCount"] == 1
+
+
+def test_infer_rig_writes_animatable_files_for_a_photo(tmp_path, capsys):
+    """`fastmetro infer --rig` with the shipped model on a real photo: rigged glb, BVH and parameters."""
+    from PIL import Image
+
+    from fastmetro.cli import main
+
+    photo = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
+    if not photo.is_file():
+        pytest.skip("opencv-doc is not installed")
+    image = tmp_path / "messi.png"
+    Image.open(photo).convert("RGB").save(image)
+    out = tmp_path / "out"
+    box = "180,20,200,330"  # the player, so no detector run is needed
+    assert (
+        main(["infer", str(image), "--out", str(out), "--bbox", box, "--rig", "--no-overlay", "--rig-steps", "10"]) == 0
+    )
+    folder = out / "messi"
+    params = json.loads((folder / "person_00_rig.json").read_text())
+    assert params["body_model"] == "anny" and set(params["phenotypes"]) >= {"gender", "height"}
+    assert 0 < params["fit_error_mm"] < 200
+    document_size = int.from_bytes((folder / "person_00_rig.glb").read_bytes()[12:16], "little")
+    document = json.loads((folder / "person_00_rig.glb").read_bytes()[20 : 20 + document_size])
+    assert len(document["skins"][0]["joints"]) == 104 and "animations" not in document  # a photo: one pose
+    bvh = (folder / "person_00.bvh").read_text()
+    assert bvh.startswith("HIERARCHY") and "Frames: 1" in bvh
+
+
+def test_rig_refuses_a_topology_without_a_body_model(mano_topology, smpl_topology):
+    from fastmetro.inference.rigging import Rigger
+
+    for topology in (mano_topology, smpl_topology):
+        with pytest.raises(FastMetroError, match="needs an SMPL/MANO model file"):
+            Rigger(topology)
+
+
+def test_a_track_becomes_one_body_over_its_frames(fitter, bodies):
+    from fastmetro import topology
+    from fastmetro.inference import rigging
+
+    rigger = rigging.Rigger.__new__(rigging.Rigger)  # the fixture's fitter, not a second Anny
+    rigger.kind, rigger.fitter, rigger.steps, rigger.topology = "anny", fitter, 20, topology.load("anny")
+    targets = bodies[1][[0, 0, 1]]  # a body, again, then another one: one shape must serve all
+    motion, record = rigger.fit_track(targets, fps=12.0, name="track_03")
+    assert motion.num_frames == 3 and motion.fps == 12.0 and motion.name == "track_03"
+    assert len(record["frames"]) == 3 and record["fit_error_mm"]["max"] >= record["fit_error_mm"]["mean"]
+    # Frames 0 and 1 are the same mesh: the same pose and placement come out.
+    np.testing.assert_allclose(skin(motion, 0), skin(motion, 1), atol=2e-3)

@@ -21,8 +21,11 @@ def load_model(*args, **kwargs):
     return _load_model(*args, **kwargs)
 
 
-_LAZY = {"Predictor": ("fastmetro.inference.predictor", "Predictor")}
-_SUBPACKAGES = ("topology", "model", "data", "inference", "engine", "metrics", "conventions", "render")
+_LAZY = {
+    "Predictor": ("fastmetro.inference.predictor", "Predictor"),
+    "Rigger": ("fastmetro.inference.rigging", "Rigger"),
+}
+_SUBPACKAGES = ("topology", "model", "data", "inference", "engine", "metrics", "conventions", "render", "rig")
 
 
 def __getattr__(name):
@@ -36,4 +39,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastmetro' has no attribute {name!r}")
 
 
-__all__ = ["FastMetroError", "create_model", "load_model", "Predictor", "__version__"]
+__all__ = ["FastMetroError", "create_model", "load_model", "Predictor", "Rigger", "__version__"]

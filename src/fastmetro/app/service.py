@@ -28,6 +28,7 @@ from fastmetro.errors import FastMetroError
 from fastmetro.inference import boxes as box_tools
 from fastmetro.inference.images import load_image
 from fastmetro.inference.live import LiveTracker
+from fastmetro.inference.rigging import Rigger
 from fastmetro.inference.runner import InferenceRunner
 from fastmetro.inference.video import track_video
 
@@ -105,6 +106,7 @@ class AppService:
         self.keep_requests = keep_requests
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self._riggers: dict[int, Rigger] = {}
         # Folders whose names must not reach the page (longest first, so a parent never cuts a child).
         folders = {str(self.work_dir.resolve())} | {str(slot.checkpoint.resolve().parent) for slot in slots}
         folders |= {str(Path(d).resolve()) for slot in slots for d in slot.settings.data_dirs}
@@ -136,8 +138,10 @@ class AppService:
         boxes_text: str = "",
         joint: str | None = None,
         side: str = "right",
+        rig: bool = False,
     ) -> ImageOutcome:
-        """One image: meshes, overlay, 3D scene, attention maps for ``joint``, downloads."""
+        """One image: meshes, overlay, 3D scene, attention maps for ``joint``, downloads; with ``rig``
+        also each person's fitted body-model parameters, rigged ``.glb`` and ``.bvh``."""
         if not upload:
             return ImageOutcome("Upload an image, take a webcam snapshot or pick a sample first.", ok=False)
         name = Path(name or Path(upload).name).name
@@ -147,7 +151,7 @@ class AppService:
             boxes = parse_boxes(boxes_text)
             image = load_image(upload, max_pixels=self.max_pixels, name=name)
             out_dir = self._request_dir()
-            result = slot.run(self._predict_image, image, boxes, side, joint, out_dir, safe_stem(name), name)
+            result = slot.run(self._predict_image, image, boxes, side, joint, out_dir, safe_stem(name), name, rig)
             seconds = time.perf_counter() - started
         except Exception as error:
             return ImageOutcome(self._failure(error, upload, name, "request"), ok=False)
@@ -162,6 +166,7 @@ class AppService:
         boxes_text: str = "",
         side: str = "right",
         progress: Callable[[int, int | None], None] | None = None,
+        rig: bool = False,
     ) -> VideoOutcome:
         """A video (up to ``max_video_frames`` frames): its people tracked, smoothed and drawn in
         their track's colour as a new video, with the tracks' files."""
@@ -173,7 +178,7 @@ class AppService:
             slot = self._slot(model)
             boxes = parse_boxes(boxes_text)
             out_dir = self._request_dir()
-            summary = slot.run(self._predict_video, Path(upload), name, boxes, side, out_dir, progress)
+            summary = slot.run(self._predict_video, Path(upload), name, boxes, side, out_dir, progress, rig)
             seconds = time.perf_counter() - started
         except Exception as error:
             return VideoOutcome(self._failure(error, upload, name, "video request"), ok=False)
@@ -205,9 +210,24 @@ class AppService:
             predictor, boxes=source, side=side, max_pixels=self.max_pixels, renderer_pool=pool, **kwargs
         )
 
-    def _predict_image(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name):
+    def _rigger(self, predictor) -> Rigger:
+        """The fitter of a model's topology, made once (runs on the model's thread)."""
+        key = id(predictor.topology)
+        if key not in self._riggers:
+            self._riggers[key] = Rigger(predictor.topology, device=str(predictor.device))
+        return self._riggers[key]
+
+    def _predict_image(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name, rig=False):
+        rigger = self._rigger(predictor) if rig else None
         runner = self._runner(
-            predictor, pool, boxes, side, out_dir=out_dir, max_side=IMAGE_MAX_SIDE, attention_joint=joint or None
+            predictor,
+            pool,
+            boxes,
+            side,
+            out_dir=out_dir,
+            max_side=IMAGE_MAX_SIDE,
+            attention_joint=joint or None,
+            rigger=rigger,
         )
         result = runner.predict_one(image, name=stem, source=name)
         archive = out_dir / f"fastmetro_{stem}.zip"
@@ -217,7 +237,7 @@ class AppService:
         result.files.append(archive)
         return result
 
-    def _predict_video(self, predictor, pool, path, name, boxes, side, out_dir, progress):
+    def _predict_video(self, predictor, pool, path, name, boxes, side, out_dir, progress, rig=False):
         """The video's people tracked and smoothed (:func:`~fastmetro.inference.video.track_video`):
         ``overlay.mp4`` (one colour per track), ``tracks.json`` and each track's frames as JSON."""
         stem = safe_stem(name)
@@ -235,7 +255,7 @@ class AppService:
 
         video = track_video(
             runner, path, "offline", out_dir=out_dir, name=stem, mesh_files=False, on_frame=on_frame,
-            max_frames=self.max_video_frames,
+            max_frames=self.max_video_frames, rigger=self._rigger(predictor) if rig else None,
         )  # fmt: skip
         summary.failures = [failure.message for failure in video.failures]
         summary.tracks = len(video.tracks)

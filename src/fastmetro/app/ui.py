@@ -81,6 +81,10 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                     joint = gr.Dropdown(
                         joints, value=NO_JOINT, label="Attention maps for joint (paper Fig. 6)", elem_id="joint"
                     )
+                    rig = gr.Checkbox(
+                        False, label="Animatable: fit the body model, rigged .glb + .bvh (~0.5 s per person)",
+                        elem_id="rig",
+                    )  # fmt: skip
                     with gr.Row():
                         clear = gr.Button("Clear boxes")
                         run = gr.Button("Reconstruct", variant="primary", elem_id="run-image")
@@ -110,7 +114,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                         visible=False,
                     )
                     downloads = gr.File(
-                        label="Downloads (.obj, .ply, .glb, .json, all as .zip)",
+                        label="Downloads (.obj, .ply, .glb, .json, rigged _rig.glb and .bvh, all as .zip)",
                         file_count="multiple",
                         interactive=False,
                         elem_id="downloads",
@@ -124,6 +128,9 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                         + ("detector" if has_detector else "whole frame")
                         + ")",
                         elem_id="video-boxes",
+                    )
+                    video_rig = gr.Checkbox(
+                        False, label="Animatable: each track as a rigged, animated .glb + .bvh", elem_id="video-rig"
                     )
                     run_video = gr.Button("Reconstruct every frame", variant="primary", elem_id="run-video")
                 with gr.Column(scale=2):
@@ -148,7 +155,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                     live_out = gr.Image(label="Tracks", type="numpy", interactive=False, elem_id="live-output")
             live_session = gr.State(None)
 
-        def on_image(model_label, upload, box_text, joint_name, hand_side):
+        def on_image(model_label, upload, box_text, joint_name, hand_side, animatable):
             upload = upload or Upload("", "")
             outcome = service.analyse_image(
                 model_label,
@@ -157,6 +164,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                 box_text,
                 None if joint_name in (None, NO_JOINT) else joint_name,
                 hand_side,
+                bool(animatable),
             )
             status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
             maps = [(str(path), caption) for path, caption in outcome.attention]
@@ -168,7 +176,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                 [str(path) for path in outcome.downloads] or None,
             )
 
-        def on_video(model_label, path, box_text, hand_side, progress=gr.Progress()):  # noqa: B008 (Gradio reads the default)
+        def on_video(model_label, path, box_text, hand_side, animatable, progress=gr.Progress()):  # noqa: B008 (Gradio reads the default)
             name = Path(path).name if path else None
             # The frames run on the model's thread; Gradio finds the request's progress bar
             # through context variables, so the report runs in a copy of this thread's context.
@@ -177,7 +185,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
             def report(done, total):
                 context.run(progress, (done, total) if total else done, desc="frames", unit="frames")
 
-            outcome = service.analyse_video(model_label, path, name, box_text, hand_side, report)
+            outcome = service.analyse_video(model_label, path, name, box_text, hand_side, report, bool(animatable))
             status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
             return status_text, _str(outcome.video), [str(p) for p in outcome.downloads] or None
 
@@ -203,10 +211,16 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
 
         inference: dict[str, Any] = {"concurrency_limit": 1, "concurrency_id": "inference"}
         run.click(
-            on_image, [model, image, boxes, joint, side], [status, overlay, scene, attention, downloads], **inference
+            on_image,
+            [model, image, boxes, joint, side, rig],
+            [status, overlay, scene, attention, downloads],
+            **inference,
         )
         run_video.click(
-            on_video, [model, video, video_boxes, side], [video_status, video_out, video_downloads], **inference
+            on_video,
+            [model, video, video_boxes, side, video_rig],
+            [video_status, video_out, video_downloads],
+            **inference,
         )
         camera.stream(
             on_live,
