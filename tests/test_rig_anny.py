@@ -96,9 +96,11 @@ def test_bad_targets_are_one_line_errors(fitter, bodies, case):
 
 def test_blender_poses_an_anny_fit_like_fastmetro(fitter, bodies, tmp_path):
     """The rig of a real fit (104 bones, 9 weights per vertex) in Blender: within 1 mm of the fit's mesh."""
+    from test_rig_export import _missing
+
     blender = shutil.which("blender")
     if blender is None:
-        pytest.skip("blender is not installed; `make rig-deps` installs it")
+        _missing("blender is not installed")
     fit = fitter.fit(bodies[1][:3], groups=[0, 0, 0], steps=20)  # one person over three frames
     motion = fitter.motion(fit, [0, 1, 2], fps=10.0, name="track_00")
     glb = write_rigged_glb(tmp_path / "rig.glb", [motion])

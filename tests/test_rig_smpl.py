@@ -76,6 +76,16 @@ def write_model_file(path, template, joints, parents, sigma, seed=0, hands_mean=
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread for these small problems: on a shared 2-core machine two threads mostly wait on
+    each other (measured: the file takes 7 s with one, 31 s with two beside another job)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def smpl_model(smpl_topology, tmp_path_factory) -> BodyModel:
     path = tmp_path_factory.mktemp("smpl") / "smpl_like.npz"
