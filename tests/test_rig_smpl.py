@@ -219,3 +219,27 @@ def test_motion_lacks_exactly_the_pose_correctives(smpl_model):
         skinned = skin(motion, frame)
         np.testing.assert_allclose(skinned + carried, fit.vertices[frame], atol=1e-5)
         assert np.linalg.norm(fit.vertices[frame] - skinned, axis=1).mean() > 1e-3  # they are missing
+
+
+def test_rigger_fits_smpl_people_from_the_regressor_start_and_writes_their_files(smpl_model, smpl_topology, tmp_path):
+    """`--rig` with an SMPL-topology model and the user's SMPL file, as the runner calls it."""
+    from types import SimpleNamespace
+
+    from fastmetro.inference.rigging import Rigger, write_person_rigs
+
+    vertices, rotmat, betas = people(smpl_model, 2, seed=11)
+    persons = [
+        SimpleNamespace(vertices_camera=vertices[i], smpl_rotmat=rotmat[i], smpl_betas=betas[i]) for i in range(2)
+    ]
+    rigger = Rigger(smpl_topology, body_model=smpl_model)
+    fitted = rigger.fit_people(persons, ["person_00", "person_01"])
+    for motion, params in fitted:
+        assert params["start"] == "the SMPL parameter regressor" and params["fit_error_mm"] < 1.0
+        assert motion.rig.num_bones == 24 and len(params["pose_axis_angle"]) == 24
+    written = write_person_rigs(tmp_path, rigger, SimpleNamespace(people=persons))
+    assert {path.name for path in written} == {
+        f"person_0{i}{suffix}" for i in range(2) for suffix in ("_rig.glb", ".bvh", "_rig.json")
+    }
+    # Without the regressor's output the mean pose is the start, and the result says so.
+    plain = [SimpleNamespace(vertices_camera=v, smpl_rotmat=None, smpl_betas=None) for v in vertices]
+    assert rigger.fit_people(plain, ["a", "b"])[0][1]["start"] == "mean pose, rigid registration"
