@@ -243,3 +243,13 @@ def test_rigger_fits_smpl_people_from_the_regressor_start_and_writes_their_files
     # Without the regressor's output the mean pose is the start, and the result says so.
     plain = [SimpleNamespace(vertices_camera=v, smpl_rotmat=None, smpl_betas=None) for v in vertices]
     assert rigger.fit_people(plain, ["a", "b"])[0][1]["start"] == "mean pose, rigid registration"
+
+
+def test_rigger_animates_an_smpl_track_with_one_body(smpl_model, smpl_topology):
+    from fastmetro.inference.rigging import Rigger
+
+    vertices, _, _ = people(smpl_model, 3, seed=12)
+    motion, record = Rigger(smpl_topology, body_model=smpl_model).fit_track(vertices, fps=25.0, name="track_01")
+    assert motion.num_frames == 3 and motion.rig.num_bones == 24 and motion.fps == 25.0
+    assert len(record["frames"]) == 3 and record["fit_error_mm"]["max"] < 1.0
+    assert len(record["betas"]) == smpl_model.num_betas

@@ -28,7 +28,7 @@ from fastmetro.rig.anny_fit import AnnyFitter
 from fastmetro.rig.bvh import write_bvh
 from fastmetro.rig.gltf import write_rigged_glb
 from fastmetro.rig.motion import Motion
-from fastmetro.rig.smpl_fit import fit_smpl, smpl_motion
+from fastmetro.rig.smpl_fit import SmplFit, fit_smpl, smpl_motion
 
 if TYPE_CHECKING:
     from fastmetro.inference.predictor import ImagePrediction, PersonPrediction
@@ -120,7 +120,7 @@ class Rigger:
     def fit_track(self, targets: np.ndarray, fps: float, name: str) -> tuple[Motion, dict]:
         """One track's frames (T, V0, 3) camera frame -> its Motion (one body shape) and parameters."""
         if self.kind != "anny":
-            raise FastMetroError("rig: video animation is fitted for Anny-topology models")
+            return self._fit_smpl_track(targets, fps, name)
         fitter = self.fitter
         shape_rows = np.linspace(0, len(targets) - 1, min(SHAPE_FRAMES, len(targets))).round().astype(int)
         shape = fitter.fit(targets[shape_rows], groups=np.zeros(len(shape_rows)), steps=self.steps).phenotypes[:1]
@@ -148,6 +148,35 @@ class Rigger:
                 for p in poses
             ],
             "fit_error_mm": {"mean": round(float(error.mean()), 3), "max": round(float(error.max()), 3)},
+        }
+        return motion, record
+
+    def _fit_smpl_track(self, targets: np.ndarray, fps: float, name: str) -> tuple[Motion, dict]:
+        """SMPL/MANO: every frame fitted (in chunks), the rig at the frames' mean betas."""
+        fits = [
+            fit_smpl(self.body_model, targets[s : s + CHUNK], steps=self.steps) for s in range(0, len(targets), CHUNK)
+        ]
+        joined = {key: np.concatenate([getattr(f, key) for f in fits]) for key in ("pose", "betas", "translation")}
+        fit = SmplFit(
+            **joined,
+            vertices=np.concatenate([f.vertices for f in fits]),
+            error_mm=np.concatenate([f.error_mm for f in fits]),
+            steps=max(f.steps for f in fits),
+        )
+        motion = smpl_motion(self.body_model, fit, list(range(len(targets))), None, fps, name)
+        record = {
+            "body_model": self.kind,
+            "betas": fit.betas.mean(0).round(6).tolist(),
+            "frames": [
+                {
+                    "pose_axis_angle": fit.pose[row].round(6).tolist(),
+                    "translation": fit.translation[row].round(6).tolist(),
+                    "fit_error_mm": round(float(fit.error_mm[row]), 3),
+                }
+                for row in range(len(targets))
+            ],  # fmt: skip
+            "fit_error_mm": {"mean": round(float(fit.error_mm.mean()), 3), "max": round(float(fit.error_mm.max()), 3)},
+            "note": "the rig carries the frames' mean betas; each frame's pose was fitted with its own",
         }
         return motion, record
 
