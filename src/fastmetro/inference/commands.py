@@ -80,7 +80,7 @@ def register(subparsers) -> None:
         help="also fit body-model parameters (Anny; SMPL with --body-model) and write animatable files: "
         "person_XX_rig.glb (skeleton, skin, pose), person_XX.bvh, person_XX_rig.json; videos: per track",
     )
-    infer.add_argument("--rig-steps", type=int, help="refinement steps of the --rig fit (Anny 60, SMPL 30)")
+    infer.add_argument("--rig-steps", type=int, help="refinement steps of the --rig fit (Anny 60; SMPL at most 100)")
     infer.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")

@@ -67,7 +67,7 @@ class Rigger:
                     f"rig: the body model has {self.body_model.num_vertices} vertices, "
                     f"the {topology.name} topology {topology.num_vertices}"
                 )
-            self.steps = 30 if steps is None else steps
+            self.steps = 100 if steps is None else steps  # a cap: Levenberg-Marquardt stops when settled
         else:
             needs = "an SMPL/MANO model file (--body-model)" if self.kind in ("smpl", "mano") else "an Anny topology"
             raise FastMetroError(f"rig: the {topology.name} topology needs {needs} to fit body-model parameters")
