@@ -13,6 +13,10 @@ Usage::
 * Time per person: the whole fit (start + refinement) of a batch, divided by its size, 2 threads,
   after one warm-up call (the first call in a process sets up Anny's skinning kernels).
 
+* ``--synthetic-set test.yaml`` (a ``fastmetro synth`` set, e.g. ``fastmetro synth --out synth --num 64
+  --test-fraction 0.99 --seed 4242``): the same table for the model's predictions on those rendered
+  held-out images.
+
 ``--train`` trains the initialiser (:func:`fastmetro.rig.anny_init.train_init`) on ``--bodies``
 sampled bodies (seed 1) and writes it as float16 safetensors: the shipped file came from
 ``--bodies 20000 --epochs 40`` (12 min on the 2-core CPU).
@@ -75,6 +79,27 @@ def metrics(pred: np.ndarray, truth: dict, topology) -> dict:
     return {key: float(value.mean()) for key, value in values.items()}
 
 
+def predictions_table(fitter, model, yaml_path: Path, steps: int) -> dict:
+    """Fit and metrics of the model's predictions on a rendered synthetic set's images."""
+    from fastmetro.data.dataset import MeshDataset
+
+    topology = fitter.poser.topology
+    dataset = MeshDataset(yaml_path, topology, image_size=model.spec.input.image_size)
+    items = [dataset[index] for index in range(len(dataset))]
+    images = torch.stack([item["image"] for item in items])
+    vertices = np.stack([item["vertices"].numpy() for item in items])
+    regressor = np.asarray(topology.joint_regressor, np.float32)
+    truth = {"vertices": vertices, "joints": np.einsum("kv,bvc->bkc", regressor, vertices)}
+    with torch.no_grad():
+        pred = np.concatenate([model(images[s : s + 16])["fine_vertices"].numpy() for s in range(0, len(images), 16)])
+    fitted, errors, starts, per_person = fit_all(fitter, pred, steps)
+    return {
+        "count": len(pred), "start_mm": float(starts.mean()), "fit_mm": float(errors.mean()),
+        "fit_p90_mm": float(np.percentile(errors, 90)), "seconds_per_person": per_person,
+        "raw": metrics(pred, truth, topology), "fitted": metrics(fitted, truth, topology),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--testset", type=Path, default=Path("../shared/testsets/anny_mocap_v1"))
@@ -82,6 +107,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--synthetic", type=int, default=64, help="held-out synthetic bodies (64)")
     parser.add_argument("--limit", type=int, help="the first N test crops only")
+    parser.add_argument("--synthetic-set", type=Path, help="a rendered synthetic set's yaml (fastmetro synth)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--train", type=Path, help="train the initialiser and write it here")
     parser.add_argument("--bodies", type=int, default=20000)
@@ -116,14 +142,17 @@ def main() -> None:
         "raw": metrics(pred, truth, fitter.poser.topology), "fitted": metrics(fitted, truth, fitter.poser.topology),
     }  # fmt: skip
     print(f"first call (set-up, 2 bodies, 2 steps): {results['first_call_s']:.1f} s")
-    for name in ("synthetic", "testset"):
+    if args.synthetic_set:
+        results["synthetic_images"] = predictions_table(fitter, model, args.synthetic_set, args.steps)
+    for name in [key for key in ("synthetic", "testset", "synthetic_images") if key in results]:
         row = results[name]
         print(f"{name:10s} n={row['count']:4d}  start {row['start_mm']:7.1f} mm  fit {row['fit_mm']:6.1f} mm "
               f"(p90 {row['fit_p90_mm']:.1f})  {row['seconds_per_person']:.2f} s/person")  # fmt: skip
-    raw, fit = results["testset"]["raw"], results["testset"]["fitted"]
-    print(f"{'metric':10s} {'raw':>8s} {'fitted':>8s} {'ratio':>6s}")
-    for key in raw:
-        print(f"{key:10s} {raw[key]:8.1f} {fit[key]:8.1f} {fit[key] / raw[key]:6.3f}")
+    for name in [key for key in ("testset", "synthetic_images") if key in results]:
+        raw, fit = results[name]["raw"], results[name]["fitted"]
+        print(f"{name}: {'metric':10s} {'raw':>8s} {'fitted':>8s} {'ratio':>6s}")
+        for key in raw:
+            print(f"{name}: {key:10s} {raw[key]:8.1f} {fit[key]:8.1f} {fit[key] / raw[key]:6.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
