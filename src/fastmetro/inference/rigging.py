@@ -74,18 +74,14 @@ class Rigger:
 
     # ----------------------------------------------------------------- fitting
     def fit_people(self, people: list[PersonPrediction], names: list[str], fps: float = 30.0):
-        """One photo's people -> [(Motion, parameters dict)], all people in one batch."""
+        """One photo's people -> [(Motion, parameters dict)], fitted together (batches of CHUNK)."""
         if not people:
             return []
         targets = np.stack([person.vertices_camera for person in people])
         if self.kind == "anny":
             results = []
             for start in range(0, len(people), CHUNK):
-                fit = self.fitter.fit(
-                    targets[start : start + CHUNK],
-                    groups=np.arange(len(targets[start : start + CHUNK])),
-                    steps=self.steps,
-                )
+                fit = self.fitter.fit(targets[start : start + CHUNK], steps=self.steps)
                 for row in range(len(fit.error_mm)):
                     motion = self.fitter.motion(fit, [row], fps=fps, name=names[start + row])
                     results.append((motion, fit.parameters(row, FIT_BONES)))

@@ -72,6 +72,26 @@ def _mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).norm(dim=-1).mean(-1)
 
 
+def _phenotype_logits(start: torch.Tensor, groups, known) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, 11) phenotype logits to optimise (or fixed, for a ``known`` shape) and each row's group.
+
+    start (B, 11): the rows' guesses; a group starts at the mean of its rows' guesses. Logits keep
+    the phenotypes inside [0, 1]; a guess is clamped to [0.02, 0.98] so its gradient is not lost.
+    """
+    batch, device = len(start), start.device
+    if known is not None:  # a known shape: one fixed group per row, kept as given
+        shape = torch.as_tensor(known, dtype=torch.float32, device=device).expand(batch, -1)
+        return torch.logit(shape.clamp(1e-6, 1 - 1e-6)), torch.arange(batch, device=device)
+    group_ids = torch.arange(batch) if groups is None else torch.as_tensor(np.asarray(groups))
+    if group_ids.shape != (batch,):
+        raise FastMetroError(f"anny fit: groups of shape {tuple(group_ids.shape)}, expected ({batch},)")
+    group_index = torch.unique(group_ids, return_inverse=True)[1].to(device)
+    count = int(group_index.max()) + 1
+    means = torch.zeros(count, start.shape[1], device=device).index_add_(0, group_index, start)
+    means /= torch.bincount(group_index, minlength=count)[:, None]
+    return torch.logit(means.clamp(0.02, 0.98)).requires_grad_(True), group_index
+
+
 class AnnyFitter:
     """Fits Anny to predicted meshes of an Anny topology (see the module docstring)."""
 
@@ -109,22 +129,9 @@ class AnnyFitter:
         if not torch.isfinite(targets).all():
             raise FastMetroError("anny fit: the predicted vertices hold NaN or infinite values")
         batch = len(targets)
-        group_ids = torch.arange(batch) if groups is None else torch.as_tensor(np.asarray(groups))
-        if group_ids.shape != (batch,):
-            raise FastMetroError(f"anny fit: groups of shape {tuple(group_ids.shape)}, expected ({batch},)")
-        _, group_index = torch.unique(group_ids, return_inverse=True)
-        group_index = group_index.to(poser.device)
         with torch.no_grad():
             start = initial_guess(self.network, self.frame, self.input_indices, targets)
-        count = int(group_index.max()) + 1
-        # One phenotype per group: the mean of its rows' starts (logits, so it stays in [0, 1]).
-        start_phenotypes = torch.zeros(count, start.phenotypes.shape[1], device=poser.device)
-        start_phenotypes.index_add_(0, group_index, start.phenotypes)
-        start_phenotypes /= torch.bincount(group_index, minlength=count)[:, None]
-        if phenotypes is not None:  # a known shape: one fixed group per row
-            known = torch.as_tensor(phenotypes, dtype=torch.float32, device=poser.device).expand(batch, -1)
-            start_phenotypes, group_index = known, torch.arange(batch, device=poser.device)
-        logits = torch.logit(start_phenotypes.clamp(0.02, 0.98)).requires_grad_(phenotypes is None)
+        logits, group_index = _phenotype_logits(start.phenotypes, groups, phenotypes)
         bone_residual = torch.zeros(batch, poser.num_fit_bones, 3, device=poser.device, requires_grad=True)
         global_residual = torch.zeros(batch, 3, device=poser.device, requires_grad=True)
         translation = torch.zeros(batch, 3, device=poser.device, requires_grad=True)
@@ -137,8 +144,9 @@ class AnnyFitter:
 
         with torch.no_grad():  # the placement's translation in closed form: centroids agree
             _, _, _, posed = evaluate()
-            translation += (targets - posed.label_vertices).mean(1)
-            start_error = evaluate()[2]
+            shift = (targets - posed.label_vertices).mean(1)
+            translation += shift
+            start_error = _mean_distance(posed.label_vertices + shift[:, None], targets)
         variables = [bone_residual, global_residual, translation] + ([logits] if phenotypes is None else [])
         optimiser = torch.optim.Adam(variables, lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
