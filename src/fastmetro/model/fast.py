@@ -182,18 +182,9 @@ class InferenceView(_ViewedModel):
             return super().forward(images, return_attention)
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        if _plain(self) or self._backbone_runner is None or torch.jit.is_tracing() or _single_image_on_threads(images):
+        if _plain(self) or self._backbone_runner is None or torch.jit.is_tracing():
             return super().backbone_features(images)
         return self._backbone_runner(images)
-
-
-def _single_image_on_threads(images: torch.Tensor) -> bool:
-    """One CPU image with several threads: the model's own backbone is faster than the fused
-    channels-last copy (measured, S-R50 at 224 px, 2 threads, idle machine: whole model 66 ms with
-    the own backbone vs 100 ms with the fused copy; on one thread the copy wins, 69 vs 91 ms, and
-    at batch 8 on 2 threads, 308 vs 367 ms): oneDNN's fused convolutions split one image's work
-    over threads poorly. Both compute the same function."""
-    return images.shape[0] == 1 and images.device.type == "cpu" and torch.get_num_threads() > 1
 
 
 class FastMETROInference(InferenceView, FastMETRO):
