@@ -206,7 +206,6 @@ def test_backbone_copy_is_folded_and_fused_on_cpu(smpl_topology):
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.modules())
 
 
-
 def test_fused_backbone_packs_weights_per_input_shape(smpl_topology):
     """One image and a batch, two sizes: each shape gets its own packed weights (the last two are
     kept), every one computes the plain function, and the fused copy shares the folded weights."""
@@ -228,6 +227,7 @@ def test_fused_backbone_packs_weights_per_input_shape(smpl_topology):
     assert list(conv._packed) == [(1, 3, 128, 128), (1, 3, 96, 96)]  # least recently used dropped
     folded = {t.data_ptr() for t in runners["autocast"].parameters()}
     assert all(m.weight.data_ptr() in folded for m in runners["exact"].modules() if isinstance(m, OneDNNConv2d))
+
 
 @pytest.mark.slow  # TorchInductor compiles the backbone (tens of seconds on a CPU)
 def test_compiled_backbone_equals_plain(smpl_topology):

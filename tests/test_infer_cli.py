@@ -196,6 +196,25 @@ def test_export_cli_onnx(checkpoint, tmp_path, smpl_dir, capsys):
     assert "fine_vertices" in captured.out and "max |exported - pytorch|" in captured.out
 
 
+@pytest.mark.slow  # ONNX export and static quantisation
+def test_export_cli_int8(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    target = tmp_path / "tiny-int8.onnx"
+    common = ["export", "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir), "--image-size", "64"]
+    calibration = [str(photos / "astronaut.png"), str(photos / "gray.jpg")]
+    code = main([*common, "--format", "onnx", "--out", str(target), "--int8", "--calibration", *calibration])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "int8 backbone calibrated on" in captured.out and "fine_vertices  int8 - pytorch: mean" in captured.out
+    assert target.stat().st_size > 100_000
+    assert main([*common, "--format", "torchscript", "--out", str(tmp_path / "m.pt"), "--int8"]) == 2
+    assert "--int8 (with --calibration) needs --format onnx" in capsys.readouterr().err
+    broken = ["--format", "onnx", "--out", str(tmp_path / "b.onnx"), "--int8", "--calibration", str(photos)]
+    assert main([*common, *broken]) == 2
+    assert "broken.jpg" in capsys.readouterr().err  # the folder's truncated file, named
+    assert not (tmp_path / "b.onnx").exists()
+
+
 @pytest.mark.slow
 def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
     import torch

@@ -51,9 +51,11 @@ def register(subparsers) -> None:
     bench.add_argument(
         "--lossy",
         action="store_true",
-        help="also measure int8 dynamic quantisation, int8 ONNX Runtime, bf16 against fp32 fast",
+        help="also measure int8 dynamic and static quantisation, int8 ONNX Runtime, bf16 against fp32 fast",
     )
     bench.add_argument("--lossy-images", type=int, default=8, help="seeded inputs for the --lossy differences")
+    bench.add_argument("--calibration-images", type=int, default=32,
+                       help="photo crops calibrating the static int8 path of --lossy")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print JSON instead of tables")
     bench.add_argument("--out", help="also write the JSON result to this file")
     bench.set_defaults(func=run)
@@ -79,7 +81,7 @@ def run(args) -> int:
     if args.lossy:
         from fastmetro.bench.lossy import run_lossy
 
-        result["lossy"] = run_lossy(config, args.lossy_images, progress)
+        result["lossy"] = run_lossy(config, args.lossy_images, progress, args.calibration_images)
     if args.out:
         from fastmetro.io import atomic_write
 

@@ -5,11 +5,15 @@
   attention projections are not ``nn.Linear`` modules and stay fp32), CPU only, then the fast view.
 - ``fast-bf16``: the fast view under bf16 autocast (CPUs with AVX-512-BF16/AMX, or CUDA).
 - ``onnx`` / ``onnx-int8``: the exported fast view in ONNX Runtime, and the same file after
-  :func:`onnxruntime.quantization.quantize_dynamic` (int8 weights of MatMul/Gemm).
+  :func:`onnxruntime.quantization.quantize_dynamic` (int8 weights of MatMul/Gemm);
+- ``onnx-int8-static``: static int8 of the backbone's convolutions in ONNX Runtime
+  (:func:`fastmetro.inference.quantize.quantize_onnx_static`: per-channel weights, activation
+  ranges calibrated on crops of the photographs scikit-image ships), the rest fp32.
 
 For each: whole-model time at every configured batch size (interleaved with fp32 fast in one
 run) and, on a fixed seeded set of input images, the output difference from fp32 fast in
-millimetres: mean and max per-vertex distance of ``fine_vertices`` and of ``joints``. With
+millimetres: mean and max per-vertex distance of ``fine_vertices`` and of ``joints`` (root-centred,
+as the exported model gives them, so every path is compared in the same frame). With
 random weights the outputs are not meshes of people; the ``scale_mm`` column (mean distance of
 the fp32 fine vertices from their centroid) says how large the outputs are.
 """
@@ -26,10 +30,15 @@ import torch
 
 from fastmetro.bench import measure, report
 from fastmetro.bench.runner import BenchConfig, bench_network, export_fast_onnx, onnx_session
+from fastmetro.inference.export import camera_frame_outputs
+from fastmetro.inference.quantize import calibration_photos, quantize_onnx_static
 from fastmetro.model.fast import prepare_for_inference
 
 
 def _torch_call(model, mha_fast_path: bool = True):
+    topology = model.plain_model.topology if hasattr(model, "plain_model") else model.topology
+    root_regressor = torch.tensor(np.asarray(topology.root_regressor), dtype=torch.float32)
+
     def call(images):
         previous = torch.backends.mha.get_fastpath_enabled()
         # nn.TransformerEncoderLayer's fused path reads linear1.weight, which a dynamically
@@ -40,6 +49,8 @@ def _torch_call(model, mha_fast_path: bool = True):
                 out = model(images)
         finally:
             torch.backends.mha.set_fastpath_enabled(previous)
+            # root-centred like the exported model's outputs (the ONNX paths' frame)
+            out = camera_frame_outputs(out, root_regressor.to(images.device), topology.root_joints)
         return {k: out[k].float().cpu().numpy() for k in ("fine_vertices", "joints")}
 
     return call
@@ -55,7 +66,7 @@ def _onnx_call(path: Path, device: torch.device):
     return call
 
 
-def lossy_paths(model, config: BenchConfig, device: torch.device, workdir: Path) -> dict:
+def lossy_paths(model, config: BenchConfig, device: torch.device, workdir: Path, calibration: int = 32) -> dict:
     """name -> call(images) -> {"fine_vertices", "joints"} numpy arrays; "fast" is the fp32 reference."""
     paths = {"fast": _torch_call(prepare_for_inference(model))}
     if device.type == "cpu":
@@ -76,6 +87,10 @@ def lossy_paths(model, config: BenchConfig, device: torch.device, workdir: Path)
     int8 = workdir / "model-int8.onnx"
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     paths["onnx-int8"] = _onnx_call(int8, device)
+    if device.type == "cpu":
+        photos = calibration_photos(calibration, config.image_size, seed=config.seed)
+        static = quantize_onnx_static(fp32, workdir / "model-int8-static.onnx", photos)
+        paths["onnx-int8-static"] = _onnx_call(static, device)
     return paths
 
 
@@ -88,7 +103,7 @@ def _differences(reference: dict, outputs: dict) -> dict:
     return result
 
 
-def run_lossy(config: BenchConfig, num_images: int = 8, progress=None) -> dict:
+def run_lossy(config: BenchConfig, num_images: int = 8, progress=None, calibration: int = 32) -> dict:
     """Rows (model, task, path, batch, ms, images/s, speed-up over fp32 fast, differences in mm)."""
     device = torch.device(config.device)
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -100,7 +115,7 @@ def run_lossy(config: BenchConfig, num_images: int = 8, progress=None) -> dict:
                 if progress is not None:
                     progress(f"lossy {name} {task}")
                 model = bench_network(name, task, config.flavor, device, config.seed)
-                paths = lossy_paths(model, config, device, Path(workdir) / f"{name}-{task}")
+                paths = lossy_paths(model, config, device, Path(workdir) / f"{name}-{task}", calibration)
                 reference = paths["fast"](fixed)
                 centroid = reference["fine_vertices"] - reference["fine_vertices"].mean(axis=1, keepdims=True)
                 scale = float(np.linalg.norm(centroid, axis=-1).mean() * 1000.0)
@@ -117,7 +132,7 @@ def run_lossy(config: BenchConfig, num_images: int = 8, progress=None) -> dict:
                             "speedup_vs_fast": timings["fast"].median / timing.median,
                             "scale_mm": scale, **differences[path],
                         })  # fmt: skip
-    return {"num_images": num_images, "rows": rows}
+    return {"num_images": num_images, "calibration_images": calibration, "rows": rows}
 
 
 def format_lossy(lossy: dict) -> str:

@@ -109,6 +109,11 @@ def register(subparsers) -> None:
     export.add_argument("--data-dir", help="folder with the SMPL/MANO files for the smpl/mano topologies")
     export.add_argument("--image-size", type=int, help="input size (default: the model's, from its checkpoint)")
     export.add_argument("--no-verify", action="store_true", help="skip comparing the export with PyTorch")
+    export.add_argument("--int8", action="store_true",
+                        help="ONNX only: static int8 backbone (lossy CPU path; see docs/speed.md)")  # fmt: skip
+    export.add_argument("--calibration", nargs="+", metavar="IMAGE",
+                        help="--int8: person crops (files or folders) calibrating the activation ranges "
+                        "(default: crops of scikit-image's photographs)")  # fmt: skip
     export.set_defaults(func=run_export)
 
 
@@ -242,6 +247,8 @@ def run_export(args) -> int:
     model = load_model(args.checkpoint, args.topology, data_dir=args.data_dir).cpu().eval()
     if args.image_size is None:  # the size the model was trained for (its spec)
         args.image_size = model.spec.input.image_size
+    if args.int8 or args.calibration:
+        return _export_int8(args, model)
     path = exporter.export(model, args.out, args.format, args.image_size)
     print(f"wrote {path} ({args.format}, input images (B, 3, {args.image_size}, {args.image_size}))")
     if not args.no_verify:
@@ -256,4 +263,35 @@ def run_export(args) -> int:
         if worst > 1e-4:
             print(f"warning: exported outputs differ from PyTorch by up to {worst:.2e}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _export_int8(args, model) -> int:
+    """``fastmetro export --int8``: the fp32 ONNX file, then its static int8 version at ``--out``."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from fastmetro.inference import export as exporter
+    from fastmetro.inference import quantize
+    from fastmetro.inference.images import expand_inputs
+
+    if args.format != "onnx" or not args.int8:
+        raise FastMetroError("--int8 (with --calibration) needs --format onnx")
+    size, spec = args.image_size, model.spec.input
+    if args.calibration:
+        calibration = quantize.calibration_images(expand_inputs(args.calibration), size, spec.mean, spec.std)
+    else:
+        calibration = quantize.calibration_photos(32, size, mean=spec.mean, std=spec.std)
+    with tempfile.TemporaryDirectory(prefix="fastmetro-export-") as workdir:
+        fp32 = exporter.export_onnx(model, Path(workdir) / "fp32.onnx", size)
+        path = quantize.quantize_onnx_static(fp32, args.out, calibration)
+    print(f"wrote {path} (onnx, int8 backbone calibrated on {len(calibration)} images, input (B, 3, {size}, {size}))")
+    if not args.no_verify:  # lossy by design: report the error in millimetres, do not fail on it
+        images = torch.from_numpy(calibration[:8])
+        reference, exported = exporter.pytorch_outputs(model, images), exporter.run_onnx(path, images)
+        for name in ("fine_vertices", "joints"):
+            distance = np.linalg.norm(exported[name] - reference[name], axis=-1) * 1000.0
+            print(f"  {name:14s} int8 - pytorch: mean {distance.mean():.2f} mm, max {distance.max():.2f} mm")
     return 0
