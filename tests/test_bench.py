@@ -98,11 +98,11 @@ def test_lossy_paths_report_differences_in_millimetres():
     config = BenchConfig(models=("FastMETRO-S-R18",), batches=(1,), image_size=64, warmup=0, repeats=1)
     lossy = run_lossy(config, num_images=2)
     rows = {row["path"]: row for row in lossy["rows"]}
-    assert {"fast", "fast-int8", "onnx", "onnx-int8", "onnx-int8-static"} <= set(rows)
+    assert {"fast", "fast-int8", "fast-int8-static", "onnx", "onnx-int8", "onnx-int8-static"} <= set(rows)
     assert rows["fast"]["vertices_max_mm"] == 0.0 and rows["fast"]["speedup_vs_fast"] == 1.0
     # fp32 export: the same function, compared in the same (root-centred) frame
     assert rows["onnx"]["vertices_max_mm"] < 1e-4 * rows["onnx"]["scale_mm"]
-    for path in ("fast-int8", "onnx-int8", "onnx-int8-static"):
+    for path in ("fast-int8", "fast-int8-static", "onnx-int8", "onnx-int8-static"):
         assert 0 < rows[path]["vertices_mean_mm"] < rows[path]["scale_mm"]
         assert math.isfinite(rows[path]["joints_max_mm"])
     assert "x fast" in format_lossy(lossy)

@@ -66,3 +66,51 @@ def test_static_int8_errors_are_one_line(fp32_onnx, tmp_path):
     assert not (tmp_path / "y.onnx").exists()
     with pytest.raises(FastMetroError, match="at least one image"):
         quantize.calibration_images([], 64)
+
+
+@pytest.fixture(scope="module")
+def int8_view(fp32_onnx):
+    pytest.importorskip("torchao")
+    from fastmetro.model.fast import prepare_for_inference
+
+    model, _ = fp32_onnx
+    calibration = torch.from_numpy(quantize.calibration_photos(8, 64, seed=4))
+    return model, prepare_for_inference(model, int8_calibration=calibration)
+
+
+def test_torch_int8_backbone_is_int8_and_close_to_fp32(int8_view):
+    """Batches of any size through one compiled graph, int8 kernels, outputs near fp32 (not equal)."""
+    from fastmetro.model.fast import prepare_for_inference
+
+    model, int8 = int8_view
+    images = torch.from_numpy(quantize.calibration_photos(3, 64, seed=5))
+    with torch.no_grad():
+        reference = prepare_for_inference(model)(images)["fine_vertices"]
+        batched = int8(images)["fine_vertices"]
+        single = torch.cat([int8(images[i : i + 1])["fine_vertices"] for i in range(3)])
+        with torch.profiler.profile() as profile:
+            int8.backbone_features(images[:1])
+    assert batched.shape == reference.shape
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)  # image by image either way
+    distance = (batched - reference).norm(dim=-1)
+    scale = reference.norm(dim=-1).mean()
+    assert 0 < distance.mean() < 0.05 * scale
+    kernels = {event.key for event in profile.key_averages()}
+    assert any(name.startswith("onednn::qconv") for name in kernels), kernels  # int8 convolutions ran
+    assert "aten::mkldnn_convolution" not in kernels  # and no fp32 ones
+
+
+def test_torch_int8_backbone_refuses_what_it_was_not_built_for(int8_view, smpl_topology):
+    from fastmetro.model.fast import prepare_for_inference
+
+    model, int8 = int8_view
+    with torch.no_grad(), pytest.raises(FastMetroError, match=r"quantised for images \(3, 64, 64\)"):
+        int8(torch.zeros(1, 3, 96, 96))
+    with pytest.raises(FastMetroError, match=r"\(N, 3, S, S\)"):
+        prepare_for_inference(model, int8_calibration=torch.zeros(3, 64, 64))
+    other = fastmetro.create_model("FastMETRO-S-R18", topology=smpl_topology, flavor="paper").eval()
+    view = prepare_for_inference(other, int8_calibration=torch.from_numpy(quantize.calibration_photos(2, 64)))
+    with torch.no_grad():
+        next(other.backbone.parameters()).mul_(1.5)  # trained further after quantising
+        with pytest.raises(FastMetroError, match="weights changed since it was quantised"):
+            view(torch.zeros(1, 3, 64, 64))

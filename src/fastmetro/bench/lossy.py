@@ -3,6 +3,9 @@
 - ``fast-int8``: :func:`torch.ao.quantization.quantize_dynamic` of the ``nn.Linear`` layers
   (int8 weights, activations quantised per call; the FFNs, dimension reductions and heads - the
   attention projections are not ``nn.Linear`` modules and stay fp32), CPU only, then the fast view.
+- ``fast-int8-static``: the fast view with the backbone in static int8
+  (:class:`fastmetro.model.fast_int8.Int8Backbone`, calibrated on the photo crops below; needs
+  torchao), CPU only;
 - ``fast-bf16``: the fast view under bf16 autocast (CPUs with AVX-512-BF16/AMX, or CUDA).
 - ``onnx`` / ``onnx-int8``: the exported fast view in ONNX Runtime, and the same file after
   :func:`onnxruntime.quantization.quantize_dynamic` (int8 weights of MatMul/Gemm);
@@ -21,6 +24,7 @@ the fp32 fine vertices from their centroid) says how large the outputs are.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import tempfile
 import warnings
 from pathlib import Path
@@ -76,6 +80,9 @@ def lossy_paths(model, config: BenchConfig, device: torch.device, workdir: Path,
                 copy.deepcopy(model).cpu(), {torch.nn.Linear}, dtype=torch.qint8
             )
         paths["fast-int8"] = _torch_call(prepare_for_inference(quantised), mha_fast_path=False)
+        if importlib.util.find_spec("torchao") is not None:  # the int8 extra
+            crops = torch.from_numpy(calibration_photos(calibration, config.image_size, seed=config.seed))
+            paths["fast-int8-static"] = _torch_call(prepare_for_inference(model, int8_calibration=crops))
     if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
         paths["fast-bf16"] = _torch_call(prepare_for_inference(model, autocast_dtype="bf16"))
     try:

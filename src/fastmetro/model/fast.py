@@ -19,7 +19,8 @@ pieces swapped in (the forward itself is FastMETRO's, so heads added to it compo
 - the forward runs under :func:`torch.inference_mode` (outputs are inference tensors; see
   ``inference_mode=``);
 - optional: ``autocast_dtype`` (bf16/fp16, lossy), ``cuda_graphs`` (captured and replayed
-  forward, :mod:`fastmetro.model.fast_cuda`), ``compile`` (TorchInductor on the backbone).
+  forward, :mod:`fastmetro.model.fast_cuda`), ``compile`` (TorchInductor on the backbone),
+  ``int8_calibration`` (the backbone in static int8 on CPU, lossy, :mod:`fastmetro.model.fast_int8`).
 
 A METRO baseline (:mod:`fastmetro.model.metro`) gets a view with the backbone, inference-mode and
 autocast parts only (its encoder layers already take PyTorch's fused inference kernels).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,6 +43,7 @@ from torch import nn
 from fastmetro.errors import FastMetroError
 from fastmetro.model.fast_backbone import ChannelsLastBackbone
 from fastmetro.model.fast_cuda import CUDAGraphModel
+from fastmetro.model.fast_int8 import Int8Backbone
 from fastmetro.model.fast_transformer import FastTransformer
 from fastmetro.model.fastmetro import FastMETRO, SparseUpsampling
 from fastmetro.model.metro import METRO
@@ -168,7 +171,7 @@ class InferenceView(_ViewedModel):
 
     _autocast_dtype: torch.dtype | None
     _inference_mode: bool
-    _backbone_runner: ChannelsLastBackbone | None
+    _backbone_runner: Callable[[torch.Tensor], torch.Tensor] | None
 
     def forward(self, images: torch.Tensor, return_attention: bool = False) -> dict:
         context = contextlib.ExitStack()
@@ -202,6 +205,7 @@ def prepare_for_inference(
     inference_mode: bool = True,
     autocast_dtype: torch.dtype | str | None = None,
     cuda_graphs: bool = False,
+    int8_calibration: torch.Tensor | None = None,
 ) -> nn.Module:
     """A fast inference view of ``model`` (see the module docstring); ``model`` is not changed.
 
@@ -223,6 +227,9 @@ def prepare_for_inference(
             :func:`torch.autocast` (lossy; bf16 on CPUs with AVX-512-BF16/AMX, bf16/fp16 on GPUs).
         cuda_graphs: return a :class:`~fastmetro.model.fast_cuda.CUDAGraphModel` around the view
             (CUDA models: one captured graph per input shape, replayed; see that class).
+        int8_calibration: (N, 3, S, S) normalised images: run the backbone in static int8,
+            calibrated on them (lossy, CPU; :class:`~fastmetro.model.fast_int8.Int8Backbone`,
+            needs torchao and a C++ compiler); the rest stays the fp32 fast path.
     """
     if isinstance(model, InferenceView):
         raise FastMetroError("prepare_for_inference: the model is already a fast inference view")
@@ -236,7 +243,11 @@ def prepare_for_inference(
         autocast_dtype = None
 
     fast = _shallow_view(model)
-    runner = ChannelsLastBackbone(model.backbone, fold_batchnorm, compile) if channels_last or compile else None
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+    if int8_calibration is not None:
+        runner = Int8Backbone(model.backbone, int8_calibration)
+    elif channels_last or compile:
+        runner = ChannelsLastBackbone(model.backbone, fold_batchnorm, compile)
     fast.__dict__["_backbone_runner"] = runner
     fast.__dict__["_inference_mode"] = bool(inference_mode)
     fast.__dict__["_autocast_dtype"] = autocast_dtype
