@@ -215,6 +215,19 @@ def test_export_cli_int8(checkpoint, photos, tmp_path, smpl_dir, capsys):
     assert not (tmp_path / "b.onnx").exists()
 
 
+@pytest.mark.slow  # quantises and compiles the backbone
+def test_infer_int8(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    pytest.importorskip("torchao")
+    out = tmp_path / "out"
+    common = ["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+              "--bbox", "120,20,300,490", "--image-size", "64"]  # fmt: skip
+    code = main([*common, "--out", str(out), "--int8", "--calibration", str(photos / "gray.jpg")])
+    assert code == 0, capsys.readouterr().err
+    assert len(json.loads((out / "astronaut" / "person_00.json").read_text())["joints_2d"]) == 14
+    assert main([*common, "--out", str(tmp_path / "b"), "--calibration", str(photos)]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
     import torch

@@ -114,3 +114,28 @@ def test_torch_int8_backbone_refuses_what_it_was_not_built_for(int8_view, smpl_t
         next(other.backbone.parameters()).mul_(1.5)  # trained further after quantising
         with pytest.raises(FastMetroError, match="weights changed since it was quantised"):
             view(torch.zeros(1, 3, 64, 64))
+
+
+def test_predictor_int8_runs_the_int8_backbone(fp32_onnx, tmp_path):
+    """Predictor(int8=True, calibration=files): the people come from the int8 view, close to fp32."""
+    pytest.importorskip("torchao")
+    from PIL import Image
+
+    from fastmetro import Predictor
+    from fastmetro.model.fast_int8 import Int8Backbone
+
+    model, _ = fp32_onnx
+    photo = (np.clip(quantize.calibration_photos(1, 96, seed=6)[0].transpose(1, 2, 0) * 60 + 120, 0, 255)).astype(
+        np.uint8
+    )
+    Image.fromarray(photo).save(tmp_path / "crop.png")
+    fp32 = Predictor(model=model, image_size=64)
+    int8 = Predictor(model=model, image_size=64, calibration=[tmp_path / "crop.png"])
+    assert isinstance(int8.model._backbone_runner, Int8Backbone)
+    box = [(10, 10, 80, 80)]
+    a = fp32.predict(photo, boxes=box).people[0].vertices
+    b = int8.predict(photo, boxes=box).people[0].vertices
+    distance = np.linalg.norm(a - b, axis=-1)
+    assert 0 < distance.mean() < 0.05 * np.linalg.norm(a - a.mean(0), axis=-1).mean()
+    with pytest.raises(FastMetroError, match="int8 runs on the CPU"):
+        Predictor(model=model, image_size=64, int8=True, device="meta")

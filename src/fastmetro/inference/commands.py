@@ -83,6 +83,17 @@ def register(subparsers) -> None:
     infer.add_argument("--rig-steps", type=int, help="refinement steps of the --rig fit (Anny 60; SMPL at most 100)")
     infer.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N, mps or xpu (cpu)")
     infer.add_argument("--batch-size", type=int, default=16, help="crops per network call (16)")
+    infer.add_argument(
+        "--int8",
+        action="store_true",
+        help="CPU: the backbone in static int8 (lossy, ~1.6x for ResNet-50 models; see docs/speed.md)",
+    )
+    infer.add_argument(
+        "--calibration",
+        nargs="+",
+        metavar="IMAGE",
+        help="--int8: person crops calibrating the activation ranges (default: scikit-image photos)",
+    )
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
     infer.add_argument(
         "--box-expand", type=float, default=1.2, help="square crop side = this x the box's longer side (1.2)"
@@ -191,6 +202,8 @@ def run_infer(args) -> int:
         focal_length=args.focal_length,
         data_dir=args.data_dir,
         body_model=args.body_model,
+        int8=args.int8,
+        calibration=image_io.expand_inputs(args.calibration) if args.calibration else None,
     )
     boxes = given or box_source_from_args(args, is_hand=predictor.topology.is_hand)
     rigger = None

@@ -35,13 +35,15 @@ from fastmetro.conventions import (
 from fastmetro.data.body_models import load_body_model
 from fastmetro.errors import FastMetroError
 from fastmetro.inference import camera as cam
+from fastmetro.inference import quantize
 from fastmetro.inference.boxes import SIDES, PersonBox, box_tuple, person_boxes
 from fastmetro.inference.detector import detector_for, make_detector
 from fastmetro.model.factory import load_model
-from fastmetro.model.fast import inference_view
+from fastmetro.model.fast import inference_view, prepare_for_inference
 from fastmetro.weights import find_default_checkpoint
 
 if TYPE_CHECKING:
+    from fastmetro.model.fastmetro import FastMETRO
     from fastmetro.topology import Topology
 
 logger = logging.getLogger("fastmetro.inference")
@@ -149,6 +151,11 @@ class Predictor:
             whole image is the box.
         body_model: an SMPL model file (or a loaded layer) for models with the SMPL parameter
             regressor: each person then also gets ``smpl_vertices``.
+        int8: run the backbone in static int8 (lossy, CPU; needs ``fastmetro[int8]``): about
+            1.6x for a ResNet-50 model at ~2 mm of vertex change, not for the shipped model
+            (docs/speed.md). Building it takes 10-35 s.
+        calibration: image files (person crops) for the int8 activation ranges; default: crops
+            of scikit-image's photographs. Giving it implies ``int8``.
     """
 
     def __init__(
@@ -164,6 +171,8 @@ class Predictor:
         data_dir: str | os.PathLike | None = None,
         detector=None,
         body_model=None,
+        int8: bool = False,
+        calibration: Sequence[str | os.PathLike] | None = None,
     ):
         if checkpoint is not None and model is not None:
             raise FastMetroError("Predictor takes checkpoint= or model=, not both")
@@ -193,10 +202,13 @@ class Predictor:
         if image_size < 32:
             raise FastMetroError(f"image_size must be >= 32, got {image_size}")
         self.device = torch.device(device)
-        self.model = inference_view(model.to(self.device).eval())  # the fast path (same function)
         self.topology = cast("Topology", model.topology)  # a plain attribute, not a submodule
         self.image_size = int(image_size)
         self.normalisation = (spec.input.mean, spec.input.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        if int8 or calibration:
+            self.model = self._int8_view(model.eval(), calibration)
+        else:
+            self.model = inference_view(model.to(self.device).eval())  # the fast path (same function)
         self.batch_size = int(batch_size)
         self.box_expand = float(box_expand)
         self.focal_length = focal_length
@@ -277,6 +289,19 @@ class Predictor:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _int8_view(self, model: torch.nn.Module, calibration) -> torch.nn.Module:
+        """The fast path with the backbone in static int8 (lossy, CPU; fastmetro.model.fast_int8),
+        calibrated on ``calibration`` image files, else on crops of scikit-image's photographs."""
+        if self.device.type != "cpu":
+            raise FastMetroError(f"int8 runs on the CPU, not on {self.device}")
+        mean, std = self.normalisation
+        if calibration:
+            crops = quantize.calibration_images(calibration, self.image_size, mean, std)
+        else:
+            crops = quantize.calibration_photos(32, self.image_size, mean=mean, std=std)
+        network = cast("FastMETRO", model.cpu())  # another network is a one-line error there
+        return prepare_for_inference(network, int8_calibration=torch.from_numpy(crops))
+
     def _attach_body_model(self, body_model) -> None:
         attach = getattr(self.model, "attach_body_model", None)
         if attach is None or not getattr(self.model.config, "smpl_parameter_regressor", False):
