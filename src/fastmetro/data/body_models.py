@@ -178,6 +178,28 @@ class BodyModel(nn.Module):
             raise ValueError(f"{count} betas for a model with {self.num_betas} shape components")
         return self.v_template + torch.einsum("vck,bk->bvc", self.shapedirs[:, :, :count], betas)
 
+    def articulate(
+        self, rotations: torch.Tensor, betas: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything before skinning, from (B, J, 3, 3) local rotations and (B, B') betas:
+        rest joints (B, J, 3), world rotations (B, J, 3, 3) and positions (B, J, 3) along the
+        chain (parents precede children), and the rest mesh with the shape and pose blends
+        (B, V, 3)."""
+        batch = rotations.shape[0]
+        shaped = self.shaped(betas)
+        rest_joints = torch.einsum("jv,bvc->bjc", self.J_regressor.to(shaped.dtype), shaped)
+        eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
+        posed = shaped + (pose_feature @ self.posedirs.to(pose_feature.dtype)).reshape(batch, self.num_vertices, 3)
+        world_rot = [rotations[:, 0]]
+        world_pos = [rest_joints[:, 0]]
+        for joint in range(1, self.num_joints):
+            parent = self.parents[joint]
+            offset = rest_joints[:, joint] - rest_joints[:, parent]
+            world_rot.append(world_rot[parent] @ rotations[:, joint])
+            world_pos.append(world_pos[parent] + (world_rot[parent] @ offset[..., None])[..., 0])
+        return rest_joints, torch.stack(world_rot, 1), torch.stack(world_pos, 1), posed
+
     def forward(
         self, pose: torch.Tensor, betas: torch.Tensor, translation: torch.Tensor | None = None
     ) -> BodyModelOutput:
@@ -190,22 +212,7 @@ class BodyModel(nn.Module):
             if pose.shape[1] != self.num_pose_parameters:
                 raise ValueError(f"pose has {pose.shape[1]} values, this model needs {self.num_pose_parameters}")
             rotations = axis_angle_to_matrix((pose + self.pose_mean).reshape(batch, self.num_joints, 3))
-        shaped = self.shaped(betas)
-        rest_joints = torch.einsum("jv,bvc->bjc", self.J_regressor, shaped)
-        eye = torch.eye(3, dtype=dtype, device=pose.device)
-        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
-        posed = shaped + (pose_feature @ self.posedirs).reshape(batch, self.num_vertices, 3)
-
-        # world transforms along the chain (parents precede children)
-        world_rot = [rotations[:, 0]]
-        world_pos = [rest_joints[:, 0]]
-        for joint in range(1, self.num_joints):
-            parent = self.parents[joint]
-            offset = rest_joints[:, joint] - rest_joints[:, parent]
-            world_rot.append(world_rot[parent] @ rotations[:, joint])
-            world_pos.append(world_pos[parent] + (world_rot[parent] @ offset[..., None])[..., 0])
-        rot = torch.stack(world_rot, 1)  # (B, J, 3, 3)
-        posed_joints = torch.stack(world_pos, 1)  # (B, J, 3)
+        rest_joints, rot, posed_joints, posed = self.articulate(rotations, betas)
         # skinning transform maps a rest-pose point: x -> R_j x + (p_j - R_j J_j)
         shift = posed_joints - (rot @ rest_joints[..., None])[..., 0]
         blended_rot = torch.einsum("vj,bjkl->bvkl", self.weights, rot)

@@ -40,23 +40,10 @@ class Chain:
 
 
 def chain(body_model: BodyModel, rotations: torch.Tensor, betas: torch.Tensor) -> Chain:
-    """The kinematic chain of ``body_model`` at local ``rotations`` (B, J, 3, 3) and ``betas`` (B, nb),
-    step for step as ``BodyModel.forward`` (so its vertices are ``sum_j w_vj (R_j (posed_v - J_j) + p_j)``)."""
-    batch = rotations.shape[0]
-    shaped = body_model.shaped(betas)
-    rest_joints = torch.einsum("jv,bvc->bjc", body_model.J_regressor.to(shaped.dtype), shaped)
-    eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
-    pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
-    posedirs = body_model.posedirs.to(pose_feature.dtype)
-    posed = shaped + (pose_feature @ posedirs).reshape(batch, body_model.num_vertices, 3)
-    world_rot = [rotations[:, 0]]
-    world_pos = [rest_joints[:, 0]]
-    for joint in range(1, body_model.num_joints):
-        parent = body_model.parents[joint]
-        offset = rest_joints[:, joint] - rest_joints[:, parent]
-        world_rot.append(world_rot[parent] @ rotations[:, joint])
-        world_pos.append(world_pos[parent] + (world_rot[parent] @ offset[..., None])[..., 0])
-    return Chain(rest_joints, torch.stack(world_rot, 1), torch.stack(world_pos, 1), posed)
+    """The kinematic chain of ``body_model`` at local ``rotations`` (B, J, 3, 3) and ``betas`` (B, nb):
+    :meth:`BodyModel.articulate`, what ``BodyModel.forward`` skins (its vertices are
+    ``sum_j w_vj (R_j (posed_v - J_j) + p_j)``)."""
+    return Chain(*body_model.articulate(rotations, betas))
 
 
 def _skew(vectors: torch.Tensor) -> torch.Tensor:
