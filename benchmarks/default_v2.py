@@ -35,7 +35,6 @@ LIMB_JOINTS = (
 )  # fmt: skip
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe", "limb_pa_mpjpe", "dihedral", "folded")
-FOLD_DEGREES = 60.0  # a face pair bent past this is a fold, not the body's curvature
 
 
 def load_testset(folder: Path, topology) -> dict:
@@ -106,7 +105,7 @@ def score(pred_vertices: np.ndarray, truth: dict, topology, pairs: np.ndarray) -
 
 def surface(vertices, topology, pairs: np.ndarray) -> dict:
     """Mean and median dihedral angle (degrees) and the share of folded face pairs of (N, V0, 3)."""
-    from fastmetro.metrics import dihedral_angles
+    from fastmetro.metrics import FOLD_DEGREES, dihedral_angles
 
     angles = dihedral_angles(vertices, topology.faces[0], pairs)
     return {

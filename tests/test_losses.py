@@ -238,6 +238,25 @@ def test_edge_and_normal(topology):
     assert criterion(outputs, batch)["normal"].item() > 1e-3
 
 
+def test_laplacian_sees_a_coarse_fold_that_a_translation_does_not(topology):
+    """The coarse Laplacian term: 0 for a translated coarse mesh, > 0 when one vertex leaves its
+    neighbours' mean; hand-checked on the 2-vertex coarse level (L = [[1, -1], [-1, 1]])."""
+    criterion = MeshCriterion(topology, LossConfig(laplacian_weight=10.0))
+    outputs, batch = make_case(topology)
+    assert criterion(outputs, batch)["laplacian"].item() == pytest.approx(0.0, abs=1e-7)
+    coarse = topology.num_levels - 1
+    moved = list(outputs["vertices_by_level"])
+    moved[coarse] = moved[coarse] + torch.tensor([0.0, 0.0, 0.02])  # the same shape, moved
+    assert criterion({**outputs, "vertices_by_level": tuple(moved)}, batch)["laplacian"].item() < 1e-7
+    moved[coarse] = moved[coarse].clone()
+    moved[coarse][:, 0, 2] += 0.03  # vertex 0 pulled 3 cm away from vertex 1
+    terms = criterion({**outputs, "vertices_by_level": tuple(moved)}, batch)
+    # Each vertex's Laplacian moves by 3 cm in z: mean |.| over 2 vertices x 3 coordinates = 0.01 m.
+    assert terms["laplacian"].item() == pytest.approx(0.01, rel=1e-4)
+    released = MeshCriterion(topology)(outputs, batch)
+    assert "laplacian" not in released  # off by default: the released loss is unchanged
+
+
 def test_total_is_weighted_sum(topology):
     outputs, batch = make_case(topology)
     generator = torch.Generator().manual_seed(1)

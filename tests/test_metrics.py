@@ -148,3 +148,16 @@ def test_rough_surfaces_have_larger_dihedral_angles():
     rough = smooth + np.column_stack([np.zeros((36, 2)), np.random.default_rng(0).normal(0, 0.3, 36)])
     smooth_angle, rough_angle = mean_dihedral_angle(torch.tensor(np.stack([smooth, rough])).float(), faces)
     assert smooth_angle < 5.0 < 15.0 < rough_angle
+
+
+def test_surface_metrics_count_folds_per_sample():
+    from fastmetro.metrics import FOLD_DEGREES, surface_metrics
+
+    faces = np.array([[0, 1, 2], [1, 0, 3]])
+    hinges = []
+    for degrees in (30.0, FOLD_DEGREES + 20.0):
+        angle = np.deg2rad(degrees)
+        hinges.append([[0, 0, 0], [1, 0, 0], [0.5, 1, 0], [0.5, -np.cos(angle), -np.sin(angle)]])
+    out = surface_metrics(torch.tensor(hinges, dtype=torch.float32), faces)
+    assert out["dihedral"].tolist() == pytest.approx([30.0, FOLD_DEGREES + 20.0], abs=1e-3)
+    assert out["folded"].tolist() == [0.0, 1.0]

@@ -81,6 +81,10 @@ def test_train_then_eval_cli(tmp_path, synthetic_dataset, capsys):
         results[name] = json.loads(lines[0])
     trained, untrained = results["trained"], results["untrained"]
     assert trained["num_samples"] == 4 and set(trained) >= {"mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe"}
+    # Surface roughness of the prediction and of the ground truth (a smooth rendered body, far from
+    # the 90-degree average of a random mesh); both models' meshes share the ground truth's value.
+    assert 3.0 < trained["gt_dihedral"] < 30.0 and trained["gt_dihedral"] == untrained["gt_dihedral"]
+    assert 0.0 < trained["dihedral"] < 90.0 and 0.0 <= trained["folded"] <= 1.0
     # The CLI's numbers are the trainer's numbers for the same weights and data.
     assert abs(trained["pa_mpjpe"] - logged[-1]["pa_mpjpe"]) < 1e-3
     print({name: {key: round(value[key], 1) for key in ("pa_mpjpe", "mpvpe")} for name, value in results.items()})

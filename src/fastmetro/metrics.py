@@ -203,3 +203,16 @@ def mean_dihedral_angle(vertices: torch.Tensor, faces: np.ndarray, pairs: np.nda
     """Surface roughness: the mean of :func:`dihedral_angles` per sample (B,), degrees. A smooth
     body is ~10 degrees; a spiky one much more."""
     return dihedral_angles(vertices, faces, pairs).mean(dim=1)
+
+
+FOLD_DEGREES = 60.0  # a face pair bent past this is a fold, not the body's curvature
+
+
+def surface_metrics(
+    vertices: torch.Tensor, faces: np.ndarray, pairs: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-sample surface roughness of (B, V, 3) meshes: ``dihedral`` (mean angle between
+    neighbouring faces' normals, degrees) and ``folded`` (share of face pairs bent past
+    :data:`FOLD_DEGREES`, in [0, 1]). Both are (B,); neither needs a ground truth."""
+    angles = dihedral_angles(vertices, faces, pairs)
+    return {"dihedral": angles.mean(dim=1), "folded": (angles > FOLD_DEGREES).float().mean(dim=1)}

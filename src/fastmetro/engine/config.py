@@ -304,6 +304,7 @@ _MINIMUMS = (
     ("loss.edge_length_weight", 0.0),
     ("loss.edge_self_weight", 0.0),
     ("loss.normal_weight", 0.0),
+    ("loss.laplacian_weight", 0.0),
 )
 _POSITIVE = ("optim.lr", "optim.eps", "optim.gamma")
 _CHOICES = (

@@ -2,7 +2,10 @@
 
 Protocol (released ``run_validate``, see :mod:`fastmetro.metrics`): joints regressed from the
 predicted fine mesh; MPJPE/PA-MPJPE over samples with ground-truth 3D joints; MPVPE/PA-MPVPE
-over samples with a ground-truth mesh; F-scores at 5/15 mm for hand topologies.
+over samples with a ground-truth mesh; F-scores at 5/15 mm for hand topologies. Not in the
+release: the predicted fine mesh's surface roughness over every sample (``dihedral``, ``folded``;
+:func:`fastmetro.metrics.surface_metrics`) and the ground truth's (``gt_dihedral``), so a fold
+that vertex errors hide shows in every evaluation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 JOINT_METRICS = ("mpjpe", "pa_mpjpe")
 MESH_METRICS = ("mpvpe", "pa_mpvpe")
+SURFACE_METRICS = ("dihedral", "folded")  # of the prediction: defined for every sample
 HAND_FSCORE_THRESHOLDS_MM = (5.0, 15.0)
 
 
@@ -65,9 +69,12 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
 
     Returns keys ``mpjpe``, ``pa_mpjpe`` (if any sample has 3D joints), ``mpvpe``, ``pa_mpvpe``
     (if any has a mesh), ``f@5mm``/``f@15mm`` (hands), and ``num_samples``, ``num_joint_samples``,
-    ``num_mesh_samples`` over all processes.
+    ``num_mesh_samples`` over all processes; ``dihedral`` (degrees) and ``folded`` (share) of the
+    predicted fine mesh over every sample, ``gt_dihedral`` over the samples with a mesh.
     """
     topology = setup.topology
+    faces = topology.faces[0]
+    pairs = metrics.face_pairs(faces) if len(faces) else None
     hand = topology.is_hand if setup.hand_metrics is None else setup.hand_metrics
     thresholds = HAND_FSCORE_THRESHOLDS_MM if hand else ()
     was_training = model.training
@@ -92,6 +99,9 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
             topology.root_joints,
             fscore_thresholds_mm=thresholds,
         )
+        if pairs is not None:
+            per_sample.update(metrics.surface_metrics(outputs["fine_vertices"], faces, pairs))
+            per_sample["gt_dihedral"] = metrics.surface_metrics(batch["vertices"], faces, pairs)["dihedral"]
         names = list(per_sample)
         # One row per sample: availability flags, then every metric (gathered as one tensor).
         rows.append(
@@ -103,10 +113,10 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
         )
     if was_training:
         model.train()
-    width = 2 + (len(names) if names is not None else len(JOINT_METRICS + MESH_METRICS) + len(thresholds))
-    local = torch.cat(rows) if rows else torch.zeros(0, width, dtype=torch.float64)
-    if names is None:
+    if names is None:  # no batch here: the same columns as the processes that had one
         names = list(JOINT_METRICS + MESH_METRICS) + [f"f@{t:g}mm" for t in thresholds]
+        names += list(SURFACE_METRICS) + ["gt_dihedral"] if pairs is not None else []
+    local = torch.cat(rows) if rows else torch.zeros(0, 2 + len(names), dtype=torch.float64)
     gather_device = setup.device if setup.dist.enabled and setup.device.type == "cuda" else torch.device("cpu")
     table = all_gather_rows(local.to(gather_device)).cpu()
     return summarise(table, names)
@@ -123,6 +133,8 @@ def summarise(table: torch.Tensor, names: list[str]) -> dict[str, float]:
     }
     for column, name in enumerate(names, start=2):
         mask = has_joints if name in JOINT_METRICS else has_mesh
+        if name in SURFACE_METRICS:
+            mask = torch.ones_like(has_mesh)
         if mask.any():
             out[name] = float(table[mask, column].mean())
     return out
@@ -137,6 +149,9 @@ def format_metrics(values: dict[str, float]) -> str:
             parts.append(f"{label} {values[key]:.1f} mm")
     for key in sorted(k for k in values if k.startswith("f@")):
         parts.append(f"F{key[1:]} {values[key]:.3f}")
+    if "dihedral" in values:
+        ratio = f" ({values['dihedral'] / values['gt_dihedral']:.2f}x GT)" if values.get("gt_dihedral") else ""
+        parts.append(f"dihedral {values['dihedral']:.1f} deg{ratio}, {100 * values['folded']:.1f}% folded")
     parts.append(f"({values.get('num_samples', 0)} samples)")
     return " | ".join(parts)
 
