@@ -2,8 +2,10 @@
 
 Usage (model v2)::
 
-    python benchmarks/ship_default.py --stages runs/default_v2 \\
+    python benchmarks/ship_default.py --stages runs/default_v2 runs/default_v2_stage2 \\
         [--benchmark default_v2.json] [--set KEY=JSON ...]
+    # stage 1 as the shipped recipe records it (its run folder gone), stage 2 from its folder:
+    python benchmarks/ship_default.py --stages-from-recipe 1 --stages runs/default_v2_stage2 ...
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folder's ``synth.json`` manifest and the JSON of ``benchmarks/default_v2.py``, and writes
@@ -21,9 +23,11 @@ import json
 import subprocess
 from pathlib import Path
 
-DATA_FOLDER = "synth_v2"
+DATA_FOLDERS = ("synth_v2", "synth_v2_stage2")  # each stage's data, under --data-root
 DATA_COMMANDS = {
     "stage 1 data": "fastmetro synth --out data/synth_v2 --num 24000 --size 256 --seed 0 --workers 2 "
+    "--vertices-dtype float16 --test-fraction 0.02",
+    "stage 2 data": "fastmetro synth --out data/synth_v2_stage2 --num 20000 --size 256 --seed 7 --workers 2 "
     "--vertices-dtype float16 --test-fraction 0.02",
     "assets": "fastmetro assets fetch   # the BlazePose encoder (make does it)",
     "benchmark": "python benchmarks/default_v2.py --models default=default --photos --json default_v2.json",
@@ -33,7 +37,7 @@ DATA_COMMANDS = {
 # The packaged config of each stage, in order. Each config names the stage's data, its output
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
-STAGE_CONFIGS = ("default_v2",)
+STAGE_CONFIGS = ("default_v2", "default_v2_stage2")
 
 
 def _stage(run: Path, name: str) -> dict:
@@ -59,6 +63,13 @@ def main() -> None:
         required=True,
         help="the training folders, stage 1 first (the last one's last weights ship)",
     )
+    parser.add_argument(
+        "--stages-from-recipe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="take the first N stages (configs, evaluations, data manifests) from the shipped recipe",
+    )
     parser.add_argument("--benchmark", type=Path, help="benchmarks/default_v2.py --json output (of the shipped file)")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the synth_* folders are")
     parser.add_argument("--folder", type=Path, default=Path("src/fastmetro/weights"))
@@ -70,14 +81,20 @@ def main() -> None:
         help="another recipe entry, e.g. stage1_wall_minutes=12.6 or training_commit='\"abc\"'",
     )
     args = parser.parse_args()
-    if len(args.stages) > len(STAGE_CONFIGS):
+    kept = args.stages_from_recipe
+    if kept + len(args.stages) > len(STAGE_CONFIGS):
         parser.error(f"at most {len(STAGE_CONFIGS)} stages are known to the recipe")
 
     from fastmetro.engine.ship import ship_checkpoint
 
-    stages = {f"stage{index + 1}": _stage(run, STAGE_CONFIGS[index]) for index, run in enumerate(args.stages)}
+    previous = json.loads((args.folder / "default_recipe.json").read_text()) if kept else {}
+    stages = {f"stage{index + 1}": previous[f"stage{index + 1}"] for index in range(kept)}
+    manifests = {name: previous["data"][name] for name in DATA_FOLDERS[:kept]}
+    for index, run in enumerate(args.stages, start=kept):
+        stages[f"stage{index + 1}"] = _stage(run, STAGE_CONFIGS[index])
+        manifest = args.data_root / DATA_FOLDERS[index] / "synth.json"
+        manifests[DATA_FOLDERS[index]] = json.loads(manifest.read_text())
     config = stages[f"stage{len(stages)}"]["config"]
-    manifests = {DATA_FOLDER: json.loads((args.data_root / DATA_FOLDER / "synth.json").read_text())}
     recipe = {
         "model": config["model"]["name"],
         "flavor": config["model"].get("flavor"),
