@@ -170,7 +170,9 @@ class MeshCriterion(nn.Module):
         faces = np.asarray(topology.edge_loss_faces(self.edge_level), dtype=np.int64)
         self.register_buffer("edge_faces", torch.from_numpy(faces.copy()), persistent=False)
         self.register_buffer("edges", torch.from_numpy(unique_edges(faces)), persistent=False)
-        self.register_buffer("laplacian", _uniform_laplacian(topology.coarse_adjacency), persistent=False)
+        # Dense (V_L, V_L): built only when the term is on (a custom coarse level may be large).
+        laplacian = _uniform_laplacian(topology.coarse_adjacency) if config.laplacian_weight > 0 else torch.zeros(0, 0)
+        self.register_buffer("laplacian", laplacian, persistent=False)
         self.parameter_loss = None
         if body_model is not None:
             self.parameter_loss = SMPLParameterLoss(body_model)
