@@ -38,6 +38,7 @@ DATA_COMMANDS = {
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
 STAGE_CONFIGS = ("default_v2", "default_v2_stage2")
+STAGE_DATA = ("stage 1 data", "stage 2 data")  # the DATA_COMMANDS of each stage, in order
 
 
 def _stage(run: Path, name: str) -> dict:
@@ -103,7 +104,7 @@ def main() -> None:
         "topology": config["model"]["topology"],
         "seed": config["train"]["seed"],
         "commands": {
-            **DATA_COMMANDS,
+            **{key: command for key, command in DATA_COMMANDS.items() if key not in STAGE_DATA[len(stages) :]},
             **{
                 f"stage {index + 1}": f"OMP_WAIT_POLICY=PASSIVE fastmetro train {name}"
                 for index, name in enumerate(STAGE_CONFIGS[: len(stages)])

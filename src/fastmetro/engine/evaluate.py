@@ -101,7 +101,7 @@ def evaluate(model: torch.nn.Module, loader, setup: EvalSetup) -> dict[str, floa
         )
         if pairs is not None:
             per_sample.update(metrics.surface_metrics(outputs["fine_vertices"], faces, pairs))
-            per_sample["gt_dihedral"] = metrics.surface_metrics(batch["vertices"], faces, pairs)["dihedral"]
+            per_sample["gt_dihedral"] = metrics.mean_dihedral_angle(batch["vertices"], faces, pairs)
         names = list(per_sample)
         # One row per sample: availability flags, then every metric (gathered as one tensor).
         rows.append(
