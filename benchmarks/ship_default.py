@@ -6,6 +6,7 @@ Usage (model v2)::
         [--benchmark default_v2.json] [--set KEY=JSON ...]
     # stage 1 as the shipped recipe records it (its run folder gone), stage 2 from its folder:
     python benchmarks/ship_default.py --stages-from-recipe 1 --stages runs/default_v2_stage2 ...
+    python benchmarks/ship_default.py --stages-from-recipe 2 --stages runs/default_v2_stage3 ...
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folder's ``synth.json`` manifest and the JSON of ``benchmarks/default_v2.py``, and writes
@@ -23,7 +24,7 @@ import json
 import subprocess
 from pathlib import Path
 
-DATA_FOLDERS = ("synth_v2", "synth_v2_stage2")  # each stage's data, under --data-root
+DATA_FOLDERS = ("synth_v2", "synth_v2_stage2", "synth_v2_stage2")  # each stage's data, under --data-root
 DATA_COMMANDS = {
     "stage 1 data": "fastmetro synth --out data/synth_v2 --num 24000 --size 256 --seed 0 --workers 2 "
     "--vertices-dtype float16 --test-fraction 0.02",
@@ -37,8 +38,8 @@ DATA_COMMANDS = {
 # The packaged config of each stage, in order. Each config names the stage's data, its output
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
-STAGE_CONFIGS = ("default_v2", "default_v2_stage2")
-STAGE_DATA = ("stage 1 data", "stage 2 data")  # the DATA_COMMANDS of each stage, in order
+STAGE_CONFIGS = ("default_v2", "default_v2_stage2", "default_v2_stage3")
+STAGE_DATA = ("stage 1 data", "stage 2 data", "stage 2 data")  # the DATA_COMMANDS of each stage, in order
 
 
 def _stage(run: Path, name: str) -> dict:
