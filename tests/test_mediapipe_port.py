@@ -134,6 +134,24 @@ def test_features_are_nchw(nets):
         net(images.permute(0, 3, 1, 2))
 
 
+def test_skipped_outputs_are_not_computed(nets, monkeypatch):
+    """skip=: the other outputs as before, exactly; the ops only the skipped ones need do not run."""
+    net = nets("pose_landmark_lite")
+    images = torch.from_numpy(sample_images(net.input_size, 2, signed=False))
+    calls = []
+    for layer in net.layers:
+        monkeypatch.setattr(layer, "forward", lambda *xs, _f=layer.forward: calls.append(1) or _f(*xs))
+    with torch.no_grad():
+        full = net(images)
+        every = len(calls)
+        calls.clear()
+        some = net(images, skip=(2, 3))  # the segmentation mask and the heat maps
+    assert some[2] is None and some[3] is None and every == len(net.layers)
+    for position in (0, 1, 4):
+        torch.testing.assert_close(some[position], full[position], rtol=0, atol=0)
+    assert len(calls) < 0.9 * every, (len(calls), every)
+
+
 def test_trainable():
     """Weights are parameters: state_dict round trip and gradients through the whole graph."""
     net = TFLiteNet.from_file(asset_path("hand_landmark_lite")).train()

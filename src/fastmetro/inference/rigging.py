@@ -119,10 +119,13 @@ class Rigger:
             return self._fit_smpl_track(targets, fps, name)
         fitter = self.fitter
         shape_rows = np.linspace(0, len(targets) - 1, min(SHAPE_FRAMES, len(targets))).round().astype(int)
-        shape = fitter.fit(targets[shape_rows], groups=np.zeros(len(shape_rows)), steps=self.steps).phenotypes[:1]
+        body = fitter.fit(targets[shape_rows], groups=np.zeros(len(shape_rows)), steps=self.steps)
+        # One body for the whole track: its phenotypes and its rest-mesh offsets (one group: their
+        # mean over the shape frames, where each frame's own pose residual mostly cancels).
+        shape, offsets = body.phenotypes[:1], None if body.offsets is None else body.offsets[:1]
         poses, errors, frames = [], [], []
         for start in range(0, len(targets), CHUNK):
-            fit = fitter.fit(targets[start : start + CHUNK], steps=self.steps, phenotypes=shape)
+            fit = fitter.fit(targets[start : start + CHUNK], steps=self.steps, phenotypes=shape, offsets=offsets)
             rows = list(range(len(fit.error_mm)))
             frames.append(fitter.motion(fit, rows, fps=fps, name=name))
             errors.append(fit.error_mm)
@@ -145,6 +148,8 @@ class Rigger:
             ],
             "fit_error_mm": {"mean": round(float(error.mean()), 3), "max": round(float(error.max()), 3)},
         }
+        if offsets is not None:  # in the rig's mesh
+            record["rest_offsets_mean_mm"] = round(float(offsets.norm(dim=-1).mean()) * 1000, 3)
         return motion, record
 
     def _fit_smpl_track(self, targets: np.ndarray, fps: float, name: str) -> tuple[Motion, dict]:

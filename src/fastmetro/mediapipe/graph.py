@@ -62,6 +62,7 @@ class TFLiteNet(nn.Module):
         self._shapes = {index: tensors[index].shape for index in self._names.values()}
         self._check_order(graph)
         self._last_use = self._last_uses()
+        self._needed: dict[frozenset[int], frozenset[int]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> TFLiteNet:
@@ -90,21 +91,40 @@ class TFLiteNet(nn.Module):
                 shapes[name] = (shape[0], shape[3], shape[1], shape[2])
         return shapes
 
-    def forward(self, images: torch.Tensor, features: Sequence[str] | None = None):
-        """images (B, H, W, 3) -> outputs tuple [, {feature name: (B, C, H, W) tensor if 4-D}]."""
+    def forward(self, images: torch.Tensor, features: Sequence[str] | None = None, skip: Sequence[int] = ()):
+        """images (B, H, W, 3) -> outputs tuple [, {feature name: (B, C, H, W) tensor if 4-D}].
+
+        ``skip``: positions of outputs not wanted; they come back as None and the ops only they
+        need do not run (a landmark network's segmentation decoder, when only landmarks count)."""
         self._check_images(images)
         wanted = self._feature_indices(features)
-        keep = set(self._outputs) | set(wanted.values())
+        outputs_kept = tuple(index for position, index in enumerate(self._outputs) if position not in set(skip))
+        keep = set(outputs_kept) | set(wanted.values())
+        needed = self._needed_steps(frozenset(keep))
         env = {self._input: images.permute(0, 3, 1, 2)}
         for step, (layer, (inputs, output)) in enumerate(zip(self.layers, self._wiring)):
+            if step not in needed:
+                continue
             env[output] = layer(*(env[i] for i in inputs))
             for index in inputs:  # free activations nobody reads any more (memory at large B)
                 if self._last_use[index] == step and index not in keep:
                     del env[index]
-        outputs = tuple(ops.to_nhwc(env[i]).contiguous() for i in self._outputs)
+        outputs = tuple(ops.to_nhwc(env[i]).contiguous() if i in outputs_kept else None for i in self._outputs)
         if features is None:
             return outputs
         return outputs, {name: env[index] for name, index in wanted.items()}
+
+    def _needed_steps(self, targets: frozenset[int]) -> frozenset[int]:
+        """The steps whose results ``targets`` (tensor indices) depend on (cached per target set)."""
+        if targets not in self._needed:
+            needed, steps = set(targets), set()
+            for step in range(len(self._wiring) - 1, -1, -1):
+                inputs, output = self._wiring[step]
+                if output in needed:
+                    steps.add(step)
+                    needed.update(inputs)
+            self._needed[targets] = frozenset(steps)
+        return self._needed[targets]
 
     def _feature_indices(self, features: Sequence[str] | None) -> dict[str, int]:
         if features is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,6 +142,7 @@ class _Kind:
     border: str
     names: tuple[str, ...]
     sized_by_box: bool  # the region's size from the detection box (palms), else from the keypoints (bodies)
+    unused: tuple[int, ...] = ()  # landmark network outputs the decoder does not read (not computed)
 
 
 _POSE = _Kind(
@@ -155,6 +157,7 @@ _POSE = _Kind(
     "replicate",
     POSE_LANDMARK_NAMES,
     False,
+    (2, 3),  # the segmentation mask and the heat maps: a third of the full network's time
 )
 _HAND = _Kind(
     "palm_detection_full",
@@ -336,10 +339,10 @@ class PeopleFinder:
         if not flat:
             return people
         crops = [det.normalise(region.crop(images[i], crop, self.kind.border), (0.0, 1.0)) for i, region, _ in flat]
-        outputs = self._run(self.landmark_net, crops)
+        outputs = self._run(self.landmark_net, crops, skip=self.kind.unused)
         decode = _decode_pose if self.kind is _POSE else _decode_hand
         for n, (i, region, score) in enumerate(flat):
-            person = decode([o[n] for o in outputs], region, score)
+            person = decode([None if o is None else o[n] for o in outputs], region, score)
             box = _landmark_box(person, images[i].shape, self.kind is _POSE)
             if box is None:  # no landmark inside the image: the network lost the person
                 person.presence = 0.0
@@ -368,21 +371,24 @@ class PeopleFinder:
         box = _clip_box(corners.min(axis=0), corners.max(axis=0), image.shape)
         return None if box is None else FoundPerson(box, score, region, landmark_names=self.kind.names)
 
-    def _run(self, net, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The network on (H, W, 3) float32 inputs, 32 at a time (bounded memory); outputs stacked."""
+    def _run(self, net, inputs: Sequence[np.ndarray], skip: Sequence[int] = ()) -> list[Any]:
+        """The network on (H, W, 3) float32 inputs, 32 at a time (bounded memory); outputs stacked
+        (None for the ``skip`` positions, not computed)."""
         chunks = []
         for start in range(0, len(inputs), 32):
             batch = torch.from_numpy(np.ascontiguousarray(np.stack(inputs[start : start + 32]))).to(self.device)
-            chunks.append([o.float().cpu().numpy() for o in net(batch)])
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+            chunks.append([None if o is None else o.float().cpu().numpy() for o in net(batch, skip=skip)])
+        return [None if parts[0] is None else np.concatenate(parts) for parts in zip(*chunks)]
 
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def _decode_pose(outputs: list[np.ndarray], region: Region, score: float) -> FoundPerson:
-    """Outputs of the pose landmark network for one crop: (195,), (1,), mask, heat maps, (117,)."""
+def _decode_pose(outputs: list[Any], region: Region, score: float) -> FoundPerson:
+    """Outputs of the pose landmark network for one crop: (195,), (1,), mask, heat maps, (117,).
+
+    The mask and the heat maps may be None (not computed: not read here)."""
     raw = outputs[0].reshape(39, 5).astype(np.float64)
     xy = region.to_image(raw[:, :2], POSE_CROP)
     z = raw[:, 2:3] * region.size / POSE_CROP
@@ -400,7 +406,7 @@ def _decode_pose(outputs: list[np.ndarray], region: Region, score: float) -> Fou
     )
 
 
-def _decode_hand(outputs: list[np.ndarray], region: Region, score: float) -> FoundPerson:
+def _decode_hand(outputs: list[Any], region: Region, score: float) -> FoundPerson:
     """Outputs of the hand landmark network for one crop: (63,), presence, handedness, world (63,)."""
     raw = outputs[0].reshape(21, 3).astype(np.float64)
     xy = region.to_image(raw[:, :2], HAND_CROP)

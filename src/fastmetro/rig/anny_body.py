@@ -21,6 +21,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from fastmetro import topology as topology_module
 from fastmetro.data.synthetic.body import PHENOTYPE_LABELS
@@ -110,18 +111,61 @@ class AnnyPoser:
         rotations: torch.Tensor,
         global_rotation: torch.Tensor,
         translation: torch.Tensor,
+        offsets: torch.Tensor | None = None,
     ) -> PosedAnny:
-        """Pose and place B bodies (shapes in the module docstring)."""
+        """Pose and place B bodies (shapes in the module docstring). ``offsets`` (B or 1, 13718, 3),
+        metres: displacements of the rest mesh (the body's own detail), skinned with it."""
+        batch = len(rotations)
+        rest_vertices, rest_poses, transforms, bone_poses = self._skeleton(phenotypes, rotations)
+        if offsets is not None:
+            rest_vertices = rest_vertices + offsets
+        skinned = self.model.get_skinned_vertices(rest_vertices, transforms)
+        vertices = skinned @ global_rotation.transpose(1, 2) + translation[:, None]
+        rest_vertices = rest_vertices.expand(batch, -1, -1)
+        return PosedAnny(vertices, vertices[:, self.label_indices], bone_poses, rest_vertices, rest_poses)
+
+    def _skeleton(self, phenotypes: torch.Tensor, rotations: torch.Tensor):
+        """Rest vertices (B, V, 3), bind poses, skinning transforms and bone poses (B, 104, 4, 4)."""
         batch = len(rotations)
         rest = self.rest(phenotypes)
         rest_poses = rest["rest_bone_poses"].expand(batch, -1, -1, -1)
         deltas = torch.eye(4, dtype=rotations.dtype, device=rotations.device).repeat(batch, len(self.bone_labels), 1, 1)
         deltas[:, self.fit_indices, :3, :3] = rotations
         transforms, bone_poses = self.model.get_bone_transforms(deltas, rest_poses)
-        rest_vertices = rest["rest_vertices"].expand(batch, -1, -1)
-        skinned = self.model.get_skinned_vertices(rest_vertices, transforms)
-        vertices = skinned @ global_rotation.transpose(1, 2) + translation[:, None]
-        return PosedAnny(vertices, vertices[:, self.label_indices], bone_poses, rest_vertices, rest_poses)
+        return rest["rest_vertices"].expand(batch, -1, -1), rest_poses, transforms, bone_poses
+
+    def offset_maps(
+        self, phenotypes: torch.Tensor, rotations: torch.Tensor, global_rotation: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 13718, 3, 3): how a rest-mesh offset of each vertex moves it in the camera frame
+        (the placement's rotation times the skin-weighted bone rotations: skinning is linear in
+        the rest mesh)."""
+        transforms = self._skeleton(phenotypes, rotations)[2]
+        indices = self.model.vertex_bone_indices.long()  # (V, K)
+        weights = self.model.vertex_bone_weights.to(transforms.dtype)  # (V, K)
+        linear = (weights[None, :, :, None, None] * transforms[:, indices, :3, :3]).sum(2)
+        return global_rotation[:, None] @ linear
+
+    @cached_property
+    def nearest_label(self) -> torch.Tensor:
+        """(13718,) for each vertex of Anny's mesh, the index (into the label vertices) of the
+        nearest label vertex of the template (its own for a label vertex)."""
+        template = self.model.template_vertices.reshape(-1, 3).cpu().numpy()
+        labels = self.label_indices.cpu().numpy()
+        nearest = np.asarray(cKDTree(template[labels]).query(template)[1], dtype=np.int64)
+        nearest[labels] = np.arange(len(labels))
+        return torch.as_tensor(nearest, device=self.device)
+
+    @cached_property
+    def neighbour_mean(self) -> torch.Tensor:
+        """(13718, 13718) sparse: each vertex's mean over its neighbours on Anny's full mesh."""
+        faces = torch.as_tensor(self.faces, device=self.device)
+        edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        edges = torch.unique(torch.cat([edges, edges.flip(1)]), dim=0)
+        count = int(self.model.template_vertices.shape[-2])
+        degree = torch.bincount(edges[:, 0], minlength=count).clamp(min=1).float()
+        values = 1.0 / degree[edges[:, 0]]
+        return torch.sparse_coo_tensor(edges.T, values, (count, count), check_invariants=True).coalesce()
 
     __call__ = forward
 
@@ -130,7 +174,8 @@ class AnnyPoser:
     ) -> Motion:
         """A :class:`Motion` of rows ``rows`` of ``posed`` (one person over len(rows) frames).
 
-        The bind pose (shape) is that of the first row: rows of one person share a phenotype.
+        The bind pose (shape) is that of the first row: rows of one person share a body
+        (phenotypes and rest-mesh offsets).
         """
         rows = list(rows)
         as_numpy = lambda tensor: tensor.detach().cpu().double().numpy()  # noqa: E731

@@ -8,10 +8,13 @@ and a rigid placement:
    at rest registered on the torso);
 2. refinement: Adam on the mean vertex distance to the prediction plus a light prior that keeps
    each bone near its start (``prior`` x the squared residual angle, radians) and the phenotypes
-   inside [0, 1] (a sigmoid). Rows with the same ``groups`` id share one phenotype (one person in
-   a video keeps one body); every row has its own pose and placement.
+   inside [0, 1] (a sigmoid);
+3. detail (``detail=True``, the default): rest-mesh offsets, SMPL+D style (:func:`rest_offsets`),
+   for what the 11 phenotypes and the fitted bones cannot reach; the rig carries them in its mesh.
 
-The fit error (mean vertex distance to the prediction, mm) is returned per row.
+Rows with the same ``groups`` id share one body, phenotypes and offsets (one person in a video);
+every row has its own pose and placement. The fit error (mean vertex distance to the prediction,
+mm) is returned per row, with offsets and without them (``pose_error_mm``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class AnnyFit:
     phenotypes (B, 11) in [0, 1]; rotations (B, N, 3, 3) local-ref deltas of FIT_BONES;
     global_rotation (B, 3, 3) and translation (B, 3): Anny's frame -> camera; posed: the fitted
     meshes and bone poses; error_mm (B,) mean vertex distance to the target; start_error_mm (B,)
-    the same for the start; seconds: wall time of the whole fit.
+    the same for the start; seconds: wall time of the whole fit; offsets (B or 1, 13718, 3) the
+    rest-mesh offsets (metres; None without them) and pose_error_mm (B,) the error before them
+    (phenotypes, pose and placement alone).
     """
 
     phenotypes: torch.Tensor
@@ -51,6 +56,8 @@ class AnnyFit:
     error_mm: np.ndarray
     start_error_mm: np.ndarray
     seconds: float
+    offsets: torch.Tensor | None = None
+    pose_error_mm: np.ndarray | None = None
 
     def parameters(self, row: int, bone_names) -> dict:
         """JSON-ready parameters of one row (axis-angle radians, metres)."""
@@ -64,7 +71,14 @@ class AnnyFit:
             "translation": as_list(self.translation[row]),
             "frame": "Anny's frame (x left, y back, z up) -> camera (OpenCV: x right, y down, z forward), metres",
             "fit_error_mm": round(float(self.error_mm[row]), 3),
+            **({} if self.pose_error_mm is None else {"pose_fit_error_mm": round(float(self.pose_error_mm[row]), 3)}),
+            **({} if self.offsets is None else {"rest_offsets_mean_mm": self._offsets_mm(row)}),
         }
+
+    def _offsets_mm(self, row: int) -> float:
+        assert self.offsets is not None
+        offsets = self.offsets[row if len(self.offsets) > 1 else 0]
+        return round(float(offsets.norm(dim=-1).mean()) * 1000, 3)
 
 
 def _mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,6 +106,43 @@ def _phenotype_logits(start: torch.Tensor, groups, known) -> tuple[torch.Tensor,
     return torch.logit(means.clamp(0.02, 0.98)).requires_grad_(True), group_index
 
 
+#: Rounds of neighbour averaging of the rest-mesh offsets (:func:`rest_offsets`).
+OFFSET_SMOOTHING = 5  # chosen on synthetic held-out predictions (docs/animation.md)
+#: Damping of the per-vertex solve (a vertex whose bones' rotations nearly cancel gets no offset
+#: out of proportion).
+OFFSET_DAMPING = 1e-2
+
+
+def rest_offsets(
+    poser: AnnyPoser, phenotypes, rotations, global_rotation, posed: PosedAnny, targets, smoothing: int | None = None
+) -> torch.Tensor:
+    """(B, 13718, 3) metres: rest-mesh displacements that, skinned by the fitted pose, carry the
+    fitted label vertices onto ``targets`` (B, V0, 3), SMPL+D style (the body's own detail that
+    Anny's 11 phenotypes cannot give, and what of the pose the fitted bones cannot reach).
+
+    Skinning is linear in the rest mesh, so each label vertex's offset solves a 3x3 system
+    (damped); Anny's other vertices (eyes, teeth, tongue) take the offset of the nearest label
+    vertex of the rest mesh; ``smoothing`` rounds of neighbour averaging (half each round) then
+    take out what would fold the surface. The rig carries them in its mesh, so an animation moves
+    them with the skin."""
+    maps = poser.offset_maps(phenotypes, rotations, global_rotation)[:, poser.label_indices]  # (B, V0, 3, 3)
+    wanted = (targets - posed.label_vertices)[..., None]
+    normal = maps.transpose(-1, -2) @ maps + OFFSET_DAMPING * torch.eye(3, device=maps.device)
+    label_offsets = torch.linalg.solve(normal, maps.transpose(-1, -2) @ wanted)[..., 0]
+    offsets = label_offsets[:, poser.nearest_label]
+    for _ in range(OFFSET_SMOOTHING if smoothing is None else smoothing):
+        offsets = 0.5 * offsets + 0.5 * torch.stack([poser.neighbour_mean @ row for row in offsets])
+    return offsets
+
+
+def _group_mean(values: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, ...): each row replaced by the mean of its group's rows."""
+    count = int(group_index.max()) + 1
+    sums = values.new_zeros((count, *values.shape[1:])).index_add_(0, group_index, values)
+    sizes = torch.bincount(group_index, minlength=count).to(values.dtype)
+    return (sums / sizes.view(-1, *[1] * (values.dim() - 1)))[group_index]
+
+
 class AnnyFitter:
     """Fits Anny to predicted meshes of an Anny topology (see the module docstring)."""
 
@@ -112,12 +163,18 @@ class AnnyFitter:
         lr: float = 0.02,
         prior: float = 1e-3,
         phenotypes=None,
+        detail: bool = True,
+        offsets: torch.Tensor | None = None,
     ) -> AnnyFit:
         """Fit targets (B, V0, 3) metres (numpy or torch).
 
-        ``groups`` (B,) ints: rows of one group share a phenotype (default: every row its own).
+        ``groups`` (B,) ints: rows of one group share a body: phenotypes and rest-mesh offsets
+        (default: every row its own).
 
         ``phenotypes`` (1, 11) or (B, 11): a known body shape, kept fixed (a track's later frames).
+
+        ``detail``: after the pose, rest-mesh offsets (:func:`rest_offsets`) carry the fitted body
+        onto the prediction; ``offsets`` (1 or B, 13718, 3): known ones, used as given (a track's).
         """
         started = time.perf_counter()
         poser = self.poser
@@ -159,8 +216,16 @@ class AnnyFitter:
             schedule.step()
         with torch.no_grad():
             rotations, global_rotation, distance, posed = evaluate()
+            shapes = torch.sigmoid(logits.detach())[group_index]
+            pose_error = distance
+            if offsets is None and detail:  # rows of one group share their body: its offsets too
+                own = rest_offsets(poser, shapes, rotations, global_rotation, posed, targets)
+                offsets = _group_mean(own, group_index)
+            if offsets is not None:
+                posed = poser(shapes, rotations, global_rotation, translation, offsets=offsets)
+                distance = _mean_distance(posed.label_vertices, targets)
         return AnnyFit(
-            phenotypes=torch.sigmoid(logits.detach())[group_index],
+            phenotypes=shapes,
             rotations=rotations,
             global_rotation=global_rotation,
             translation=translation.detach(),
@@ -168,8 +233,10 @@ class AnnyFitter:
             error_mm=distance.cpu().numpy() * 1000.0,
             start_error_mm=start_error.cpu().numpy() * 1000.0,
             seconds=time.perf_counter() - started,
+            offsets=offsets,
+            pose_error_mm=pose_error.cpu().numpy() * 1000.0,
         )
 
     def motion(self, fit: AnnyFit, rows, fps: float = 30.0, name: str = "person_00") -> Motion:
-        """The rig and motion of ``rows`` of ``fit`` (one person; the rows share a phenotype)."""
+        """The rig and motion of ``rows`` of ``fit`` (one person; the rows share a body)."""
         return self.poser.motion(fit.posed, fit.global_rotation, fit.translation, rows, fps=fps, name=name)
