@@ -159,13 +159,13 @@ class AnnyPoser:
     @cached_property
     def neighbour_mean(self) -> torch.Tensor:
         """(13718, 13718) sparse: each vertex's mean over its neighbours on Anny's full mesh."""
-        faces = torch.as_tensor(self.faces, device=self.device)
-        edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-        edges = torch.unique(torch.cat([edges, edges.flip(1)]), dim=0)
         count = int(self.model.template_vertices.shape[-2])
-        degree = torch.bincount(edges[:, 0], minlength=count).clamp(min=1).float()
-        values = 1.0 / degree[edges[:, 0]]
-        return torch.sparse_coo_tensor(edges.T, values, (count, count), check_invariants=True).coalesce()
+        adjacency = topology_module.adjacency_from_faces(self.faces, count).tocoo()
+        degree = np.maximum(np.asarray(adjacency.sum(axis=1)).ravel(), 1.0)
+        indices = torch.as_tensor(np.stack([adjacency.row, adjacency.col]), dtype=torch.int64)
+        values = torch.as_tensor(adjacency.data / degree[adjacency.row], dtype=torch.float32)
+        mean = torch.sparse_coo_tensor(indices, values, (count, count), check_invariants=True)
+        return mean.coalesce().to(self.device)
 
     __call__ = forward
 
