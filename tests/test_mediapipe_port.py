@@ -19,9 +19,11 @@ import skimage.data
 import skimage.transform
 import tflite
 import torch
+import torch.nn.functional as F
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from fastmetro.errors import FastMetroError
+from fastmetro.mediapipe import ops
 from fastmetro.mediapipe.assets import asset_path
 from fastmetro.mediapipe.graph import TFLiteNet
 
@@ -146,10 +148,36 @@ def test_skipped_outputs_are_not_computed(nets, monkeypatch):
         every = len(calls)
         calls.clear()
         some = net(images, skip=(2, 3))  # the segmentation mask and the heat maps
-    assert some[2] is None and some[3] is None and every == len(net.layers)
+    folded = sum(isinstance(layer, ops.Pad) for layer in net.layers)  # absorbed by their convs
+    assert some[2] is None and some[3] is None and every == len(net.layers) - folded
     for position in (0, 1, 4):
         torch.testing.assert_close(some[position], full[position], rtol=0, atol=0)
     assert len(calls) < 0.9 * every, (len(calls), every)
+
+
+@pytest.mark.parametrize("name", ["pose_detection", "pose_landmark_full"])
+def test_spatial_pads_fold_into_convs(nets, name, monkeypatch):
+    """Every PAD of these networks pads H and W with zeros before VALID convs: the convs pad
+    themselves and no PAD runs (test_matches_litert checks the numbers), unless its tensor is
+    asked for as a feature, which is then the padded map."""
+    net = nets(name)
+    pads = [(step, layer) for step, layer in enumerate(net.layers) if isinstance(layer, ops.Pad)]
+    assert pads
+    runs = []
+    for _, layer in pads:
+        monkeypatch.setattr(layer, "forward", lambda x, _f=layer.forward: runs.append(1) or _f(x))
+    images = torch.from_numpy(sample_images(net.input_size, 1, signed=name == "pose_detection"))
+    with torch.no_grad():
+        net(images)
+        assert not runs
+        step, layer = pads[0]
+        name_of = {index: name for name, index in net._names.items()}
+        source, padded = name_of[net._wiring[step][0][0]], name_of[net._wiring[step][1]]
+        _, maps = net(images, features=[source, padded])
+    assert len(runs) == 1
+    left, right, top, bottom = layer.spatial
+    assert left + right + top + bottom > 0
+    torch.testing.assert_close(maps[padded], F.pad(maps[source], layer.pad), rtol=0, atol=0)
 
 
 def test_trainable():

@@ -35,6 +35,30 @@ def subgraph(graph: Graph, output_name: str) -> Graph:
     return Graph(graph.path, graph.tensors, kept, graph.inputs, (index,))
 
 
+def _fold_pads(layers: list[nn.Module], wiring: list, outputs: Sequence[int]) -> list:
+    """Wiring in which a spatial zero PAD read only by convs that can absorb it is skipped: the
+    convs pad inside oneDNN and read the PAD's input (its copy of a large feature map took a
+    third of a landmark pass's time). The PAD step stays, for ``features=`` by its tensor name."""
+    readers: dict[int, list[int]] = {}
+    for step, (inputs, _) in enumerate(wiring):
+        for index in inputs:
+            readers.setdefault(index, []).append(step)
+    wiring = list(wiring)
+    for step, layer in enumerate(layers):
+        pad_out = wiring[step][1]
+        if not isinstance(layer, ops.Pad) or layer.spatial is None or pad_out in outputs:
+            continue
+        convs = [layers[r] for r in readers.get(pad_out, [])]
+        if not convs or not all(isinstance(conv, ops.Conv) and conv.can_absorb(layer.spatial) for conv in convs):
+            continue
+        for r, conv in zip(readers[pad_out], convs):
+            assert isinstance(conv, ops.Conv)  # checked above
+            conv.absorb_padding(layer.spatial)
+            inputs, out = wiring[r]
+            wiring[r] = (tuple(wiring[step][0][0] if i == pad_out else i for i in inputs), out)
+    return wiring
+
+
 class TFLiteNet(nn.Module):
     """One single-input TFLite network (MediaPipe's pose / palm / hand detectors and landmarkers).
 
@@ -56,7 +80,7 @@ class TFLiteNet(nn.Module):
             layers.append(module)
             wiring.append((activations, op.outputs[0]))
         self.layers = nn.ModuleList(layers)
-        self._wiring = wiring
+        self._wiring = _fold_pads(layers, wiring, graph.outputs)
         self._names = {tensors[self._input].name: self._input}
         self._names.update({tensors[out].name: out for _, out in wiring})
         self._shapes = {index: tensors[index].shape for index in self._names.values()}

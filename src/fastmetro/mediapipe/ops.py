@@ -135,6 +135,17 @@ class Conv(nn.Module):
                 self.conv.bias.copy_(bias)
         self.act = o["fused_activation_function"]
 
+    def can_absorb(self, pad: tuple[int, ...]) -> bool:
+        """Whether a preceding PAD op's zero padding, F.pad order (left, right, top, bottom), can
+        move into this conv: one without padding of its own, the pad symmetric per axis."""
+        left, right, top, bottom = pad
+        return self.pad is None and not any(self.conv.padding) and left == right and top == bottom
+
+    def absorb_padding(self, pad: tuple[int, ...]) -> None:
+        """Pad inside the conv (the same sums, without a padded copy of the feature map)."""
+        assert self.can_absorb(pad)
+        self.conv.padding = (pad[2], pad[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad is not None:
             x = F.pad(x, self.pad)
@@ -167,7 +178,10 @@ class Elementwise(nn.Module):
 
 
 class Pad(nn.Module):
-    """PAD with zeros; the NHWC paddings (rank, 2) mapped to F.pad's last-dim-first order."""
+    """PAD with zeros; the NHWC paddings (rank, 2) mapped to F.pad's last-dim-first order.
+
+    ``spatial`` is the (left, right, top, bottom) padding of a 4-D pad that leaves the batch and
+    channel axes alone (one a following conv can absorb), else None."""
 
     def __init__(self, op: Operator, graph: Graph):
         super().__init__()
@@ -175,6 +189,7 @@ class Pad(nn.Module):
         if len(pads) == 4:
             pads = [pads[axis] for axis in (0, 3, 1, 2)]
         self.pad = tuple(p for before_after in reversed(pads) for p in before_after)
+        self.spatial = self.pad[:4] if len(pads) == 4 and not any(self.pad[4:]) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, self.pad)
