@@ -65,21 +65,26 @@ browser-deps:
 # The rigged exporters' tests (tests/test_rig_export.py) check the files with real clients:
 # Blender's importers (Debian's blender; its glTF importer needs the system's numpy) and Khronos'
 # glTF validator (npm's gltf-validator, pinned, run by node), installed under the venv so `clean`
-# removes it. Cheap lookups each time; apt / npm only run when something is missing. Without
+# removes it. Cheap lookups each time; apt / npm only run for what is missing. Without
 # them the tests are skipped (under CI they fail instead).
-RIG_DEBS := blender python3-numpy nodejs npm
 GLTF_VALIDATOR := gltf-validator@2.0.0-dev.3.10
 NPM_TOOLS := $(VENV)/npm
 rig-deps:
-	@if command -v blender >/dev/null 2>&1 && /usr/bin/python3 -c 'import numpy' 2>/dev/null \
-	    && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	@# Only what is missing is asked of apt: a machine may already have Node.js from another
+	@# source (NodeSource's nodejs bundles npm), and Debian's npm conflicts with that nodejs.
+	@MISSING=""; \
+	command -v blender >/dev/null 2>&1 || MISSING="$$MISSING blender"; \
+	/usr/bin/python3 -c 'import numpy' 2>/dev/null || MISSING="$$MISSING python3-numpy"; \
+	command -v node >/dev/null 2>&1 || MISSING="$$MISSING nodejs"; \
+	command -v npm >/dev/null 2>&1 || MISSING="$$MISSING npm"; \
+	if [ -z "$$MISSING" ]; then \
 	  true; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing the rigged exporters' test clients: $(RIG_DEBS)"; \
+	  echo "installing the rigged exporters' test clients:$$MISSING"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(RIG_DEBS); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$MISSING; \
 	else \
-	  echo "warning: no blender/node and no apt-get; the rigged exporters' client tests will be skipped" >&2; \
+	  echo "warning: no$$MISSING and no apt-get; the rigged exporters' client tests will be skipped" >&2; \
 	fi
 	@# The installed version is read from its package.json: a changed pin reinstalls.
 	@if grep -qs '"version": "$(lastword $(subst @, ,$(GLTF_VALIDATOR)))"' \
