@@ -7,6 +7,7 @@ Usage (model v2)::
     # stage 1 as the shipped recipe records it (its run folder gone), stage 2 from its folder:
     python benchmarks/ship_default.py --stages-from-recipe 1 --stages runs/default_v2_stage2 ...
     python benchmarks/ship_default.py --stages-from-recipe 2 --stages runs/default_v2_stage3 ...
+    python benchmarks/ship_default.py --stages-from-recipe 3 --stages runs/default_v2_stage4 ...
 
 Reads each stage's ``config.yaml`` and ``metrics.jsonl`` (written by ``fastmetro train``), the
 data folder's ``synth.json`` manifest and the JSON of ``benchmarks/default_v2.py``, and writes
@@ -24,11 +25,14 @@ import json
 import subprocess
 from pathlib import Path
 
-DATA_FOLDERS = ("synth_v2", "synth_v2_stage2", "synth_v2_stage2")  # each stage's data, under --data-root
+# Each stage's data folder under --data-root (stage 3 went over stage 2's images again).
+DATA_FOLDERS = ("synth_v2", "synth_v2_stage2", "synth_v2_stage2", "synth_v2_stage4")
 DATA_COMMANDS = {
     "stage 1 data": "fastmetro synth --out data/synth_v2 --num 24000 --size 256 --seed 0 --workers 2 "
     "--vertices-dtype float16 --test-fraction 0.02",
     "stage 2 data": "fastmetro synth --out data/synth_v2_stage2 --num 20000 --size 256 --seed 7 --workers 2 "
+    "--vertices-dtype float16 --test-fraction 0.02",
+    "stage 4 data": "fastmetro synth --out data/synth_v2_stage4 --num 20000 --size 256 --seed 11 --workers 2 "
     "--vertices-dtype float16 --test-fraction 0.02",
     "assets": "fastmetro assets fetch   # the BlazePose encoder (make does it)",
     "benchmark": "python benchmarks/default_v2.py --models default=default --photos --json default_v2.json",
@@ -38,8 +42,8 @@ DATA_COMMANDS = {
 # The packaged config of each stage, in order. Each config names the stage's data, its output
 # folder and the weights it starts from (the previous stage's last checkpoint), and the recipe
 # records those paths, as the commands write them, in place of the folders the run really used.
-STAGE_CONFIGS = ("default_v2", "default_v2_stage2", "default_v2_stage3")
-STAGE_DATA = ("stage 1 data", "stage 2 data", "stage 2 data")  # the DATA_COMMANDS of each stage, in order
+STAGE_CONFIGS = ("default_v2", "default_v2_stage2", "default_v2_stage3", "default_v2_stage4")
+STAGE_DATA = ("stage 1 data", "stage 2 data", "stage 2 data", "stage 4 data")  # each stage's DATA_COMMANDS
 
 
 def _stage(run: Path, name: str) -> dict:
