@@ -158,27 +158,6 @@ def test_a_hidden_person_is_found_again_by_colour():
     assert stranger[25] == [0, 2]
 
 
-def test_colours_decide_a_box_that_motion_cannot_give_to_one_track():
-    """Two people standing apart, then one box exactly between them (as when one detection
-    covers both): motion costs the same for both tracks; with the colour term it goes to the
-    person whose colours it has, whichever that is."""
-    red, blue = (220, 30, 30), (30, 60, 220)
-
-    def claimed_by(colour, weight):
-        tracker = Tracker(birth=2, appearance_weight=weight)
-        a = fake_person((60, 60, 50, 120), (-0.2, 0.0, 5.0))
-        b = fake_person((160, 60, 50, 120), (0.2, 0.0, 5.0))
-        for frame in range(6):
-            assert tracker.update(frame, frame / 25, [a, b], painted([a, b], [red, blue])) == (
-                [None, None] if frame == 0 else [0, 1]
-            )
-        both = fake_person((110, 60, 50, 120), (0.0, 0.0, 5.0))
-        return tracker.update(6, 6 / 25, [both], painted([both], [colour]))
-
-    assert claimed_by(blue, 0.5) == [1] and claimed_by(red, 0.5) == [0]
-    assert claimed_by(blue, 0.0) == claimed_by(red, 0.0)  # without colours the frame's pixels change nothing
-
-
 def test_a_hidden_person_walking_on_keeps_its_id_by_its_mean_velocity():
     tracker = Tracker()
     for frame in range(40):

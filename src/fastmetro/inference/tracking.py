@@ -5,15 +5,10 @@ the live tracks by :func:`scipy.optimize.linear_sum_assignment` on a cost per (t
 
     cost = iou_weight * (1 - IoU(predicted box, box))
          + joint_weight * min(1, mean |predicted joints - joints| / joint_scale)
-         + appearance_weight * colour distance(track, person)
 
 where the predicted box and 3D joints (camera space, metres) are the track's last ones moved on
 at its mean velocity over the last ``velocity_frames`` frames (the box's centre moves, its size
-stays). The colour term (:mod:`~fastmetro.inference.appearance`, 0..1) needs the frame
-(``update(..., image=)``) and a track appearance; without them it is 0. It decides between tracks
-that motion alone cannot tell apart: two people crossing, one box covering both for a few frames,
-which the nearer person fills. A pair whose motion terms cost more than ``max_cost`` is not
-matched.
+stays). A pair costing more than ``max_cost`` is not matched.
 
 A track unseen in the last frame gets a second chance with the people left over: its
 appearance (:mod:`~fastmetro.inference.appearance`, colour histograms averaged over the frames
@@ -106,12 +101,10 @@ class Track:
 class TrackerSettings:
     """See the module docstring. ``joint_scale``: metres; ``birth``, ``patience``,
     ``velocity_frames``: frames; ``reid_appearance``: a Bhattacharyya distance (0..1);
-    ``reid_distance``: box heights; ``appearance_rate``: the weight of a new frame's colours;
-    ``appearance_weight``: the colour distance's weight in the matching cost."""
+    ``reid_distance``: box heights; ``appearance_rate``: the weight of a new frame's colours."""
 
     iou_weight: float = 1.0
     joint_weight: float = 1.0
-    appearance_weight: float = 0.0
     joint_scale: float = 1.0
     max_cost: float = 1.5
     birth: int = 3
@@ -122,7 +115,7 @@ class TrackerSettings:
     appearance_rate: float = 0.2
 
     def __post_init__(self):
-        for name in ("iou_weight", "joint_weight", "appearance_weight"):
+        for name in ("iou_weight", "joint_weight"):
             if not getattr(self, name) >= 0:
                 raise FastMetroError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("reid_appearance", "reid_distance", "appearance_rate"):
@@ -157,11 +150,8 @@ class Tracker:
         self.tracks: dict[int, Track] = {}  # every born track, by id
         self._next_id = 0
 
-    def cost_matrix(
-        self, frame: int, people: Sequence[PersonPrediction], looks: Sequence[np.ndarray | None] | None = None
-    ) -> np.ndarray:
-        """(live tracks, people) costs (``inf`` where a pair cannot match); ``looks``: each
-        person's appearance (or None), for the colour term."""
+    def cost_matrix(self, frame: int, people: Sequence[PersonPrediction]) -> np.ndarray:
+        """(live tracks, people) costs (``inf`` where a pair cannot match)."""
         s = self.settings
         costs = np.full((len(self.live), len(people)), np.inf)
         for row, track in enumerate(self.live):
@@ -170,12 +160,8 @@ class Tracker:
                 overlap = box_iou(box, person.box)
                 distance = float(np.linalg.norm(np.asarray(person.joints_camera) - joints, axis=-1).mean())
                 cost = s.iou_weight * (1.0 - overlap) + s.joint_weight * min(1.0, distance / s.joint_scale)
-                if cost > s.max_cost:
-                    continue  # the gate is on motion alone: colours only choose among possible pairs
-                look = None if looks is None else looks[column]
-                if s.appearance_weight and track.appearance is not None and look is not None:
-                    cost += s.appearance_weight * appearance_distance(track.appearance, look)
-                costs[row, column] = cost
+                if cost <= s.max_cost:
+                    costs[row, column] = cost
         return costs
 
     def reid_cost_matrix(
@@ -210,7 +196,7 @@ class Tracker:
         their appearance (:mod:`~fastmetro.inference.appearance`); without it, motion only."""
         s = self.settings
         looks = [None if image is None else appearance(image, person.box) for person in people]
-        matched = _assign(self.cost_matrix(frame, people, looks))  # person -> live track row
+        matched = _assign(self.cost_matrix(frame, people))  # person -> live track row
         lost = [row for row in range(len(self.live)) if row not in matched.values()]
         unmatched = [column for column in range(len(people)) if column not in matched]
         if lost and unmatched and image is not None:  # second chance: lost tracks by appearance
