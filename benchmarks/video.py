@@ -37,6 +37,7 @@ from scipy.optimize import linear_sum_assignment
 
 from fastmetro.data.synthetic.crowd import CrowdMaker
 from fastmetro.data.synthetic.video import render_clip
+from fastmetro.errors import FastMetroError
 from fastmetro.inference.boxes import DetectorBoxes
 from fastmetro.inference.detector import make_detector
 from fastmetro.inference.images import Frame, iter_video
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="TrackerSettings fields, e.g. appearance_weight=0.5",
+        help="TrackerSettings fields, e.g. patience=20 (for tuning on clips of another --seed)",
     )
     parser.add_argument("--tiles", type=int, default=0)
     parser.add_argument(
@@ -247,7 +248,12 @@ def main(argv=None) -> int:
     parser.add_argument("--strip", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = TrackerSettings(**{key: float(value) for key, value in (item.split("=", 1) for item in args.tracker)})
+    try:
+        settings = TrackerSettings(
+            **{key: float(value) for key, value in (item.split("=", 1) for item in args.tracker)}
+        )
+    except (TypeError, ValueError, FastMetroError) as error:  # an unknown field, a non-number, a bad value
+        parser.error(f"--tracker: {error}")
     width, height = (int(v) for v in args.size.split("x"))
     predictor = Predictor()
     report: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
