@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/default_v2.py --models v2=default v1=OLD.safetensors \\
-        [--testset ../shared/testsets/anny_mocap_v1] [--photos] [--json out.json] [--overlays pic.jpg]
+        [--testset ../shared/testsets/anny_mocap_v1] [--photos] [--flip-test] [--json out.json] [--overlays pic.jpg]
 
 * **The independent test set** (``anny_mocap_v1``: another generator, real motion capture, photo
   backgrounds; its README defines the protocol): MPJPE, PA-MPJPE, MPVPE, PA-MPVPE (mm), PA-MPJPE
@@ -52,12 +52,14 @@ def load_testset(folder: Path, topology) -> dict:
     return {"images": images, "vertices": vertices, "joints": joints, "mean_mesh": mean}
 
 
-def predict_crops(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """(N, V0, 3) fine meshes of whole crops, each resized to the model's input size."""
+def predict_crops(model, images: np.ndarray, batch_size: int = 16, flip_test: bool = False) -> np.ndarray:
+    """(N, V0, 3) fine meshes of whole crops, each resized to the model's input size;
+    ``flip_test``: the mean with the mirrored crops' (:func:`fastmetro.inference.predictor.mirrored_mean`)."""
     import torch
     from PIL import Image
 
     from fastmetro.conventions import normalise_image
+    from fastmetro.inference.predictor import mirrored_mean
 
     size = model.spec.input.image_size
     out = []
@@ -67,8 +69,16 @@ def predict_crops(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray
                 normalise_image(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)))
                 for image in images[start : start + batch_size]
             ]
-            out.append(model(torch.from_numpy(np.stack(batch)))["fine_vertices"].numpy())
+            crops = torch.from_numpy(np.stack(batch))
+            outputs = {key: value.numpy() for key, value in model(crops).items() if key in MESH_OUTPUTS}
+            if flip_test:
+                mirrored = {key: value.numpy() for key, value in model(crops.flip(-1)).items() if key in MESH_OUTPUTS}
+                outputs = mirrored_mean(model.topology, outputs, mirrored)
+            out.append(outputs["fine_vertices"])
     return np.concatenate(out)
+
+
+MESH_OUTPUTS = ("camera", "joints", "fine_vertices", "mesh_joints")
 
 
 def limb_pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -141,7 +151,7 @@ def blazepose_limbs(images: np.ndarray, truth: dict, topology) -> float:
     return limb_pa_mpjpe(landmarks, truth["joints"][:, limbs])
 
 
-def testset_table(models: dict, folder: Path) -> dict:
+def testset_table(models: dict, folder: Path, flip_test: bool = False) -> dict:
     from fastmetro import topology as topology_module
     from fastmetro.metrics import face_pairs
     from fastmetro.model.factory import load_model
@@ -156,6 +166,10 @@ def testset_table(models: dict, folder: Path) -> dict:
     for label, checkpoint in models.items():
         model = load_model(checkpoint, device="cpu").eval()
         rows[label] = score(predict_crops(model, truth["images"]), truth, topology, pairs)
+        if flip_test:
+            rows[f"{label} + flip test"] = score(
+                predict_crops(model, truth["images"], flip_test=True), truth, topology, pairs
+            )
     rows["BlazePose full (world landmarks)"] = {"limb_pa_mpjpe": blazepose_limbs(truth["images"], truth, topology)}
     return {
         "set": str(folder),
@@ -186,15 +200,17 @@ def photos() -> list[tuple[str, np.ndarray]]:
     return [(name, np.dstack([image] * 3) if image.ndim == 2 else image[..., :3]) for name, image in found]
 
 
-def photo_pck(models: dict) -> dict:
+def photo_pck(models: dict, flip_test: bool = False) -> dict:
     """Per model and photo: people found, joints compared, PCK@0.1 of the box side."""
     from fastmetro.inference.predictor import Predictor
     from fastmetro.mediapipe.people import POSE_LANDMARK_NAMES
 
     images = photos()
     table: dict = {}
-    for label, checkpoint in models.items():
-        predictor = Predictor(checkpoint=checkpoint, detector="mediapipe")
+    runs = [(label, checkpoint, False) for label, checkpoint in models.items()]
+    runs += [(f"{label} + flip test", checkpoint, True) for label, checkpoint in models.items() if flip_test]
+    for label, checkpoint, flip in runs:
+        predictor = Predictor(checkpoint=checkpoint, detector="mediapipe", flip_test=flip)
         limbs = [predictor.topology.joint_names.index(name) for name, _ in LIMB_JOINTS]
         marks = [POSE_LANDMARK_NAMES.index(name) for _, name in LIMB_JOINTS]
         rows, hits, total = {}, 0, 0
@@ -288,13 +304,14 @@ def main() -> None:
     parser.add_argument("--photos", action="store_true", help="also the real photographs (PCK)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--overlays", type=Path, help="write the README's picture (the first model) here, as JPEG")
+    parser.add_argument("--flip-test", action="store_true", help="also each model with flip test-time augmentation")
     args = parser.parse_args()
     models = dict(item.split("=", 1) for item in args.models)
     results: dict = {}
     if args.testset.is_dir():
-        results["testset"] = testset_table(models, args.testset)
+        results["testset"] = testset_table(models, args.testset, args.flip_test)
     if args.photos:
-        results["photos"] = photo_pck(models)
+        results["photos"] = photo_pck(models, args.flip_test)
     print_tables(results)
     if args.overlays:
         write_overlays(next(iter(models.values())), args.overlays)

@@ -228,6 +228,19 @@ def test_infer_int8(checkpoint, photos, tmp_path, smpl_dir, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
+def test_infer_flip_test(checkpoint, photos, tmp_path, smpl_dir, capsys):
+    common = ["infer", str(photos / "astronaut.png"), "--checkpoint", str(checkpoint), "--data-dir", str(smpl_dir),
+              "--bbox", "120,20,300,490", "--image-size", "64"]  # fmt: skip
+    people = {}
+    for name, extra in (("plain", []), ("flip", ["--flip-test"])):
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0, capsys.readouterr().err
+        people[name] = json.loads((tmp_path / name / "astronaut" / "person_00.json").read_text())
+    # An untrained network is no mirror of itself: the mean with the mirrored crop's result differs.
+    assert not np.allclose(people["plain"]["joints_2d"], people["flip"]["joints_2d"], atol=0.5)
+    assert main([*common, "--out", str(tmp_path / "a"), "--flip-test", "--attention", "0"]) == 2
+    assert "--flip-test and --attention cannot be combined" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_infer_with_a_detector(checkpoint, photos, tmp_path, smpl_dir, capsys):
     import torch

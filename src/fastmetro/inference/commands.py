@@ -94,6 +94,11 @@ def register(subparsers) -> None:
         metavar="IMAGE",
         help="--int8: person crops calibrating the activation ranges (default: scikit-image photos)",
     )
+    infer.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="bodies: also run each crop mirrored and average (test-time augmentation; 2x the network's time)",
+    )
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
     infer.add_argument(
         "--box-expand", type=float, default=1.2, help="square crop side = this x the box's longer side (1.2)"
@@ -144,6 +149,8 @@ def check_infer_options(args) -> None:
     if args.rig_steps is not None:
         validate.integer("--rig-steps", args.rig_steps, 0)
     args.device = str(validate.device("--device", args.device))  # "auto" becomes a device
+    if args.flip_test and args.attention is not None:
+        raise FastMetroError("--flip-test and --attention cannot be combined (whose attention would it draw?)")
     check_video_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -204,6 +211,7 @@ def run_infer(args) -> int:
         body_model=args.body_model,
         int8=args.int8,
         calibration=image_io.expand_inputs(args.calibration) if args.calibration else None,
+        flip_test=args.flip_test,
     )
     boxes = given or box_source_from_args(args, is_hand=predictor.topology.is_hand)
     rigger = None

@@ -156,6 +156,11 @@ class Predictor:
             (docs/speed.md). Building it takes 10-35 s.
         calibration: image files (person crops) for the int8 activation ranges; default: crops
             of scikit-image's photographs. Giving it implies ``int8``.
+        flip_test: also run each crop mirrored and average the two results (the mirrored one
+            mirrored back: x -> -x, left and right vertices and joints swapped, the camera's tx
+            negated): test-time augmentation for body meshes, twice the network's work per
+            person (docs/default-model.md measures it). Not with hands (a mirrored right hand is
+            a left hand), a body model or attention maps.
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class Predictor:
         body_model=None,
         int8: bool = False,
         calibration: Sequence[str | os.PathLike] | None = None,
+        flip_test: bool = False,
     ):
         if checkpoint is not None and model is not None:
             raise FastMetroError("Predictor takes checkpoint= or model=, not both")
@@ -218,6 +224,12 @@ class Predictor:
         self.smpl_faces = None
         if body_model is not None:
             self._attach_body_model(body_model)
+        self.flip_test = bool(flip_test)
+        if self.flip_test and (self.topology.vertex_flip is None or body_model is not None):
+            raise FastMetroError(
+                f"flip_test needs a left-right symmetric body mesh and no body model "
+                f"(topology '{self.topology.name}'{', with a body model' if body_model is not None else ''})"
+            )
 
     # ------------------------------------------------------------------ public
     @property
@@ -317,6 +329,17 @@ class Predictor:
 
     @torch.no_grad()
     def _run(self, batch: torch.Tensor, return_attention: bool) -> dict:
+        if self.flip_test:
+            if return_attention:
+                raise FastMetroError("flip_test and attention maps cannot be combined (whose maps would they be?)")
+            count = batch.shape[0]
+            both = self._run_network(torch.cat([batch, batch.flip(-1)]), False)
+            return mirrored_mean(
+                self.topology, {k: v[:count] for k, v in both.items()}, {k: v[count:] for k, v in both.items()}
+            )
+        return self._run_network(batch, return_attention)
+
+    def _run_network(self, batch: torch.Tensor, return_attention: bool) -> dict:
         outputs = self.model(batch, return_attention=return_attention)
         out = {
             name: outputs[name].float().cpu().numpy()
@@ -419,6 +442,22 @@ class Predictor:
         return smpl
 
 
+def mirrored_mean(topology: Topology, outputs: dict, mirrored: dict) -> dict:
+    """Flip test-time augmentation: the mean of a batch's network outputs (numpy, (B, ...)) and of
+    the outputs of the same crops mirrored left-right, those mirrored back into the unmirrored
+    crops' frame (x -> -x, left and right joints and vertices swapped, the camera's tx negated).
+    Returns ``camera`` (B, 3), ``joints`` (B, K, 3), ``fine_vertices`` (B, V0, 3) and
+    ``mesh_joints`` (B, K, 3), regressed from the mean mesh as the model regresses them."""
+    if topology.vertex_flip is None:
+        raise FastMetroError(f"topology '{topology.name}' has no left-right vertex mirror: no flip test")
+    mirror = np.array([-1.0, 1.0, 1.0], np.float32)
+    camera = (outputs["camera"] + mirrored["camera"] * np.array([1.0, -1.0, 1.0], np.float32)) / 2
+    joints = (outputs["joints"] + mirrored["joints"][:, topology.joint_flip] * mirror) / 2
+    vertices = (outputs["fine_vertices"] + mirrored["fine_vertices"][:, topology.vertex_flip] * mirror) / 2
+    mesh_joints = np.einsum("kv,bvc->bkc", np.asarray(topology.joint_regressor, np.float32), vertices)
+    return {"camera": camera, "joints": joints, "fine_vertices": vertices, "mesh_joints": mesh_joints}
+
+
 def _detector(detector, is_hand: bool, device):
     """A detector choice (see :class:`Predictor`) as a callable for this body or hand model."""
     if isinstance(detector, str):
@@ -444,4 +483,4 @@ def _crop_box(person: PersonBox, expand: float, image_size, source: str) -> cam.
         raise FastMetroError(f"{source}: {error}") from None
 
 
-__all__ = ["Predictor", "PersonBox", "PersonPrediction", "ImagePrediction", "SIDES"]
+__all__ = ["Predictor", "PersonBox", "PersonPrediction", "ImagePrediction", "SIDES", "mirrored_mean"]
