@@ -97,7 +97,7 @@ def register(subparsers) -> None:
     infer.add_argument(
         "--flip-test",
         action="store_true",
-        help="bodies: also run each crop mirrored and average (test-time augmentation; 2x the network's time)",
+        help="bodies: also run each crop mirrored and average (test-time augmentation; ~1.5x the model's time)",
     )
     infer.add_argument("--image-size", type=int, help="network input size (default: the model's, from its checkpoint)")
     infer.add_argument(
