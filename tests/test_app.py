@@ -387,6 +387,23 @@ def test_app_accepts_default_as_a_checkpoint_name():
     assert checkpoints_from_args(Namespace(checkpoint=["default"])) == [shipped_checkpoint().path]
 
 
+def test_service_flip_test_box(service, photo):
+    """The Image tab's "Flip test" box reaches the predictor for that request only."""
+    label = next(iter(service.slots))
+
+    def joints_2d(**options):
+        outcome = service.analyse_image(label, str(photo), "astronaut.png", "120, 20, 300, 490", **options)
+        assert outcome.ok, outcome.message
+        person = next(path for path in outcome.downloads if path.name == "person_00.json")
+        return np.asarray(json.loads(person.read_text())["joints_2d"])
+
+    plain, flipped = joints_2d(), joints_2d(flip_test=True)
+    assert not np.allclose(plain, flipped, atol=0.5)  # an untrained network is no mirror of itself
+    assert np.allclose(joints_2d(), plain)  # the next request is plain again
+    refused = service.analyse_image(label, str(photo), "astronaut.png", "", joint="Head", flip_test=True)
+    assert not refused.ok and "flip test and attention maps cannot be combined" in refused.message
+
+
 def test_service_rig_downloads_with_the_default_model(photo, tmp_path, service):
     """The Image tab's "Animatable" box: the shipped (Anny) model's people as rigged glb + BVH."""
     from fastmetro.app.models import ModelSettings, build_slots

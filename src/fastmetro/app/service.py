@@ -139,9 +139,11 @@ class AppService:
         joint: str | None = None,
         side: str = "right",
         rig: bool = False,
+        flip_test: bool = False,
     ) -> ImageOutcome:
         """One image: meshes, overlay, 3D scene, attention maps for ``joint``, downloads; with ``rig``
-        also each person's fitted body-model parameters, rigged ``.glb`` and ``.bvh``."""
+        also each person's fitted body-model parameters, rigged ``.glb`` and ``.bvh``; with
+        ``flip_test`` each person also run mirrored and averaged (not with ``joint``)."""
         if not upload:
             return ImageOutcome("Upload an image, take a webcam snapshot or pick a sample first.", ok=False)
         name = Path(name or Path(upload).name).name
@@ -151,7 +153,11 @@ class AppService:
             boxes = parse_boxes(boxes_text)
             image = load_image(upload, max_pixels=self.max_pixels, name=name)
             out_dir = self._request_dir()
-            result = slot.run(self._predict_image, image, boxes, side, joint, out_dir, safe_stem(name), name, rig)
+            if flip_test and joint:
+                raise FastMetroError("the flip test and attention maps cannot be combined: choose one")
+            result = slot.run(
+                self._predict_image, image, boxes, side, joint, out_dir, safe_stem(name), name, rig, flip_test
+            )
             seconds = time.perf_counter() - started
         except Exception as error:
             return ImageOutcome(self._failure(error, upload, name, "request"), ok=False)
@@ -217,8 +223,15 @@ class AppService:
             self._riggers[key] = Rigger(predictor.topology, device=str(predictor.device))
         return self._riggers[key]
 
-    def _predict_image(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name, rig=False):
+    def _predict_image(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name, rig=False, flip=False):
         rigger = self._rigger(predictor) if rig else None
+        before, predictor.flip_test = predictor.flip_test, flip  # on this model's own thread: no other request sees it
+        try:
+            return self._predict_image_files(predictor, pool, image, boxes, side, joint, out_dir, stem, name, rigger)
+        finally:
+            predictor.flip_test = before
+
+    def _predict_image_files(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name, rigger):
         runner = self._runner(
             predictor,
             pool,

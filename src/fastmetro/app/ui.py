@@ -85,6 +85,10 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                         False, label="Animatable: fit the body model, rigged .glb + .bvh (~0.5 s per person)",
                         elem_id="rig",
                     )  # fmt: skip
+                    flip = gr.Checkbox(
+                        False, label="Flip test: also run each person mirrored and average (bodies; ~1.5x the time)",
+                        elem_id="flip-test",
+                    )  # fmt: skip
                     with gr.Row():
                         clear = gr.Button("Clear boxes")
                         run = gr.Button("Reconstruct", variant="primary", elem_id="run-image")
@@ -155,7 +159,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                     live_out = gr.Image(label="Tracks", type="numpy", interactive=False, elem_id="live-output")
             live_session = gr.State(None)
 
-        def on_image(model_label, upload, box_text, joint_name, hand_side, animatable):
+        def on_image(model_label, upload, box_text, joint_name, hand_side, animatable, flip_test):
             upload = upload or Upload("", "")
             outcome = service.analyse_image(
                 model_label,
@@ -165,6 +169,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
                 None if joint_name in (None, NO_JOINT) else joint_name,
                 hand_side,
                 bool(animatable),
+                bool(flip_test),
             )
             status_text = outcome.message if outcome.ok else f"**Error:** {outcome.message}"
             maps = [(str(path), caption) for path, caption in outcome.attention]
@@ -212,7 +217,7 @@ def build_page(service: AppService, samples: list[Sample], has_detector: bool) -
         inference: dict[str, Any] = {"concurrency_limit": 1, "concurrency_id": "inference"}
         run.click(
             on_image,
-            [model, image, boxes, joint, side, rig],
+            [model, image, boxes, joint, side, rig, flip],
             [status, overlay, scene, attention, downloads],
             **inference,
         )

@@ -222,14 +222,24 @@ class Predictor:
         self._root_regressor = np.asarray(self.topology.root_regressor, dtype=np.float64)
         self.detector = _detector(detector, self.topology.is_hand, self.device)
         self.smpl_faces = None
+        self._has_body_model = body_model is not None
         if body_model is not None:
             self._attach_body_model(body_model)
-        self.flip_test = bool(flip_test)
-        if self.flip_test and (self.topology.vertex_flip is None or body_model is not None):
+        self.flip_test = flip_test
+
+    @property
+    def flip_test(self) -> bool:
+        """Flip test-time augmentation (see the class docstring); may be switched between calls."""
+        return self._flip_test
+
+    @flip_test.setter
+    def flip_test(self, on: bool) -> None:
+        if on and (self.topology.vertex_flip is None or self._has_body_model):
             raise FastMetroError(
                 f"flip_test needs a left-right symmetric body mesh and no body model "
-                f"(topology '{self.topology.name}'{', with a body model' if body_model is not None else ''})"
+                f"(topology '{self.topology.name}'{', with a body model' if self._has_body_model else ''})"
             )
+        self._flip_test = bool(on)
 
     # ------------------------------------------------------------------ public
     @property
