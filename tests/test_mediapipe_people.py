@@ -210,7 +210,7 @@ def test_tiles_find_a_person_too_small_for_one_pass():
     assert 550 < x < 600 and 400 < y < 445 and x + w < 700 and y + h > 520
 
 
-def test_following_people_runs_the_detector_only_now_and_then(finder):
+def test_following_people_runs_the_detector_only_now_and_then(finder, monkeypatch):
     """A video of the astronaut moving right 4 px a frame: the detector runs on the first frame
     and every 5th; in between the landmarks of the frame before find her again, her face
     moving with her (24 px in 6 frames)."""
@@ -225,14 +225,54 @@ def test_following_people_runs_the_detector_only_now_and_then(finder):
         faces.append(found[0].landmarks[:11, 0].mean())  # the face's landmarks (her box is cut by the edge)
     assert follower.detections == 2 and follower.frames == 7  # frames 0 and 5
     assert abs(faces[-1] - faces[0] - 24) < 8, faces
-    # The photo changes to coffee: the landmark network still "sees" her (presence 0.97); the
-    # detector does not, so she goes after two detector runs in a row miss her.
+    # The photo changes to coffee: the landmark network still "sees" her (presence 0.97), in a
+    # box of another size, so she is lost at once and the detector, seeing nobody, ends her.
     coffee = _photo("coffee")
+    last = follower.people
+    assert len(follower(coffee)) == 0 and follower.detections == 3
+    # Without the size check, the ghost would stay until two detector runs in a row missed her.
+    from fastmetro.mediapipe import people
+
+    monkeypatch.setattr(people, "MAX_FOLLOW_RESIZE", 1e6)
+    follower.people = last
     ghosts = [len(follower(coffee)) for _ in range(12)]
     assert ghosts[0] == 1 and ghosts[-1] == 0 and ghosts.index(0) <= 10, ghosts
+    monkeypatch.undo()
     assert len(follower(coffee)) == 0  # nobody followed: the detector on every frame now
     assert len(follower(photo)) == 1
     follower.reset()
     assert follower.people == [] and follower.detections == 0
     with pytest.raises(FastMetroError, match="detect_every"):
         PeopleFollower(finder, detect_every=0)
+
+
+def test_a_followed_box_that_jumps_in_size_is_lost(finder, monkeypatch):
+    """The landmark network in someone's region can take the person passing in front of them:
+    a box that grows or shrinks past MAX_FOLLOW_RESIZE in one frame counts as lost."""
+    import cv2
+
+    from fastmetro.mediapipe import people
+
+    photo = _photo("astronaut")
+
+    def scene(scale):  # the astronaut, at ``scale``, in the middle of a grey 768 px square
+        canvas = np.full((768, 768, 3), 110, np.uint8)
+        small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        top, left = 384 - small.shape[0] // 2, 384 - small.shape[1] // 2
+        canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
+        return canvas
+
+    before = finder.find([scene(0.6)])[0]
+    assert len(before) == 1
+    nearer = scene(0.8)  # a third larger: her box grows 1.2-1.4x
+    [kept] = finder.follow([nearer], [before])[0]
+    growth = np.array(kept.box[2:]) / np.array(before[0].box[2:])
+    assert np.all((growth > 1.1) & (growth < 1.5)), growth
+    monkeypatch.setattr(people, "MAX_FOLLOW_RESIZE", 1.05)
+    assert finder.follow([nearer], [before])[0] == []
+    region = before[0].region
+    plausible = people._plausible
+    monkeypatch.setattr(people, "MAX_FOLLOW_RESIZE", 1.5)
+    base = people.FoundPerson((10.0, 10.0, 100.0, 200.0), 0.9, region)
+    for box, expected in (((0, 0, 140, 260), True), ((0, 0, 160, 200), False), ((0, 0, 100, 120), False)):
+        assert plausible(people.FoundPerson(box, 0.9, region), base) is expected, box

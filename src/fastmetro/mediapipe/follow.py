@@ -8,7 +8,9 @@ give) is enough for the landmark network to find them again. The detector still 
 
 * on the first frame and every ``detect_every`` frames after the last detection (newcomers);
 * on any frame where someone followed from the frame before was lost (presence under the
-  threshold, or merged into another person), and on frames where nobody is followed.
+  threshold, merged into another person, or a box that grew or shrank past
+  :data:`~fastmetro.mediapipe.people.MAX_FOLLOW_RESIZE` in one frame: the landmark network has
+  taken someone else in the region), and on frames where nobody is followed.
 
 People found by both are merged (:func:`~fastmetro.mediapipe.people.merge_duplicates`), so a
 detection does not double a followed person. The landmark network's presence alone does not

@@ -277,7 +277,8 @@ class PeopleFinder:
     ) -> list[list[FoundPerson]]:
         """The people of each image found again from ``previous`` (those of the image before):
         the landmark network on each one's tracking region, no detector (MediaPipe's video mode).
-        Bodies only; a person it loses (presence under the threshold) is left out."""
+        Bodies only; a person it loses (presence under the threshold, or a box resized past
+        MAX_FOLLOW_RESIZE since the frame before) is left out."""
         if self.kind is not _POSE or self.landmark_net is None:
             raise FastMetroError("following people needs the body landmark network")
         for image in images:
@@ -293,7 +294,7 @@ class PeopleFinder:
         result: list[list[FoundPerson]] = [[] for _ in images]
         for (i, person), (_, _, source) in zip(self._landmarks(images, flat), sources):
             person.unconfirmed = source.unconfirmed
-            if _presence(person) > 0 and _presence(person) >= self.presence_threshold:
+            if _presence(person) > 0 and _presence(person) >= self.presence_threshold and _plausible(person, source):
                 result[i].append(person)
         return [merge_duplicates(found)[: self.max_people] for found in result]
 
@@ -507,6 +508,18 @@ def _cut_by_tile(box: np.ndarray, offset: tuple[int, int], letterbox: det.Letter
         or (x1 < width and box[2] > x1 - margin)
         or (y1 < height and box[3] > y1 - margin)
     )
+
+
+#: The most a followed person's box may grow or shrink (width or height) from one frame to the
+#: next. More is the landmark network taking someone else in the region (a person passing in
+#: front of them): they count as lost, so the detector looks again.
+MAX_FOLLOW_RESIZE = 1.5
+
+
+def _plausible(found: FoundPerson, before: FoundPerson) -> bool:
+    """Whether ``found`` can be ``before`` one frame later (its box's size; see MAX_FOLLOW_RESIZE)."""
+    ratios = [new / old for new, old in zip(found.box[2:], before.box[2:]) if old > 0 and new > 0]
+    return all(1 / MAX_FOLLOW_RESIZE <= ratio <= MAX_FOLLOW_RESIZE for ratio in ratios)
 
 
 def same_person(a: FoundPerson, b: FoundPerson) -> bool:
