@@ -110,7 +110,7 @@ class TrackerSettings:
     birth: int = 3
     patience: int = 30
     velocity_frames: int = 5
-    reid_appearance: float = 0.35
+    reid_appearance: float = 0.4
     reid_distance: float = 2.0
     appearance_rate: float = 0.2
 
