@@ -225,13 +225,6 @@ class AppService:
 
     def _predict_image(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name, rig=False, flip=False):
         rigger = self._rigger(predictor) if rig else None
-        before, predictor.flip_test = predictor.flip_test, flip  # on this model's own thread: no other request sees it
-        try:
-            return self._predict_image_files(predictor, pool, image, boxes, side, joint, out_dir, stem, name, rigger)
-        finally:
-            predictor.flip_test = before
-
-    def _predict_image_files(self, predictor, pool, image, boxes, side, joint, out_dir, stem, name, rigger):
         runner = self._runner(
             predictor,
             pool,
@@ -242,7 +235,11 @@ class AppService:
             attention_joint=joint or None,
             rigger=rigger,
         )
-        result = runner.predict_one(image, name=stem, source=name)
+        before, predictor.flip_test = predictor.flip_test, flip  # on this model's own thread: no other request sees it
+        try:
+            result = runner.predict_one(image, name=stem, source=name)
+        finally:
+            predictor.flip_test = before
         archive = out_dir / f"fastmetro_{stem}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
             for path in result.files:
